@@ -1,0 +1,250 @@
+//! The compute-backend trait of gptoss-rs, and the CPU reference backend every other backend is
+//! checked against.
+//!
+//! The trait sits at GPT-OSS granularity (embed, RMSNorm, linear, RoPE, attention with a KV
+//! cache, the MoE block, argmax): coarse enough that a GPU backend can fuse and graph-capture,
+//! fine enough that every operation can be run on two backends and compared. Weights are uploaded
+//! once, in their file formats (MXFP4 stays MXFP4); activations are f32 matrices.
+//!
+//! Nothing here knows about GGUF: a weight arrives as a ggml type, a shape and bytes.
+#![warn(missing_docs)]
+
+pub mod bytes;
+pub mod rope;
+
+pub use bytes::HostBytes;
+pub use gptoss_quant::GgmlType;
+pub use rope::{Rope, RopeConfig};
+
+/// Errors a backend can report.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The backend cannot run on this machine (no driver, no adapter, no device).
+    #[error("backend {backend} is not available: {reason}")]
+    Unavailable {
+        /// The backend's name.
+        backend: String,
+        /// What is missing, and what the user can do about it.
+        reason: String,
+    },
+    /// A weight type the backend cannot handle for this operation.
+    #[error("{op}: weight '{name}' has type {dtype}, which this backend does not support here")]
+    UnsupportedType {
+        /// The operation.
+        op: &'static str,
+        /// The weight's name.
+        name: String,
+        /// Its type.
+        dtype: GgmlType,
+    },
+    /// Shapes that do not fit together.
+    #[error("{op}: shape mismatch: {detail}")]
+    Shape {
+        /// The operation.
+        op: &'static str,
+        /// What disagreed with what.
+        detail: String,
+    },
+    /// The KV cache is full.
+    #[error("context full: position {pos} is past the cache capacity of {capacity} tokens")]
+    ContextFull {
+        /// The first position that did not fit.
+        pos: usize,
+        /// The cache's capacity.
+        capacity: usize,
+    },
+    /// Anything the device or driver reported.
+    #[error("{backend}: {message}")]
+    Device {
+        /// The backend's name.
+        backend: String,
+        /// The device's message.
+        message: String,
+    },
+}
+
+/// Result alias for backend operations.
+pub type Result<T> = std::result::Result<T, BackendError>;
+
+/// A weight tensor as it comes from the file, before upload: ggml type, shape in ggml order
+/// (`shape[0]` is the contiguous dimension) and the raw bytes.
+#[derive(Clone)]
+pub struct WeightData {
+    /// Name, for error messages (`blk.0.attn_q.weight`).
+    pub name: String,
+    /// Element type of `bytes`.
+    pub dtype: GgmlType,
+    /// Shape in ggml order: `[ne0, ne1, ...]`, `ne0` contiguous. A matrix used by `linear` is
+    /// `[k, n]` (n rows of k elements); an expert stack is `[k, n, n_experts]`.
+    pub shape: Vec<usize>,
+    /// The bytes, exactly as in the file.
+    pub bytes: HostBytes,
+}
+
+impl std::fmt::Debug for WeightData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeightData")
+            .field("name", &self.name)
+            .field("dtype", &self.dtype)
+            .field("shape", &self.shape)
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
+}
+
+impl WeightData {
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// The weights of one MoE block, uploaded.
+pub struct MoeWeights<W> {
+    /// Router matrix `[d_model, n_experts]`.
+    pub router: W,
+    /// Router bias `[n_experts]`.
+    pub router_bias: W,
+    /// Gate projections `[d_model, d_ff, n_experts]`.
+    pub gate: W,
+    /// Gate biases `[d_ff, n_experts]`.
+    pub gate_bias: W,
+    /// Up projections `[d_model, d_ff, n_experts]`.
+    pub up: W,
+    /// Up biases `[d_ff, n_experts]`.
+    pub up_bias: W,
+    /// Down projections `[d_ff, d_model, n_experts]`.
+    pub down: W,
+    /// Down biases `[d_model, n_experts]`.
+    pub down_bias: W,
+}
+
+/// Shape and policy of one layer's attention.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionConfig {
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads (GQA: `n_heads % n_kv_heads == 0`).
+    pub n_kv_heads: usize,
+    /// Dimension of one head.
+    pub head_dim: usize,
+    /// Sliding window: a query at position p sees keys p-window+1 ..= p. `None`: full causal.
+    pub window: Option<usize>,
+    /// Softmax scale (1/sqrt(head_dim) for GPT-OSS).
+    pub scale: f32,
+}
+
+/// What a per-layer KV cache must hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvCacheConfig {
+    /// Key/value heads.
+    pub n_kv_heads: usize,
+    /// Dimension of one head.
+    pub head_dim: usize,
+    /// Longest context (positions) the cache must serve.
+    pub max_positions: usize,
+    /// A sliding-window layer needs only the last `window` positions: the cache may be a ring
+    /// of that size.
+    pub window: Option<usize>,
+}
+
+/// The MoE routing policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MoeConfig {
+    /// Experts in the stack.
+    pub n_experts: usize,
+    /// Experts used per token.
+    pub top_k: usize,
+}
+
+/// One compute backend: a device, its memory, and the GPT-OSS operations on it.
+///
+/// Activations are `Tensor`s: f32 row-major matrices `[rows, cols]` (rows = tokens). Each method
+/// states its shapes; a backend returns [`BackendError::Shape`] rather than panicking on a
+/// mismatch. Outputs are freshly allocated unless the method says it works in place.
+pub trait Backend {
+    /// A device-resident f32 matrix.
+    type Tensor;
+    /// A device-resident weight, in its file format.
+    type Weight;
+    /// One layer's KV cache.
+    type KvCache;
+
+    /// A short name for logs and tables (`"cpu"`, `"cuda:0 (NVIDIA H100 80GB HBM3)"`).
+    fn name(&self) -> String;
+
+    /// Upload a weight, keeping its format (a backend may re-lay the same bits out at upload).
+    fn upload(&self, w: &WeightData) -> Result<Self::Weight>;
+
+    /// Copy a host matrix `[rows, cols]` to the device.
+    fn from_host(&self, data: &[f32], rows: usize, cols: usize) -> Result<Self::Tensor>;
+
+    /// Copy a device matrix back: `(data, rows, cols)`.
+    fn to_host(&self, t: &Self::Tensor) -> Result<(Vec<f32>, usize, usize)>;
+
+    /// Rows of `table` (`[d, vocab]`, any type) for each id: `[ids.len(), d]`.
+    fn embed(&self, table: &Self::Weight, ids: &[u32]) -> Result<Self::Tensor>;
+
+    /// RMSNorm of each row of `x` (`[t, d]`) times `weight` (`[d]`).
+    fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Weight, eps: f32) -> Result<Self::Tensor>;
+
+    /// `x @ W^T + bias`: `x` `[t, k]`, `w` `[k, n]` in ggml order (any weight type), optional
+    /// `bias` `[n]`; result `[t, n]`.
+    fn linear(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Weight,
+        bias: Option<&Self::Weight>,
+    ) -> Result<Self::Tensor>;
+
+    /// `x += y`, elementwise; same shapes.
+    fn add_assign(&self, x: &mut Self::Tensor, y: &Self::Tensor) -> Result<()>;
+
+    /// NEOX-style rotary embedding in place. `x` is `[t, n_heads * head_dim]`; row i is at
+    /// position `pos0 + i`. `rope` holds the (YaRN) frequencies and the cos/sin scale.
+    fn rope(&self, x: &mut Self::Tensor, n_heads: usize, pos0: usize, rope: &Rope) -> Result<()>;
+
+    /// A fresh, empty KV cache for one layer.
+    fn new_kv_cache(&self, cfg: &KvCacheConfig) -> Result<Self::KvCache>;
+
+    /// Causal attention with sinks. `q` `[t, n_heads*head_dim]`, `k`/`v` `[t, n_kv_heads*head_dim]`
+    /// (already roped), rows at positions `pos0..pos0+t`. The new keys and values are appended
+    /// to `cache` (which must hold exactly positions `0..pos0` before the call), then each query
+    /// attends to every cached or new key it may see (causal, and `cfg.window`). `sinks` `[n_heads]`
+    /// (f32) is each head's sink logit: it joins the softmax denominator and has no value.
+    /// Result `[t, n_heads*head_dim]`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        cache: &mut Self::KvCache,
+        pos0: usize,
+        sinks: &Self::Weight,
+        cfg: &AttentionConfig,
+    ) -> Result<Self::Tensor>;
+
+    /// The GPT-OSS MoE block on `x` `[t, d_model]`: router logits `W_r x + b_r`, top-k of the raw
+    /// logits (ties: lower expert id first), softmax over those k; per chosen expert
+    /// `g = min(gate, 7)`, `u = clamp(up, -7, 7)`, `h = g * sigmoid(1.702 g) * (u + 1)`,
+    /// `W_down h + b_down`; the routing-weighted sum. Result `[t, d_model]`.
+    fn moe(
+        &self,
+        x: &Self::Tensor,
+        w: &MoeWeights<Self::Weight>,
+        cfg: &MoeConfig,
+    ) -> Result<Self::Tensor>;
+
+    /// Index of the largest value in each row (first on ties).
+    fn argmax(&self, x: &Self::Tensor) -> Result<Vec<u32>>;
+
+    /// The last row of `x` as a `[1, cols]` matrix (logits are only needed for the last token
+    /// during generation).
+    fn last_row(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
+
+    /// Bytes of device memory in use at most so far, if the backend can tell.
+    fn peak_memory_bytes(&self) -> Option<u64> {
+        None
+    }
+}

@@ -1,0 +1,38 @@
+//! `gptoss`: the reference command-line tool of gptoss-rs.
+//!
+//! Every command is a thin layer over the library crates; each lives in its own module under
+//! `cmd/` with a clap `Args` struct and a `run` function.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "gptoss", version, about = "Run, inspect, convert, quantize, bench and serve GPT-OSS GGUF models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    // One variant per command, in the order `gptoss --help` lists them.
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result: anyhow::Result<std::process::ExitCode> = match cli.command {
+        // Command::Name(args) => cmd::name::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! GPT-OSS from GGUF: architecture, KV cache, sampling, tokenizer and Harmony chat.
