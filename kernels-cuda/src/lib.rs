@@ -1,1 +1,968 @@
 //! The CUDA backend of gptoss-rs.
+//!
+//! [`CudaBackend`] implements [`gptoss_backend::Backend`] on one NVIDIA GPU through the driver
+//! API, loaded at run time (cudarc with dynamic loading: nothing of CUDA is needed to build or
+//! install). Kernels are CUDA C++ compiled at run time by NVRTC straight to a cubin for the
+//! device's architecture (`sm_90a` on Hopper) and cached on disk (see [`compile`]).
+//!
+//! Weights keep their file formats in GPU memory: MXFP4 experts stay 4.25 bits per weight,
+//! Q8_0 stays Q8_0 (both re-laid at upload into a scales-after-values order of the same bits
+//! and size, for aligned 16-byte loads). Activations are f32; the KV cache is f16, and a
+//! sliding-window layer holds only its window (a ring).
+//!
+//! Construct with [`CudaBackend::new`]`(0)`; on a machine without a driver or GPU it returns
+//! [`BackendError::Unavailable`] with the reason.
+#![warn(missing_docs)]
+
+pub mod compile;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
+    LaunchConfig, PushKernelArg,
+};
+use gptoss_backend::{
+    AttentionConfig, Backend, BackendError, GgmlType, KvCacheConfig, MoeConfig, MoeWeights, Result,
+    Rope, WeightData,
+};
+
+const BACKEND: &str = "cuda";
+
+/// Rows up to which `linear` and the MoE take the matrix-vector (decode) kernels.
+const MAX_GEMV_ROWS: usize = 8;
+
+fn dev_err(e: impl std::fmt::Debug) -> BackendError {
+    BackendError::Device {
+        backend: BACKEND.into(),
+        message: format!("{e:?}"),
+    }
+}
+
+fn shape_err(op: &'static str, detail: String) -> BackendError {
+    BackendError::Shape { op, detail }
+}
+
+/// Device bytes allocated by the backend now and at most so far.
+#[derive(Default)]
+struct MemCounter {
+    current: AtomicU64,
+    peak: AtomicU64,
+}
+
+/// Counts one allocation while alive.
+struct MemGuard {
+    bytes: u64,
+    counter: Arc<MemCounter>,
+}
+
+impl MemGuard {
+    fn new(counter: &Arc<MemCounter>, bytes: u64) -> Self {
+        let now = counter.current.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        counter.peak.fetch_max(now, Ordering::Relaxed);
+        MemGuard {
+            bytes,
+            counter: counter.clone(),
+        }
+    }
+}
+
+impl Drop for MemGuard {
+    fn drop(&mut self) {
+        self.counter.current.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// A device-resident f32 matrix `[rows, cols]`, row-major.
+pub struct CudaTensor {
+    buf: CudaSlice<f32>,
+    rows: usize,
+    cols: usize,
+    _mem: MemGuard,
+}
+
+impl CudaTensor {
+    /// Rows (tokens).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    /// Columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+}
+
+/// A device-resident weight in its file format (Q8_0 and MXFP4 re-laid: values, then scales).
+pub struct CudaWeight {
+    buf: CudaSlice<u8>,
+    dtype: GgmlType,
+    shape: Vec<usize>,
+    /// Blocks in the whole tensor (elements for unquantized types).
+    nb: i64,
+    name: String,
+    _mem: MemGuard,
+}
+
+impl CudaWeight {
+    /// The weight's type.
+    pub fn dtype(&self) -> GgmlType {
+        self.dtype
+    }
+    /// Its shape in ggml order.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// One layer's KV cache: f16 keys and values `[cap, n_kv_heads, head_dim]`, position p in slot
+/// `p % cap`; `cap` is the window for a sliding-window layer, else the context.
+pub struct CudaKvCache {
+    k: CudaSlice<u16>,
+    v: CudaSlice<u16>,
+    cap: usize,
+    cfg: KvCacheConfig,
+    len: usize,
+    _mem: MemGuard,
+}
+
+impl CudaKvCache {
+    /// Positions stored so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// True before the first append.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Slots the cache holds (the window for a sliding-window layer).
+    pub fn capacity_slots(&self) -> usize {
+        self.cap
+    }
+}
+
+/// A kernel argument: plain values, kept in a slice so that references live until launch.
+#[derive(Clone, Copy)]
+enum A {
+    P(u64),
+    I(i32),
+    L(i64),
+    F(f32),
+}
+
+/// The CUDA backend: one device, one stream, the compiled kernels.
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    _module: Arc<CudaModule>,
+    funcs: HashMap<&'static str, CudaFunction>,
+    name: String,
+    arch: String,
+    mem: Arc<MemCounter>,
+    /// RoPE frequencies on the device, keyed by their bits (uploaded once per distinct Rope).
+    rope_cache: Mutex<Vec<(Vec<u32>, CudaSlice<f32>)>>,
+}
+
+fn unavailable(reason: String) -> BackendError {
+    BackendError::Unavailable {
+        backend: BACKEND.into(),
+        reason,
+    }
+}
+
+/// The NVRTC architecture to compile for: the `a` variant where the chip has one (Hopper,
+/// Blackwell), so arch-specific instructions are allowed.
+pub fn arch_for(major: i32, minor: i32) -> String {
+    match (major, minor) {
+        (9, 0) | (10, 0) | (10, 3) | (12, 0) | (12, 1) => format!("sm_{major}{minor}a"),
+        _ => format!("sm_{major}{minor}"),
+    }
+}
+
+impl CudaBackend {
+    /// Open GPU `ordinal`, compile (or load from the cache) the kernels for it.
+    ///
+    /// Returns [`BackendError::Unavailable`] when there is no driver, no such device, or no
+    /// NVRTC library; the message says what to install.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        // SAFETY: only tries to open libcuda; no symbol is called.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(unavailable(
+                "the NVIDIA driver library (libcuda.so) was not found: this machine has no NVIDIA \
+                 driver; use the cpu backend"
+                    .into(),
+            ));
+        }
+        let ctx = CudaContext::new(ordinal)
+            .map_err(|e| unavailable(format!("cannot open CUDA device {ordinal}: {e:?}")))?;
+        let (major, minor) = ctx.compute_capability().map_err(dev_err)?;
+        if major < 8 {
+            return Err(unavailable(format!(
+                "CUDA device {ordinal} has compute capability {major}.{minor}; sm_80 or newer is needed"
+            )));
+        }
+        let arch = arch_for(major, minor);
+        let cubin = compile::cached_cubin(&arch).map_err(|e| {
+            if compile::nvrtc_available() {
+                dev_err(e)
+            } else {
+                unavailable(e)
+            }
+        })?;
+        let module = ctx
+            .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
+            .map_err(dev_err)?;
+        let mut funcs = HashMap::new();
+        for &n in compile::KERNEL_NAMES {
+            funcs.insert(n, module.load_function(n).map_err(dev_err)?);
+        }
+        // SAFETY: the backend uses one stream, so cudarc's per-allocation events (for ordering
+        // across streams) are not needed; they would cost two driver calls per launch.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let dev_name = ctx.name().unwrap_or_else(|_| "unknown".into());
+        Ok(CudaBackend {
+            name: format!("cuda:{ordinal} ({dev_name}, {arch})"),
+            ctx,
+            stream,
+            _module: module,
+            funcs,
+            arch,
+            mem: Arc::new(MemCounter::default()),
+            rope_cache: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The architecture the kernels were compiled for (`sm_90a`, ...).
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+
+    /// Wait for all queued work (kernel errors surface here).
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(dev_err)
+    }
+
+    fn alloc_f32(&self, n: usize) -> Result<(CudaSlice<f32>, MemGuard)> {
+        // SAFETY: every caller writes the whole buffer (by a kernel or a copy) before reading.
+        let buf = unsafe { self.stream.alloc::<f32>(n.max(1)) }.map_err(dev_err)?;
+        Ok((buf, MemGuard::new(&self.mem, (n.max(1) * 4) as u64)))
+    }
+
+    fn tensor(&self, rows: usize, cols: usize) -> Result<CudaTensor> {
+        let (buf, mem) = self.alloc_f32(rows * cols)?;
+        Ok(CudaTensor {
+            buf,
+            rows,
+            cols,
+            _mem: mem,
+        })
+    }
+
+    fn scratch<T: DeviceRepr>(&self, n: usize) -> Result<CudaSlice<T>> {
+        // SAFETY: scratch buffers are written by a kernel before they are read.
+        unsafe { self.stream.alloc::<T>(n.max(1)) }.map_err(dev_err)
+    }
+
+    fn ptr<T>(&self, s: &CudaSlice<T>) -> u64 {
+        let (p, _sync) = s.device_ptr(&self.stream);
+        p
+    }
+
+    fn launch(&self, name: &str, grid: (u32, u32, u32), block: u32, args: &[A]) -> Result<()> {
+        let f = self
+            .funcs
+            .get(name)
+            .ok_or_else(|| dev_err(format!("kernel {name} not loaded")))?;
+        let mut b = self.stream.launch_builder(f);
+        for a in args {
+            match a {
+                A::P(v) => b.arg(v),
+                A::I(v) => b.arg(v),
+                A::L(v) => b.arg(v),
+                A::F(v) => b.arg(v),
+            };
+        }
+        let cfg = LaunchConfig {
+            grid_dim: grid,
+            block_dim: (block, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: every kernel's argument list above matches its signature in src/kernels
+        // (pointers as u64, int as i32, long long as i64, float as f32), and every pointer
+        // refers to a live allocation at least as large as the kernel's grid touches (shapes are
+        // checked by the callers).
+        unsafe { b.launch(cfg) }.map_err(dev_err)?;
+        Ok(())
+    }
+
+    fn rope_freqs(&self, rope: &Rope) -> Result<u64> {
+        let key: Vec<u32> = rope.inv_freq.iter().map(|f| f.to_bits()).collect();
+        let mut cache = self.rope_cache.lock().map_err(|_| dev_err("rope cache poisoned"))?;
+        if let Some((_, buf)) = cache.iter().find(|(k, _)| *k == key) {
+            return Ok(self.ptr(buf));
+        }
+        let buf = self.stream.clone_htod(&rope.inv_freq).map_err(dev_err)?;
+        let p = self.ptr(&buf);
+        cache.push((key, buf));
+        Ok(p)
+    }
+
+    /// int8 copies of the rows of `x` in blocks of 32 (for the dp4a kernels): (values, scales).
+    fn quantize_q8(&self, x: u64, rows: usize, cols: usize) -> Result<(CudaSlice<i8>, CudaSlice<f32>)> {
+        let nblocks = rows * cols / 32;
+        let xq = self.scratch::<i8>(rows * cols)?;
+        let xd = self.scratch::<f32>(nblocks)?;
+        self.launch(
+            "quantize_q8",
+            (nblocks.div_ceil(8) as u32, 1, 1),
+            256,
+            &[A::P(x), A::L(nblocks as i64), A::P(self.ptr(&xq)), A::P(self.ptr(&xd))],
+        )?;
+        Ok((xq, xd))
+    }
+
+    /// `y = x W^T + b` into an existing buffer `y` `[t, n]`.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_into(
+        &self,
+        x: u64,
+        t: usize,
+        k: usize,
+        w: &CudaWeight,
+        bias: Option<&CudaWeight>,
+        y: u64,
+        n: usize,
+    ) -> Result<()> {
+        if t == 0 || n == 0 {
+            return Ok(());
+        }
+        let (bp, bt) = match bias {
+            Some(b) => (self.ptr(&b.buf), b.dtype.id() as i32),
+            None => (0, 0),
+        };
+        let wp = self.ptr(&w.buf);
+        let wt = w.dtype.id() as i32;
+        if t <= MAX_GEMV_ROWS && matches!(w.dtype, GgmlType::Q8_0 | GgmlType::MXFP4) {
+            let (xq, xd) = self.quantize_q8(x, t, k)?;
+            let kern = if w.dtype == GgmlType::Q8_0 { "gemv_q8_0" } else { "gemv_mxfp4" };
+            self.launch(
+                kern,
+                (n.div_ceil(8) as u32, 1, 1),
+                256,
+                &[
+                    A::P(self.ptr(&xq)),
+                    A::P(self.ptr(&xd)),
+                    A::I(t as i32),
+                    A::I(k as i32),
+                    A::P(wp),
+                    A::L(w.nb),
+                    A::P(bp),
+                    A::I(bt),
+                    A::P(y),
+                    A::I(n as i32),
+                ],
+            )
+        } else if t <= MAX_GEMV_ROWS {
+            self.launch(
+                "linear_rows",
+                (n.div_ceil(8) as u32, 1, 1),
+                256,
+                &[
+                    A::P(x),
+                    A::I(t as i32),
+                    A::I(k as i32),
+                    A::P(wp),
+                    A::I(wt),
+                    A::L(w.nb),
+                    A::P(bp),
+                    A::I(bt),
+                    A::P(y),
+                    A::I(n as i32),
+                ],
+            )
+        } else {
+            self.launch(
+                "gemm_tiled",
+                (n.div_ceil(64) as u32, t.div_ceil(64) as u32, 1),
+                256,
+                &[
+                    A::P(x),
+                    A::I(t as i32),
+                    A::I(k as i32),
+                    A::P(wp),
+                    A::I(wt),
+                    A::L(w.nb),
+                    A::P(bp),
+                    A::I(bt),
+                    A::P(y),
+                    A::I(n as i32),
+                ],
+            )
+        }
+    }
+}
+
+/// (k, n) of a weight used as a matrix `[k, n]` (n rows of k), any trailing dims folded into n.
+fn matrix_dims(w: &CudaWeight) -> (usize, usize) {
+    let k = w.shape.first().copied().unwrap_or(0);
+    let n = w.shape.iter().skip(1).product::<usize>();
+    (k, n)
+}
+
+/// Same-bits re-layout of quantized blocks: all values first, then all scales.
+fn relayout(dtype: GgmlType, bytes: &[u8]) -> Vec<u8> {
+    match dtype {
+        GgmlType::Q8_0 => {
+            let nb = bytes.len() / 34;
+            let mut out = vec![0u8; bytes.len()];
+            let (qs, ds) = out.split_at_mut(nb * 32);
+            for (b, blk) in bytes.chunks_exact(34).enumerate() {
+                ds[b * 2..b * 2 + 2].copy_from_slice(&blk[..2]);
+                qs[b * 32..b * 32 + 32].copy_from_slice(&blk[2..]);
+            }
+            out
+        }
+        GgmlType::MXFP4 => {
+            let nb = bytes.len() / 17;
+            let mut out = vec![0u8; bytes.len()];
+            let (qs, es) = out.split_at_mut(nb * 16);
+            for (b, blk) in bytes.chunks_exact(17).enumerate() {
+                es[b] = blk[0];
+                qs[b * 16..b * 16 + 16].copy_from_slice(&blk[1..]);
+            }
+            out
+        }
+        _ => bytes.to_vec(),
+    }
+}
+
+impl Backend for CudaBackend {
+    type Tensor = CudaTensor;
+    type Weight = CudaWeight;
+    type KvCache = CudaKvCache;
+
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn upload(&self, w: &WeightData) -> Result<CudaWeight> {
+        if !matches!(
+            w.dtype,
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0 | GgmlType::MXFP4
+        ) {
+            return Err(BackendError::UnsupportedType {
+                op: "upload",
+                name: w.name.clone(),
+                dtype: w.dtype,
+            });
+        }
+        let numel = w.numel();
+        let bs = w.dtype.block_size();
+        if w.shape.is_empty() || w.shape[0] % bs != 0 {
+            return Err(shape_err(
+                "upload",
+                format!("{}: shape {:?} is not a whole number of {} blocks", w.name, w.shape, w.dtype.name()),
+            ));
+        }
+        let expect = w.dtype.bytes_for(numel as u64);
+        if expect != Some(w.bytes.len() as u64) {
+            return Err(shape_err(
+                "upload",
+                format!(
+                    "{}: {} bytes for shape {:?} of type {}, expected {:?}",
+                    w.name,
+                    w.bytes.len(),
+                    w.shape,
+                    w.dtype.name(),
+                    expect
+                ),
+            ));
+        }
+        let host = relayout(w.dtype, &w.bytes);
+        let buf = if host.is_empty() {
+            self.scratch::<u8>(1)?
+        } else {
+            self.stream.clone_htod(&host).map_err(dev_err)?
+        };
+        Ok(CudaWeight {
+            _mem: MemGuard::new(&self.mem, host.len().max(1) as u64),
+            buf,
+            dtype: w.dtype,
+            shape: w.shape.clone(),
+            nb: (numel / bs) as i64,
+            name: w.name.clone(),
+        })
+    }
+
+    fn from_host(&self, data: &[f32], rows: usize, cols: usize) -> Result<CudaTensor> {
+        if data.len() != rows * cols {
+            return Err(shape_err(
+                "from_host",
+                format!("{} values for a [{rows}, {cols}] matrix", data.len()),
+            ));
+        }
+        let mut t = self.tensor(rows, cols)?;
+        if !data.is_empty() {
+            self.stream.memcpy_htod(data, &mut t.buf).map_err(dev_err)?;
+        }
+        Ok(t)
+    }
+
+    fn to_host(&self, t: &CudaTensor) -> Result<(Vec<f32>, usize, usize)> {
+        let n = t.rows * t.cols;
+        let mut v = self.stream.clone_dtoh(&t.buf).map_err(dev_err)?;
+        v.truncate(n);
+        Ok((v, t.rows, t.cols))
+    }
+
+    fn embed(&self, table: &CudaWeight, ids: &[u32]) -> Result<CudaTensor> {
+        let (d, vocab) = matrix_dims(table);
+        if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+            return Err(shape_err(
+                "embed",
+                format!("token id {bad} is outside the vocabulary of {vocab} ({})", table.name),
+            ));
+        }
+        let out = self.tensor(ids.len(), d)?;
+        if ids.is_empty() || d == 0 {
+            return Ok(out);
+        }
+        let idb = self.stream.clone_htod(ids).map_err(dev_err)?;
+        self.launch(
+            "embed",
+            (d.div_ceil(256) as u32, ids.len() as u32, 1),
+            256,
+            &[
+                A::P(self.ptr(&table.buf)),
+                A::I(table.dtype.id() as i32),
+                A::L(table.nb),
+                A::P(self.ptr(&idb)),
+                A::I(vocab.min(i32::MAX as usize) as i32),
+                A::P(self.ptr(&out.buf)),
+                A::I(d as i32),
+            ],
+        )?;
+        Ok(out)
+    }
+
+    fn rms_norm(&self, x: &CudaTensor, weight: &CudaWeight, eps: f32) -> Result<CudaTensor> {
+        if weight.numel() != x.cols || weight.dtype.is_quantized() {
+            return Err(shape_err(
+                "rms_norm",
+                format!("x has {} columns, weight {} is {:?} {}", x.cols, weight.name, weight.shape, weight.dtype.name()),
+            ));
+        }
+        let out = self.tensor(x.rows, x.cols)?;
+        if x.rows == 0 {
+            return Ok(out);
+        }
+        self.launch(
+            "rms_norm",
+            (x.rows as u32, 1, 1),
+            256,
+            &[
+                A::P(self.ptr(&x.buf)),
+                A::P(self.ptr(&weight.buf)),
+                A::I(weight.dtype.id() as i32),
+                A::P(self.ptr(&out.buf)),
+                A::I(x.cols as i32),
+                A::F(eps),
+            ],
+        )?;
+        Ok(out)
+    }
+
+    fn linear(&self, x: &CudaTensor, w: &CudaWeight, bias: Option<&CudaWeight>) -> Result<CudaTensor> {
+        let (k, n) = matrix_dims(w);
+        if x.cols != k {
+            return Err(shape_err(
+                "linear",
+                format!("x is [{}, {}] but {} is {:?} (k = {k})", x.rows, x.cols, w.name, w.shape),
+            ));
+        }
+        if let Some(b) = bias
+            && (b.numel() != n || b.dtype.is_quantized())
+        {
+            return Err(shape_err(
+                "linear",
+                format!("bias {} is {:?} {} for {n} outputs", b.name, b.shape, b.dtype.name()),
+            ));
+        }
+        let y = self.tensor(x.rows, n)?;
+        self.linear_into(self.ptr(&x.buf), x.rows, k, w, bias, self.ptr(&y.buf), n)?;
+        Ok(y)
+    }
+
+    fn add_assign(&self, x: &mut CudaTensor, y: &CudaTensor) -> Result<()> {
+        if x.rows != y.rows || x.cols != y.cols {
+            return Err(shape_err(
+                "add_assign",
+                format!("[{}, {}] += [{}, {}]", x.rows, x.cols, y.rows, y.cols),
+            ));
+        }
+        let n = x.rows * x.cols;
+        if n == 0 {
+            return Ok(());
+        }
+        self.launch(
+            "add_assign",
+            (n.div_ceil(256) as u32, 1, 1),
+            256,
+            &[A::P(self.ptr(&x.buf)), A::P(self.ptr(&y.buf)), A::L(n as i64)],
+        )
+    }
+
+    fn rope(&self, x: &mut CudaTensor, n_heads: usize, pos0: usize, rope: &Rope) -> Result<()> {
+        let hd = rope.head_dim;
+        if x.cols != n_heads * hd || hd % 2 != 0 || rope.inv_freq.len() != hd / 2 || hd > 2048 {
+            return Err(shape_err(
+                "rope",
+                format!("x has {} columns for {n_heads} heads of {hd}", x.cols),
+            ));
+        }
+        if x.rows == 0 || n_heads == 0 {
+            return Ok(());
+        }
+        let f = self.rope_freqs(rope)?;
+        self.launch(
+            "rope",
+            (x.rows as u32, n_heads as u32, 1),
+            (hd / 2).div_ceil(32) as u32 * 32,
+            &[
+                A::P(self.ptr(&x.buf)),
+                A::I(n_heads as i32),
+                A::I(hd as i32),
+                A::I(pos0 as i32),
+                A::P(f),
+                A::F(rope.attention_factor),
+            ],
+        )
+    }
+
+    fn new_kv_cache(&self, cfg: &KvCacheConfig) -> Result<CudaKvCache> {
+        let cap = match cfg.window {
+            Some(w) => w.min(cfg.max_positions),
+            None => cfg.max_positions,
+        }
+        .max(1);
+        let n = cap * cfg.n_kv_heads * cfg.head_dim;
+        let k = self.stream.alloc_zeros::<u16>(n.max(1)).map_err(dev_err)?;
+        let v = self.stream.alloc_zeros::<u16>(n.max(1)).map_err(dev_err)?;
+        Ok(CudaKvCache {
+            k,
+            v,
+            cap,
+            cfg: *cfg,
+            len: 0,
+            _mem: MemGuard::new(&self.mem, (n.max(1) * 4) as u64),
+        })
+    }
+
+    fn attention(
+        &self,
+        q: &CudaTensor,
+        k: &CudaTensor,
+        v: &CudaTensor,
+        cache: &mut CudaKvCache,
+        pos0: usize,
+        sinks: &CudaWeight,
+        cfg: &AttentionConfig,
+    ) -> Result<CudaTensor> {
+        let t = q.rows;
+        let (h, kvh, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
+        let bad = |d: String| Err(shape_err("attention", d));
+        if kvh == 0 || h % kvh != 0 || hd % 32 != 0 || hd == 0 || hd > 256 {
+            return bad(format!("{h} heads, {kvh} kv heads of {hd} (need head_dim a multiple of 32 up to 256)"));
+        }
+        if q.cols != h * hd || k.cols != kvh * hd || v.cols != kvh * hd || k.rows != t || v.rows != t {
+            return bad(format!(
+                "q [{}, {}], k [{}, {}], v [{}, {}] for {h} heads / {kvh} kv heads of {hd}",
+                q.rows, q.cols, k.rows, k.cols, v.rows, v.cols
+            ));
+        }
+        if cache.cfg.n_kv_heads != kvh || cache.cfg.head_dim != hd || cache.cfg.window != cfg.window {
+            return bad(format!("cache {:?} does not match {:?}", cache.cfg, cfg));
+        }
+        if sinks.numel() != h || sinks.dtype.is_quantized() {
+            return bad(format!("sinks {} is {:?}, need {h} values", sinks.name, sinks.shape));
+        }
+        if cache.len != pos0 {
+            return bad(format!("cache holds {} positions but pos0 is {pos0}", cache.len));
+        }
+        if pos0 + t > cache.cfg.max_positions {
+            return Err(BackendError::ContextFull {
+                pos: cache.cfg.max_positions.max(pos0),
+                capacity: cache.cfg.max_positions,
+            });
+        }
+        let out = self.tensor(t, h * hd)?;
+        if t == 0 {
+            return Ok(out);
+        }
+        let window = cfg.window.unwrap_or(0);
+        let max_keys = match cfg.window {
+            Some(w) => w.min(pos0 + t),
+            None => pos0 + t,
+        }
+        .max(1);
+        // Enough blocks to fill the GPU (~2 waves of 132 SMs), chunks of at least 256 keys.
+        let blocks = t * h;
+        let mut splits = 1usize;
+        while blocks * splits < 512 && max_keys.div_ceil(splits * 2) >= 256 {
+            splits *= 2;
+        }
+        let chunk = max_keys.div_ceil(splits);
+        let part = self.scratch::<f32>(t * h * splits * (hd + 2))?;
+        let (kc, vc) = (self.ptr(&cache.k), self.ptr(&cache.v));
+        self.launch(
+            "attn_partial",
+            (t as u32, h as u32, splits as u32),
+            128,
+            &[
+                A::P(self.ptr(&q.buf)),
+                A::P(self.ptr(&k.buf)),
+                A::P(self.ptr(&v.buf)),
+                A::P(kc),
+                A::P(vc),
+                A::I(t as i32),
+                A::I(pos0 as i32),
+                A::I(h as i32),
+                A::I(kvh as i32),
+                A::I(hd as i32),
+                A::I(cache.cap as i32),
+                A::I(window as i32),
+                A::F(cfg.scale),
+                A::I(chunk as i32),
+                A::P(self.ptr(&part)),
+            ],
+        )?;
+        self.launch(
+            "attn_combine",
+            (t as u32, h as u32, 1),
+            hd as u32,
+            &[
+                A::P(self.ptr(&part)),
+                A::I(h as i32),
+                A::I(hd as i32),
+                A::I(splits as i32),
+                A::P(self.ptr(&sinks.buf)),
+                A::I(sinks.dtype.id() as i32),
+                A::P(self.ptr(&out.buf)),
+            ],
+        )?;
+        let first = t.saturating_sub(cache.cap);
+        self.launch(
+            "kv_append",
+            ((t - first) as u32, kvh as u32, 1),
+            hd as u32,
+            &[
+                A::P(self.ptr(&k.buf)),
+                A::P(self.ptr(&v.buf)),
+                A::P(kc),
+                A::P(vc),
+                A::I(first as i32),
+                A::I(pos0 as i32),
+                A::I(kvh as i32),
+                A::I(hd as i32),
+                A::I(cache.cap as i32),
+            ],
+        )?;
+        cache.len = pos0 + t;
+        Ok(out)
+    }
+
+    fn moe(&self, x: &CudaTensor, w: &MoeWeights<CudaWeight>, cfg: &MoeConfig) -> Result<CudaTensor> {
+        let t = x.rows;
+        let d_model = x.cols;
+        let (e, kk) = (cfg.n_experts, cfg.top_k);
+        let bad = |d: String| Err(shape_err("moe", d));
+        if e == 0 || e > 256 || kk == 0 || kk > 16 || kk > e {
+            return bad(format!("{e} experts, top {kk} (supported: up to 256 experts, top 16)"));
+        }
+        let (rk, rn) = matrix_dims(&w.router);
+        if rk != d_model || rn != e || w.router_bias.numel() != e {
+            return bad(format!("router {:?} for d_model {d_model}, {e} experts", w.router.shape));
+        }
+        let gs = &w.gate.shape;
+        if gs.len() != 3 || gs[0] != d_model || gs[2] != e || w.up.shape != *gs {
+            return bad(format!("gate {:?} / up {:?} for d_model {d_model}, {e} experts", gs, w.up.shape));
+        }
+        let n_ff = gs[1];
+        let ds = &w.down.shape;
+        if ds.len() != 3 || ds[0] != n_ff || ds[1] != d_model || ds[2] != e {
+            return bad(format!("down {:?} for n_ff {n_ff}, d_model {d_model}, {e} experts", ds));
+        }
+        for (b, n) in [(&w.gate_bias, n_ff * e), (&w.up_bias, n_ff * e), (&w.down_bias, d_model * e)] {
+            if b.numel() != n || b.dtype.is_quantized() {
+                return bad(format!("bias {} is {:?}, need {n} values", b.name, b.shape));
+            }
+        }
+        let y = self.tensor(t, d_model)?;
+        if t == 0 {
+            return Ok(y);
+        }
+        let xp = self.ptr(&x.buf);
+        // Router logits and top-k, on the GPU.
+        let logits = self.scratch::<f32>(t * e)?;
+        self.linear_into(xp, t, d_model, &w.router, Some(&w.router_bias), self.ptr(&logits), e)?;
+        let ids = self.scratch::<i32>(t * kk)?;
+        let wts = self.scratch::<f32>(t * kk)?;
+        self.launch(
+            "moe_topk",
+            (t.div_ceil(64) as u32, 1, 1),
+            64,
+            &[
+                A::P(self.ptr(&logits)),
+                A::I(t as i32),
+                A::I(e as i32),
+                A::I(kk as i32),
+                A::P(self.ptr(&ids)),
+                A::P(self.ptr(&wts)),
+            ],
+        )?;
+        let pairs = t * kk;
+        let h = self.scratch::<f32>(pairs * n_ff)?;
+        let bp = |b: &CudaWeight| (A::P(self.ptr(&b.buf)), A::I(b.dtype.id() as i32));
+        let (gb, gbt) = bp(&w.gate_bias);
+        let (ub, ubt) = bp(&w.up_bias);
+        let (db, dbt) = bp(&w.down_bias);
+        let all_mxfp4 = [&w.gate, &w.up, &w.down].iter().all(|m| m.dtype == GgmlType::MXFP4);
+        if all_mxfp4 && d_model % 32 == 0 && n_ff % 32 == 0 {
+            let (xq, xd) = self.quantize_q8(xp, t, d_model)?;
+            self.launch(
+                "moe_gate_up_mxfp4",
+                (n_ff.div_ceil(8) as u32, pairs as u32, 1),
+                256,
+                &[
+                    A::P(self.ptr(&xq)),
+                    A::P(self.ptr(&xd)),
+                    A::I(d_model as i32),
+                    A::P(self.ptr(&w.gate.buf)),
+                    A::L(w.gate.nb),
+                    A::P(self.ptr(&w.up.buf)),
+                    A::L(w.up.nb),
+                    gb,
+                    gbt,
+                    ub,
+                    ubt,
+                    A::P(self.ptr(&ids)),
+                    A::I(kk as i32),
+                    A::I(n_ff as i32),
+                    A::P(self.ptr(&h)),
+                ],
+            )?;
+            let (hq, hd) = self.quantize_q8(self.ptr(&h), pairs, n_ff)?;
+            self.launch(
+                "moe_down_mxfp4",
+                (d_model.div_ceil(8) as u32, t as u32, 1),
+                256,
+                &[
+                    A::P(self.ptr(&hq)),
+                    A::P(self.ptr(&hd)),
+                    A::I(n_ff as i32),
+                    A::P(self.ptr(&w.down.buf)),
+                    A::L(w.down.nb),
+                    db,
+                    dbt,
+                    A::P(self.ptr(&ids)),
+                    A::P(self.ptr(&wts)),
+                    A::I(kk as i32),
+                    A::I(d_model as i32),
+                    A::P(self.ptr(&y.buf)),
+                ],
+            )?;
+        } else {
+            self.launch(
+                "moe_gate_up_any",
+                (n_ff.div_ceil(8) as u32, pairs as u32, 1),
+                256,
+                &[
+                    A::P(xp),
+                    A::I(d_model as i32),
+                    A::P(self.ptr(&w.gate.buf)),
+                    A::I(w.gate.dtype.id() as i32),
+                    A::L(w.gate.nb),
+                    A::P(self.ptr(&w.up.buf)),
+                    A::I(w.up.dtype.id() as i32),
+                    A::L(w.up.nb),
+                    gb,
+                    gbt,
+                    ub,
+                    ubt,
+                    A::P(self.ptr(&ids)),
+                    A::I(kk as i32),
+                    A::I(n_ff as i32),
+                    A::P(self.ptr(&h)),
+                ],
+            )?;
+            self.launch(
+                "moe_down_any",
+                (d_model.div_ceil(8) as u32, t as u32, 1),
+                256,
+                &[
+                    A::P(self.ptr(&h)),
+                    A::I(n_ff as i32),
+                    A::P(self.ptr(&w.down.buf)),
+                    A::I(w.down.dtype.id() as i32),
+                    A::L(w.down.nb),
+                    db,
+                    dbt,
+                    A::P(self.ptr(&ids)),
+                    A::P(self.ptr(&wts)),
+                    A::I(kk as i32),
+                    A::I(d_model as i32),
+                    A::P(self.ptr(&y.buf)),
+                ],
+            )?;
+        }
+        Ok(y)
+    }
+
+    fn argmax(&self, x: &CudaTensor) -> Result<Vec<u32>> {
+        if x.rows == 0 {
+            return Ok(Vec::new());
+        }
+        if x.cols == 0 {
+            return Err(shape_err("argmax", "rows of zero columns".into()));
+        }
+        let out = self.scratch::<u32>(x.rows)?;
+        self.launch(
+            "argmax_rows",
+            (x.rows as u32, 1, 1),
+            1024,
+            &[A::P(self.ptr(&x.buf)), A::I(x.cols as i32), A::P(self.ptr(&out))],
+        )?;
+        let mut v = self.stream.clone_dtoh(&out).map_err(dev_err)?;
+        v.truncate(x.rows);
+        Ok(v)
+    }
+
+    fn last_row(&self, x: &CudaTensor) -> Result<CudaTensor> {
+        if x.rows == 0 {
+            return Err(shape_err("last_row", "empty matrix".into()));
+        }
+        let mut out = self.tensor(1, x.cols)?;
+        let start = (x.rows - 1) * x.cols;
+        let src = x.buf.slice(start..start + x.cols);
+        let mut dst = out.buf.slice_mut(0..x.cols);
+        self.stream.memcpy_dtod(&src, &mut dst).map_err(dev_err)?;
+        Ok(out)
+    }
+
+    fn peak_memory_bytes(&self) -> Option<u64> {
+        Some(self.mem.peak.load(Ordering::Relaxed))
+    }
+}
+
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        // Let queued work finish before buffers the kernels still read are freed.
+        let _ = self.stream.synchronize();
+        let _ = &self.ctx;
+    }
+}

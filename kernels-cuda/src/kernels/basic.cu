@@ -1,0 +1,108 @@
+// Elementwise and row-wise kernels: embedding, RMSNorm, residual add, RoPE, argmax, and the
+// int8 quantization of activations that the dp4a matrix-vector kernels read.
+
+// out[r, :] = table[ids[r], :] for a table of any type. grid (ceil(d/256), rows), block 256.
+extern "C" __global__ void embed(const u8* table, int type, i64 nb, const u32* ids, int vocab,
+                                 float* out, int d) {
+    int r = blockIdx.y;
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= d) return;
+    u32 id = ids[r];
+    // The host checks ids; this keeps a bad id from reading outside the table regardless.
+    out[(i64)r * d + c] = id < (u32)vocab ? wload(table, type, nb, (i64)id * d + c)
+                                          : __int_as_float(0x7fc00000);
+}
+
+// RMSNorm of each row times weight. grid rows, block 256 (any multiple of 32 up to 1024).
+extern "C" __global__ void rms_norm(const float* x, const u8* w, int wtype, float* y, int d,
+                                    float eps) {
+    __shared__ float red[32];
+    const float* xr = x + (i64)blockIdx.x * d;
+    float ss = 0.f;
+    for (int c = threadIdx.x; c < d; c += blockDim.x) ss += xr[c] * xr[c];
+    ss = warp_sum(ss);
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (lane == 0) red[warp] = ss;
+    __syncthreads();
+    if (warp == 0) {
+        int nw = blockDim.x >> 5;
+        float v = lane < nw ? red[lane] : 0.f;
+        v = warp_sum(v);
+        if (lane == 0) red[0] = v;
+    }
+    __syncthreads();
+    float inv = 1.0f / sqrtf(red[0] / (float)d + eps);
+    float* yr = y + (i64)blockIdx.x * d;
+    for (int c = threadIdx.x; c < d; c += blockDim.x) yr[c] = xr[c] * inv * wload(w, wtype, 0, c);
+}
+
+// x += y. grid ceil(n/256), block 256.
+extern "C" __global__ void add_assign(float* x, const float* y, i64 n) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] += y[i];
+}
+
+// NEOX RoPE in place: x [t, n_heads * head_dim], row r at position pos0 + r. cos/sin are
+// computed the way the reference does: angle = pos * inv_freq in f32, cos/sin in double,
+// rounded to f32, times the attention factor. grid (t, n_heads), block head_dim / 2.
+extern "C" __global__ void rope(float* x, int n_heads, int head_dim, int pos0,
+                                const float* inv_freq, float attn_factor) {
+    int r = blockIdx.x, h = blockIdx.y, i = threadIdx.x;
+    int half = head_dim >> 1;
+    if (i >= half) return;
+    float angle = __fmul_rn((float)(pos0 + r), inv_freq[i]);
+    double s, c;
+    sincos((double)angle, &s, &c);
+    float cf = (float)c * attn_factor, sf = (float)s * attn_factor;
+    float* hp = x + ((i64)r * n_heads + h) * head_dim;
+    float x1 = hp[i], x2 = hp[i + half];
+    hp[i] = __fsub_rn(__fmul_rn(x1, cf), __fmul_rn(x2, sf));
+    hp[i + half] = __fadd_rn(__fmul_rn(x2, cf), __fmul_rn(x1, sf));
+}
+
+// Index of the largest value of each row, first on ties; NaN never wins. grid rows, block 1024.
+extern "C" __global__ void argmax_rows(const float* x, int n, u32* out) {
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    const float* xr = x + (i64)blockIdx.x * n;
+    float best = NEG_INF;
+    int bi = 0x7fffffff;
+    for (int c = threadIdx.x; c < n; c += blockDim.x) {
+        float v = xr[c];
+        if (v > best) { best = v; bi = c; }  // c grows, so the first maximum stays
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, best, o);
+        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
+    }
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (lane == 0) { sv[warp] = best; si[warp] = bi; }
+    __syncthreads();
+    if (warp == 0) {
+        int nw = blockDim.x >> 5;
+        best = lane < nw ? sv[lane] : NEG_INF;
+        bi = lane < nw ? si[lane] : 0x7fffffff;
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffffu, best, o);
+            int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
+        }
+        if (lane == 0) out[blockIdx.x] = bi == 0x7fffffff ? 0u : (u32)bi;
+    }
+}
+
+// Symmetric int8 quantization of activations in blocks of 32 (ggml's q8_1 without the sum):
+// xq [rows, k] int8, xd [rows, k / 32] scales. One warp per block of 32; grid
+// (ceil(rows * k / 32 / 8)), block 256.
+extern "C" __global__ void quantize_q8(const float* x, i64 nblocks, i8* xq, float* xd) {
+    i64 b = (i64)blockIdx.x * 8 + (threadIdx.x >> 5);
+    if (b >= nblocks) return;
+    int lane = threadIdx.x & 31;
+    float v = x[b * 32 + lane];
+    float amax = warp_max(fabsf(v));
+    float d = amax / 127.0f;
+    float q = d > 0.f ? rintf(v / d) : 0.f;
+    xq[b * 32 + lane] = (i8)(int)q;
+    if (lane == 0) xd[b] = d;
+}
