@@ -17,7 +17,9 @@ pub mod error;
 pub mod model;
 pub mod reader;
 pub mod types;
+pub mod validate;
 pub mod value;
+pub mod writer;
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -29,7 +31,11 @@ pub use error::GgufError;
 pub use model::{GgufModel, TensorView, split_paths};
 pub use reader::{Endian, Header, parse_header, parse_header_at};
 pub use types::{GgmlType, TypeIdError};
+pub use validate::{Finding, Severity, ValidationReport, validate, validate_bytes};
 pub use value::{Array, Metadata, StringArray, Value, ValueType};
+pub use writer::{
+    GgufWriter, SplitBy, WriteOptions, encode_header, pack_offsets, rewrite, to_bytes, write_split,
+};
 
 /// Alignment of the data section when `general.alignment` is absent.
 pub const DEFAULT_ALIGNMENT: u64 = 32;

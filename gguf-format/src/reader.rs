@@ -255,6 +255,40 @@ pub(crate) fn align_up(x: u64, align: u64) -> Option<u64> {
 ///
 /// `path` only labels errors (pass an empty path for in-memory data).
 pub fn parse_header_at(bytes: &[u8], path: &Path) -> Result<Header, GgufError> {
+    parse_impl(bytes, path, None)
+}
+
+/// Parse the header of an in-memory GGUF file (errors carry an empty path).
+pub fn parse_header(bytes: &[u8]) -> Result<Header, GgufError> {
+    parse_header_at(bytes, Path::new(""))
+}
+
+/// Parse as far as the structure allows, collecting problems that do not stop parsing
+/// (duplicate keys or tensor names, a bad alignment value, unaligned offsets, bad tensor types
+/// or shapes: such tensors are left out) into `soft` instead of failing on the first.
+pub(crate) fn parse_lenient(
+    bytes: &[u8],
+    path: &Path,
+    soft: &mut Vec<GgufError>,
+) -> Result<Header, GgufError> {
+    parse_impl(bytes, path, Some(soft))
+}
+
+fn parse_impl(
+    bytes: &[u8],
+    path: &Path,
+    mut soft: Option<&mut Vec<GgufError>>,
+) -> Result<Header, GgufError> {
+    // A problem the structure survives: fatal in strict mode, collected in lenient mode.
+    let mut problem = |e: GgufError| -> Result<(), GgufError> {
+        match soft.as_deref_mut() {
+            Some(v) => {
+                v.push(e);
+                Ok(())
+            }
+            None => Err(e),
+        }
+    };
     let mut c = Cursor {
         bytes,
         pos: 0,
@@ -302,15 +336,12 @@ pub fn parse_header_at(bytes: &[u8], path: &Path) -> Result<Header, GgufError> {
             max: left / 13,
         });
     }
-    let shared_path: Arc<Path> = Arc::from(path);
-    let mut metadata = Metadata::with_origin(
-        if path.as_os_str().is_empty() {
-            None
-        } else {
-            Some(shared_path)
-        },
-        c.pos as u64,
-    );
+    let shared_path: Option<Arc<Path>> = if path.as_os_str().is_empty() {
+        None
+    } else {
+        Some(Arc::from(path))
+    };
+    let mut metadata = Metadata::with_origin(shared_path, c.pos as u64);
     for i in 0..n_kv {
         let kv_off = c.pos as u64;
         let key = c.str(&|| format!("key of metadata pair {i}"))?.to_string();
@@ -318,25 +349,26 @@ pub fn parse_header_at(bytes: &[u8], path: &Path) -> Result<Header, GgufError> {
         let t = c.value_type(&what)?;
         let value = c.value(t, &what)?;
         if !metadata.push_from_file(key.clone(), value, kv_off) {
-            return Err(GgufError::DuplicateKey {
+            problem(GgufError::DuplicateKey {
                 path: path.to_path_buf(),
                 offset: kv_off,
                 key,
-            });
+            })?;
         }
     }
     let alignment = match metadata.get("general.alignment") {
         None => DEFAULT_ALIGNMENT,
         Some(Value::U32(a)) if a.is_power_of_two() => *a as u64,
         Some(v) => {
-            return Err(GgufError::BadAlignment {
+            problem(GgufError::BadAlignment {
                 path: path.to_path_buf(),
                 offset: metadata.offset_of("general.alignment").unwrap_or(0),
                 detail: match v {
                     Value::U32(a) => format!("is {a}, not a non-zero power of two"),
                     v => format!("has type {}, expected uint32", v.type_description()),
                 },
-            });
+            })?;
+            DEFAULT_ALIGNMENT
         }
     };
     let left = c.left();
@@ -352,38 +384,56 @@ pub fn parse_header_at(bytes: &[u8], path: &Path) -> Result<Header, GgufError> {
     }
     let mut tensors = Vec::with_capacity(n_tensors as usize);
     let mut names = HashSet::with_capacity(n_tensors as usize);
+    let bad = |offset: u64, name: &str, detail: String| GgufError::BadTensorInfo {
+        path: path.to_path_buf(),
+        offset,
+        tensor: name.to_string(),
+        detail,
+    };
     for i in 0..n_tensors {
         let info_off = c.pos as u64;
         let name = c.str(&|| format!("name of tensor {i}"))?.to_string();
-        let bad = |offset: u64, name: &str, detail: String| GgufError::BadTensorInfo {
-            path: path.to_path_buf(),
-            offset,
-            tensor: name.to_string(),
-            detail,
-        };
         let dims_off = c.pos as u64;
         let n_dims = c.u32(&|| format!("n_dims of tensor {name:?}"))?;
+        let mut keep = true;
         if n_dims as usize > MAX_DIMS {
-            return Err(bad(
+            // Reading on is still well defined, as long as the dims fit in the file.
+            if n_dims as u64 > c.left() / 8 {
+                return Err(bad(dims_off, &name, format!("{n_dims} dimensions")));
+            }
+            problem(bad(
                 dims_off,
                 &name,
                 format!("{n_dims} dimensions, at most {MAX_DIMS} allowed"),
-            ));
+            ))?;
+            keep = false;
         }
-        let mut shape = Vec::with_capacity(n_dims as usize);
+        let mut shape = Vec::with_capacity((n_dims as usize).min(MAX_DIMS));
         for d in 0..n_dims {
-            shape.push(c.u64(&|| format!("ne[{d}] of tensor {name:?}"))?);
+            let ne = c.u64(&|| format!("ne[{d}] of tensor {name:?}"))?;
+            if keep {
+                shape.push(ne);
+            }
         }
         let type_off = c.pos as u64;
         let type_id = c.u32(&|| format!("type of tensor {name:?}"))?;
-        let ggml_type = GgmlType::from_id(type_id).map_err(|source| GgufError::BadTensorType {
-            path: path.to_path_buf(),
-            offset: type_off,
-            tensor: name.clone(),
-            source,
-        })?;
         let offset_off = c.pos as u64;
         let offset = c.u64(&|| format!("offset of tensor {name:?}"))?;
+        let ggml_type = match GgmlType::from_id(type_id) {
+            Ok(t) => t,
+            Err(source) => {
+                problem(GgufError::BadTensorType {
+                    path: path.to_path_buf(),
+                    offset: type_off,
+                    tensor: name.clone(),
+                    source,
+                })?;
+                continue;
+            }
+        };
+        if !keep {
+            continue;
+        }
         let info = TensorInfo {
             name,
             ggml_type,
@@ -391,26 +441,29 @@ pub fn parse_header_at(bytes: &[u8], path: &Path) -> Result<Header, GgufError> {
             offset,
         };
         // ggml's rules: every ne fits in i64, the element count does not overflow, rows are whole
-        // blocks; the data offset is aligned.
+        // blocks; the data offset is aligned; names are unique.
         if let Some(d) = info.shape.iter().position(|&n| n > i64::MAX as u64) {
-            return Err(bad(
+            problem(bad(
                 dims_off,
                 &info.name,
                 format!("ne[{d}] = {} is negative as int64", info.shape[d]),
-            ));
+            ))?;
+            continue;
         }
         if let Err(detail) = info.checked_size() {
-            return Err(bad(dims_off, &info.name, detail));
+            problem(bad(dims_off, &info.name, detail))?;
+            continue;
         }
         if offset % alignment != 0 {
-            return Err(bad(
+            problem(bad(
                 offset_off,
                 &info.name,
                 format!("data offset {offset} is not a multiple of the alignment {alignment}"),
-            ));
+            ))?;
         }
         if !names.insert(info.name.clone()) {
-            return Err(bad(info_off, &info.name, "duplicate tensor name".into()));
+            problem(bad(info_off, &info.name, "duplicate tensor name".into()))?;
+            continue;
         }
         tensors.push(info);
     }
@@ -429,9 +482,4 @@ pub fn parse_header_at(bytes: &[u8], path: &Path) -> Result<Header, GgufError> {
         infos_end,
         data_offset,
     })
-}
-
-/// Parse the header of an in-memory GGUF file (errors carry an empty path).
-pub fn parse_header(bytes: &[u8]) -> Result<Header, GgufError> {
-    parse_header_at(bytes, Path::new(""))
 }
