@@ -1,1 +1,15 @@
 //! GPT-OSS from GGUF: architecture, KV cache, sampling, tokenizer and Harmony chat.
+
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod gguf;
+pub mod model;
+pub mod sampling;
+
+pub use config::ModelConfig;
+pub use error::{ModelError, Result};
+pub use generate::{GenerateOptions, Generation, StopReason, generate};
+pub use gguf::open_gguf;
+pub use model::{Layer, Model, Session, TensorSource};
+pub use sampling::{Sampler, SamplerConfig};
