@@ -4,6 +4,11 @@
 //! `cmd/` with a clap `Args` struct and a `run` function.
 
 mod cmd;
+mod gguf_out;
+mod progress;
+mod qplan;
+mod requant;
+mod synth;
 
 use clap::{Parser, Subcommand};
 
@@ -17,6 +22,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     // One variant per command, in the order `gptoss --help` lists them.
+    /// Write a random-weight GPT-OSS with the real layout (no download needed).
+    Synth(cmd::synth::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -27,6 +34,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result: anyhow::Result<std::process::ExitCode> = match cli.command {
         // Command::Name(args) => cmd::name::run(args),
+        Command::Synth(args) => cmd::synth::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,1 +1,2 @@
 //! One module per `gptoss` command.
+pub mod synth;
