@@ -10,9 +10,11 @@
 #![warn(missing_docs)]
 
 pub mod bytes;
+pub mod cpu;
 pub mod rope;
 
 pub use bytes::HostBytes;
+pub use cpu::{CpuBackend, CpuKvCache, CpuMode, CpuTensor, CpuWeight};
 pub use gptoss_quant::GgmlType;
 pub use rope::{Rope, RopeConfig};
 
@@ -177,6 +179,7 @@ pub trait Backend {
     fn upload(&self, w: &WeightData) -> Result<Self::Weight>;
 
     /// Copy a host matrix `[rows, cols]` to the device.
+    #[allow(clippy::wrong_self_convention)] // `from_` reads naturally: the backend makes a tensor.
     fn from_host(&self, data: &[f32], rows: usize, cols: usize) -> Result<Self::Tensor>;
 
     /// Copy a device matrix back: `(data, rows, cols)`.
