@@ -49,7 +49,8 @@ impl Rope {
             };
         }
         let correction_dim = |rotations: f64| {
-            (dim as f64 * (cfg.original_context as f64 / (rotations * 2.0 * std::f64::consts::PI)).ln())
+            (dim as f64
+                * (cfg.original_context as f64 / (rotations * 2.0 * std::f64::consts::PI)).ln())
                 / (2.0 * base.ln())
         };
         let low = correction_dim(cfg.beta_fast as f64).max(0.0);
