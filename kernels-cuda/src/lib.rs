@@ -242,6 +242,18 @@ impl CudaBackend {
         &self.arch
     }
 
+    /// Test aid: fill `bytes` of device memory with 0xFF (an f32 NaN pattern) and give it back to
+    /// the stream's memory pool, so that the outputs allocated next start out poisoned and an
+    /// element a kernel forgets to write shows up as NaN.
+    pub fn poison_pool(&self, bytes: usize) -> Result<()> {
+        let s = self.scratch::<u8>(bytes)?;
+        // SAFETY: the pointer and length are those of the live allocation `s`, on our stream.
+        unsafe { cudarc::driver::result::memset_d8_async(self.ptr(&s), 0xff, bytes, self.stream.cu_stream()) }
+            .map_err(dev_err)?;
+        drop(s);
+        self.synchronize()
+    }
+
     /// Wait for all queued work (kernel errors surface here).
     pub fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(dev_err)
@@ -645,6 +657,9 @@ impl Backend for CudaBackend {
     }
 
     fn new_kv_cache(&self, cfg: &KvCacheConfig) -> Result<CudaKvCache> {
+        if cfg.window == Some(0) || cfg.n_kv_heads == 0 || cfg.head_dim == 0 || cfg.max_positions == 0 {
+            return Err(shape_err("new_kv_cache", format!("empty cache configuration {cfg:?}")));
+        }
         let cap = match cfg.window {
             Some(w) => w.min(cfg.max_positions),
             None => cfg.max_positions,
@@ -676,7 +691,7 @@ impl Backend for CudaBackend {
         let t = q.rows;
         let (h, kvh, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
         let bad = |d: String| Err(shape_err("attention", d));
-        if kvh == 0 || h % kvh != 0 || hd % 32 != 0 || hd == 0 || hd > 256 {
+        if cfg.window == Some(0) || kvh == 0 || h % kvh != 0 || hd % 32 != 0 || hd == 0 || hd > 256 {
             return bad(format!("{h} heads, {kvh} kv heads of {hd} (need head_dim a multiple of 32 up to 256)"));
         }
         if q.cols != h * hd || k.cols != kvh * hd || v.cols != kvh * hd || k.rows != t || v.rows != t {

@@ -1,0 +1,359 @@
+//! CUDA backend against the CPU reference, op by op, on fresh random inputs of GPT-OSS shapes
+//! and odd shapes (ggml test-backend-ops limits: NMSE <= 5e-4 for matmuls and attention,
+//! <= 1e-6 for norms, RoPE and elementwise ops; NaN fails). Before every op the device memory
+//! pool is poisoned with NaN patterns, so an output element a kernel forgets to write fails.
+//!
+//! Needs an NVIDIA GPU and driver; elsewhere every test prints why it skips and passes.
+
+use gptoss_backend::{
+    AttentionConfig, Backend, BackendError, CpuBackend, GgmlType, HostBytes, KvCacheConfig,
+    MoeConfig, MoeWeights, Rope, RopeConfig, WeightData,
+};
+use gptoss_kernels_cuda::CudaBackend;
+use gptoss_tests::{max_abs_diff, nmse};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const MATMUL_NMSE: f64 = 5e-4;
+const EXACT_NMSE: f64 = 1e-6;
+
+fn gpu() -> Option<CudaBackend> {
+    match CudaBackend::new(0) {
+        Ok(b) => {
+            eprintln!("device: {}", b.name());
+            Some(b)
+        }
+        Err(BackendError::Unavailable { reason, .. }) => {
+            eprintln!("SKIPPED: no CUDA device: {reason}");
+            None
+        }
+        Err(e) => panic!("CUDA backend failed to start: {e}"),
+    }
+}
+
+fn rng() -> StdRng {
+    // Fresh inputs every run; the seed is printed so a failure can be replayed.
+    let seed: u64 = std::env::var("GPTOSS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::rng().random());
+    eprintln!("seed {seed} (GPTOSS_SEED={seed} replays it)");
+    StdRng::seed_from_u64(seed)
+}
+
+fn randn(r: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            // Box-Muller; inputs are never zeros.
+            let u1: f32 = r.random_range(1e-7f32..1.0);
+            let u2: f32 = r.random();
+            scale * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
+        })
+        .collect()
+}
+
+fn f16_bits(x: f32) -> u16 {
+    // Round-to-nearest f32 -> f16 for normal-range values (the test data stays in range).
+    let b = x.to_bits();
+    let sign = ((b >> 16) & 0x8000) as u16;
+    let exp = ((b >> 23) & 0xff) as i32 - 127 + 15;
+    if exp <= 0 {
+        return sign;
+    }
+    let mant = b & 0x7f_ffff;
+    let mut h = ((exp as u32) << 10) | (mant >> 13);
+    if mant & 0x1000 != 0 {
+        h += 1;
+    }
+    sign | h as u16
+}
+
+/// Random bytes of a weight of `dtype` and shape (values of a realistic magnitude).
+fn random_weight(r: &mut StdRng, name: &str, dtype: GgmlType, shape: &[usize], scale: f32) -> WeightData {
+    let n: usize = shape.iter().product();
+    let bytes: Vec<u8> = match dtype {
+        GgmlType::F32 => randn(r, n, scale).iter().flat_map(|v| v.to_le_bytes()).collect(),
+        GgmlType::F16 => randn(r, n, scale).iter().flat_map(|v| f16_bits(*v).to_le_bytes()).collect(),
+        GgmlType::BF16 => randn(r, n, scale)
+            .iter()
+            .flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes())
+            .collect(),
+        GgmlType::Q8_0 => {
+            let mut out = Vec::with_capacity(n / 32 * 34);
+            for _ in 0..n / 32 {
+                let d = scale / 64.0 * r.random_range(0.5f32..1.5);
+                out.extend_from_slice(&f16_bits(d).to_le_bytes());
+                out.extend((0..32).map(|_| r.random_range(-127i8..=127) as u8));
+            }
+            out
+        }
+        GgmlType::MXFP4 => {
+            // E8M0 scales around `scale` / 4 (the E2M1 values reach 6).
+            let e0 = (scale / 4.0).log2().round() as i32 + 127;
+            let mut out = Vec::with_capacity(n / 32 * 17);
+            for _ in 0..n / 32 {
+                out.push((e0 + r.random_range(-2..=1)).clamp(1, 254) as u8);
+                out.extend((0..16).map(|_| r.random::<u8>()));
+            }
+            out
+        }
+        other => panic!("no generator for {other:?}"),
+    };
+    WeightData {
+        name: name.into(),
+        dtype,
+        shape: shape.to_vec(),
+        bytes: HostBytes::from_vec(bytes),
+    }
+}
+
+struct Pair {
+    cpu: CpuBackend,
+    gpu: CudaBackend,
+}
+
+impl Pair {
+    fn up(&self, w: &WeightData) -> (<CpuBackend as Backend>::Weight, <CudaBackend as Backend>::Weight) {
+        (self.cpu.upload(w).unwrap(), self.gpu.upload(w).unwrap())
+    }
+    fn x(&self, v: &[f32], rows: usize, cols: usize) -> (<CpuBackend as Backend>::Tensor, <CudaBackend as Backend>::Tensor) {
+        (self.cpu.from_host(v, rows, cols).unwrap(), self.gpu.from_host(v, rows, cols).unwrap())
+    }
+    fn poison(&self) {
+        self.gpu.poison_pool(256 << 20).unwrap();
+    }
+    fn check(
+        &self,
+        what: &str,
+        c: &<CpuBackend as Backend>::Tensor,
+        g: &<CudaBackend as Backend>::Tensor,
+        limit: f64,
+    ) {
+        let (cv, cr, cc) = self.cpu.to_host(c).unwrap();
+        let (gv, gr, gc) = self.gpu.to_host(g).unwrap();
+        assert_eq!((cr, cc), (gr, gc), "{what}: shapes differ");
+        let e = nmse(&gv, &cv);
+        let m = max_abs_diff(&gv, &cv);
+        eprintln!("{what}: nmse {e:.3e} max_abs {m:.3e}");
+        assert!(e <= limit, "{what}: NMSE {e:e} over {limit:e} (max abs diff {m:e})");
+    }
+}
+
+fn pair() -> Option<Pair> {
+    gpu().map(|gpu| Pair { cpu: CpuBackend::new(), gpu })
+}
+
+#[test]
+fn embed_rms_norm_add() {
+    let Some(p) = pair() else { return };
+    let mut r = rng();
+    for (dtype, d, vocab) in [
+        (GgmlType::F32, 64, 300),
+        (GgmlType::F16, 2880, 257),
+        (GgmlType::BF16, 2880, 1000),
+        (GgmlType::Q8_0, 2880, 999),
+        (GgmlType::MXFP4, 96, 50),
+    ] {
+        let w = random_weight(&mut r, "token_embd.weight", dtype, &[d, vocab], 1.0);
+        let (cw, gw) = p.up(&w);
+        let ids: Vec<u32> = (0..17).map(|_| r.random_range(0..vocab as u32)).collect();
+        p.poison();
+        let (c, g) = (p.cpu.embed(&cw, &ids).unwrap(), p.gpu.embed(&gw, &ids).unwrap());
+        p.check(&format!("embed {dtype:?} [{d}, {vocab}]"), &c, &g, EXACT_NMSE);
+        assert!(p.gpu.embed(&gw, &[vocab as u32]).is_err(), "an id past the vocabulary must be an error");
+    }
+    for (t, d) in [(1, 2880), (5, 2880), (3, 64), (2, 100), (7, 1000)] {
+        let xv = randn(&mut r, t * d, 2.0);
+        let (cx, gx) = p.x(&xv, t, d);
+        let w = random_weight(&mut r, "attn_norm.weight", GgmlType::F32, &[d], 1.0);
+        let (cw, gw) = p.up(&w);
+        p.poison();
+        let (c, g) = (p.cpu.rms_norm(&cx, &cw, 1e-5).unwrap(), p.gpu.rms_norm(&gx, &gw, 1e-5).unwrap());
+        p.check(&format!("rms_norm [{t}, {d}]"), &c, &g, EXACT_NMSE);
+        let yv = randn(&mut r, t * d, 1.0);
+        let (cy, gy) = p.x(&yv, t, d);
+        let (mut cx2, mut gx2) = p.x(&xv, t, d);
+        p.cpu.add_assign(&mut cx2, &cy).unwrap();
+        p.gpu.add_assign(&mut gx2, &gy).unwrap();
+        p.check(&format!("add_assign [{t}, {d}]"), &cx2, &gx2, EXACT_NMSE);
+        p.poison();
+        let (c, g) = (p.cpu.last_row(&cx).unwrap(), p.gpu.last_row(&gx).unwrap());
+        p.check(&format!("last_row [{t}, {d}]"), &c, &g, 0.0);
+    }
+}
+
+#[test]
+fn linear_every_type_and_shape() {
+    let Some(p) = pair() else { return };
+    let mut r = rng();
+    let shapes = [
+        (1, 2880, 4096),
+        (1, 4096, 2880),
+        (4, 2880, 512),
+        (8, 2880, 640),
+        (9, 2880, 520),
+        (100, 64, 96),
+        (3, 96, 37),
+        (70, 2880, 201),
+    ];
+    for dtype in [GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::MXFP4] {
+        for &(t, k, n) in &shapes {
+            let w = random_weight(&mut r, "attn_q.weight", dtype, &[k, n], 0.05);
+            let b = random_weight(&mut r, "attn_q.bias", GgmlType::F32, &[n], 0.5);
+            let (cw, gw) = p.up(&w);
+            let (cb, gb) = p.up(&b);
+            let xv = randn(&mut r, t * k, 1.0);
+            let (cx, gx) = p.x(&xv, t, k);
+            for with_bias in [true, false] {
+                let (cbo, gbo) = if with_bias { (Some(&cb), Some(&gb)) } else { (None, None) };
+                p.poison();
+                let c = p.cpu.linear(&cx, &cw, cbo).unwrap();
+                let g = p.gpu.linear(&gx, &gw, gbo).unwrap();
+                p.check(&format!("linear {dtype:?} t={t} k={k} n={n} bias={with_bias}"), &c, &g, MATMUL_NMSE);
+            }
+        }
+    }
+    // Odd k for an unquantized type (no 32-multiple).
+    let w = random_weight(&mut r, "odd.weight", GgmlType::F32, &[70, 33], 0.1);
+    let (cw, gw) = p.up(&w);
+    for t in [1, 5, 65] {
+        let xv = randn(&mut r, t * 70, 1.0);
+        let (cx, gx) = p.x(&xv, t, 70);
+        p.poison();
+        let (c, g) = (p.cpu.linear(&cx, &cw, None).unwrap(), p.gpu.linear(&gx, &gw, None).unwrap());
+        p.check(&format!("linear F32 odd t={t} k=70 n=33"), &c, &g, MATMUL_NMSE);
+    }
+    let xv = randn(&mut r, 2 * 71, 1.0);
+    let (_, gx) = p.x(&xv, 2, 71);
+    assert!(matches!(p.gpu.linear(&gx, &gw, None), Err(BackendError::Shape { .. })));
+}
+
+#[test]
+fn rope_matches() {
+    let Some(p) = pair() else { return };
+    let mut r = rng();
+    for (hd, heads, t, pos0) in [(64, 64, 5, 0), (64, 8, 3, 1000), (64, 64, 1, 131000), (32, 4, 9, 17)] {
+        let rope = Rope::new(&RopeConfig {
+            head_dim: hd,
+            theta: 150000.0,
+            scaling_factor: 32.0,
+            original_context: 4096,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+        });
+        let xv = randn(&mut r, t * heads * hd, 1.0);
+        let (mut cx, mut gx) = p.x(&xv, t, heads * hd);
+        p.cpu.rope(&mut cx, heads, pos0, &rope).unwrap();
+        p.gpu.rope(&mut gx, heads, pos0, &rope).unwrap();
+        p.check(&format!("rope hd={hd} heads={heads} t={t} pos0={pos0}"), &cx, &gx, EXACT_NMSE);
+    }
+}
+
+#[test]
+fn argmax_matches_with_ties() {
+    let Some(p) = pair() else { return };
+    let mut r = rng();
+    for (t, n) in [(1, 201088), (3, 8192), (5, 37)] {
+        let mut xv = randn(&mut r, t * n, 3.0);
+        // A tie in the first row: the earlier index must win.
+        let m = xv[..n].iter().cloned().fold(f32::MIN, f32::max) + 1.0;
+        let (a, b) = (r.random_range(0..n / 2), r.random_range(n / 2..n));
+        xv[a] = m;
+        xv[b] = m;
+        let (cx, gx) = p.x(&xv, t, n);
+        let (c, g) = (p.cpu.argmax(&cx).unwrap(), p.gpu.argmax(&gx).unwrap());
+        assert_eq!(c, g, "argmax t={t} n={n}");
+        assert_eq!(g[0] as usize, a);
+    }
+}
+
+fn attention_case(p: &Pair, r: &mut StdRng, heads: usize, kvh: usize, hd: usize, window: Option<usize>, steps: &[usize]) {
+    let max_positions: usize = steps.iter().sum::<usize>() + 3;
+    let kcfg = KvCacheConfig { n_kv_heads: kvh, head_dim: hd, max_positions, window };
+    let acfg = AttentionConfig { n_heads: heads, n_kv_heads: kvh, head_dim: hd, window, scale: 1.0 / (hd as f32).sqrt() };
+    let sinks = random_weight(r, "attn_sinks", GgmlType::F32, &[heads], 1.0);
+    let (cs, gs) = p.up(&sinks);
+    let mut cc = p.cpu.new_kv_cache(&kcfg).unwrap();
+    let mut gc = p.gpu.new_kv_cache(&kcfg).unwrap();
+    let mut pos = 0;
+    for &t in steps {
+        let qv = randn(r, t * heads * hd, 1.0);
+        let kv = randn(r, t * kvh * hd, 1.0);
+        let vv = randn(r, t * kvh * hd, 1.0);
+        let (cq, gq) = p.x(&qv, t, heads * hd);
+        let (ck, gk) = p.x(&kv, t, kvh * hd);
+        let (cv, gv) = p.x(&vv, t, kvh * hd);
+        p.poison();
+        let c = p.cpu.attention(&cq, &ck, &cv, &mut cc, pos, &cs, &acfg).unwrap();
+        let g = p.gpu.attention(&gq, &gk, &gv, &mut gc, pos, &gs, &acfg).unwrap();
+        p.check(&format!("attention h={heads}/{kvh} hd={hd} window={window:?} pos0={pos} t={t}"), &c, &g, MATMUL_NMSE);
+        pos += t;
+    }
+    // Past the capacity: a clean ContextFull.
+    let (_, gq) = p.x(&randn(r, 4 * heads * hd, 1.0), 4, heads * hd);
+    let (_, gk) = p.x(&randn(r, 4 * kvh * hd, 1.0), 4, kvh * hd);
+    let (_, gv) = p.x(&randn(r, 4 * kvh * hd, 1.0), 4, kvh * hd);
+    assert!(matches!(
+        p.gpu.attention(&gq, &gk, &gv, &mut gc, pos, &gs, &acfg),
+        Err(BackendError::ContextFull { .. })
+    ));
+}
+
+#[test]
+fn attention_prefill_decode_window_sinks() {
+    let Some(p) = pair() else { return };
+    let mut r = rng();
+    // GPT-OSS shapes: prefill longer than the window, decode steps, a second chunk.
+    attention_case(&p, &mut r, 64, 8, 64, Some(128), &[200, 1, 1, 1, 37, 1, 130, 1]);
+    attention_case(&p, &mut r, 64, 8, 64, None, &[200, 1, 1, 37, 1]);
+    // Tiny-model shapes.
+    attention_case(&p, &mut r, 4, 2, 32, Some(8), &[5, 1, 1, 1, 1, 1, 9, 1, 20, 1]);
+    attention_case(&p, &mut r, 4, 2, 32, None, &[13, 1, 1, 7, 1]);
+    // A long context: decode over 5000 cached keys (split-K).
+    attention_case(&p, &mut r, 64, 8, 64, None, &[5000, 1, 1, 3]);
+    // Odd head count per group, head_dim 128.
+    attention_case(&p, &mut r, 12, 4, 128, Some(16), &[40, 1, 2]);
+}
+
+fn moe_case(p: &Pair, r: &mut StdRng, d_model: usize, n_ff: usize, e: usize, k: usize, expert_type: GgmlType, ts: &[usize]) {
+    let w = MoeWeights {
+        router: random_weight(r, "ffn_gate_inp.weight", GgmlType::F32, &[d_model, e], 0.05),
+        router_bias: random_weight(r, "ffn_gate_inp.bias", GgmlType::F32, &[e], 0.5),
+        gate: random_weight(r, "ffn_gate_exps.weight", expert_type, &[d_model, n_ff, e], 0.05),
+        gate_bias: random_weight(r, "ffn_gate_exps.bias", GgmlType::F32, &[n_ff, e], 0.5),
+        up: random_weight(r, "ffn_up_exps.weight", expert_type, &[d_model, n_ff, e], 0.05),
+        up_bias: random_weight(r, "ffn_up_exps.bias", GgmlType::F32, &[n_ff, e], 0.5),
+        down: random_weight(r, "ffn_down_exps.weight", expert_type, &[n_ff, d_model, e], 0.05),
+        down_bias: random_weight(r, "ffn_down_exps.bias", GgmlType::F32, &[d_model, e], 0.5),
+    };
+    let up = |x: &WeightData| p.up(x);
+    let (cr, gr) = up(&w.router);
+    let (crb, grb) = up(&w.router_bias);
+    let (cg, gg) = up(&w.gate);
+    let (cgb, ggb) = up(&w.gate_bias);
+    let (cu, gu) = up(&w.up);
+    let (cub, gub) = up(&w.up_bias);
+    let (cd, gd) = up(&w.down);
+    let (cdb, gdb) = up(&w.down_bias);
+    let cw = MoeWeights { router: cr, router_bias: crb, gate: cg, gate_bias: cgb, up: cu, up_bias: cub, down: cd, down_bias: cdb };
+    let gw = MoeWeights { router: gr, router_bias: grb, gate: gg, gate_bias: ggb, up: gu, up_bias: gub, down: gd, down_bias: gdb };
+    let cfg = MoeConfig { n_experts: e, top_k: k };
+    for &t in ts {
+        let xv = randn(r, t * d_model, 1.0);
+        let (cx, gx) = p.x(&xv, t, d_model);
+        p.poison();
+        let c = p.cpu.moe(&cx, &cw, &cfg).unwrap();
+        let g = p.gpu.moe(&gx, &gw, &cfg).unwrap();
+        p.check(&format!("moe {expert_type:?} d={d_model} ff={n_ff} E={e} k={k} t={t}"), &c, &g, MATMUL_NMSE);
+    }
+}
+
+#[test]
+fn moe_matches() {
+    let Some(p) = pair() else { return };
+    let mut r = rng();
+    moe_case(&p, &mut r, 64, 96, 8, 4, GgmlType::MXFP4, &[1, 3, 8, 40]);
+    moe_case(&p, &mut r, 2880, 2880, 32, 4, GgmlType::MXFP4, &[1, 2, 8, 33]);
+    moe_case(&p, &mut r, 64, 96, 8, 4, GgmlType::Q8_0, &[1, 5]);
+    moe_case(&p, &mut r, 64, 64, 16, 2, GgmlType::BF16, &[1, 9]);
+}
