@@ -1,0 +1,195 @@
+//! AVX2 and AVX-512 (VL + BW + VNNI) kernels. Each computes the exact integer sum of every block
+//! pair with SIMD and then performs the same float operations, in the same order, as the scalar
+//! kernel in `scalar.rs`, so the results are identical bit for bit.
+
+#[cfg(target_arch = "x86")]
+use std::arch::x86::*;
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+use super::scalar::{mxfp4_q8_0_block, q8_0_q8_0_block, reduce8};
+use crate::mxfp4::{E2M1_DOUBLED_I8, e8m0_to_f32_half};
+use crate::util::rd_u16;
+
+/// Loads 16 bytes.
+#[inline(always)]
+fn load128(s: &[u8]) -> __m128i {
+    let s = &s[..16];
+    // SAFETY: `s` is exactly 16 readable bytes; the load is unaligned.
+    unsafe { _mm_loadu_si128(s.as_ptr().cast()) }
+}
+
+/// Loads 32 bytes.
+#[inline]
+#[target_feature(enable = "avx")]
+fn load256(s: &[u8]) -> __m256i {
+    let s = &s[..32];
+    // SAFETY: `s` is exactly 32 readable bytes; the load is unaligned.
+    unsafe { _mm256_loadu_si256(s.as_ptr().cast()) }
+}
+
+/// Horizontal sums of eight i32x8 vectors: lane k of the result is the sum of `p[k]`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum8_epi32(p: [__m256i; 8]) -> __m256i {
+    let h01 = _mm256_hadd_epi32(p[0], p[1]);
+    let h23 = _mm256_hadd_epi32(p[2], p[3]);
+    let h45 = _mm256_hadd_epi32(p[4], p[5]);
+    let h67 = _mm256_hadd_epi32(p[6], p[7]);
+    let h0123 = _mm256_hadd_epi32(h01, h23);
+    let h4567 = _mm256_hadd_epi32(h45, h67);
+    let lo = _mm256_permute2x128_si256(h0123, h4567, 0x20);
+    let hi = _mm256_permute2x128_si256(h0123, h4567, 0x31);
+    _mm256_add_epi32(lo, hi)
+}
+
+/// Per-block products of scales for 8 blocks: weight scale (f32 from `wscale`) times the Q8_0
+/// activation f16 scale at byte `a_off` of each 34-byte activation block.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn scales8(dw: [f32; 8], a: &[u8]) -> __m256 {
+    let mut da = [0u16; 8];
+    for (k, d) in da.iter_mut().enumerate() {
+        *d = rd_u16(a, k * 34);
+    }
+    // SAFETY: both arrays are 8 elements (32 and 16 bytes) on the stack.
+    let (w, a) = unsafe { (_mm256_loadu_ps(dw.as_ptr()), _mm_loadu_si128(da.as_ptr().cast())) };
+    _mm256_mul_ps(w, _mm256_cvtph_ps(a))
+}
+
+/// MXFP4 codes of one block as 32 int8 doubled E2M1 values, in element order.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn mxfp4_codes(table: __m128i, m4: __m128i, qs: &[u8]) -> __m256i {
+    let q = load128(qs);
+    let lo = _mm_and_si128(q, m4);
+    let hi = _mm_and_si128(_mm_srli_epi16(q, 4), m4);
+    _mm256_set_m128i(_mm_shuffle_epi8(table, hi), _mm_shuffle_epi8(table, lo))
+}
+
+#[inline]
+#[target_feature(enable = "avx")]
+fn finish(acc: __m256, tail: impl Fn(&mut [f32; 8])) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    // SAFETY: `lanes` is 8 f32 on the stack.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+    tail(&mut lanes);
+    reduce8(lanes)
+}
+
+/// MXFP4 x Q8_0 with AVX2. The activation is made unsigned (|a|, which is exact even for -128
+/// read as 128) and its sign moved onto the weight, which never overflows since |w| <= 12.
+#[target_feature(enable = "avx2,f16c")]
+pub(crate) fn mxfp4_q8_0_avx2(w: &[u8], a: &[u8], nb: usize) -> f32 {
+    let table = load128(&E2M1_DOUBLED_I8.map(|v| v as u8));
+    let m4 = _mm_set1_epi8(0x0f);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_ps();
+    let groups = nb / 8;
+    for (wg, ag) in w.chunks_exact(8 * 17).zip(a.chunks_exact(8 * 34)).take(groups) {
+        let mut p = [_mm256_setzero_si256(); 8];
+        let mut dw = [0.0f32; 8];
+        for k in 0..8 {
+            let wb = &wg[k * 17..k * 17 + 17];
+            let wv = mxfp4_codes(table, m4, &wb[1..17]);
+            let av = load256(&ag[k * 34 + 2..k * 34 + 34]);
+            let prod = _mm256_maddubs_epi16(_mm256_abs_epi8(av), _mm256_sign_epi8(wv, av));
+            p[k] = _mm256_madd_epi16(prod, ones);
+            dw[k] = e8m0_to_f32_half(wb[0]);
+        }
+        let sums = _mm256_cvtepi32_ps(hsum8_epi32(p));
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(scales8(dw, ag), sums));
+    }
+    finish(acc, |lanes| {
+        for b in groups * 8..nb {
+            lanes[b % 8] += mxfp4_q8_0_block(&w[b * 17..b * 17 + 17], &a[b * 34..b * 34 + 34]);
+        }
+    })
+}
+
+/// Q8_0 x Q8_0 with AVX2: both sides widened to i16 so every byte value, -128 included, is exact.
+#[target_feature(enable = "avx2,f16c")]
+pub(crate) fn q8_0_q8_0_avx2(w: &[u8], a: &[u8], nb: usize) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let groups = nb / 8;
+    for (wg, ag) in w.chunks_exact(8 * 34).zip(a.chunks_exact(8 * 34)).take(groups) {
+        let mut p = [_mm256_setzero_si256(); 8];
+        let mut dw = [0.0f32; 8];
+        for k in 0..8 {
+            let wb = &wg[k * 34..k * 34 + 34];
+            let ab = &ag[k * 34..k * 34 + 34];
+            let w0 = _mm256_cvtepi8_epi16(load128(&wb[2..18]));
+            let w1 = _mm256_cvtepi8_epi16(load128(&wb[18..34]));
+            let a0 = _mm256_cvtepi8_epi16(load128(&ab[2..18]));
+            let a1 = _mm256_cvtepi8_epi16(load128(&ab[18..34]));
+            p[k] = _mm256_add_epi32(_mm256_madd_epi16(w0, a0), _mm256_madd_epi16(w1, a1));
+            dw[k] = half::f16::from_bits(rd_u16(wb, 0)).to_f32();
+        }
+        let sums = _mm256_cvtepi32_ps(hsum8_epi32(p));
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(scales8(dw, ag), sums));
+    }
+    finish(acc, |lanes| {
+        for b in groups * 8..nb {
+            lanes[b % 8] += q8_0_q8_0_block(&w[b * 34..b * 34 + 34], &a[b * 34..b * 34 + 34]);
+        }
+    })
+}
+
+/// MXFP4 x Q8_0 with AVX-512 VNNI on 256-bit vectors (`vpdpbusd` fuses the u8 x i8 multiply and
+/// the i32 accumulation, with no i16 intermediate to saturate).
+#[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(crate) fn mxfp4_q8_0_avx512(w: &[u8], a: &[u8], nb: usize) -> f32 {
+    let table = load128(&E2M1_DOUBLED_I8.map(|v| v as u8));
+    let m4 = _mm_set1_epi8(0x0f);
+    let mut acc = _mm256_setzero_ps();
+    let groups = nb / 8;
+    for (wg, ag) in w.chunks_exact(8 * 17).zip(a.chunks_exact(8 * 34)).take(groups) {
+        let mut p = [_mm256_setzero_si256(); 8];
+        let mut dw = [0.0f32; 8];
+        for k in 0..8 {
+            let wb = &wg[k * 17..k * 17 + 17];
+            let wv = mxfp4_codes(table, m4, &wb[1..17]);
+            let av = load256(&ag[k * 34 + 2..k * 34 + 34]);
+            p[k] = _mm256_dpbusd_epi32(
+                _mm256_setzero_si256(),
+                _mm256_abs_epi8(av),
+                _mm256_sign_epi8(wv, av),
+            );
+            dw[k] = e8m0_to_f32_half(wb[0]);
+        }
+        let sums = _mm256_cvtepi32_ps(hsum8_epi32(p));
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(scales8(dw, ag), sums));
+    }
+    finish(acc, |lanes| {
+        for b in groups * 8..nb {
+            lanes[b % 8] += mxfp4_q8_0_block(&w[b * 17..b * 17 + 17], &a[b * 34..b * 34 + 34]);
+        }
+    })
+}
+
+/// Q8_0 x Q8_0 with AVX-512: one 512-bit widening per side and `vpdpwssd`.
+#[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(crate) fn q8_0_q8_0_avx512(w: &[u8], a: &[u8], nb: usize) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let groups = nb / 8;
+    for (wg, ag) in w.chunks_exact(8 * 34).zip(a.chunks_exact(8 * 34)).take(groups) {
+        let mut p = [_mm256_setzero_si256(); 8];
+        let mut dw = [0.0f32; 8];
+        for k in 0..8 {
+            let wb = &wg[k * 34..k * 34 + 34];
+            let ab = &ag[k * 34..k * 34 + 34];
+            let w16 = _mm512_cvtepi8_epi16(load256(&wb[2..34]));
+            let a16 = _mm512_cvtepi8_epi16(load256(&ab[2..34]));
+            let s = _mm512_dpwssd_epi32(_mm512_setzero_si512(), w16, a16);
+            p[k] = _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64(s, 1));
+            dw[k] = half::f16::from_bits(rd_u16(wb, 0)).to_f32();
+        }
+        let sums = _mm256_cvtepi32_ps(hsum8_epi32(p));
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(scales8(dw, ag), sums));
+    }
+    finish(acc, |lanes| {
+        for b in groups * 8..nb {
+            lanes[b % 8] += q8_0_q8_0_block(&w[b * 34..b * 34 + 34], &a[b * 34..b * 34 + 34]);
+        }
+    })
+}
