@@ -1,0 +1,558 @@
+//! The device, its limits, and the plumbing every operation shares: buffers with memory
+//! accounting, shader pipelines built on first use, and one pending command encoder into which
+//! operations record until something has to be read back.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use gptoss_backend::{BackendError, Result};
+
+pub(crate) const NAME: &str = "wgpu";
+
+/// Bytes of one uniform slot in the parameter arena (every adapter's uniform offset alignment
+/// is at most 256).
+const SLOT: usize = 256;
+/// Dispatches recorded before the pending work is submitted.
+const ARENA_SLOTS: usize = 512;
+
+pub(crate) fn dev_err(message: impl Into<String>) -> BackendError {
+    BackendError::Device {
+        backend: NAME.into(),
+        message: message.into(),
+    }
+}
+
+/// Bytes of device memory our buffers hold now and at most so far.
+#[derive(Default)]
+pub(crate) struct MemCounter {
+    cur: AtomicU64,
+    peak: AtomicU64,
+}
+
+impl MemCounter {
+    fn add(&self, n: u64) {
+        let now = self.cur.fetch_add(n, Ordering::Relaxed) + n;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+    }
+    fn sub(&self, n: u64) {
+        self.cur.fetch_sub(n, Ordering::Relaxed);
+    }
+    pub(crate) fn peak(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+/// A storage buffer whose size is counted while it lives.
+pub(crate) struct GpuBuf {
+    pub(crate) buf: wgpu::Buffer,
+    bytes: u64,
+    mem: Arc<MemCounter>,
+}
+
+impl Drop for GpuBuf {
+    fn drop(&mut self) {
+        // wgpu keeps the buffer alive until recorded work that uses it has finished.
+        self.mem.sub(self.bytes);
+    }
+}
+
+/// A buffer to bind: storage buffers, bound whole.
+pub(crate) type Bind<'a> = (u32, &'a wgpu::Buffer);
+
+struct Pending {
+    enc: Option<wgpu::CommandEncoder>,
+    params: Vec<u8>,
+}
+
+/// What the adapter offers that the kernels care about.
+#[derive(Debug, Clone)]
+pub(crate) struct Caps {
+    /// Largest buffer we create and bind (the smaller of the binding and buffer limits).
+    pub(crate) max_binding: u64,
+    /// Largest part of a split weight (`max_binding`, or less when asked to split early).
+    pub(crate) max_weight_part: u64,
+    /// Largest workgroup count per grid dimension.
+    pub(crate) max_groups: u32,
+    /// Workgroup size of the row kernels (a power of two).
+    pub(crate) wg: u32,
+    /// 256-invocation workgroups are allowed: the tiled matmul is usable.
+    pub(crate) tiled: bool,
+    /// The device has `shader-f16`.
+    pub(crate) f16: bool,
+    /// The device has subgroup operations.
+    pub(crate) subgroups: bool,
+}
+
+pub(crate) struct Ctx {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    pub(crate) info: wgpu::AdapterInfo,
+    pub(crate) caps: Caps,
+    pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+    pending: Mutex<Pending>,
+    error: Arc<Mutex<Option<String>>>,
+    pub(crate) mem: Arc<MemCounter>,
+    arena: wgpu::Buffer,
+    dummy: GpuBuf,
+}
+
+/// How to pick the adapter.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Pick {
+    pub(crate) backends: Option<String>,
+    pub(crate) adapter: Option<String>,
+    pub(crate) max_binding: Option<u64>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these locks cannot leave the data half-updated in a way
+    // that matters more than the panic itself.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Ctx {
+    pub(crate) fn new(pick: &Pick) -> Result<Ctx> {
+        let unavailable = |reason: String| BackendError::Unavailable {
+            backend: NAME.into(),
+            reason,
+        };
+        let backends = match &pick.backends {
+            Some(list) => {
+                let b = wgpu::Backends::from_comma_list(list);
+                if b.is_empty() {
+                    return Err(unavailable(format!(
+                        "GPTOSS_WGPU_BACKEND='{list}' names no backend (use vulkan, metal, dx12)"
+                    )));
+                }
+                b
+            }
+            None => wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY),
+        };
+        if (wgpu::Instance::enabled_backend_features() & backends).is_empty() {
+            return Err(unavailable(format!(
+                "this build has none of the requested backends {backends:?}"
+            )));
+        }
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = backends;
+        let instance = wgpu::Instance::new(desc);
+        let adapter = match &pick.adapter {
+            Some(want) => {
+                let all = pollster::block_on(instance.enumerate_adapters(backends));
+                let names: Vec<String> = all
+                    .iter()
+                    .map(|a| {
+                        let i = a.get_info();
+                        format!("{} ({:?})", i.name, i.backend)
+                    })
+                    .collect();
+                let w = want.to_lowercase();
+                all.into_iter()
+                    .find(|a| a.get_info().name.to_lowercase().contains(&w))
+                    .ok_or_else(|| {
+                        unavailable(format!(
+                            "no adapter name contains '{want}' (GPTOSS_WGPU_ADAPTER); adapters: [{}]",
+                            names.join(", ")
+                        ))
+                    })?
+            }
+            None => pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                force_fallback_adapter: false,
+                compatible_surface: None,
+                // The real limits: bucketing exists against fingerprinting, not for us.
+                apply_limit_buckets: false,
+            }))
+            .map_err(|e| {
+                unavailable(format!(
+                    "no wgpu adapter for backends {backends:?}: {e} (install a Vulkan driver, e.g. \
+                     mesa-vulkan-drivers for the software one, or pick one with GPTOSS_WGPU_BACKEND)"
+                ))
+            })?,
+        };
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let offered = adapter.features();
+        let wanted = wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
+        let features = offered & wanted;
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("gptoss"),
+            required_features: features,
+            // The adapter's real limits, not WebGPU's defaults: large bindings matter here.
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| unavailable(format!("adapter '{}' refused a device: {e}", info.name)))?;
+
+        let error = Arc::new(Mutex::new(None::<String>));
+        {
+            let error = error.clone();
+            device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                let mut slot = lock(&error);
+                if slot.is_none() {
+                    *slot = Some(e.to_string());
+                }
+            }));
+        }
+
+        let max_binding =
+            (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size) & !3;
+        let max_weight_part = match pick.max_binding {
+            Some(cap) => max_binding.min(cap.max(1024)) & !3,
+            None => max_binding,
+        };
+        let inv = limits
+            .max_compute_invocations_per_workgroup
+            .min(limits.max_compute_workgroup_size_x);
+        let mut wg = 64u32;
+        while wg > inv {
+            wg /= 2;
+        }
+        if wg < 8 {
+            return Err(unavailable(format!(
+                "adapter '{}' allows only {inv} invocations per workgroup",
+                info.name
+            )));
+        }
+        let caps = Caps {
+            max_binding,
+            max_weight_part,
+            max_groups: limits.max_compute_workgroups_per_dimension.max(1),
+            wg,
+            tiled: inv >= 256 && limits.max_compute_workgroup_storage_size >= 8192,
+            f16: features.contains(wgpu::Features::SHADER_F16),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+        };
+        let mem = Arc::new(MemCounter::default());
+        let arena = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("params"),
+            size: (SLOT * ARENA_SLOTS) as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let dummy_buf = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("dummy"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        mem.add(16);
+        let dummy = GpuBuf {
+            buf: dummy_buf,
+            bytes: 16,
+            mem: mem.clone(),
+        };
+        Ok(Ctx {
+            device,
+            queue,
+            info,
+            caps,
+            pipelines: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Pending {
+                enc: None,
+                params: Vec::new(),
+            }),
+            error,
+            mem,
+            arena,
+            dummy,
+        })
+    }
+
+    /// A 16-byte buffer to bind where a kernel's optional input is absent.
+    pub(crate) fn dummy(&self) -> &wgpu::Buffer {
+        &self.dummy.buf
+    }
+
+    /// The first error the device reported, if any.
+    pub(crate) fn check(&self) -> Result<()> {
+        match lock(&self.error).clone() {
+            Some(e) => Err(dev_err(format!("device error: {e}"))),
+            None => Ok(()),
+        }
+    }
+
+    fn fits(&self, bytes: u64, what: &str) -> Result<()> {
+        if bytes > self.caps.max_binding {
+            return Err(dev_err(format!(
+                "{what} needs a buffer of {bytes} bytes, more than the adapter's binding limit of {} bytes",
+                self.caps.max_binding
+            )));
+        }
+        Ok(())
+    }
+
+    /// An uninitialized storage buffer of at least `bytes` bytes.
+    pub(crate) fn storage(&self, bytes: u64, what: &str) -> Result<Arc<GpuBuf>> {
+        let size = bytes.max(16).div_ceil(4) * 4;
+        self.fits(size, what)?;
+        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.mem.add(size);
+        Ok(Arc::new(GpuBuf {
+            buf,
+            bytes: size,
+            mem: self.mem.clone(),
+        }))
+    }
+
+    /// A storage buffer holding `data` (padded with zeros to a multiple of 4 bytes).
+    pub(crate) fn storage_init(&self, data: &[u8], what: &str) -> Result<Arc<GpuBuf>> {
+        self.storage_with(data.len() as u64, what, |dst| {
+            dst[..data.len()].copy_from_slice(data);
+        })
+    }
+
+    /// A storage buffer of `bytes` bytes (rounded up to 4) whose content `fill` writes into a
+    /// zeroed host slice, copied into the mapped buffer.
+    pub(crate) fn storage_with(
+        &self,
+        bytes: u64,
+        what: &str,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<Arc<GpuBuf>> {
+        let size = bytes.max(16).div_ceil(4) * 4;
+        self.fits(size, what)?;
+        let len = usize::try_from(size).map_err(|_| dev_err(format!("{what}: {size} bytes")))?;
+        let mut host = vec![0u8; len];
+        fill(&mut host);
+        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: true,
+        });
+        {
+            let mut view = buf
+                .get_mapped_range_mut(..)
+                .map_err(|e| dev_err(format!("{what}: mapping a new buffer failed: {e}")))?;
+            view.copy_from_slice(&host);
+        }
+        buf.unmap();
+        self.mem.add(size);
+        Ok(Arc::new(GpuBuf {
+            buf,
+            bytes: size,
+            mem: self.mem.clone(),
+        }))
+    }
+
+    /// The pipeline of `key`, compiled from `source` on first use.
+    pub(crate) fn pipeline(
+        &self,
+        key: &str,
+        source: impl FnOnce() -> String,
+    ) -> Result<Arc<wgpu::ComputePipeline>> {
+        if let Some(p) = lock(&self.pipelines).get(key) {
+            return Ok(p.clone());
+        }
+        let src = source();
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(key),
+                source: wgpu::ShaderSource::Wgsl(src.into()),
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(key),
+                layout: None,
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: wgpu::PipelineCompilationOptions::default(),
+                cache: None,
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(dev_err(format!("kernel '{key}' failed to build: {e}")));
+        }
+        let p = Arc::new(pipeline);
+        lock(&self.pipelines).insert(key.to_string(), p.clone());
+        Ok(p)
+    }
+
+    /// A grid of `n` workgroups as (x, y) within the per-dimension limit; kernels flatten it.
+    pub(crate) fn grid(&self, n: u64) -> Result<(u32, u32)> {
+        let m = self.caps.max_groups as u64;
+        let x = n.min(m);
+        let y = n.div_ceil(x.max(1));
+        if y > m {
+            return Err(dev_err(format!(
+                "{n} workgroups exceed the adapter's grid limit"
+            )));
+        }
+        Ok((x as u32, y as u32))
+    }
+
+    /// Record one dispatch of `n_groups` workgroups (flattened over x and y) with `params` as
+    /// its uniform at binding `param_binding`.
+    pub(crate) fn dispatch(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        binds: &[Bind<'_>],
+        param_binding: u32,
+        params: &[u32],
+        n_groups: u64,
+    ) -> Result<()> {
+        let (x, y) = self.grid(n_groups)?;
+        self.dispatch_xy(pipeline, binds, param_binding, params, (x, y))
+    }
+
+    /// Record one dispatch of an explicit (x, y) grid.
+    pub(crate) fn dispatch_xy(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        binds: &[Bind<'_>],
+        param_binding: u32,
+        params: &[u32],
+        (x, y): (u32, u32),
+    ) -> Result<()> {
+        if x == 0 || y == 0 {
+            return Ok(());
+        }
+        let mut pend = lock(&self.pending);
+        if pend.params.len() >= SLOT * ARENA_SLOTS {
+            self.flush_locked(&mut pend);
+        }
+        let off = pend.params.len();
+        let mut bytes = [0u8; SLOT];
+        for (i, v) in params.iter().enumerate().take(SLOT / 4) {
+            bytes[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        pend.params.extend_from_slice(&bytes);
+        let mut entries: Vec<wgpu::BindGroupEntry<'_>> = binds
+            .iter()
+            .map(|&(binding, buf)| wgpu::BindGroupEntry {
+                binding,
+                resource: buf.as_entire_binding(),
+            })
+            .collect();
+        entries.push(wgpu::BindGroupEntry {
+            binding: param_binding,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &self.arena,
+                offset: off as u64,
+                size: wgpu::BufferSize::new(SLOT as u64),
+            }),
+        });
+        let bg = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        let device = &self.device;
+        let enc = pend.enc.get_or_insert_with(|| {
+            device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
+        });
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: None,
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(pipeline);
+        pass.set_bind_group(0, &bg, &[]);
+        pass.dispatch_workgroups(x, y, 1);
+        Ok(())
+    }
+
+    /// Record a buffer copy.
+    pub(crate) fn copy(
+        &self,
+        src: &wgpu::Buffer,
+        src_off: u64,
+        dst: &wgpu::Buffer,
+        dst_off: u64,
+        size: u64,
+    ) {
+        if size == 0 {
+            return;
+        }
+        let mut pend = lock(&self.pending);
+        let device = &self.device;
+        let enc = pend.enc.get_or_insert_with(|| {
+            device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
+        });
+        enc.copy_buffer_to_buffer(src, src_off, dst, dst_off, size);
+    }
+
+    /// Record zeroing a buffer.
+    pub(crate) fn clear(&self, buf: &wgpu::Buffer) {
+        let mut pend = lock(&self.pending);
+        let device = &self.device;
+        let enc = pend.enc.get_or_insert_with(|| {
+            device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
+        });
+        enc.clear_buffer(buf, 0, None);
+    }
+
+    fn flush_locked(&self, pend: &mut Pending) {
+        if !pend.params.is_empty() {
+            // Staged writes run before the command buffers of the next submit, and after
+            // everything submitted earlier: the arena can be reused batch after batch.
+            self.queue.write_buffer(&self.arena, 0, &pend.params);
+            pend.params.clear();
+        }
+        if let Some(enc) = pend.enc.take() {
+            self.queue.submit(Some(enc.finish()));
+        }
+    }
+
+    /// Submit everything recorded so far.
+    pub(crate) fn flush(&self) {
+        let mut pend = lock(&self.pending);
+        self.flush_locked(&mut pend);
+    }
+
+    /// Copy `bytes` bytes of `src` back to the host, after all recorded work.
+    pub(crate) fn read(&self, src: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        self.check()?;
+        let size = bytes.max(4).div_ceil(4) * 4;
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.copy(src, 0, &staging, 0, size);
+        self.flush();
+        let done = Arc::new(Mutex::new(None));
+        {
+            let done = done.clone();
+            staging.map_async(wgpu::MapMode::Read, .., move |r| {
+                *lock(&done) = Some(r);
+            });
+        }
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| dev_err(format!("waiting for the device: {e}")))?;
+        self.check()?;
+        match lock(&done).take() {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(dev_err(format!("reading back a result: {e}"))),
+            None => {
+                return Err(dev_err(
+                    "reading back a result: the mapping never completed",
+                ));
+            }
+        }
+        let out = {
+            let view = staging
+                .get_mapped_range(..)
+                .map_err(|e| dev_err(format!("reading back a result: {e}")))?;
+            view[..bytes as usize].to_vec()
+        };
+        staging.unmap();
+        Ok(out)
+    }
+}
