@@ -1,7 +1,262 @@
-// NOTE from helper "cuda" (04:43 UTC): a mistaken shell command of mine overwrote this file with
-// the committed (HEAD) version at 04:42:55 UTC; the edits you had made here before then are lost.
-// Sorry. Nothing else in quant/ was touched. Delete this note.
 //! Every ggml block format: decode, encode and quantized dot products, bit-exact with ggml.
+//!
+//! - [`dequantize`] decodes any type a GGUF file can hold to f32 (and [`dequantize_f16`] /
+//!   [`dequantize_bf16`] to half floats), with the same float operations as ggml's
+//!   `dequantize_row_*`, so results are bit-identical to ggml and gguf-py.
+//! - [`quantize`] encodes with ggml's reference quantizers (`quantize_row_*_ref`), bit for bit.
+//! - [`vec_dot`] is the CPU backend's quantized dot product, with run-time SIMD dispatch
+//!   ([`Dispatch`]); SIMD and scalar results are identical.
+//! - [`mxfp4`] holds the MXFP4 helpers every backend shares.
 #![warn(missing_docs)]
 
+mod dot;
+mod error;
+mod iquants;
+mod kquants;
+mod kquants_q;
+pub mod mxfp4;
+mod simple;
+mod tables;
+mod ternary;
+mod util;
+
+pub use dot::{Dispatch, current_dispatch, set_simd_enabled, vec_dot, vec_dot_type, vec_dot_with};
+pub use error::QuantError;
 pub use gguf_format::GgmlType;
+pub use half::{bf16, f16};
+
+use error::{check_bytes, n_blocks};
+
+/// A per-block decoder: `src` is one block's bytes, `dst` its elements.
+type BlockDecoder = fn(&[u8], &mut [f32]);
+/// A per-block encoder.
+type BlockEncoder = fn(&[f32], &mut [u8]);
+
+fn block_decoder(ty: GgmlType) -> Option<BlockDecoder> {
+    use GgmlType::*;
+    Some(match ty {
+        Q4_0 => simple::deq_q4_0,
+        Q4_1 => simple::deq_q4_1,
+        Q5_0 => simple::deq_q5_0,
+        Q5_1 => simple::deq_q5_1,
+        Q8_0 => simple::deq_q8_0,
+        Q8_1 => simple::deq_q8_1,
+        MXFP4 => mxfp4::deq_block,
+        NVFP4 => ternary::deq_nvfp4,
+        Q2_K => kquants::deq_q2_k,
+        Q3_K => kquants::deq_q3_k,
+        Q4_K => kquants::deq_q4_k,
+        Q5_K => kquants::deq_q5_k,
+        Q6_K => kquants::deq_q6_k,
+        Q8_K => kquants::deq_q8_k,
+        TQ1_0 => ternary::deq_tq1_0,
+        TQ2_0 => ternary::deq_tq2_0,
+        IQ2_XXS => iquants::deq_iq2_xxs,
+        IQ2_XS => iquants::deq_iq2_xs,
+        IQ2_S => iquants::deq_iq2_s,
+        IQ3_XXS => iquants::deq_iq3_xxs,
+        IQ3_S => iquants::deq_iq3_s,
+        IQ1_S => iquants::deq_iq1_s,
+        IQ1_M => iquants::deq_iq1_m,
+        IQ4_NL => iquants::deq_iq4_nl,
+        IQ4_XS => iquants::deq_iq4_xs,
+        _ => return None,
+    })
+}
+
+fn block_encoder(ty: GgmlType) -> Option<BlockEncoder> {
+    use GgmlType::*;
+    Some(match ty {
+        Q4_0 => simple::q_q4_0,
+        Q4_1 => simple::q_q4_1,
+        Q5_0 => simple::q_q5_0,
+        Q5_1 => simple::q_q5_1,
+        Q8_0 => simple::q_q8_0,
+        Q8_1 => simple::q_q8_1,
+        MXFP4 => mxfp4::q_block,
+        Q2_K => kquants_q::q_q2_k,
+        Q3_K => kquants_q::q_q3_k,
+        Q4_K => kquants_q::q_q4_k,
+        Q5_K => kquants_q::q_q5_k,
+        Q6_K => kquants_q::q_q6_k,
+        Q8_K => kquants_q::q_q8_k,
+        TQ1_0 => ternary::q_tq1_0,
+        TQ2_0 => ternary::q_tq2_0,
+        IQ4_NL => iquants::q_iq4_nl,
+        IQ4_XS => iquants::q_iq4_xs,
+        _ => return None,
+    })
+}
+
+/// Whether [`dequantize`] supports `ty` (every type except Q1_0/Q2_0, which are newer than the
+/// ggml version this crate follows).
+pub fn can_dequantize(ty: GgmlType) -> bool {
+    use GgmlType::*;
+    matches!(ty, F32 | F16 | BF16 | F64 | I8 | I16 | I32 | I64) || block_decoder(ty).is_some()
+}
+
+/// Whether [`quantize`] supports `ty`.
+pub fn can_quantize(ty: GgmlType) -> bool {
+    use GgmlType::*;
+    matches!(ty, F32 | F16 | BF16) || block_encoder(ty).is_some()
+}
+
+/// Decodes `dst.len()` elements of type `ty` from `src` (little-endian ggml layout) to f32.
+/// `src.len()` must be exactly the encoded size of `dst.len()` elements. Integer types (I8..I64)
+/// are converted to the nearest f32, F64 rounded to f32.
+pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), QuantError> {
+    use GgmlType::*;
+    check_bytes(ty, dst.len(), src.len(), "src")?;
+    match ty {
+        F32 => {
+            for (y, b) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                *y = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        F16 => {
+            for (y, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *y = f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+            }
+        }
+        BF16 => {
+            for (y, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *y = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
+            }
+        }
+        F64 => {
+            for (y, b) in dst.iter_mut().zip(src.chunks_exact(8)) {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                *y = f64::from_le_bytes(a) as f32;
+            }
+        }
+        I8 => {
+            for (y, &b) in dst.iter_mut().zip(src) {
+                *y = b as i8 as f32;
+            }
+        }
+        I16 => {
+            for (y, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *y = i16::from_le_bytes([b[0], b[1]]) as f32;
+            }
+        }
+        I32 => {
+            for (y, b) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                *y = i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32;
+            }
+        }
+        I64 => {
+            for (y, b) in dst.iter_mut().zip(src.chunks_exact(8)) {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                *y = i64::from_le_bytes(a) as f32;
+            }
+        }
+        MXFP4 => mxfp4::dequantize_row(src, dst),
+        _ => {
+            let f = block_decoder(ty).ok_or(QuantError::Unsupported { ty, op: "dequantize" })?;
+            let (bs, ts) = (ty.block_size(), ty.type_size());
+            for (y, b) in dst.chunks_exact_mut(bs).zip(src.chunks_exact(ts)) {
+                f(b, y);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Decodes through f32 in stack-sized chunks and converts each element with `conv`.
+fn dequantize_via_f32<T>(
+    ty: GgmlType,
+    src: &[u8],
+    dst: &mut [T],
+    conv: impl Fn(f32) -> T,
+) -> Result<(), QuantError> {
+    check_bytes(ty, dst.len(), src.len(), "src")?;
+    const CHUNK: usize = 1024; // a multiple of every block size
+    let mut buf = [0.0f32; CHUNK];
+    let (bs, ts) = (ty.block_size(), ty.type_size());
+    for (i, y) in dst.chunks_mut(CHUNK).enumerate() {
+        let start = i * CHUNK / bs * ts;
+        let end = start + y.len() / bs * ts;
+        let len = y.len();
+        dequantize(ty, &src[start..end], &mut buf[..len])?;
+        for (o, &v) in y.iter_mut().zip(&buf[..len]) {
+            *o = conv(v);
+        }
+    }
+    Ok(())
+}
+
+/// [`dequantize`] to IEEE half (round to nearest even). F16 input is copied unchanged.
+pub fn dequantize_f16(ty: GgmlType, src: &[u8], dst: &mut [f16]) -> Result<(), QuantError> {
+    if ty == GgmlType::F16 {
+        check_bytes(ty, dst.len(), src.len(), "src")?;
+        for (y, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
+            *y = f16::from_bits(u16::from_le_bytes([b[0], b[1]]));
+        }
+        return Ok(());
+    }
+    dequantize_via_f32(ty, src, dst, f16::from_f32)
+}
+
+/// [`dequantize`] to bfloat16 (round to nearest even, ggml's conversion). BF16 input is copied
+/// unchanged.
+pub fn dequantize_bf16(ty: GgmlType, src: &[u8], dst: &mut [bf16]) -> Result<(), QuantError> {
+    if ty == GgmlType::BF16 {
+        check_bytes(ty, dst.len(), src.len(), "src")?;
+        for (y, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
+            *y = bf16::from_bits(u16::from_le_bytes([b[0], b[1]]));
+        }
+        return Ok(());
+    }
+    dequantize_via_f32(ty, src, dst, |v| bf16::from_bits(f32_to_bf16_bits(v)))
+}
+
+/// ggml's `ggml_compute_fp32_to_bf16`: round to nearest even, NaN made quiet.
+#[inline(always)]
+pub(crate) fn f32_to_bf16_bits(x: f32) -> u16 {
+    let u = x.to_bits();
+    if (u & 0x7fff_ffff) > 0x7f80_0000 {
+        return ((u >> 16) | 64) as u16;
+    }
+    ((u as u64 + (0x7fff + ((u >> 16) & 1)) as u64) >> 16) as u16
+}
+
+/// Encodes `src` as type `ty` into `dst` with ggml's reference quantizer for that type
+/// (`quantize_row_*_ref`; for F16/BF16 the round-to-nearest-even conversion). `src.len()` must be
+/// a multiple of the block size and `dst.len()` exactly the encoded size.
+pub fn quantize(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
+    use GgmlType::*;
+    check_bytes(ty, src.len(), dst.len(), "dst")?;
+    match ty {
+        F32 => {
+            for (b, &x) in dst.chunks_exact_mut(4).zip(src) {
+                b.copy_from_slice(&x.to_le_bytes());
+            }
+        }
+        F16 => {
+            for (b, &x) in dst.chunks_exact_mut(2).zip(src) {
+                b.copy_from_slice(&f16::from_f32(x).to_bits().to_le_bytes());
+            }
+        }
+        BF16 => {
+            for (b, &x) in dst.chunks_exact_mut(2).zip(src) {
+                b.copy_from_slice(&f32_to_bf16_bits(x).to_le_bytes());
+            }
+        }
+        _ => {
+            let f = block_encoder(ty).ok_or(QuantError::Unsupported { ty, op: "quantize" })?;
+            let (bs, ts) = (ty.block_size(), ty.type_size());
+            for (x, b) in src.chunks_exact(bs).zip(dst.chunks_exact_mut(ts)) {
+                f(x, b);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Encoded size in bytes of `n` elements of `ty`, or an error when `n` is not a whole number
+/// of blocks.
+pub fn row_size(ty: GgmlType, n: usize) -> Result<usize, QuantError> {
+    Ok(n_blocks(ty, n)? * ty.type_size())
+}

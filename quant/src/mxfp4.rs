@@ -88,6 +88,20 @@ pub(crate) fn deq_block(b: &[u8], y: &mut [f32]) {
     }
 }
 
+/// Dequantizes a whole row; sizes were checked by the caller. Uses AVX2 when the CPU has it
+/// (same products, so the same bits).
+pub(crate) fn dequantize_row(src: &[u8], dst: &mut [f32]) {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    if crate::dot::Dispatch::Avx2.is_available() {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        unsafe { crate::dot::x86::mxfp4_dequant_avx2(src, dst) };
+        return;
+    }
+    for (y, b) in dst.chunks_exact_mut(32).zip(src.chunks_exact(BLOCK_BYTES)) {
+        deq_block(b, y);
+    }
+}
+
 /// Quantizes one block (ggml's `quantize_row_mxfp4_ref`).
 pub(crate) fn q_block(x: &[f32], b: &mut [u8]) {
     let mut amax = 0.0f32;

@@ -193,3 +193,24 @@ pub(crate) fn q8_0_q8_0_avx512(w: &[u8], a: &[u8], nb: usize) -> f32 {
         }
     })
 }
+
+/// MXFP4 rows to f32 with AVX2: the doubled int8 codes are widened to f32 and multiplied by the
+/// block's half scale, the same single rounding as the scalar `E2M1_DOUBLED_I8[c] as f32 * d`.
+#[target_feature(enable = "avx2")]
+pub(crate) fn mxfp4_dequant_avx2(src: &[u8], dst: &mut [f32]) {
+    let table = load128(&E2M1_DOUBLED_I8.map(|v| v as u8));
+    let m4 = _mm_set1_epi8(0x0f);
+    for (b, y) in src.chunks_exact(17).zip(dst.chunks_exact_mut(32)) {
+        let d = _mm256_set1_ps(e8m0_to_f32_half(b[0]));
+        let q = load128(&b[1..17]);
+        let lo = _mm_shuffle_epi8(table, _mm_and_si128(q, m4));
+        let hi = _mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16(q, 4), m4));
+        let parts = [lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)];
+        for (k, p) in parts.into_iter().enumerate() {
+            let v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(p)), d);
+            let out = &mut y[8 * k..8 * k + 8];
+            // SAFETY: `out` is exactly 8 writable f32; the store is unaligned.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
+        }
+    }
+}
