@@ -2,8 +2,9 @@
 
 use rayon::prelude::*;
 
+use super::codec;
 use super::weight::CpuWeight;
-use crate::Result;
+use crate::{GgmlType, Result};
 
 /// f32 dot product with 16 independent accumulators (vectorizes; the error grows like
 /// sqrt(n/16) ulps rather than n).
@@ -66,12 +67,69 @@ pub(crate) enum Acts<'a> {
         /// Row length.
         k: usize,
     },
+    /// Rows quantized to `ty` (fast mode), each `ty.bytes_for(k)` bytes.
+    Quant {
+        /// The activation type (`vec_dot_type` of the weight type).
+        ty: GgmlType,
+        /// `[rows, row_bytes]`.
+        data: &'a [u8],
+        /// Elements per row.
+        k: usize,
+        /// Bytes per row.
+        row_bytes: usize,
+    },
 }
 
 impl Acts<'_> {
     fn k(&self) -> usize {
         match self {
-            Acts::F32 { k, .. } => *k,
+            Acts::F32 { k, .. } | Acts::Quant { k, .. } => *k,
+        }
+    }
+}
+
+/// Activation rows quantized for the weight type `wty`, owned.
+pub(crate) struct QuantActs {
+    ty: GgmlType,
+    data: Vec<u8>,
+    k: usize,
+    row_bytes: usize,
+}
+
+impl QuantActs {
+    /// Quantize `t` rows of `k` values of `x` to `vec_dot_type(wty)`.
+    pub(crate) fn new(x: &[f32], t: usize, k: usize, wty: GgmlType) -> Result<QuantActs> {
+        let ty = codec::vec_dot_type(wty);
+        let row_bytes = codec::row_bytes(ty, k)?;
+        let mut data = vec![0u8; t * row_bytes];
+        if t > 1 {
+            data.par_chunks_mut(row_bytes)
+                .zip(x.par_chunks(k))
+                .try_for_each(|(d, r)| codec::quantize(ty, r, d))?;
+        } else if t == 1 {
+            codec::quantize(ty, &x[..k], &mut data)?;
+        }
+        Ok(QuantActs {
+            ty,
+            data,
+            k,
+            row_bytes,
+        })
+    }
+
+    /// The rows as the kernels read them.
+    pub(crate) fn acts(&self) -> Acts<'_> {
+        self.rows(0, self.data.len() / self.row_bytes.max(1))
+    }
+
+    /// Rows `first..first + count`.
+    pub(crate) fn rows(&self, first: usize, count: usize) -> Acts<'_> {
+        let rb = self.row_bytes;
+        Acts::Quant {
+            ty: self.ty,
+            data: &self.data[first * rb..(first + count) * rb],
+            k: self.k,
+            row_bytes: rb,
         }
     }
 }
@@ -109,6 +167,22 @@ pub(crate) fn rows_dot(
                 }
             }
         }
+        Acts::Quant {
+            ty,
+            data,
+            row_bytes,
+            ..
+        } => {
+            let wty = w.dtype();
+            for (r, o) in out.chunks_exact_mut(nt).enumerate() {
+                let wr = w.row_bytes(row0 + r, 1);
+                let b = bias.map_or(0.0, |b| b[r]);
+                for (y, &tok) in o.iter_mut().zip(toks) {
+                    let a = &data[tok * row_bytes..(tok + 1) * row_bytes];
+                    *y = codec::vec_dot(wty, wr, *ty, a, k)? + b;
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -134,21 +208,45 @@ pub(crate) fn matmul_t(
     )
 }
 
-/// Reference linear: `x` `[t, k]`, `w` `[k, n]`, result `[t, n]`.
+/// Whether fast mode quantizes activations for weights of type `wty`: only for block types, whose
+/// dot kernels work on quantized activations; float weights keep the reference f32 path.
+pub(crate) fn fast_applies(wty: GgmlType) -> bool {
+    wty.is_quantized()
+}
+
+/// Linear: `x` `[t, k]`, `w` `[k, n]`, result `[t, n]`. In fast mode (for block-quantized
+/// weights) the activations are quantized once per row and multiplied with quantized dot
+/// products; otherwise the weights are decoded to f32.
+pub(crate) fn linear(
+    x: &[f32],
+    t: usize,
+    w: &CpuWeight,
+    bias: Option<&[f32]>,
+    fast: bool,
+) -> Result<Vec<f32>> {
+    let n = w.n_rows();
+    let k = w.row_len();
+    let toks: Vec<usize> = (0..t).collect();
+    let mut yt = vec![0f32; n * t];
+    if fast && fast_applies(w.dtype()) {
+        let q = QuantActs::new(x, t, k, w.dtype())?;
+        matmul_t(&q.acts(), &toks, w, bias, &mut yt)?;
+    } else {
+        matmul_t(&Acts::F32 { data: x, k }, &toks, w, bias, &mut yt)?;
+    }
+    if t == 1 {
+        Ok(yt)
+    } else {
+        Ok(transpose(&yt, n, t))
+    }
+}
+
+/// Reference linear (f32 activations, decoded weights).
 pub(crate) fn linear_ref(
     x: &[f32],
     t: usize,
     w: &CpuWeight,
     bias: Option<&[f32]>,
 ) -> Result<Vec<f32>> {
-    let n = w.n_rows();
-    let k = w.row_len();
-    let toks: Vec<usize> = (0..t).collect();
-    let mut yt = vec![0f32; n * t];
-    matmul_t(&Acts::F32 { data: x, k }, &toks, w, bias, &mut yt)?;
-    if t == 1 {
-        Ok(yt)
-    } else {
-        Ok(transpose(&yt, n, t))
-    }
+    linear(x, t, w, bias, false)
 }

@@ -5,7 +5,9 @@
 
 use rayon::prelude::*;
 
-use super::linear::{Acts, Scratch, linear_ref, rows_dot, rows_per_task, transpose};
+use super::linear::{
+    Acts, QuantActs, Scratch, fast_applies, linear_ref, rows_dot, rows_per_task, transpose,
+};
 use super::weight::CpuWeight;
 use crate::{BackendError, MoeConfig, MoeWeights, Result};
 
@@ -68,12 +70,14 @@ fn check(x_cols: usize, w: &MoeWeights<CpuWeight>, cfg: &MoeConfig) -> Result<Di
     Ok(Dims { d, dff, n_exp, k })
 }
 
-/// The MoE block on `x` `[t, d]` (reference mode).
+/// The MoE block on `x` `[t, d]`. In fast mode the expert products quantize their activations
+/// (x once per call, h once per expert and token); the router always runs in f32.
 pub(crate) fn moe(
     x: &[f32],
     t: usize,
     w: &MoeWeights<CpuWeight>,
     cfg: &MoeConfig,
+    fast: bool,
 ) -> Result<Vec<f32>> {
     let Dims { d, dff, n_exp, k } = check(x.len() / t.max(1), w, cfg)?;
     let mut out = vec![0f32; t * d];
@@ -107,7 +111,23 @@ pub(crate) fn moe(
         w.up_bias.dense()?,
         w.down_bias.dense()?,
     );
-    let acts_x = Acts::F32 { data: x, k: d };
+    // Activations for gate and up: f32, or quantized once for all experts.
+    let qx_gate = match fast && fast_applies(w.gate.dtype()) {
+        true => Some(QuantActs::new(x, t, d, w.gate.dtype())?),
+        false => None,
+    };
+    let qx_up = match fast && fast_applies(w.up.dtype()) && w.up.dtype() != w.gate.dtype() {
+        true => Some(QuantActs::new(x, t, d, w.up.dtype())?),
+        false => None,
+    };
+    let acts_gate = qx_gate
+        .as_ref()
+        .map_or(Acts::F32 { data: x, k: d }, |q| q.acts());
+    let acts_up = match (&qx_up, &qx_gate) {
+        (Some(q), _) => q.acts(),
+        (None, Some(q)) if fast_applies(w.up.dtype()) => q.acts(),
+        _ => Acts::F32 { data: x, k: d },
+    };
 
     // Phase 1: h = swiglu(gate, up), per expert laid out [dff, n_e].
     let mut h_t = vec![0f32; total * dff];
@@ -128,9 +148,17 @@ pub(crate) fn moe(
             |(scratch, up), (e, r0, chunk)| -> Result<()> {
                 let toks = &members[e];
                 let b0 = e * dff + r0;
-                rows_dot(&w.gate, b0, &acts_x, toks, Some(&gb[b0..]), chunk, scratch)?;
+                rows_dot(
+                    &w.gate,
+                    b0,
+                    &acts_gate,
+                    toks,
+                    Some(&gb[b0..]),
+                    chunk,
+                    scratch,
+                )?;
                 up.resize(chunk.len(), 0.0);
-                rows_dot(&w.up, b0, &acts_x, toks, Some(&ub[b0..]), up, scratch)?;
+                rows_dot(&w.up, b0, &acts_up, toks, Some(&ub[b0..]), up, scratch)?;
                 for (g, &u) in chunk.iter_mut().zip(up.iter()) {
                     *g = swiglu(*g, u);
                 }
@@ -146,6 +174,10 @@ pub(crate) fn moe(
         h[r.clone()].copy_from_slice(&transpose(&h_t[r], dff, n_e));
     }
     drop(h_t);
+    let qh = match fast && fast_applies(w.down.dtype()) {
+        true => Some(QuantActs::new(&h, total, dff, w.down.dtype())?),
+        false => None,
+    };
 
     // Phase 2: y = W_down h + b_down, per expert laid out [d, n_e].
     let mut y_t = vec![0f32; total * d];
@@ -162,14 +194,17 @@ pub(crate) fn moe(
                 tasks.push((e, ci * per, chunk));
             }
         }
-        let (h, iota) = (&h, &iota);
+        let (h, qh, iota) = (&h, &qh, &iota);
         tasks.into_par_iter().try_for_each_init(
             Scratch::default,
             |scratch, (e, r0, chunk)| -> Result<()> {
                 let n_e = members[e].len();
-                let acts = Acts::F32 {
-                    data: &h[off[e] * dff..(off[e] + n_e) * dff],
-                    k: dff,
+                let acts = match qh {
+                    Some(q) => q.rows(off[e], n_e),
+                    None => Acts::F32 {
+                        data: &h[off[e] * dff..(off[e] + n_e) * dff],
+                        k: dff,
+                    },
                 };
                 let b0 = e * d + r0;
                 rows_dot(
