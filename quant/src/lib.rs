@@ -16,7 +16,7 @@ mod kquants;
 mod kquants_q;
 pub mod mxfp4;
 mod simple;
-mod tables;
+pub mod tables;
 mod ternary;
 mod util;
 

@@ -1,10 +1,10 @@
-//! Lookup tables of the i-quants, transcribed as data from ggml's public `ggml-common.h`
+//! Lookup tables of the i-quants (public so GPU backends can upload the same data), transcribed as data from ggml's public `ggml-common.h`
 //! (ggml-org/ggml, MIT). Each grid entry packs one byte per element, element 0 in the lowest byte.
 //! `tests/tables.rs` checks every entry against gguf-py's independent copy.
 
 /// 7 sign bits -> 8 sign bits with even parity (bit 7 restores the parity).
 #[rustfmt::skip]
-pub(crate) const KSIGNS_IQ2XS: [u8; 128] = [
+pub const KSIGNS_IQ2XS: [u8; 128] = [
     0, 129, 130, 3, 132, 5, 6, 135, 136, 9, 10, 139, 12, 141, 142, 15,
     144, 17, 18, 147, 20, 149, 150, 23, 24, 153, 154, 27, 156, 29, 30, 159,
     160, 33, 34, 163, 36, 165, 166, 39, 40, 169, 170, 43, 172, 45, 46, 175,
@@ -17,13 +17,13 @@ pub(crate) const KSIGNS_IQ2XS: [u8; 128] = [
 
 /// The 16 non-linear IQ4_NL / IQ4_XS levels.
 #[rustfmt::skip]
-pub(crate) const KVALUES_IQ4NL: [i8; 16] = [
+pub const KVALUES_IQ4NL: [i8; 16] = [
     -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
 ];
 
 /// IQ2_XXS grid: 256 entries of 8 values from {8, 25, 43}.
 #[rustfmt::skip]
-pub(crate) const IQ2XXS_GRID: [u64; 256] = [
+pub const IQ2XXS_GRID: [u64; 256] = [
     0x0808080808080808, 0x080808080808082b, 0x0808080808081919, 0x0808080808082b08,
     0x0808080808082b2b, 0x0808080808190819, 0x0808080808191908, 0x08080808082b0808,
     0x08080808082b082b, 0x08080808082b2b08, 0x08080808082b2b2b, 0x0808080819080819,
@@ -92,7 +92,7 @@ pub(crate) const IQ2XXS_GRID: [u64; 256] = [
 
 /// IQ2_XS grid: 512 entries of 8 values from {8, 25, 43}.
 #[rustfmt::skip]
-pub(crate) const IQ2XS_GRID: [u64; 512] = [
+pub const IQ2XS_GRID: [u64; 512] = [
     0x0808080808080808, 0x080808080808082b, 0x0808080808081919, 0x0808080808082b08,
     0x0808080808082b2b, 0x0808080808190819, 0x0808080808191908, 0x080808080819192b,
     0x0808080808192b19, 0x08080808082b0808, 0x08080808082b082b, 0x08080808082b1919,
@@ -225,7 +225,7 @@ pub(crate) const IQ2XS_GRID: [u64; 512] = [
 
 /// IQ2_S grid: 1024 entries of 8 values from {8, 25, 43}.
 #[rustfmt::skip]
-pub(crate) const IQ2S_GRID: [u64; 1024] = [
+pub const IQ2S_GRID: [u64; 1024] = [
     0x0808080808080808, 0x080808080808082b, 0x0808080808081919, 0x0808080808082b08,
     0x0808080808082b2b, 0x0808080808190819, 0x0808080808191908, 0x080808080819192b,
     0x0808080808192b19, 0x08080808082b0808, 0x08080808082b082b, 0x08080808082b1919,
@@ -486,7 +486,7 @@ pub(crate) const IQ2S_GRID: [u64; 1024] = [
 
 /// IQ3_XXS grid: 256 entries of 4 values.
 #[rustfmt::skip]
-pub(crate) const IQ3XXS_GRID: [u32; 256] = [
+pub const IQ3XXS_GRID: [u32; 256] = [
     0x04040404, 0x04040414, 0x04040424, 0x04040c0c, 0x04040c1c, 0x04040c3e, 0x04041404, 0x04041414,
     0x04041c0c, 0x04042414, 0x04043e1c, 0x04043e2c, 0x040c040c, 0x040c041c, 0x040c0c04, 0x040c0c14,
     0x040c140c, 0x040c142c, 0x040c1c04, 0x040c1c14, 0x040c240c, 0x040c2c24, 0x040c3e04, 0x04140404,
@@ -523,7 +523,7 @@ pub(crate) const IQ3XXS_GRID: [u32; 256] = [
 
 /// IQ3_S grid: 512 entries of 4 odd values 1..15.
 #[rustfmt::skip]
-pub(crate) const IQ3S_GRID: [u32; 512] = [
+pub const IQ3S_GRID: [u32; 512] = [
     0x01010101, 0x01010103, 0x01010105, 0x0101010b, 0x0101010f, 0x01010301, 0x01010303, 0x01010305,
     0x01010309, 0x0101030d, 0x01010501, 0x01010503, 0x0101050b, 0x01010707, 0x01010901, 0x01010905,
     0x0101090b, 0x0101090f, 0x01010b03, 0x01010b07, 0x01010d01, 0x01010d05, 0x01010f03, 0x01010f09,
@@ -592,7 +592,7 @@ pub(crate) const IQ3S_GRID: [u32; 512] = [
 
 /// IQ1_S / IQ1_M grid: 2048 entries of 8 int8 values from {-1, 0, 1}.
 #[rustfmt::skip]
-pub(crate) const IQ1S_GRID: [u64; 2048] = [
+pub const IQ1S_GRID: [u64; 2048] = [
     0xffffffffffffffff, 0xffffffffffffff01, 0xffffffffffff0000, 0xffffffffffff01ff,
     0xffffffffffff0101, 0xffffffffff00ff00, 0xffffffffff000000, 0xffffffffff01ffff,
     0xffffffffff01ff01, 0xffffffffff0101ff, 0xffffffffff010101, 0xffffffff00ff0000,
