@@ -6,6 +6,9 @@ pub mod generate;
 pub mod gguf;
 pub mod model;
 pub mod sampling;
+pub mod tokenizer;
+pub mod chat;
+pub mod harmony;
 
 pub use config::ModelConfig;
 pub use error::{ModelError, Result};
@@ -13,3 +16,4 @@ pub use generate::{GenerateOptions, Generation, StopReason, generate};
 pub use gguf::open_gguf;
 pub use model::{Layer, Model, Session, TensorSource};
 pub use sampling::{Sampler, SamplerConfig};
+pub use tokenizer::{StreamDecoder, Tokenizer, TokenizerError};
