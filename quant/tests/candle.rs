@@ -1,9 +1,10 @@
 //! candle-core's quantized types as a second, independent implementation: our decoders agree bit
 //! for bit with its `to_float` for all twelve types it has, and our quantizers with its
-//! `from_float` where candle follows today's ggml reference (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q3_K,
-//! Q8_K). candle's Q2_K/Q4_K/Q5_K/Q6_K quantizers port an older ggml (make_qkx1_quants, the
-//! three-pass make_qx_quants), and its Q8_1 computes `s` in f16 arithmetic; for those ggml's own
-//! C output is the oracle (tests/ggml_ref.rs).
+//! `from_float` where candle follows today's ggml reference exactly (Q4_0, Q4_1, Q5_0, Q5_1,
+//! Q8_0). candle's Q2_K/Q4_K/Q5_K/Q6_K quantizers port an older ggml (make_qkx1_quants, the
+//! three-pass make_qx_quants), its Q3_K and Q8_K round halfway cases away from zero where ggml's
+//! `nearest_int` rounds them to even (rare, seed-dependent differences), and its Q8_1 computes `s`
+//! in f16 arithmetic; for all of those ggml's own C output is the oracle (tests/ggml_ref.rs).
 
 mod common;
 
@@ -67,8 +68,6 @@ fn quantizers_agree_with_candle() {
         GgmlType::Q5_0,
         GgmlType::Q5_1,
         GgmlType::Q8_0,
-        GgmlType::Q3_K,
-        GgmlType::Q8_K,
     ];
     for (ty, dt) in PAIRS.into_iter().filter(|(t, _)| same_algorithm.contains(t)) {
         let want = candle_quantize(dt, &x);
