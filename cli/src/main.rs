@@ -4,6 +4,7 @@
 //! `cmd/` with a clap `Args` struct and a `run` function.
 
 mod cmd;
+mod convert;
 mod gguf_out;
 mod progress;
 mod qplan;
@@ -13,6 +14,7 @@ mod synth;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
+    about = "Run, inspect, convert, quantize, bench and serve GPT-OSS GGUF models"
 #[command(name = "gptoss", version, about = "Run, inspect, convert, quantize, bench and serve GPT-OSS GGUF models")]
 struct Cli {
     #[command(subcommand)]
@@ -24,6 +26,8 @@ enum Command {
     // One variant per command, in the order `gptoss --help` lists them.
     /// Write a random-weight GPT-OSS with the real layout (no download needed).
     Synth(cmd::synth::Args),
+    /// Convert an OpenAI-layout Hugging Face GPT-OSS checkpoint to GGUF (MXFP4 kept lossless).
+    Convert(cmd::convert::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -35,6 +39,7 @@ fn main() -> std::process::ExitCode {
     let result: anyhow::Result<std::process::ExitCode> = match cli.command {
         // Command::Name(args) => cmd::name::run(args),
         Command::Synth(args) => cmd::synth::run(args),
+        Command::Convert(args) => cmd::convert::run(args),
     };
     match result {
         Ok(code) => code,

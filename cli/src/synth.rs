@@ -274,7 +274,12 @@ fn size_label(tensors: &[TensorSpec], n_expert: usize) -> String {
             shared += t.n_elements();
         }
     }
-    let n = (shared + expert) as f64;
+    size_label_from(shared + expert, n_expert)
+}
+
+/// gguf-py's `size_label` for `n` parameters (shared + one expert) and `n_expert` experts.
+pub fn size_label_from(n: u64, n_expert: usize) -> String {
+    let n = n as f64;
     let (scaled, suffix) = if n > 1e12 {
         (n * 1e-12, "T")
     } else if n > 1e9 {

@@ -1,2 +1,3 @@
 //! One module per `gptoss` command.
+pub mod convert;
 pub mod synth;
