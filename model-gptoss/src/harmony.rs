@@ -219,6 +219,8 @@ pub struct HarmonyStreamParser {
     /// Role of the next header when the prompt already wrote it (`<|start|>assistant`).
     pending_role: Option<String>,
     header: Vec<u8>,
+    /// A `<|start|>` opened a header that has not reached `<|message|>` yet.
+    opened: bool,
     current: HarmonyMessage,
     decoder: StreamDecoder,
     messages: Vec<HarmonyMessage>,
@@ -238,6 +240,7 @@ impl HarmonyStreamParser {
             state: State::Header,
             pending_role: role.map(str::to_string),
             header: Vec::new(),
+            opened: false,
             current: HarmonyMessage::default(),
             decoder: StreamDecoder::new(),
             messages: Vec::new(),
@@ -272,6 +275,7 @@ impl HarmonyStreamParser {
                     self.flush_header(MessageEnd::End, &mut events);
                     self.header.clear();
                     self.pending_role = None;
+                    self.opened = true;
                     self.state = State::Header;
                 } else if id == t.end || id == t.call || end_of_generation {
                     self.flush_header(end_kind(t, id), &mut events);
@@ -296,6 +300,7 @@ impl HarmonyStreamParser {
                     // A new header without `<|end|>` first: end the message here.
                     self.end_message(MessageEnd::End, &mut events);
                     self.state = State::Header;
+                    self.opened = id == t.start;
                     if id == t.channel {
                         // `<|channel|>` right after content continues the same author.
                         self.pending_role = Some(self.messages.last().map(|m| m.role.clone()).unwrap_or_default());
@@ -332,6 +337,7 @@ impl HarmonyStreamParser {
         let header = String::from_utf8_lossy(&self.header).into_owned();
         self.current = parse_header(self.pending_role.take(), &header);
         self.header.clear();
+        self.opened = false;
         self.state = State::Content;
         events.push(HarmonyEvent::MessageStart {
             role: self.current.role.clone(),
@@ -367,7 +373,14 @@ impl HarmonyStreamParser {
     fn flush_header(&mut self, end: MessageEnd, events: &mut Vec<HarmonyEvent>) {
         let header = String::from_utf8_lossy(&self.header).into_owned();
         self.header.clear();
+        let opened = std::mem::take(&mut self.opened);
         if header.trim().is_empty() {
+            if opened && end == MessageEnd::Truncated {
+                // Cut off right after `<|start|>`: a message had begun.
+                let message = HarmonyMessage { end: Some(end), ..HarmonyMessage::default() };
+                self.messages.push(message.clone());
+                events.push(HarmonyEvent::MessageEnd(message));
+            }
             return;
         }
         let structured = header.contains(CHANNEL_MARK) || header.contains(CONSTRAIN_MARK) || header.contains(" to=");
