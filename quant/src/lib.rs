@@ -153,6 +153,11 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Quant
             }
         }
         MXFP4 => mxfp4::dequantize_row(src, dst),
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        Q8_0 if Dispatch::Avx2.is_available() => {
+            // SAFETY: the CPU supports AVX2 and F16C (checked by the guard).
+            unsafe { dot::x86::q8_0_dequant_avx2(src, dst) }
+        }
         _ => {
             let f = block_decoder(ty).ok_or(QuantError::Unsupported { ty, op: "dequantize" })?;
             let (bs, ts) = (ty.block_size(), ty.type_size());
@@ -259,4 +264,41 @@ pub fn quantize(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantEr
 /// of blocks.
 pub fn row_size(ty: GgmlType, n: usize) -> Result<usize, QuantError> {
     Ok(n_blocks(ty, n)? * ty.type_size())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The SIMD row decoders (MXFP4, Q8_0) against the per-block scalar decoders.
+    #[test]
+    fn simd_row_decoders_equal_the_scalar_block_decoders() {
+        let mut s = 0x2545_f491u32;
+        for ty in [GgmlType::MXFP4, GgmlType::Q8_0] {
+            let nb = 37;
+            let mut src = vec![0u8; nb * ty.type_size()];
+            for b in src.iter_mut() {
+                s = s.wrapping_mul(1664525).wrapping_add(1013904223);
+                *b = (s >> 24) as u8;
+            }
+            for blk in src.chunks_exact_mut(ty.type_size()) {
+                if ty == GgmlType::Q8_0 {
+                    blk[1] &= 0x3b; // a finite f16 scale
+                } else {
+                    blk[0] = 100 + blk[0] % 50;
+                }
+            }
+            let mut fast = vec![0.0f32; nb * 32];
+            dequantize(ty, &src, &mut fast).unwrap();
+            let f = block_decoder(ty).unwrap();
+            let mut slow = vec![0.0f32; nb * 32];
+            for (y, b) in slow.chunks_exact_mut(32).zip(src.chunks_exact(ty.type_size())) {
+                f(b, y);
+            }
+            for (i, (a, b)) in fast.iter().zip(&slow).enumerate() {
+                assert_eq!(a.to_bits(), b.to_bits(), "{ty} element {i}");
+            }
+            assert!(slow.iter().any(|v| *v != 0.0));
+        }
+    }
 }

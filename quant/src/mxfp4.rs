@@ -38,6 +38,18 @@ pub fn e8m0_to_f32(e: u8) -> f32 {
     f32::from_bits(bits)
 }
 
+/// [`e8m0_to_f32_half`] for every byte, for table lookups in hot loops.
+pub const E8M0_HALF: [f32; 256] = {
+    let mut t = [0.0f32; 256];
+    let mut e = 0;
+    while e < 256 {
+        let bits = if e < 2 { 0x0020_0000u32 << e } else { ((e as u32) - 1) << 23 };
+        t[e] = f32::from_bits(bits);
+        e += 1;
+    }
+    t
+};
+
 /// Half of [`e8m0_to_f32`], i.e. 2^(e - 128), exactly as ggml's `ggml_e8m0_to_fp32_half`
 /// (e = 0 -> 2^-128, e = 1 -> 2^-127, both subnormal). The scale that goes with
 /// [`E2M1_DOUBLED_I8`].
@@ -259,6 +271,7 @@ mod tests {
         assert_eq!(e8m0_to_f32_half(1), 2f32.powi(-127));
         for e in 0u8..255 {
             assert_eq!(e8m0_to_f32_half(e) * 2.0, e8m0_to_f32(e), "e = {e}");
+            assert_eq!(E8M0_HALF[e as usize].to_bits(), e8m0_to_f32_half(e).to_bits());
         }
         assert_eq!(f32_to_e8m0(0.0), 0);
         assert_eq!(f32_to_e8m0(6.0), 127);

@@ -8,7 +8,7 @@ use std::arch::x86::*;
 use std::arch::x86_64::*;
 
 use super::scalar::{mxfp4_q8_0_block, q8_0_q8_0_block, reduce8};
-use crate::mxfp4::{E2M1_DOUBLED_I8, e8m0_to_f32_half};
+use crate::mxfp4::{E2M1_DOUBLED_I8, E8M0_HALF, e8m0_to_f32_half};
 use crate::util::rd_u16;
 
 /// Loads 16 bytes.
@@ -43,18 +43,22 @@ fn hsum8_epi32(p: [__m256i; 8]) -> __m256i {
     _mm256_add_epi32(lo, hi)
 }
 
-/// Per-block products of scales for 8 blocks: weight scale (f32 from `wscale`) times the Q8_0
-/// activation f16 scale at byte `a_off` of each 34-byte activation block.
+/// Per-block products of scales for 8 blocks: the weight scales `dw` times the f16 scales at
+/// the start of each 34-byte Q8_0 activation block in `a`. Built with `set` intrinsics rather
+/// than through a stack array, which would stall on store-to-load forwarding.
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
-fn scales8(dw: [f32; 8], a: &[u8]) -> __m256 {
-    let mut da = [0u16; 8];
-    for (k, d) in da.iter_mut().enumerate() {
-        *d = rd_u16(a, k * 34);
-    }
-    // SAFETY: both arrays are 8 elements (32 and 16 bytes) on the stack.
-    let (w, a) = unsafe { (_mm256_loadu_ps(dw.as_ptr()), _mm_loadu_si128(da.as_ptr().cast())) };
-    _mm256_mul_ps(w, _mm256_cvtph_ps(a))
+fn scales8(dw: __m256, a: &[u8]) -> __m256 {
+    let h = |k: usize| rd_u16(a, k * 34) as i16;
+    let da = _mm_set_epi16(h(7), h(6), h(5), h(4), h(3), h(2), h(1), h(0));
+    _mm256_mul_ps(dw, _mm256_cvtph_ps(da))
+}
+
+/// The eight weight scales of a group as a vector.
+#[inline]
+#[target_feature(enable = "avx")]
+fn set8(d: [f32; 8]) -> __m256 {
+    _mm256_set_ps(d[7], d[6], d[5], d[4], d[3], d[2], d[1], d[0])
 }
 
 /// MXFP4 codes of one block as 32 int8 doubled E2M1 values, in element order.
@@ -95,10 +99,10 @@ pub(crate) fn mxfp4_q8_0_avx2(w: &[u8], a: &[u8], nb: usize) -> f32 {
             let av = load256(&ag[k * 34 + 2..k * 34 + 34]);
             let prod = _mm256_maddubs_epi16(_mm256_abs_epi8(av), _mm256_sign_epi8(wv, av));
             p[k] = _mm256_madd_epi16(prod, ones);
-            dw[k] = e8m0_to_f32_half(wb[0]);
+            dw[k] = E8M0_HALF[wb[0] as usize];
         }
         let sums = _mm256_cvtepi32_ps(hsum8_epi32(p));
-        acc = _mm256_add_ps(acc, _mm256_mul_ps(scales8(dw, ag), sums));
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(scales8(set8(dw), ag), sums));
     }
     finish(acc, |lanes| {
         for b in groups * 8..nb {
@@ -126,7 +130,7 @@ pub(crate) fn q8_0_q8_0_avx2(w: &[u8], a: &[u8], nb: usize) -> f32 {
             dw[k] = half::f16::from_bits(rd_u16(wb, 0)).to_f32();
         }
         let sums = _mm256_cvtepi32_ps(hsum8_epi32(p));
-        acc = _mm256_add_ps(acc, _mm256_mul_ps(scales8(dw, ag), sums));
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(scales8(set8(dw), ag), sums));
     }
     finish(acc, |lanes| {
         for b in groups * 8..nb {
@@ -155,10 +159,10 @@ pub(crate) fn mxfp4_q8_0_avx512(w: &[u8], a: &[u8], nb: usize) -> f32 {
                 _mm256_abs_epi8(av),
                 _mm256_sign_epi8(wv, av),
             );
-            dw[k] = e8m0_to_f32_half(wb[0]);
+            dw[k] = E8M0_HALF[wb[0] as usize];
         }
         let sums = _mm256_cvtepi32_ps(hsum8_epi32(p));
-        acc = _mm256_add_ps(acc, _mm256_mul_ps(scales8(dw, ag), sums));
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(scales8(set8(dw), ag), sums));
     }
     finish(acc, |lanes| {
         for b in groups * 8..nb {
@@ -185,7 +189,7 @@ pub(crate) fn q8_0_q8_0_avx512(w: &[u8], a: &[u8], nb: usize) -> f32 {
             dw[k] = half::f16::from_bits(rd_u16(wb, 0)).to_f32();
         }
         let sums = _mm256_cvtepi32_ps(hsum8_epi32(p));
-        acc = _mm256_add_ps(acc, _mm256_mul_ps(scales8(dw, ag), sums));
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(scales8(set8(dw), ag), sums));
     }
     finish(acc, |lanes| {
         for b in groups * 8..nb {
@@ -205,6 +209,23 @@ pub(crate) fn mxfp4_dequant_avx2(src: &[u8], dst: &mut [f32]) {
         let q = load128(&b[1..17]);
         let lo = _mm_shuffle_epi8(table, _mm_and_si128(q, m4));
         let hi = _mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16(q, 4), m4));
+        let parts = [lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)];
+        for (k, p) in parts.into_iter().enumerate() {
+            let v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(p)), d);
+            let out = &mut y[8 * k..8 * k + 8];
+            // SAFETY: `out` is exactly 8 writable f32; the store is unaligned.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
+        }
+    }
+}
+
+/// Q8_0 rows to f32 with AVX2 (int8 widened to f32 times the f16 scale: the scalar operation).
+#[target_feature(enable = "avx2,f16c")]
+pub(crate) fn q8_0_dequant_avx2(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.chunks_exact(34).zip(dst.chunks_exact_mut(32)) {
+        let d = _mm256_set1_ps(half::f16::from_bits(rd_u16(b, 0)).to_f32());
+        let lo = load128(&b[2..18]);
+        let hi = load128(&b[18..34]);
         let parts = [lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)];
         for (k, p) in parts.into_iter().enumerate() {
             let v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(p)), d);
