@@ -24,6 +24,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     // One variant per command, in the order `gptoss --help` lists them.
+    /// Show a GGUF file's metadata, tensors and a size summary (`--json` for one JSON object).
+    Inspect(cmd::inspect::Args),
+    /// Check a GGUF file's structure and tensor data; exit 1 listing every problem found.
+    Validate(cmd::validate::Args),
     /// Write a random-weight GPT-OSS with the real layout (no download needed).
     Synth(cmd::synth::Args),
     /// Convert an OpenAI-layout Hugging Face GPT-OSS checkpoint to GGUF (MXFP4 kept lossless).
@@ -38,6 +42,8 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result: anyhow::Result<std::process::ExitCode> = match cli.command {
         // Command::Name(args) => cmd::name::run(args),
+        Command::Inspect(args) => cmd::inspect::run(args),
+        Command::Validate(args) => cmd::validate::run(args),
         Command::Synth(args) => cmd::synth::run(args),
         Command::Convert(args) => cmd::convert::run(args),
     };

@@ -221,3 +221,31 @@ impl GgufFile {
         Ok(&self.mmap[r])
     }
 }
+
+impl GgufFile {
+    /// The file as one JSON object (what `gptoss inspect --json` prints): `version`,
+    /// `alignment`, `metadata` (keys in file order, arrays in full) and `tensors` (`name`,
+    /// `type` as the ggml name, `shape` in ggml order, `offset` relative to the data section,
+    /// `size_bytes`).
+    pub fn to_json(&self) -> serde_json::Value {
+        let tensors: Vec<serde_json::Value> = self
+            .tensors()
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "name": t.name,
+                    "type": t.ggml_type.name(),
+                    "shape": t.shape,
+                    "offset": t.offset,
+                    "size_bytes": t.size_bytes(),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "version": self.version(),
+            "alignment": self.alignment(),
+            "metadata": self.metadata().to_json(),
+            "tensors": tensors,
+        })
+    }
+}

@@ -192,7 +192,10 @@ fn abs_range(h: &Header, t: &TensorInfo) -> Option<(u64, u64)> {
 fn check_structure(h: &Header, file_len: u64, report: &mut ValidationReport) {
     use Severity::*;
     let md = &h.metadata;
+    // Shards after the first of a split set carry only the split.* keys (llama.cpp's gguf-split).
+    let later_shard = md.get_u64("split.no").is_ok_and(|n| n > 0);
     match md.get("general.architecture") {
+        None if later_shard => {}
         None => report.push(
             Error,
             24,

@@ -1,3 +1,5 @@
 //! One module per `gptoss` command.
 pub mod convert;
 pub mod synth;
+pub mod inspect;
+pub mod validate;
