@@ -82,7 +82,7 @@ impl ValidationReport {
         });
     }
 
-    fn from_error(&mut self, e: &GgufError) {
+    fn push_error(&mut self, e: &GgufError) {
         let tensor = match e {
             GgufError::BadTensorInfo { tensor, .. }
             | GgufError::BadTensorType { tensor, .. }
@@ -116,7 +116,7 @@ pub fn validate(path: impl AsRef<Path>) -> ValidationReport {
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(source) => {
-            report.from_error(&GgufError::Io {
+            report.push_error(&GgufError::Io {
                 path: path.to_path_buf(),
                 offset: 0,
                 action: "opening",
@@ -129,7 +129,7 @@ pub fn validate(path: impl AsRef<Path>) -> ValidationReport {
     let mmap = match unsafe { memmap2::Mmap::map(&file) } {
         Ok(m) => m,
         Err(source) => {
-            report.from_error(&GgufError::Io {
+            report.push_error(&GgufError::Io {
                 path: path.to_path_buf(),
                 offset: 0,
                 action: "memory-mapping",
@@ -155,14 +155,14 @@ fn check(bytes: &[u8], path: &Path, report: &mut ValidationReport) {
         Ok(h) => h,
         Err(e) => {
             for s in &soft {
-                report.from_error(s);
+                report.push_error(s);
             }
-            report.from_error(&e);
+            report.push_error(&e);
             return;
         }
     };
     for s in &soft {
-        report.from_error(s);
+        report.push_error(s);
     }
     check_structure(&header, bytes.len() as u64, report);
     for t in &header.tensors {
