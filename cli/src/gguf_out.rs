@@ -215,3 +215,66 @@ impl Drop for TensorSink {
         let _ = std::fs::remove_file(&self.tmp);
     }
 }
+
+/// Write a whole file whose tensors are produced in chunks: `n_chunks[i]` chunks for tensor `i`,
+/// `make(i, c)` returning the bytes of chunk `c` of tensor `i`. Chunks are made in parallel
+/// (rayon) in batches while the previous batch is being written, so generation and disk overlap
+/// and memory stays bounded by two batches. Returns the file size.
+pub fn write_chunked<F>(
+    dest: &Path,
+    meta: &Metadata,
+    tensors: &[OutTensor],
+    n_chunks: &[usize],
+    make: F,
+    label: &str,
+    quiet: bool,
+) -> Result<u64>
+where
+    F: Fn(usize, usize) -> Result<Vec<u8>> + Sync,
+{
+    use rayon::prelude::*;
+    let mut sink = TensorSink::create(dest, meta, tensors)?;
+    let pb = crate::progress::bytes_bar(sink.total_bytes(), label, quiet);
+    let jobs: Vec<(usize, usize)> = n_chunks
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &n)| (0..n).map(move |c| (i, c)))
+        .collect();
+    let batch = (rayon::current_num_threads() * 4).max(8);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Vec<u8>>>(1);
+    let total = std::thread::scope(|scope| -> Result<u64> {
+        let pbw = pb.clone();
+        let writer = scope.spawn(move || -> Result<u64> {
+            for chunks in rx {
+                for c in chunks {
+                    sink.write(&c)?;
+                    pbw.inc(c.len() as u64);
+                }
+            }
+            sink.finish()
+        });
+        let mut result = Ok(());
+        for group in jobs.chunks(batch) {
+            let made: Result<Vec<Vec<u8>>> = group.par_iter().map(|&(i, c)| make(i, c)).collect();
+            match made {
+                Ok(m) => {
+                    if tx.send(m).is_err() {
+                        break; // the writer failed; its error is returned below
+                    }
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let written = writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("writer thread panicked"))?;
+        result?;
+        written
+    })?;
+    pb.finish_and_clear();
+    Ok(total)
+}

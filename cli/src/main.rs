@@ -32,6 +32,8 @@ enum Command {
     Synth(cmd::synth::Args),
     /// Convert an OpenAI-layout Hugging Face GPT-OSS checkpoint to GGUF (MXFP4 kept lossless).
     Convert(cmd::convert::Args),
+    /// Requantize a GGUF model (mxfp4_moe, q8_0, q6_k, q5_k_m, q4_k_m, q4_0, iq4_nl, iq4_xs, bf16, f16, ...).
+    Quantize(cmd::quantize::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -46,6 +48,7 @@ fn main() -> std::process::ExitCode {
         Command::Validate(args) => cmd::validate::run(args),
         Command::Synth(args) => cmd::synth::run(args),
         Command::Convert(args) => cmd::convert::run(args),
+        Command::Quantize(args) => cmd::quantize::run(args),
     };
     match result {
         Ok(code) => code,

@@ -2,4 +2,5 @@
 pub mod convert;
 pub mod synth;
 pub mod inspect;
+pub mod quantize;
 pub mod validate;

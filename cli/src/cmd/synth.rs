@@ -2,14 +2,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::mpsc::sync_channel;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
-use rayon::prelude::*;
 
-use crate::gguf_out::{OutTensor, TensorSink};
+use crate::gguf_out::OutTensor;
 use crate::qplan::FileType;
 use crate::synth::{self, Hparams, Vocab};
 
@@ -90,58 +88,20 @@ pub fn run(args: Args) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let t0 = Instant::now();
-    let mut sink = TensorSink::create(&args.out, &meta, &out_tensors)?;
-    let pb = crate::progress::bytes_bar(sink.total_bytes(), "synth", args.quiet);
-
-    // Jobs in file order; batches generated in parallel while the previous batch is written.
-    let jobs: Vec<(usize, usize)> = specs
-        .iter()
-        .enumerate()
-        .flat_map(|(i, s)| (0..synth::n_chunks(s)).map(move |c| (i, c)))
-        .collect();
-    let batch = (rayon::current_num_threads() * 4).max(8);
-    let (tx, rx) = sync_channel::<Vec<Vec<u8>>>(1);
-    let total = std::thread::scope(|scope| -> Result<u64> {
-        let pbw = pb.clone();
-        let writer = scope.spawn(move || -> Result<u64> {
-            for chunks in rx {
-                for c in chunks {
-                    sink.write(&c)?;
-                    pbw.inc(c.len() as u64);
-                }
-            }
-            sink.finish()
-        });
-        let mut result = Ok(());
-        for group in jobs.chunks(batch) {
-            let made: Result<Vec<Vec<u8>>> = group
-                .par_iter()
-                .map(|&(i, c)| {
-                    let mut out = Vec::new();
-                    synth::generate_chunk(&specs[i], i, args.seed, c, &mut out)?;
-                    Ok(out)
-                })
-                .collect();
-            match made {
-                Ok(m) => {
-                    if tx.send(m).is_err() {
-                        break; // the writer failed; its error is reported below
-                    }
-                }
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
-        drop(tx);
-        let written = writer
-            .join()
-            .map_err(|_| anyhow::anyhow!("writer thread panicked"))?;
-        result?;
-        written
-    })?;
-    pb.finish_and_clear();
+    let n_chunks: Vec<usize> = specs.iter().map(synth::n_chunks).collect();
+    let total = crate::gguf_out::write_chunked(
+        &args.out,
+        &meta,
+        &out_tensors,
+        &n_chunks,
+        |i, c| {
+            let mut out = Vec::new();
+            synth::generate_chunk(&specs[i], i, args.seed, c, &mut out)?;
+            Ok(out)
+        },
+        "synth",
+        args.quiet,
+    )?;
     let secs = t0.elapsed().as_secs_f64();
     if !args.quiet {
         eprintln!(
