@@ -54,11 +54,16 @@ fn opt_u32(md: &Metadata, name: &str) -> Result<Option<usize>> {
     if !md.contains_key(&k) {
         return Ok(None);
     }
-    md.get_u32(&k).map(|v| Some(v as usize)).map_err(|e| bad_type(k, e))
+    md.get_u32(&k)
+        .map(|v| Some(v as usize))
+        .map_err(|e| bad_type(k, e))
 }
 
 fn req_u32(md: &Metadata, name: &str, what: &'static str) -> Result<usize> {
-    opt_u32(md, name)?.ok_or_else(|| ModelError::MissingKey { key: key(name), what })
+    opt_u32(md, name)?.ok_or_else(|| ModelError::MissingKey {
+        key: key(name),
+        what,
+    })
 }
 
 fn opt_f32(md: &Metadata, name: &str) -> Result<Option<f32>> {
@@ -77,14 +82,19 @@ fn opt_f32(md: &Metadata, name: &str) -> Result<Option<f32>> {
 }
 
 fn req_f32(md: &Metadata, name: &str, what: &'static str) -> Result<f32> {
-    opt_f32(md, name)?.ok_or_else(|| ModelError::MissingKey { key: key(name), what })
+    opt_f32(md, name)?.ok_or_else(|| ModelError::MissingKey {
+        key: key(name),
+        what,
+    })
 }
 
 fn opt_str<'a>(md: &'a Metadata, k: &str) -> Result<Option<&'a str>> {
     if !md.contains_key(k) {
         return Ok(None);
     }
-    md.get_str(k).map(Some).map_err(|e| bad_type(k.to_string(), e))
+    md.get_str(k)
+        .map(Some)
+        .map_err(|e| bad_type(k.to_string(), e))
 }
 
 /// Which layers are windowed.
@@ -140,10 +150,18 @@ impl ModelConfig {
         if let Some(arch) = opt_str(md, "general.architecture")?
             && arch != ARCH
         {
-            return Err(ModelError::WrongArchitecture { found: arch.to_string() });
+            return Err(ModelError::WrongArchitecture {
+                found: arch.to_string(),
+            });
         }
-        let n_layers = positive("block_count", req_u32(md, "block_count", "the number of layers")?)?;
-        let context_length = positive("context_length", req_u32(md, "context_length", "the context limit")?)?;
+        let n_layers = positive(
+            "block_count",
+            req_u32(md, "block_count", "the number of layers")?,
+        )?;
+        let context_length = positive(
+            "context_length",
+            req_u32(md, "context_length", "the context limit")?,
+        )?;
         let d_model = positive(
             "embedding_length",
             req_u32(md, "embedding_length", "the residual width")?,
@@ -152,8 +170,14 @@ impl ModelConfig {
             "expert_feed_forward_length",
             req_u32(md, "expert_feed_forward_length", "the expert width")?,
         )?;
-        let n_experts = positive("expert_count", req_u32(md, "expert_count", "the MoE block")?)?;
-        let top_k = positive("expert_used_count", req_u32(md, "expert_used_count", "the router")?)?;
+        let n_experts = positive(
+            "expert_count",
+            req_u32(md, "expert_count", "the MoE block")?,
+        )?;
+        let top_k = positive(
+            "expert_used_count",
+            req_u32(md, "expert_used_count", "the router")?,
+        )?;
         if top_k > n_experts {
             return Err(ModelError::BadKey {
                 key: key("expert_used_count"),
@@ -171,7 +195,9 @@ impl ModelConfig {
         if n_heads % n_kv_heads != 0 {
             return Err(ModelError::BadKey {
                 key: key("attention.head_count_kv"),
-                detail: format!("{n_heads} query heads are not a multiple of {n_kv_heads} KV heads"),
+                detail: format!(
+                    "{n_heads} query heads are not a multiple of {n_kv_heads} KV heads"
+                ),
             });
         }
         let key_len = opt_u32(md, "attention.key_length")?;
@@ -225,7 +251,8 @@ impl ModelConfig {
         } else {
             1.0
         };
-        let original_context = opt_u32(md, "rope.scaling.original_context_length")?.unwrap_or(context_length);
+        let original_context =
+            opt_u32(md, "rope.scaling.original_context_length")?.unwrap_or(context_length);
         let beta_fast = opt_f32(md, "rope.scaling.yarn_beta_fast")?.unwrap_or(32.0);
         let beta_slow = opt_f32(md, "rope.scaling.yarn_beta_slow")?.unwrap_or(1.0);
         if scaling_factor > 1.0 && (original_context == 0 || beta_fast <= 0.0 || beta_slow <= 0.0) {

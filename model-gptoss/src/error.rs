@@ -42,7 +42,9 @@ pub enum ModelError {
         name: String,
     },
     /// A tensor's shape disagrees with the metadata.
-    #[error("tensor '{name}' has shape {found:?} (ggml order), but the metadata implies {expected:?}")]
+    #[error(
+        "tensor '{name}' has shape {found:?} (ggml order), but the metadata implies {expected:?}"
+    )]
     TensorShape {
         /// Its name.
         name: String,
@@ -86,7 +88,9 @@ pub enum ModelError {
     #[error("{0}")]
     InvalidInput(String),
     /// A previous forward call failed midway and left the KV cache half-written.
-    #[error("this session was left inconsistent by an earlier failed forward pass; start a new session")]
+    #[error(
+        "this session was left inconsistent by an earlier failed forward pass; start a new session"
+    )]
     SessionPoisoned,
     /// The compute backend failed.
     #[error(transparent)]

@@ -63,7 +63,12 @@ impl Generation {
 }
 
 /// Pick the next token from last-position logits `[1, vocab]`.
-fn pick<B: Backend>(model: &Model<B>, logits: &B::Tensor, sampler: &mut Sampler, history: &[u32]) -> Result<u32> {
+fn pick<B: Backend>(
+    model: &Model<B>,
+    logits: &B::Tensor,
+    sampler: &mut Sampler,
+    history: &[u32],
+) -> Result<u32> {
     let be = model.backend();
     if sampler.is_plain_greedy() {
         // Argmax on the device: only one id crosses back, not the whole vocabulary.

@@ -29,13 +29,17 @@ impl TensorSource for GgufModel {
             .collect::<std::result::Result<Vec<usize>, _>>()
             .map_err(|_| ModelError::BadTensor {
                 name: name.to_string(),
-                detail: format!("shape {:?} does not fit this machine's address space", view.info.shape),
+                detail: format!(
+                    "shape {:?} does not fit this machine's address space",
+                    view.info.shape
+                ),
             })?;
         let backing: Arc<dyn AsRef<[u8]> + Send + Sync> = view.mmap.clone();
-        let bytes = HostBytes::new(backing, view.range.clone()).ok_or_else(|| ModelError::BadTensor {
-            name: name.to_string(),
-            detail: format!("byte range {:?} lies outside its file", view.range),
-        })?;
+        let bytes =
+            HostBytes::new(backing, view.range.clone()).ok_or_else(|| ModelError::BadTensor {
+                name: name.to_string(),
+                detail: format!("byte range {:?} lies outside its file", view.range),
+            })?;
         Ok(Some(WeightData {
             name: name.to_string(),
             dtype: view.info.ggml_type,

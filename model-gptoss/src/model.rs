@@ -78,7 +78,9 @@ impl<B: Backend> Session<B> {
 
 /// Fetch one tensor, checking its shape against what the metadata implies.
 fn fetch(src: &dyn TensorSource, name: &str, expected: &[usize]) -> Result<WeightData> {
-    let w = src.weight(name)?.ok_or_else(|| ModelError::MissingTensor { name: name.to_string() })?;
+    let w = src.weight(name)?.ok_or_else(|| ModelError::MissingTensor {
+        name: name.to_string(),
+    })?;
     if w.shape != expected {
         return Err(ModelError::TensorShape {
             name: name.to_string(),
@@ -100,9 +102,11 @@ impl<B: Backend> Model<B> {
         };
         // The vocabulary size is not a GPT-OSS metadata key: the embedding table defines it,
         // and the output matrix must agree.
-        let embd = src.weight("token_embd.weight")?.ok_or_else(|| ModelError::MissingTensor {
-            name: "token_embd.weight".into(),
-        })?;
+        let embd = src
+            .weight("token_embd.weight")?
+            .ok_or_else(|| ModelError::MissingTensor {
+                name: "token_embd.weight".into(),
+            })?;
         if embd.shape.len() != 2 || embd.shape[0] != d || embd.shape[1] == 0 {
             return Err(ModelError::TensorShape {
                 name: "token_embd.weight".into(),
@@ -195,7 +199,12 @@ impl<B: Backend> Model<B> {
     /// Run `tokens` (a whole prompt, or one new token) through the network at the session's
     /// position and append them to its KV caches. Returns logits `[tokens.len(), vocab]` when
     /// `all_logits`, else only the last position's `[1, vocab]`.
-    pub fn forward(&self, session: &mut Session<B>, tokens: &[u32], all_logits: bool) -> Result<B::Tensor> {
+    pub fn forward(
+        &self,
+        session: &mut Session<B>,
+        tokens: &[u32],
+        all_logits: bool,
+    ) -> Result<B::Tensor> {
         self.forward_with(session, tokens, all_logits, &mut |_, _| Ok(()))
     }
 
@@ -253,7 +262,12 @@ impl<B: Backend> Model<B> {
         let c = &self.config;
         let pos0 = session.pos;
         let mut h = be.embed(&self.token_embd, tokens)?;
-        for (il, (l, cache)) in self.layers.iter().zip(session.caches.iter_mut()).enumerate() {
+        for (il, (l, cache)) in self
+            .layers
+            .iter()
+            .zip(session.caches.iter_mut())
+            .enumerate()
+        {
             let x = be.rms_norm(&h, &l.attn_norm, c.rms_eps)?;
             let mut q = be.linear(&x, &l.wq, Some(&l.bq))?;
             let mut k = be.linear(&x, &l.wk, Some(&l.bk))?;

@@ -65,7 +65,10 @@ impl Sampler {
             return bad(format!("min-p {} must be in [0, 1]", cfg.min_p));
         }
         if !(cfg.repeat_penalty.is_finite() && cfg.repeat_penalty > 0.0) {
-            return bad(format!("repeat penalty {} must be positive", cfg.repeat_penalty));
+            return bad(format!(
+                "repeat penalty {} must be positive",
+                cfg.repeat_penalty
+            ));
         }
         let rng = StdRng::seed_from_u64(cfg.seed);
         Ok(Sampler {
@@ -83,7 +86,8 @@ impl Sampler {
     /// True when the choice is a plain argmax of the logits (no temperature, no penalty), so a
     /// backend may compute it on the device without copying the logits back.
     pub fn is_plain_greedy(&self) -> bool {
-        self.cfg.temperature <= 0.0 && (self.cfg.repeat_penalty == 1.0 || self.cfg.repeat_last_n == 0)
+        self.cfg.temperature <= 0.0
+            && (self.cfg.repeat_penalty == 1.0 || self.cfg.repeat_last_n == 0)
     }
 
     /// Choose the next token from `logits` (one vocabulary row), given the tokens seen so far
@@ -138,7 +142,10 @@ impl Sampler {
         // Softmax with temperature, in f64 so long tails do not lose mass.
         let inv_t = 1.0 / self.cfg.temperature as f64;
         let max = cand[0].1 as f64;
-        let mut probs: Vec<f64> = cand.iter().map(|c| ((c.1 as f64 - max) * inv_t).exp()).collect();
+        let mut probs: Vec<f64> = cand
+            .iter()
+            .map(|c| ((c.1 as f64 - max) * inv_t).exp())
+            .collect();
         let sum: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|p| *p /= sum);
         let mut keep = probs.len();

@@ -1,5 +1,7 @@
 //! Shared helpers of the conformance suite: fixture paths, the Python oracle, error metrics.
 
+pub mod reference;
+
 use std::path::PathBuf;
 
 /// `../shared/fixtures` beside the repository root (override with `GPTOSS_FIXTURES`).
