@@ -34,6 +34,8 @@ enum Command {
     Convert(cmd::convert::Args),
     /// Requantize a GGUF model (mxfp4_moe, q8_0, q6_k, q5_k_m, q4_k_m, q4_0, iq4_nl, iq4_xs, bf16, f16, ...).
     Quantize(cmd::quantize::Args),
+    /// Decode one tensor of a GGUF to f32 and write it as safetensors (shape as the GGUF says).
+    Dequant(cmd::dequant::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -49,6 +51,7 @@ fn main() -> std::process::ExitCode {
         Command::Synth(args) => cmd::synth::run(args),
         Command::Convert(args) => cmd::convert::run(args),
         Command::Quantize(args) => cmd::quantize::run(args),
+        Command::Dequant(args) => cmd::dequant::run(args),
     };
     match result {
         Ok(code) => code,

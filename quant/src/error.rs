@@ -16,7 +16,9 @@ pub enum QuantError {
         op: &'static str,
     },
     /// A dot product was asked for a weight/activation pair this crate does not pair.
-    #[error("vec_dot of {weight} weights with {activation} activations is not supported (use vec_dot_type({weight}) = {expected})")]
+    #[error(
+        "vec_dot of {weight} weights with {activation} activations is not supported (use vec_dot_type({weight}) = {expected})"
+    )]
     UnsupportedPair {
         /// Weight type.
         weight: GgmlType,
@@ -67,9 +69,17 @@ pub(crate) fn check_bytes(
     let nb = n_blocks(ty, n)?;
     let expected = nb
         .checked_mul(ty.type_size())
-        .ok_or(QuantError::SizeMismatch { name, expected: usize::MAX, found: bytes })?;
+        .ok_or(QuantError::SizeMismatch {
+            name,
+            expected: usize::MAX,
+            found: bytes,
+        })?;
     if expected != bytes {
-        return Err(QuantError::SizeMismatch { name, expected, found: bytes });
+        return Err(QuantError::SizeMismatch {
+            name,
+            expected,
+            found: bytes,
+        });
     }
     Ok(nb)
 }

@@ -44,7 +44,10 @@ pub(crate) fn deq_iq2_xs(b: &[u8], y: &mut [f32]) {
     let d = rd_f16(b, 0);
     for ib in 0..8 {
         let sc = b[66 + ib];
-        let db = [d * (0.5 + (sc & 0x0f) as f32) * 0.25, d * (0.5 + (sc >> 4) as f32) * 0.25];
+        let db = [
+            d * (0.5 + (sc & 0x0f) as f32) * 0.25,
+            d * (0.5 + (sc >> 4) as f32) * 0.25,
+        ];
         for l in 0..4 {
             let q = rd_u16(b, 2 + 2 * (4 * ib + l));
             let g = IQ2XS_GRID[(q & 511) as usize];
@@ -65,7 +68,10 @@ pub(crate) fn deq_iq2_s(b: &[u8], y: &mut [f32]) {
     let scales = &b[74..82];
     for ib in 0..8 {
         let sc = scales[ib];
-        let db = [d * (0.5 + (sc & 0x0f) as f32) * 0.25, d * (0.5 + (sc >> 4) as f32) * 0.25];
+        let db = [
+            d * (0.5 + (sc & 0x0f) as f32) * 0.25,
+            d * (0.5 + (sc >> 4) as f32) * 0.25,
+        ];
         for l in 0..4 {
             let idx = qs[4 * ib + l] as usize | (((qh[ib] as usize) << (8 - 2 * l)) & 0x300);
             let g = IQ2S_GRID[idx];
@@ -131,7 +137,11 @@ pub(crate) fn deq_iq1_s(b: &[u8], y: &mut [f32]) {
     for ib in 0..8 {
         let qh = rd_u16(b, 34 + 2 * ib) as usize;
         let dl = d * (2 * ((qh >> 12) & 7) + 1) as f32;
-        let delta = if qh & 0x8000 != 0 { -IQ1S_DELTA } else { IQ1S_DELTA };
+        let delta = if qh & 0x8000 != 0 {
+            -IQ1S_DELTA
+        } else {
+            IQ1S_DELTA
+        };
         for l in 0..4 {
             let g = IQ1S_GRID[b[2 + 4 * ib + l] as usize | (((qh >> (3 * l)) & 7) << 8)];
             for j in 0..8 {
@@ -214,9 +224,17 @@ fn best_index_int8(values: &[i8; 16], x: f32) -> u8 {
     let (mut ml, mut mu) = (0usize, 15usize);
     while mu - ml > 1 {
         let mav = (ml + mu) / 2;
-        if x < values[mav] as f32 { mu = mav } else { ml = mav }
+        if x < values[mav] as f32 {
+            mu = mav
+        } else {
+            ml = mav
+        }
     }
-    if x - (values[mu - 1] as f32) < values[mu] as f32 - x { (mu - 1) as u8 } else { mu as u8 }
+    if x - (values[mu - 1] as f32) < values[mu] as f32 - x {
+        (mu - 1) as u8
+    } else {
+        mu as u8
+    }
 }
 
 const GROUP_MAX_EPS: f32 = 1e-15;
@@ -309,7 +327,11 @@ fn iq4_impl(x: &[f32], ntry: i32, l: &mut [u8], scales_l: &mut [u8], scales_h: &
         d
     } else {
         if ntry > 0 {
-            let id = if scales[0] != 0.0 { 1.0 / scales[0] } else { 0.0 };
+            let id = if scales[0] != 0.0 {
+                1.0 / scales[0]
+            } else {
+                0.0
+            };
             for j in 0..x.len() {
                 l[j] = best_index_int8(values, id * x[j]);
             }

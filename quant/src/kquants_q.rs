@@ -222,8 +222,16 @@ pub(crate) fn q_q2_k(x: &[f32], b: &mut [u8]) {
         for (w, v) in weights.iter_mut().zip(xs) {
             *w = v.abs();
         }
-        let (s, m) =
-            make_qkx2_quants(3, xs, &weights, &mut l[16 * j..16 * j + 16], -0.5, 0.1, 15, true);
+        let (s, m) = make_qkx2_quants(
+            3,
+            xs,
+            &weights,
+            &mut l[16 * j..16 * j + 16],
+            -0.5,
+            0.1,
+            15,
+            true,
+        );
         scales[j] = s;
         mins[j] = m;
         if s > max_scale {
@@ -335,7 +343,9 @@ pub(crate) fn q_q3_k(x: &[f32], b: &mut [u8]) {
     b[0..32].copy_from_slice(hmask);
     for j in (0..256).step_by(128) {
         for i in 0..32 {
-            b[32 + j / 4 + i] = (l[j + i] | (l[j + i + 32] << 2) | (l[j + i + 64] << 4) | (l[j + i + 96] << 6)) as u8;
+            b[32 + j / 4 + i] =
+                (l[j + i] | (l[j + i + 32] << 2) | (l[j + i + 64] << 4) | (l[j + i + 96] << 6))
+                    as u8;
         }
     }
 }
@@ -357,8 +367,16 @@ fn q45_k(x: &[f32], b: &mut [u8], nmax: i32, rmin: f32, nstep: i32, l: &mut [u8;
         for (w, v) in weights.iter_mut().zip(xs) {
             *w = av_x + v.abs();
         }
-        let (s, m) =
-            make_qkx2_quants(nmax, xs, &weights, &mut l[32 * j..32 * j + 32], rmin, 0.1, nstep, false);
+        let (s, m) = make_qkx2_quants(
+            nmax,
+            xs,
+            &weights,
+            &mut l[32 * j..32 * j + 32],
+            rmin,
+            0.1,
+            nstep,
+            false,
+        );
         scales[j] = s;
         mins[j] = m;
         if s > max_scale {
@@ -368,7 +386,11 @@ fn q45_k(x: &[f32], b: &mut [u8], nmax: i32, rmin: f32, nstep: i32, l: &mut [u8;
             max_min = m;
         }
     }
-    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let sc = &mut b[4..16];
     sc.fill(0);
@@ -441,7 +463,12 @@ pub(crate) fn q_q6_k(x: &[f32], b: &mut [u8]) {
     let mut scales = [0.0f32; 16];
     let (mut max_scale, mut max_abs_scale) = (0.0f32, 0.0f32);
     for ib in 0..16 {
-        let s = make_qx_quants(32, &x[16 * ib..16 * ib + 16], &mut l[16 * ib..16 * ib + 16], 1);
+        let s = make_qx_quants(
+            32,
+            &x[16 * ib..16 * ib + 16],
+            &mut l[16 * ib..16 * ib + 16],
+            1,
+        );
         scales[ib] = s;
         if s.abs() > max_abs_scale {
             max_abs_scale = s.abs();
@@ -498,7 +525,10 @@ pub(crate) fn q_q8_k(x: &[f32], b: &mut [u8]) {
         b[4 + j] = nearest_int(iscale * x[j]).min(127) as i8 as u8;
     }
     for j in 0..16 {
-        let sum: i32 = b[4 + 16 * j..4 + 16 * j + 16].iter().map(|&q| q as i8 as i32).sum();
+        let sum: i32 = b[4 + 16 * j..4 + 16 * j + 16]
+            .iter()
+            .map(|&q| q as i8 as i32)
+            .sum();
         b[260 + 2 * j..262 + 2 * j].copy_from_slice(&(sum as i16).to_le_bytes());
     }
     b[0..4].copy_from_slice(&(1.0 / iscale).to_le_bytes());

@@ -159,7 +159,10 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Quant
             unsafe { dot::x86::q8_0_dequant_avx2(src, dst) }
         }
         _ => {
-            let f = block_decoder(ty).ok_or(QuantError::Unsupported { ty, op: "dequantize" })?;
+            let f = block_decoder(ty).ok_or(QuantError::Unsupported {
+                ty,
+                op: "dequantize",
+            })?;
             let (bs, ts) = (ty.block_size(), ty.type_size());
             for (y, b) in dst.chunks_exact_mut(bs).zip(src.chunks_exact(ts)) {
                 f(b, y);
@@ -292,7 +295,10 @@ mod tests {
             dequantize(ty, &src, &mut fast).unwrap();
             let f = block_decoder(ty).unwrap();
             let mut slow = vec![0.0f32; nb * 32];
-            for (y, b) in slow.chunks_exact_mut(32).zip(src.chunks_exact(ty.type_size())) {
+            for (y, b) in slow
+                .chunks_exact_mut(32)
+                .zip(src.chunks_exact(ty.type_size()))
+            {
                 f(b, y);
             }
             for (i, (a, b)) in fast.iter().zip(&slow).enumerate() {

@@ -34,7 +34,11 @@ pub const E2M1_TO_E4M3: [u8; 16] = [
 /// blocks when validating rows; OCP calls it NaN).
 #[inline(always)]
 pub fn e8m0_to_f32(e: u8) -> f32 {
-    let bits = if e == 0 { 0x0040_0000 } else { (e as u32) << 23 };
+    let bits = if e == 0 {
+        0x0040_0000
+    } else {
+        (e as u32) << 23
+    };
     f32::from_bits(bits)
 }
 
@@ -43,7 +47,11 @@ pub const E8M0_HALF: [f32; 256] = {
     let mut t = [0.0f32; 256];
     let mut e = 0;
     while e < 256 {
-        let bits = if e < 2 { 0x0020_0000u32 << e } else { ((e as u32) - 1) << 23 };
+        let bits = if e < 2 {
+            0x0020_0000u32 << e
+        } else {
+            ((e as u32) - 1) << 23
+        };
         t[e] = f32::from_bits(bits);
         e += 1;
     }
@@ -55,7 +63,11 @@ pub const E8M0_HALF: [f32; 256] = {
 /// [`E2M1_DOUBLED_I8`].
 #[inline(always)]
 pub fn e8m0_to_f32_half(e: u8) -> f32 {
-    let bits = if e < 2 { 0x0020_0000u32 << e } else { ((e as u32) - 1) << 23 };
+    let bits = if e < 2 {
+        0x0020_0000u32 << e
+    } else {
+        ((e as u32) - 1) << 23
+    };
     f32::from_bits(bits)
 }
 
@@ -179,7 +191,11 @@ pub fn ggml_row_from_openai(
             found: out.len(),
         });
     }
-    for ((s, b), o) in scales.iter().zip(blocks.chunks_exact(16)).zip(out.chunks_exact_mut(BLOCK_BYTES)) {
+    for ((s, b), o) in scales
+        .iter()
+        .zip(blocks.chunks_exact(16))
+        .zip(out.chunks_exact_mut(BLOCK_BYTES))
+    {
         let b: &[u8; 16] = b.try_into().expect("chunks_exact(16)");
         o.copy_from_slice(&ggml_block_from_openai(*s, b));
     }
@@ -244,7 +260,11 @@ mod tests {
         let s = if b & 0x80 != 0 { -1.0 } else { 1.0 };
         let e = ((b >> 3) & 0x0f) as i32;
         let m = (b & 7) as f32;
-        if e == 0 { s * m / 8.0 * 2f32.powi(-6) } else { s * (1.0 + m / 8.0) * 2f32.powi(e - 7) }
+        if e == 0 {
+            s * m / 8.0 * 2f32.powi(-6)
+        } else {
+            s * (1.0 + m / 8.0) * 2f32.powi(e - 7)
+        }
     }
 
     #[test]
@@ -254,7 +274,11 @@ mod tests {
             let s = if c & 8 != 0 { -1.0f32 } else { 1.0 };
             let e = ((c >> 1) & 3) as i32;
             let m = (c & 1) as f32;
-            let v = if e == 0 { s * m * 0.5 } else { s * (1.0 + m * 0.5) * 2f32.powi(e - 1) };
+            let v = if e == 0 {
+                s * m * 0.5
+            } else {
+                s * (1.0 + m * 0.5) * 2f32.powi(e - 1)
+            };
             assert_eq!(E2M1[c as usize], v + 0.0, "code {c}");
             assert_eq!(E2M1_DOUBLED_I8[c as usize] as f32, 2.0 * v, "code {c}");
             assert_eq!(e4m3_value(E2M1_TO_E4M3[c as usize]), v, "code {c}");
@@ -271,7 +295,10 @@ mod tests {
         assert_eq!(e8m0_to_f32_half(1), 2f32.powi(-127));
         for e in 0u8..255 {
             assert_eq!(e8m0_to_f32_half(e) * 2.0, e8m0_to_f32(e), "e = {e}");
-            assert_eq!(E8M0_HALF[e as usize].to_bits(), e8m0_to_f32_half(e).to_bits());
+            assert_eq!(
+                E8M0_HALF[e as usize].to_bits(),
+                e8m0_to_f32_half(e).to_bits()
+            );
         }
         assert_eq!(f32_to_e8m0(0.0), 0);
         assert_eq!(f32_to_e8m0(6.0), 127);
@@ -317,7 +344,11 @@ mod tests {
                 let v = codes16[k].to_f32() * e8m0_to_f32(e);
                 assert_eq!(v.to_bits(), f[k].to_bits(), "f16 codes e={e} k={k}");
                 assert_eq!(codesb[k].to_f32(), codes16[k].to_f32());
-                assert_eq!(e4m3_value(fp8[k]) * e8m0_to_f32(e), f[k], "e4m3 e={e} k={k}");
+                assert_eq!(
+                    e4m3_value(fp8[k]) * e8m0_to_f32(e),
+                    f[k],
+                    "e4m3 e={e} k={k}"
+                );
             }
             if (104..=140).contains(&e) {
                 let h = block_to_f16(&block);

@@ -29,7 +29,11 @@ fn ggml_total_quantization_error_thresholds() {
     let x: Vec<f32> = (0..n).map(|i| 0.1 + 2.0 * (i as f32).cos()).collect();
     for ty in QUANTIZABLE {
         let y = round_trip(ty, &x);
-        let sum: f64 = x.iter().zip(&y).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+        let sum: f64 = x
+            .iter()
+            .zip(&y)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum();
         let rmse = sum.sqrt() as f32 / n as f32;
         let max = match ty {
             TQ1_0 | TQ2_0 => 0.01,

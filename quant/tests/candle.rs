@@ -33,12 +33,19 @@ const PAIRS: [(GgmlType, GgmlDType); 12] = [
 fn candle_dequantize(dt: GgmlDType, bytes: &[u8], n: usize) -> Vec<f32> {
     let storage = QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, dt).unwrap();
     let qt = QTensor::new(storage, (n,)).unwrap();
-    qt.dequantize(&Device::Cpu).unwrap().to_vec1::<f32>().unwrap()
+    qt.dequantize(&Device::Cpu)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
 }
 
 fn candle_quantize(dt: GgmlDType, x: &[f32]) -> Vec<u8> {
     let t = Tensor::from_slice(x, (x.len(),), &Device::Cpu).unwrap();
-    QTensor::quantize(&t, dt).unwrap().data().unwrap().into_owned()
+    QTensor::quantize(&t, dt)
+        .unwrap()
+        .data()
+        .unwrap()
+        .into_owned()
 }
 
 #[test]
@@ -51,7 +58,11 @@ fn decoders_agree_with_candle() {
         let mut got = vec![0.0f32; n];
         dequantize(ty, &b, &mut got).unwrap();
         for (i, (w, g)) in want.iter().zip(&got).enumerate() {
-            assert_eq!(w.to_bits(), g.to_bits(), "{ty} element {i}: candle {w}, ours {g}");
+            assert_eq!(
+                w.to_bits(),
+                g.to_bits(),
+                "{ty} element {i}: candle {w}, ours {g}"
+            );
         }
     }
 }
@@ -69,14 +80,24 @@ fn quantizers_agree_with_candle() {
         GgmlType::Q5_1,
         GgmlType::Q8_0,
     ];
-    for (ty, dt) in PAIRS.into_iter().filter(|(t, _)| same_algorithm.contains(t)) {
+    for (ty, dt) in PAIRS
+        .into_iter()
+        .filter(|(t, _)| same_algorithm.contains(t))
+    {
         let want = candle_quantize(dt, &x);
         let mut got = vec![0u8; row_size(ty, n).unwrap()];
         quantize(ty, &x, &mut got).unwrap();
         assert_eq!(want.len(), got.len(), "{ty}");
         let ts = ty.type_size();
-        let differing = want.chunks(ts).zip(got.chunks(ts)).filter(|(a, b)| a != b).count();
-        report.push(format!("{ty}: {differing} of {} blocks differ", n / ty.block_size()));
+        let differing = want
+            .chunks(ts)
+            .zip(got.chunks(ts))
+            .filter(|(a, b)| a != b)
+            .count();
+        report.push(format!(
+            "{ty}: {differing} of {} blocks differ",
+            n / ty.block_size()
+        ));
         if differing > 0 {
             let i = want.iter().zip(&got).position(|(a, b)| a != b).unwrap();
             let blk = i / ts;

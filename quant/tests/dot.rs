@@ -26,7 +26,10 @@ fn decoded(ty: GgmlType, b: &[u8], n: usize) -> Vec<f32> {
 #[test]
 fn simd_and_scalar_agree_exactly_on_random_blocks() {
     let mut r = rng("simd_and_scalar_agree");
-    let dispatches: Vec<Dispatch> = Dispatch::ALL.into_iter().filter(|d| d.is_available()).collect();
+    let dispatches: Vec<Dispatch> = Dispatch::ALL
+        .into_iter()
+        .filter(|d| d.is_available())
+        .collect();
     eprintln!("dispatches available: {dispatches:?}");
     for (wty, aty) in NATIVE {
         let bs = wty.block_size().max(aty.block_size());
@@ -40,7 +43,11 @@ fn simd_and_scalar_agree_exactly_on_random_blocks() {
                 assert!(s.is_finite());
                 for &d in &dispatches {
                     let v = vec_dot_with(d, wty, &w, aty, &a, n).unwrap();
-                    assert_eq!(v.to_bits(), s.to_bits(), "{wty} x {aty}, n={n}, {d:?}: {v} vs scalar {s}");
+                    assert_eq!(
+                        v.to_bits(),
+                        s.to_bits(),
+                        "{wty} x {aty}, n={n}, {d:?}: {v} vs scalar {s}"
+                    );
                 }
             }
         }
@@ -60,7 +67,11 @@ fn native_kernels_equal_the_decoded_dot_product() {
             quantize(aty, &x, &mut a).unwrap();
             let (wf, af) = (decoded(wty, &w, n), decoded(aty, &a, n));
             let exact: f64 = wf.iter().zip(&af).map(|(p, q)| *p as f64 * *q as f64).sum();
-            let mag: f64 = wf.iter().zip(&af).map(|(p, q)| (*p as f64 * *q as f64).abs()).sum();
+            let mag: f64 = wf
+                .iter()
+                .zip(&af)
+                .map(|(p, q)| (*p as f64 * *q as f64).abs())
+                .sum();
             let got = vec_dot(wty, &w, aty, &a, n).unwrap() as f64;
             // Only float summation error: a few ulps of the sum of magnitudes.
             assert!(
@@ -75,7 +86,9 @@ fn native_kernels_equal_the_decoded_dot_product() {
 fn generic_pairs_fall_back_to_the_decoded_dot_product() {
     let mut r = rng("generic_pairs");
     use GgmlType::*;
-    for wty in [IQ2_XXS, IQ3_S, IQ1_M, IQ4_XS, Q5_K, Q3_K, Q4_1, TQ1_0, NVFP4, F16, BF16, F32] {
+    for wty in [
+        IQ2_XXS, IQ3_S, IQ1_M, IQ4_XS, Q5_K, Q3_K, Q4_1, TQ1_0, NVFP4, F16, BF16, F32,
+    ] {
         let aty = vec_dot_type(wty);
         let n = 512;
         let w = random_blocks(wty, n / wty.block_size(), &mut r);
@@ -84,9 +97,16 @@ fn generic_pairs_fall_back_to_the_decoded_dot_product() {
         quantize(aty, &x, &mut a).unwrap();
         let (wf, af) = (decoded(wty, &w, n), decoded(aty, &a, n));
         let exact: f64 = wf.iter().zip(&af).map(|(p, q)| *p as f64 * *q as f64).sum();
-        let mag: f64 = wf.iter().zip(&af).map(|(p, q)| (*p as f64 * *q as f64).abs()).sum();
+        let mag: f64 = wf
+            .iter()
+            .zip(&af)
+            .map(|(p, q)| (*p as f64 * *q as f64).abs())
+            .sum();
         let got = vec_dot(wty, &w, aty, &a, n).unwrap() as f64;
-        assert!((got - exact).abs() <= 1e-5 * mag + 1e-30, "{wty}: got {got}, want {exact}");
+        assert!(
+            (got - exact).abs() <= 1e-5 * mag + 1e-30,
+            "{wty}: got {got}, want {exact}"
+        );
     }
 }
 
@@ -155,7 +175,11 @@ fn bad_sizes_are_errors_not_panics() {
     let a = vec![0u8; 34 * 4];
     assert!(matches!(
         vec_dot(GgmlType::MXFP4, &w, GgmlType::Q8_0, &a[..100], 128),
-        Err(QuantError::SizeMismatch { name: "activations", expected: 136, found: 100 })
+        Err(QuantError::SizeMismatch {
+            name: "activations",
+            expected: 136,
+            found: 100
+        })
     ));
     assert!(matches!(
         vec_dot(GgmlType::MXFP4, &w, GgmlType::Q8_0, &a, 100),

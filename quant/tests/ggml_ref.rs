@@ -26,8 +26,9 @@ fn compare(ty: GgmlType, x: &[f32], want: &[u8]) -> Result<(), String> {
         return Err(format!("{ty}: length {} vs {}", want.len(), got.len()));
     }
     let ts = ty.type_size();
-    let bad: Vec<usize> =
-        (0..got.len() / ts).filter(|&b| want[b * ts..b * ts + ts] != got[b * ts..b * ts + ts]).collect();
+    let bad: Vec<usize> = (0..got.len() / ts)
+        .filter(|&b| want[b * ts..b * ts + ts] != got[b * ts..b * ts + ts])
+        .collect();
     if let Some(&b) = bad.first() {
         return Err(format!(
             "{ty}: {} of {} blocks differ; block {b}:\n ggml {:02x?}\n ours {:02x?}",
@@ -60,7 +61,9 @@ fn quantizers_match_ggml_reference_vectors() {
 #[test]
 fn quantizers_match_ggml_on_fresh_data_when_the_harness_is_built() {
     let Ok(harness) = std::env::var("GGML_REF_HARNESS") else {
-        eprintln!("GGML_REF_HARNESS not set: fresh-data comparison not run (the committed vectors are checked above)");
+        eprintln!(
+            "GGML_REF_HARNESS not set: fresh-data comparison not run (the committed vectors are checked above)"
+        );
         return;
     };
     let mut r = common::rng("ggml_fresh");
@@ -70,7 +73,11 @@ fn quantizers_match_ggml_on_fresh_data_when_the_harness_is_built() {
     std::fs::write(&input, common::f32_to_bytes(&x)).unwrap();
     let mut errors = Vec::new();
     for name in TYPES {
-        let out = Command::new(&harness).arg(name).arg(&input).output().expect("run harness");
+        let out = Command::new(&harness)
+            .arg(name)
+            .arg(&input)
+            .output()
+            .expect("run harness");
         assert!(out.status.success(), "harness failed for {name}");
         if let Err(e) = compare(GgmlType::from_name(name).unwrap(), &x, &out.stdout) {
             errors.push(e);

@@ -32,7 +32,12 @@ fn dequantize_matches_gguf_py_bit_for_bit() {
         // 4 rows of 1024 elements: enough blocks of every kind to hit every code path.
         let n_per_row = 1024;
         let nb = 4 * n_per_row / ty.block_size();
-        jobs.push(Job { op: "dequantize", ty, n_per_row, input: random_blocks(ty, nb, &mut r) });
+        jobs.push(Job {
+            op: "dequantize",
+            ty,
+            n_per_row,
+            input: random_blocks(ty, nb, &mut r),
+        });
     }
     let outs = run_oracle(&jobs);
     for (job, out) in jobs.iter().zip(outs) {
@@ -42,11 +47,24 @@ fn dequantize_matches_gguf_py_bit_for_bit() {
         assert_eq!(want.len(), got.len(), "{}", job.ty);
         let mut nonzero = 0;
         for (i, (w, g)) in want.iter().zip(&got).enumerate() {
-            assert!(w.is_finite(), "{}: oracle gave non-finite {w} at {i}", job.ty);
-            assert_eq!(w.to_bits(), g.to_bits(), "{} element {i}: gguf-py {w}, ours {g}", job.ty);
+            assert!(
+                w.is_finite(),
+                "{}: oracle gave non-finite {w} at {i}",
+                job.ty
+            );
+            assert_eq!(
+                w.to_bits(),
+                g.to_bits(),
+                "{} element {i}: gguf-py {w}, ours {g}",
+                job.ty
+            );
             nonzero += (*w != 0.0) as usize;
         }
-        assert!(nonzero > got.len() / 4, "{}: the test data decodes to mostly zeros", job.ty);
+        assert!(
+            nonzero > got.len() / 4,
+            "{}: the test data decodes to mostly zeros",
+            job.ty
+        );
     }
 }
 
@@ -58,7 +76,12 @@ fn quantize_matches_gguf_py_bit_for_bit() {
     let input = f32_to_bytes(&x);
     let jobs: Vec<Job> = GGUF_PY_QUANT
         .iter()
-        .map(|&ty| Job { op: "quantize", ty, n_per_row, input: input.clone() })
+        .map(|&ty| Job {
+            op: "quantize",
+            ty,
+            n_per_row,
+            input: input.clone(),
+        })
         .collect();
     let outs = run_oracle(&jobs);
     for (job, want) in jobs.iter().zip(outs) {

@@ -21,11 +21,15 @@ open(sys.argv[1], "w").write("\n".join(out))
 "#;
 
 fn bytes_of64(t: &[u64]) -> Vec<i64> {
-    t.iter().flat_map(|g| (0..8).map(move |j| ((g >> (8 * j)) & 0xff) as i64)).collect()
+    t.iter()
+        .flat_map(|g| (0..8).map(move |j| ((g >> (8 * j)) & 0xff) as i64))
+        .collect()
 }
 
 fn bytes_of32(t: &[u32]) -> Vec<i64> {
-    t.iter().flat_map(|g| (0..4).map(move |j| ((g >> (8 * j)) & 0xff) as i64)).collect()
+    t.iter()
+        .flat_map(|g| (0..4).map(move |j| ((g >> (8 * j)) & 0xff) as i64))
+        .collect()
 }
 
 #[test]
@@ -34,7 +38,11 @@ fn iq_tables_match_gguf_py() {
     let dir = tempfile::tempdir().unwrap();
     let (script, out) = (dir.path().join("t.py"), dir.path().join("t.txt"));
     std::fs::write(&script, SCRIPT).unwrap();
-    let st = Command::new(py).arg(&script).arg(&out).status().expect("run oracle python");
+    let st = Command::new(py)
+        .arg(&script)
+        .arg(&out)
+        .status()
+        .expect("run oracle python");
     assert!(st.success(), "oracle script failed");
     let text = std::fs::read_to_string(&out).unwrap();
     let mut got = std::collections::HashMap::new();
@@ -44,7 +52,10 @@ fn iq_tables_match_gguf_py() {
         let vals: Vec<i64> = it.map(|v| v.parse().unwrap()).collect();
         got.insert(name, vals);
     }
-    let iq1: Vec<i64> = bytes_of64(&IQ1S_GRID).into_iter().map(|b| b as u8 as i8 as i64).collect();
+    let iq1: Vec<i64> = bytes_of64(&IQ1S_GRID)
+        .into_iter()
+        .map(|b| b as u8 as i8 as i64)
+        .collect();
     let ours: [(&str, Vec<i64>); 8] = [
         ("IQ2_XXS", bytes_of64(&IQ2XXS_GRID)),
         ("IQ2_XS", bytes_of64(&IQ2XS_GRID)),
@@ -56,10 +67,18 @@ fn iq_tables_match_gguf_py() {
         ("KVALUES", KVALUES_IQ4NL.iter().map(|&b| b as i64).collect()),
     ];
     for (name, mine) in ours {
-        let theirs = got.get(name).unwrap_or_else(|| panic!("oracle gave no {name}"));
+        let theirs = got
+            .get(name)
+            .unwrap_or_else(|| panic!("oracle gave no {name}"));
         assert_eq!(theirs.len(), mine.len(), "{name}: table length");
         for (i, (a, b)) in theirs.iter().zip(&mine).enumerate() {
-            assert_eq!(a, b, "{name}: entry {} byte {} differs (gguf-py {a}, ours {b})", i / 8, i % 8);
+            assert_eq!(
+                a,
+                b,
+                "{name}: entry {} byte {} differs (gguf-py {a}, ours {b})",
+                i / 8,
+                i % 8
+            );
         }
     }
 }

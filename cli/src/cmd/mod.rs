@@ -4,3 +4,4 @@ pub mod synth;
 pub mod inspect;
 pub mod quantize;
 pub mod validate;
+pub mod dequant;

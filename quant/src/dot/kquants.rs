@@ -20,7 +20,10 @@ fn q8k_bsum(a: &[u8], i: usize) -> i32 {
 
 #[inline(always)]
 fn dot_i8(x: &[i8], y: &[u8]) -> i32 {
-    x.iter().zip(y).map(|(&p, &q)| p as i32 * (q as i8) as i32).sum()
+    x.iter()
+        .zip(y)
+        .map(|(&p, &q)| p as i32 * (q as i8) as i32)
+        .sum()
 }
 
 #[inline(always)]
@@ -71,7 +74,8 @@ fn q6_k_body(w: &[u8], a: &[u8], nb: usize) -> f32 {
         let sc = &wb[192..208];
         let mut sumi = 0i32;
         for s in 0..16 {
-            sumi += (sc[s] as i8) as i32 * dot_i8(&q[16 * s..16 * s + 16], &aq[16 * s..16 * s + 16]);
+            sumi +=
+                (sc[s] as i8) as i32 * dot_i8(&q[16 * s..16 * s + 16], &aq[16 * s..16 * s + 16]);
         }
         let d = rd_f16(wb, 208) * q8k_d(ab);
         acc += d * sumi as f32;

@@ -9,6 +9,7 @@ pub(crate) mod scalar;
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 pub(crate) mod x86;
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::check_bytes;
@@ -34,9 +35,7 @@ impl Dispatch {
         match self {
             Dispatch::Scalar => true,
             #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-            Dispatch::Avx2 => {
-                is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c")
-            }
+            Dispatch::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c"),
             #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
             Dispatch::Avx512 => {
                 Dispatch::Avx2.is_available()
@@ -50,12 +49,15 @@ impl Dispatch {
         }
     }
 
-    /// The fastest dispatch this CPU supports.
+    /// The fastest dispatch this CPU supports (detected once, then cached).
     pub fn best() -> Dispatch {
-        [Dispatch::Avx512, Dispatch::Avx2]
-            .into_iter()
-            .find(|d| d.is_available())
-            .unwrap_or(Dispatch::Scalar)
+        static BEST: OnceLock<Dispatch> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            [Dispatch::Avx512, Dispatch::Avx2]
+                .into_iter()
+                .find(|d| d.is_available())
+                .unwrap_or(Dispatch::Scalar)
+        })
     }
 }
 
@@ -69,7 +71,11 @@ pub fn set_simd_enabled(enabled: bool) {
 
 /// The dispatch [`vec_dot`] uses now.
 pub fn current_dispatch() -> Dispatch {
-    if SIMD_ENABLED.load(Ordering::Relaxed) { Dispatch::best() } else { Dispatch::Scalar }
+    if SIMD_ENABLED.load(Ordering::Relaxed) {
+        Dispatch::best()
+    } else {
+        Dispatch::Scalar
+    }
 }
 
 /// The activation format ggml pairs with a weight type in its CPU backend (`vec_dot_type`):
@@ -113,7 +119,11 @@ pub fn vec_dot_with(
 ) -> Result<f32, QuantError> {
     let nb = check_bytes(wty, n, w.len(), "weights")?;
     check_bytes(aty, n, a.len(), "activations")?;
-    let dispatch = if dispatch.is_available() { dispatch } else { Dispatch::best() };
+    let dispatch = if dispatch.is_available() {
+        dispatch
+    } else {
+        Dispatch::best()
+    };
     use GgmlType::*;
     Ok(match (wty, aty) {
         (MXFP4, Q8_0) => match dispatch {

@@ -32,7 +32,12 @@ pub(crate) fn mxfp4_q8_0_block(w: &[u8], a: &[u8]) -> f32 {
 
 pub(crate) fn mxfp4_q8_0(w: &[u8], a: &[u8], nb: usize) -> f32 {
     let mut acc = [0.0f32; 8];
-    for (b, (wb, ab)) in w.chunks_exact(17).zip(a.chunks_exact(34)).take(nb).enumerate() {
+    for (b, (wb, ab)) in w
+        .chunks_exact(17)
+        .zip(a.chunks_exact(34))
+        .take(nb)
+        .enumerate()
+    {
         acc[b % 8] += mxfp4_q8_0_block(wb, ab);
     }
     reduce8(acc)
@@ -50,7 +55,12 @@ pub(crate) fn q8_0_q8_0_block(w: &[u8], a: &[u8]) -> f32 {
 
 pub(crate) fn q8_0_q8_0(w: &[u8], a: &[u8], nb: usize) -> f32 {
     let mut acc = [0.0f32; 8];
-    for (b, (wb, ab)) in w.chunks_exact(34).zip(a.chunks_exact(34)).take(nb).enumerate() {
+    for (b, (wb, ab)) in w
+        .chunks_exact(34)
+        .zip(a.chunks_exact(34))
+        .take(nb)
+        .enumerate()
+    {
         acc[b % 8] += q8_0_q8_0_block(wb, ab);
     }
     reduce8(acc)

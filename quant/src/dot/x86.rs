@@ -90,7 +90,11 @@ pub(crate) fn mxfp4_q8_0_avx2(w: &[u8], a: &[u8], nb: usize) -> f32 {
     let ones = _mm256_set1_epi16(1);
     let mut acc = _mm256_setzero_ps();
     let groups = nb / 8;
-    for (wg, ag) in w.chunks_exact(8 * 17).zip(a.chunks_exact(8 * 34)).take(groups) {
+    for (wg, ag) in w
+        .chunks_exact(8 * 17)
+        .zip(a.chunks_exact(8 * 34))
+        .take(groups)
+    {
         let mut p = [_mm256_setzero_si256(); 8];
         let mut dw = [0.0f32; 8];
         for k in 0..8 {
@@ -116,7 +120,11 @@ pub(crate) fn mxfp4_q8_0_avx2(w: &[u8], a: &[u8], nb: usize) -> f32 {
 pub(crate) fn q8_0_q8_0_avx2(w: &[u8], a: &[u8], nb: usize) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let groups = nb / 8;
-    for (wg, ag) in w.chunks_exact(8 * 34).zip(a.chunks_exact(8 * 34)).take(groups) {
+    for (wg, ag) in w
+        .chunks_exact(8 * 34)
+        .zip(a.chunks_exact(8 * 34))
+        .take(groups)
+    {
         let mut p = [_mm256_setzero_si256(); 8];
         let mut dw = [0.0f32; 8];
         for k in 0..8 {
@@ -147,7 +155,11 @@ pub(crate) fn mxfp4_q8_0_avx512(w: &[u8], a: &[u8], nb: usize) -> f32 {
     let m4 = _mm_set1_epi8(0x0f);
     let mut acc = _mm256_setzero_ps();
     let groups = nb / 8;
-    for (wg, ag) in w.chunks_exact(8 * 17).zip(a.chunks_exact(8 * 34)).take(groups) {
+    for (wg, ag) in w
+        .chunks_exact(8 * 17)
+        .zip(a.chunks_exact(8 * 34))
+        .take(groups)
+    {
         let mut p = [_mm256_setzero_si256(); 8];
         let mut dw = [0.0f32; 8];
         for k in 0..8 {
@@ -176,7 +188,11 @@ pub(crate) fn mxfp4_q8_0_avx512(w: &[u8], a: &[u8], nb: usize) -> f32 {
 pub(crate) fn q8_0_q8_0_avx512(w: &[u8], a: &[u8], nb: usize) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let groups = nb / 8;
-    for (wg, ag) in w.chunks_exact(8 * 34).zip(a.chunks_exact(8 * 34)).take(groups) {
+    for (wg, ag) in w
+        .chunks_exact(8 * 34)
+        .zip(a.chunks_exact(8 * 34))
+        .take(groups)
+    {
         let mut p = [_mm256_setzero_si256(); 8];
         let mut dw = [0.0f32; 8];
         for k in 0..8 {

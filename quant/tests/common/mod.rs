@@ -178,7 +178,11 @@ pub fn run_oracle(jobs: &[Job]) -> Vec<Vec<u8>> {
     std::fs::write(&mpath, format!("[{}]", manifest.join(","))).expect("write manifest");
     let spath = dir.path().join("oracle.py");
     std::fs::write(&spath, SCRIPT).expect("write script");
-    let out = Command::new(&py).arg(&spath).arg(&mpath).output().expect("run oracle python");
+    let out = Command::new(&py)
+        .arg(&spath)
+        .arg(&mpath)
+        .output()
+        .expect("run oracle python");
     assert!(
         out.status.success(),
         "oracle failed: {}\n{}",
@@ -191,7 +195,9 @@ pub fn run_oracle(jobs: &[Job]) -> Vec<Vec<u8>> {
 }
 
 pub fn bytes_to_f32(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 pub fn f32_to_bytes(v: &[f32]) -> Vec<u8> {
