@@ -43,17 +43,28 @@ impl MemCounter {
     }
 }
 
+/// Free activation buffers by size, for reuse: creating a buffer (and wgpu's zero-fill of a
+/// fresh one) costs more than most decode kernels.
+type Pool = Mutex<HashMap<u64, Vec<wgpu::Buffer>>>;
+
 /// A storage buffer whose size is counted while it lives.
 pub(crate) struct GpuBuf {
     pub(crate) buf: wgpu::Buffer,
     bytes: u64,
     mem: Arc<MemCounter>,
+    /// Where the buffer goes back when dropped (activations); `None`: freed (weights).
+    pool: Option<Arc<Pool>>,
 }
 
 impl Drop for GpuBuf {
     fn drop(&mut self) {
-        // wgpu keeps the buffer alive until recorded work that uses it has finished.
-        self.mem.sub(self.bytes);
+        match &self.pool {
+            // Reuse is safe: wgpu orders every later use of the buffer after the recorded work
+            // that still uses it (barriers between usages, one queue).
+            Some(pool) => lock(pool).entry(self.bytes).or_default().push(self.buf.clone()),
+            // wgpu keeps the buffer alive until recorded work that uses it has finished.
+            None => self.mem.sub(self.bytes),
+        }
     }
 }
 
@@ -62,7 +73,35 @@ pub(crate) type Bind<'a> = (u32, &'a wgpu::Buffer);
 
 struct Pending {
     enc: Option<wgpu::CommandEncoder>,
+    /// The open compute pass: consecutive dispatches share one.
+    pass: Option<wgpu::ComputePass<'static>>,
     params: Vec<u8>,
+}
+
+impl Pending {
+    fn encoder(&mut self, device: &wgpu::Device) -> &mut wgpu::CommandEncoder {
+        // A copy or clear cannot be recorded while a pass is open.
+        self.pass = None;
+        self.enc.get_or_insert_with(|| {
+            device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
+        })
+    }
+
+    fn pass(&mut self, device: &wgpu::Device) -> &mut wgpu::ComputePass<'static> {
+        if self.pass.is_none() {
+            let enc = self.enc.get_or_insert_with(|| {
+                device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
+            });
+            let pass = enc
+                .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: None,
+                    timestamp_writes: None,
+                })
+                .forget_lifetime();
+            self.pass = Some(pass);
+        }
+        self.pass.as_mut().expect("just opened")
+    }
 }
 
 /// What the adapter offers that the kernels care about.
@@ -93,6 +132,7 @@ pub(crate) struct Ctx {
     pending: Mutex<Pending>,
     error: Arc<Mutex<Option<String>>>,
     pub(crate) mem: Arc<MemCounter>,
+    pool: Arc<Pool>,
     arena: wgpu::Buffer,
     dummy: GpuBuf,
 }
@@ -244,6 +284,7 @@ impl Ctx {
             buf: dummy_buf,
             bytes: 16,
             mem: mem.clone(),
+            pool: None,
         };
         Ok(Ctx {
             device,
@@ -253,10 +294,12 @@ impl Ctx {
             pipelines: Mutex::new(HashMap::new()),
             pending: Mutex::new(Pending {
                 enc: None,
+                pass: None,
                 params: Vec::new(),
             }),
             error,
             mem,
+            pool: Arc::new(Mutex::new(HashMap::new())),
             arena,
             dummy,
         })
@@ -285,10 +328,20 @@ impl Ctx {
         Ok(())
     }
 
-    /// An uninitialized storage buffer of at least `bytes` bytes.
+    /// A storage buffer of at least `bytes` bytes with undefined content (a reused one when
+    /// the pool has one of that size).
     pub(crate) fn storage(&self, bytes: u64, what: &str) -> Result<Arc<GpuBuf>> {
-        let size = bytes.max(16).div_ceil(4) * 4;
+        let size = bytes.max(16).div_ceil(256) * 256;
         self.fits(size, what)?;
+        let reuse = lock(&self.pool).get_mut(&size).and_then(|v| v.pop());
+        if let Some(buf) = reuse {
+            return Ok(Arc::new(GpuBuf {
+                buf,
+                bytes: size,
+                mem: self.mem.clone(),
+                pool: Some(self.pool.clone()),
+            }));
+        }
         let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: None,
             size,
@@ -302,6 +355,7 @@ impl Ctx {
             buf,
             bytes: size,
             mem: self.mem.clone(),
+            pool: Some(self.pool.clone()),
         }))
     }
 
@@ -345,6 +399,7 @@ impl Ctx {
             buf,
             bytes: size,
             mem: self.mem.clone(),
+            pool: None,
         }))
     }
 
@@ -452,14 +507,7 @@ impl Ctx {
             layout: &pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
-        let device = &self.device;
-        let enc = pend.enc.get_or_insert_with(|| {
-            device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
-        });
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: None,
-            timestamp_writes: None,
-        });
+        let pass = pend.pass(&self.device);
         pass.set_pipeline(pipeline);
         pass.set_bind_group(0, &bg, &[]);
         pass.dispatch_workgroups(x, y, 1);
@@ -479,24 +527,17 @@ impl Ctx {
             return;
         }
         let mut pend = lock(&self.pending);
-        let device = &self.device;
-        let enc = pend.enc.get_or_insert_with(|| {
-            device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
-        });
-        enc.copy_buffer_to_buffer(src, src_off, dst, dst_off, size);
+        pend.encoder(&self.device).copy_buffer_to_buffer(src, src_off, dst, dst_off, size);
     }
 
     /// Record zeroing a buffer.
     pub(crate) fn clear(&self, buf: &wgpu::Buffer) {
         let mut pend = lock(&self.pending);
-        let device = &self.device;
-        let enc = pend.enc.get_or_insert_with(|| {
-            device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
-        });
-        enc.clear_buffer(buf, 0, None);
+        pend.encoder(&self.device).clear_buffer(buf, 0, None);
     }
 
     fn flush_locked(&self, pend: &mut Pending) {
+        pend.pass = None;
         if !pend.params.is_empty() {
             // Staged writes run before the command buffers of the next submit, and after
             // everything submitted earlier: the arena can be reused batch after batch.

@@ -144,6 +144,8 @@ fn u32_of(op: &'static str, what: &str, v: usize) -> Result<u32> {
 const TOKENS_PER_GEMV: usize = 8;
 /// Largest head dimension the attention kernel holds (its workgroup array).
 const MAX_HEAD_DIM: usize = 256;
+/// Workgroups an attention call aims for (split-K over keys when rows x heads are fewer).
+const ATTN_TARGET_GROUPS: usize = 2048;
 /// Most experts the router kernel's bit set holds.
 const MAX_EXPERTS: usize = 256;
 
@@ -674,6 +676,23 @@ impl Backend for WgpuBackend {
                 "{kv_header}fn kv_load_k(i: u32) -> f32 {{ return KC[i]; }}\nfn kv_load_v(i: u32) -> f32 {{ return VC[i]; }}\n"
             ),
         )?;
+        // Split the keys of a row over several workgroups when rows x heads alone would leave
+        // the device idle (decode): about ATTN_TARGET_GROUPS workgroups in all.
+        let max_keys = cfg.window.map_or(pos0 + t, |w| w.min(pos0 + t));
+        let wg = self.ctx.caps.wg as usize;
+        let rows_heads = t * nh;
+        let (n_split, seg) = if rows_heads >= ATTN_TARGET_GROUPS {
+            (1, max_keys)
+        } else {
+            let want = ATTN_TARGET_GROUPS / rows_heads;
+            let seg = max_keys.div_ceil(want).max(wg).div_ceil(wg) * wg;
+            (max_keys.div_ceil(seg), seg)
+        };
+        let part = if n_split > 1 {
+            Some(self.ctx.storage((rows_heads * n_split * (hd + 2) * 4) as u64, "attention partials")?)
+        } else {
+            None
+        };
         let params = [
             t as u32,
             pos0 as u32,
@@ -683,7 +702,10 @@ impl Backend for WgpuBackend {
             cfg.window.unwrap_or(0) as u32,
             ring_slots,
             cfg.scale.to_bits(),
+            n_split as u32,
+            seg as u32,
         ];
+        let part_buf = part.as_ref().map_or(self.ctx.dummy(), |p| &p.buf);
         self.ctx.dispatch(
             &pipe,
             &[
@@ -694,11 +716,22 @@ impl Backend for WgpuBackend {
                 (4, &cache.v.buf),
                 (5, sinks_buf),
                 (6, &out.buf),
+                (8, part_buf),
             ],
             7,
             &params,
-            (t * nh) as u64,
+            (rows_heads * n_split) as u64,
         )?;
+        if let Some(part) = &part {
+            let pipe = self.simple("attention_combine", include_str!("shaders/attention_combine.wgsl"), "")?;
+            self.ctx.dispatch(
+                &pipe,
+                &[(0, &part.buf), (1, sinks_buf), (2, &out.buf)],
+                3,
+                &[rows_heads as u32, nh as u32, hd as u32, n_split as u32],
+                rows_heads as u64,
+            )?;
+        }
         // Append after attending: a ring shorter than the prompt would otherwise lose keys the
         // earlier queries of this call still need.
         let width = nkv * hd;

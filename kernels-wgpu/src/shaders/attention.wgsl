@@ -1,7 +1,10 @@
-// Causal attention with sinks, GQA and sliding windows: one workgroup per (query row, head),
-// streaming over its keys WG at a time with an online softmax. Keys before pos0 come from the
-// cache (a ring for window layers), later ones from the new k/v rows, so a prefill longer than
-// the ring is still exact. The sink joins the denominator: it starts the running max and sum.
+// Causal attention with sinks, GQA and sliding windows, streaming over keys WG at a time with
+// an online softmax. Keys before pos0 come from the cache (a ring for window layers), later
+// ones from the new k/v rows, so a prefill longer than the ring is still exact.
+//
+// Split-K: workgroup (row, head, s) covers the s-th run of `seg` visible keys. With one run
+// (n_split == 1) it finishes the row itself: the sink starts the running max and sum. With
+// several it writes (max, sum, acc) partials that attention_combine.wgsl merges with the sink.
 struct P {
     t: u32,
     pos0: u32,
@@ -11,6 +14,8 @@ struct P {
     window: u32,   // 0: full causal
     ring: u32,     // cache slots when the cache is a ring, else 0
     scale: f32,
+    n_split: u32,
+    seg: u32,
 }
 @group(0) @binding(0) var<storage, read> Q: array<f32>;
 @group(0) @binding(1) var<storage, read> K: array<f32>;
@@ -20,27 +25,23 @@ struct P {
 @group(0) @binding(5) var<storage, read> SINKS: array<f32>;
 @group(0) @binding(6) var<storage, read_write> O: array<f32>;
 @group(0) @binding(7) var<uniform> p: P;
+@group(0) @binding(8) var<storage, read_write> PART: array<f32>;
 
 const DMAX: u32 = 256u;
 const PER: u32 = DMAX / WG;  // head dims owned by one thread
+const NEG: f32 = -3.4028235e38;
 var<workgroup> qs: array<f32, DMAX>;
 var<workgroup> ps: array<f32, WG>;
+var<workgroup> rb: array<u32, WG>;   // row base of each key of the chunk (new rows: + 1 flag)
 var<workgroup> red: array<f32, WG>;
 
-// Element d of the key (or value) row at position j for kv head kvh.
-fn key(j: u32, kvh: u32, d: u32) -> f32 {
+// Element offset of position j's row for kv head kvh, and whether it is a new row.
+fn row_of(j: u32, kvh: u32) -> vec2<u32> {
     if (j >= p.pos0) {
-        return K[(j - p.pos0) * p.n_kv * p.hd + kvh * p.hd + d];
+        return vec2<u32>((j - p.pos0) * p.n_kv * p.hd + kvh * p.hd, 1u);
     }
     let slot = select(j, j % p.ring, p.ring != 0u);
-    return kv_load_k((slot * p.n_kv + kvh) * p.hd + d);
-}
-fn val(j: u32, kvh: u32, d: u32) -> f32 {
-    if (j >= p.pos0) {
-        return V[(j - p.pos0) * p.n_kv * p.hd + kvh * p.hd + d];
-    }
-    let slot = select(j, j % p.ring, p.ring != 0u);
-    return kv_load_v((slot * p.n_kv + kvh) * p.hd + d);
+    return vec2<u32>((slot * p.n_kv + kvh) * p.hd, 0u);
 }
 
 fn reduce_max(li: u32) -> f32 {
@@ -66,55 +67,86 @@ fn reduce_sum(li: u32) -> f32 {
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) li: u32) {
     let g = wid.x + wid.y * nwg.x;
-    if (g >= p.t * p.n_heads) { return; }
-    let tok = g / p.n_heads;
-    let h = g % p.n_heads;
+    if (g >= p.t * p.n_heads * p.n_split) { return; }
+    let rh = g / p.n_split;
+    let sp = g % p.n_split;
+    let tok = rh / p.n_heads;
+    let h = rh % p.n_heads;
     let kvh = h / (p.n_heads / p.n_kv);
     let pos = p.pos0 + tok;
     var lo = 0u;
     if (p.window != 0u && pos + 1u > p.window) { lo = pos + 1u - p.window; }
+    let k0 = lo + sp * p.seg;
+    let k1 = min(k0 + p.seg, pos + 1u);  // exclusive; k0 >= k1: nothing to see
     let qb = tok * p.n_heads * p.hd + h * p.hd;
     for (var d = li; d < p.hd; d += WG) { qs[d] = Q[qb + d]; }
     workgroupBarrier();
 
-    var m = SINKS[h];
-    var l = 1.0;
+    var m = NEG;
+    var l = 0.0;
+    if (p.n_split == 1u) {
+        m = SINKS[h];
+        l = 1.0;
+    }
     var acc: array<f32, PER>;
     for (var i = 0u; i < PER; i++) { acc[i] = 0.0; }
-    for (var base = lo; base <= pos; base += WG) {
+    for (var base = k0; base < k1; base += WG) {
         let j = base + li;
-        var s = -3.4028235e38;
-        if (j <= pos) {
+        var s = NEG;
+        if (j < k1) {
+            let r = row_of(j, kvh);
             var dotv = 0.0;
-            for (var d = 0u; d < p.hd; d++) { dotv += qs[d] * key(j, kvh, d); }
+            if (r.y == 1u) {
+                for (var d = 0u; d < p.hd; d++) { dotv += qs[d] * K[r.x + d]; }
+            } else {
+                for (var d = 0u; d < p.hd; d++) { dotv += qs[d] * kv_load_k(r.x + d); }
+            }
             s = dotv * p.scale;
+            rb[li] = r.x * 2u + r.y;
         }
         red[li] = s;
         workgroupBarrier();
         let m_new = max(m, reduce_max(li));
         var e = 0.0;
-        if (j <= pos) { e = exp(s - m_new); }
+        if (j < k1) { e = exp(s - m_new); }
         ps[li] = e;
         red[li] = e;
         workgroupBarrier();
         let sum = reduce_sum(li);
         let alpha = exp(m - m_new);
         l = l * alpha + sum;
-        let n = min(WG, pos + 1u - base);
+        let n = min(WG, k1 - base);
         for (var i = 0u; i < PER; i++) {
             let d = li + i * WG;
             if (d < p.hd) {
                 var a = acc[i] * alpha;
-                for (var jj = 0u; jj < n; jj++) { a += ps[jj] * val(base + jj, kvh, d); }
+                for (var jj = 0u; jj < n; jj++) {
+                    let r = rb[jj];
+                    var x: f32;
+                    if ((r & 1u) == 1u) { x = V[(r >> 1u) + d]; } else { x = kv_load_v((r >> 1u) + d); }
+                    a += ps[jj] * x;
+                }
                 acc[i] = a;
             }
         }
         m = m_new;
         workgroupBarrier();
     }
-    let inv = 1.0 / l;
-    for (var i = 0u; i < PER; i++) {
-        let d = li + i * WG;
-        if (d < p.hd) { O[qb + d] = acc[i] * inv; }
+    if (p.n_split == 1u) {
+        let inv = 1.0 / l;
+        for (var i = 0u; i < PER; i++) {
+            let d = li + i * WG;
+            if (d < p.hd) { O[qb + d] = acc[i] * inv; }
+        }
+    } else {
+        let pb = g * (p.hd + 2u);
+        if (li == 0u) {
+            PART[pb] = m;
+            PART[pb + 1u] = l;
+        }
+        for (var i = 0u; i < PER; i++) {
+            let d = li + i * WG;
+            if (d < p.hd) { PART[pb + 2u + d] = acc[i]; }
+        }
     }
 }
