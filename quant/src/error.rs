@@ -53,7 +53,7 @@ pub enum QuantError {
 /// of blocks.
 pub(crate) fn n_blocks(ty: GgmlType, n: usize) -> Result<usize, QuantError> {
     let bs = ty.block_size();
-    if n % bs != 0 {
+    if !n.is_multiple_of(bs) {
         return Err(QuantError::NotBlockMultiple { ty, n, block: bs });
     }
     Ok(n / bs)

@@ -64,7 +64,7 @@ fn tern(x: f32, id: f32) -> u8 {
 /// Packs base-3 digits into a byte as a fixed-point fraction (ceiling division by 243).
 #[inline(always)]
 fn pack(q: u8) -> u8 {
-    ((q as u16 * 256 + (243 - 1)) / 243) as u8
+    (q as u16 * 256).div_ceil(243) as u8
 }
 
 pub(crate) fn q_tq1_0(x: &[f32], b: &mut [u8]) {
