@@ -64,16 +64,18 @@ fn time(g: &WgpuBackend, label: &str, iters: usize, weight_bytes: f64, mut f: im
     for _ in 0..iters {
         f();
     }
+    let rec = t0.elapsed().as_secs_f64() / iters as f64;
     g.synchronize().expect("sync");
     let dt = t0.elapsed().as_secs_f64() / iters as f64;
     if weight_bytes > 0.0 {
         println!(
-            "{label:<48} {:>10.1} us  {:>8.1} GB/s",
+            "{label:<48} {:>10.1} us  {:>8.1} GB/s  (host {:.1} us)",
             dt * 1e6,
-            weight_bytes / dt / 1e9
+            weight_bytes / dt / 1e9,
+            rec * 1e6
         );
     } else {
-        println!("{label:<48} {:>10.1} us", dt * 1e6);
+        println!("{label:<48} {:>10.1} us  (host {:.1} us)", dt * 1e6, rec * 1e6);
     }
 }
 
@@ -160,6 +162,16 @@ fn main() {
         n_experts: e,
         top_k: 4,
     };
+    {
+        let xs = g.from_host(&vec![0.1; d], 1, d).unwrap();
+        time(&g, "moe router linear [1x2880]x[E]", it(100), 0.0, || {
+            drop(g.linear(&xs, &mw.router, Some(&mw.router_bias)).unwrap());
+        });
+        let c1 = MoeConfig { n_experts: e, top_k: 1 };
+        time(&g, "moe top-1", it(100), 0.0, || {
+            drop(g.moe(&xs, &mw, &c1).unwrap());
+        });
+    }
     let active = 4.0 * 3.0 * (d * dff) as f64 * 17.0 / 32.0;
     for t in [1usize, 128] {
         let xs = g.from_host(&vec![0.1; t * d], t, d).unwrap();

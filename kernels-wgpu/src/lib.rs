@@ -509,7 +509,7 @@ impl Backend for WgpuBackend {
 
     fn rope(&self, x: &mut WgpuTensor, n_heads: usize, pos0: usize, rope: &Rope) -> Result<()> {
         let hd = rope.head_dim;
-        if hd == 0 || hd % 2 != 0 || rope.inv_freq.len() != hd / 2 || n_heads * hd != x.cols {
+        if hd == 0 || !hd.is_multiple_of(2) || rope.inv_freq.len() != hd / 2 || n_heads * hd != x.cols {
             return Err(shape(
                 "rope",
                 format!(
@@ -602,7 +602,7 @@ impl Backend for WgpuBackend {
         cfg: &AttentionConfig,
     ) -> Result<WgpuTensor> {
         let (nh, nkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
-        if nh == 0 || nkv == 0 || hd == 0 || nh % nkv != 0 {
+        if nh == 0 || nkv == 0 || hd == 0 || !nh.is_multiple_of(nkv) {
             return Err(shape(
                 "attention",
                 format!("{nh} query heads cannot share {nkv} kv heads of dim {hd}"),
@@ -820,14 +820,13 @@ impl Backend for WgpuBackend {
         let slots = t * top_k;
         let ids = self.ctx.storage((slots * 4) as u64, "moe ids")?;
         let wts = self.ctx.storage((slots * 4) as u64, "moe weights")?;
-        let wg = self.ctx.caps.wg as usize;
         let pipe = self.simple("moe_route", include_str!("shaders/moe_route.wgsl"), "")?;
         self.ctx.dispatch(
             &pipe,
             &[(0, &logits.buf.buf), (1, &ids.buf), (2, &wts.buf)],
             3,
             &[t as u32, n_exp as u32, top_k as u32],
-            t.div_ceil(wg) as u64,
+            t as u64,
         )?;
 
         let h = self.ctx.storage((slots * dff * 4) as u64, "moe hidden")?;

@@ -168,7 +168,7 @@ pub(crate) fn upload(ctx: &Ctx, w: &WeightData) -> Result<WgpuWeight> {
         .try_fold(1usize, |a, &b| a.checked_mul(b))
         .ok_or_else(|| shape_err(format!("shape {:?} overflows", w.shape)))?;
     let (blk, blk_bytes) = fmt.file_block();
-    if k % blk != 0 {
+    if !k.is_multiple_of(blk) {
         return Err(shape_err(format!(
             "row length {k} is not a multiple of the block size {blk}"
         )));
