@@ -23,15 +23,28 @@ pub const KERNEL_NAMES: &[&str] = &[
     "add_assign",
     "rope",
     "argmax_rows",
-    "quantize_q8",
+    "spin",
     "linear_rows",
     "gemv_q8_0",
     "gemv_mxfp4",
+    "quantize_q8",
+    "gemv_q8_0_pre",
+    "gemv_mxfp4_pre",
+    "gemv_q8_0_r1",
+    "gemv_mxfp4_r1",
+    "gemv_q8_0_pre_r1",
+    "gemv_mxfp4_pre_r1",
+    "gemvf_q8_0",
+    "gemvf_mxfp4",
+    "gemvf_q8_0_r1",
+    "gemvf_mxfp4_r1",
+    "moe_gate_up_mxfp4_f",
+    "moe_down_mxfp4_f",
     "gemm_tiled",
     "attn_partial",
     "attn_combine",
     "kv_append",
-    "moe_topk",
+    "moe_router_topk",
     "moe_gate_up_mxfp4",
     "moe_down_mxfp4",
     "moe_gate_up_any",
@@ -53,14 +66,19 @@ pub fn full_source() -> String {
 }
 
 fn options(arch: &str) -> Vec<String> {
-    vec![
+    let mut o = vec![
         format!("--gpu-architecture={arch}"),
         "--std=c++17".into(),
         // Exact f32 division and square root: the norms must match the CPU to 1e-6.
         "--prec-div=true".into(),
         "--prec-sqrt=true".into(),
         "--fmad=true".into(),
-    ]
+    ];
+    // GPTOSS_NVRTC_VERBOSE=1 adds ptxas' resource report (registers, spills) to the log.
+    if std::env::var("GPTOSS_NVRTC_VERBOSE").is_ok_and(|v| v == "1") {
+        o.push("--ptxas-options=-v".into());
+    }
+    o
 }
 
 /// True when libnvrtc can be loaded (searched as cudarc does: `LD_LIBRARY_PATH`, system paths).
@@ -77,7 +95,8 @@ pub fn nvrtc_version() -> Result<(i32, i32), String> {
     let (mut major, mut minor) = (0i32, 0i32);
     // SAFETY: the library is present; the two out-pointers are valid for the call.
     let r = unsafe { nvrtc_sys::nvrtcVersion(&mut major, &mut minor) };
-    r.result().map_err(|e| format!("nvrtcVersion failed: {e:?}"))?;
+    r.result()
+        .map_err(|e| format!("nvrtcVersion failed: {e:?}"))?;
     Ok((major, minor))
 }
 
@@ -114,11 +133,18 @@ unsafe fn compile_and_get(prog: nvrtc_sys::nvrtcProgram, arch: &str) -> Result<V
     let log = unsafe { nvrtc::get_program_log(prog) }
         .map(|l| {
             // SAFETY: NVRTC returns a NUL-terminated log.
-            unsafe { CStr::from_ptr(l.as_ptr()) }.to_string_lossy().into_owned()
+            unsafe { CStr::from_ptr(l.as_ptr()) }
+                .to_string_lossy()
+                .into_owned()
         })
         .unwrap_or_default();
     if let Err(e) = compiled {
-        return Err(format!("NVRTC failed to compile the kernels for {arch}: {e:?}\n{log}"));
+        return Err(format!(
+            "NVRTC failed to compile the kernels for {arch}: {e:?}\n{log}"
+        ));
+    }
+    if std::env::var("GPTOSS_NVRTC_VERBOSE").is_ok_and(|v| v == "1") {
+        eprintln!("{log}");
     }
     let mut size = 0usize;
     // SAFETY: guaranteed by the caller; `size` is a valid out-pointer.
@@ -126,7 +152,9 @@ unsafe fn compile_and_get(prog: nvrtc_sys::nvrtcProgram, arch: &str) -> Result<V
         .result()
         .map_err(|e| format!("nvrtcGetCUBINSize for {arch}: {e:?}"))?;
     if size == 0 {
-        return Err(format!("NVRTC produced no cubin for {arch} (is it a real architecture?)"));
+        return Err(format!(
+            "NVRTC produced no cubin for {arch} (is it a real architecture?)"
+        ));
     }
     let mut cubin = vec![0u8; size];
     // SAFETY: `cubin` has the size NVRTC asked for.
@@ -157,7 +185,9 @@ fn cache_dir() -> Option<PathBuf> {
     if let Ok(d) = std::env::var("XDG_CACHE_HOME") {
         return Some(PathBuf::from(d).join("gptoss"));
     }
-    std::env::var("HOME").ok().map(|h| PathBuf::from(h).join(".cache/gptoss"))
+    std::env::var("HOME")
+        .ok()
+        .map(|h| PathBuf::from(h).join(".cache/gptoss"))
 }
 
 /// The cubin for `arch` from the disk cache (`$GPTOSS_CACHE_DIR`, else `~/.cache/gptoss`), or
@@ -168,7 +198,12 @@ pub fn cached_cubin(arch: &str) -> Result<Vec<u8>, String> {
     let src = full_source();
     let ver = format!("{major}.{minor}");
     let opts = options(arch).join(" ");
-    let key = fnv1a(&[src.as_bytes(), opts.as_bytes(), ver.as_bytes(), arch.as_bytes()]);
+    let key = fnv1a(&[
+        src.as_bytes(),
+        opts.as_bytes(),
+        ver.as_bytes(),
+        arch.as_bytes(),
+    ]);
     let file = cache_dir().map(|d| d.join(format!("cuda-{arch}-{key:016x}.cubin")));
     if let Some(f) = &file
         && let Ok(bytes) = std::fs::read(f)

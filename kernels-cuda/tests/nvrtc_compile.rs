@@ -13,7 +13,9 @@ fn every_kernel_compiles_for_every_supported_architecture() {
             !required,
             "GPTOSS_REQUIRE_NVRTC=1 but libnvrtc was not found on LD_LIBRARY_PATH"
         );
-        eprintln!("SKIPPED: libnvrtc not found (set LD_LIBRARY_PATH to the nvidia-cuda-nvrtc wheel's lib dir)");
+        eprintln!(
+            "SKIPPED: libnvrtc not found (set LD_LIBRARY_PATH to the nvidia-cuda-nvrtc wheel's lib dir)"
+        );
         return;
     }
     let (major, minor) = compile::nvrtc_version().expect("nvrtc version");
@@ -24,10 +26,16 @@ fn every_kernel_compiles_for_every_supported_architecture() {
         // An ELF image holding every kernel by name.
         assert_eq!(&cubin[..4], b"\x7fELF", "{arch}: not an ELF cubin");
         for name in compile::KERNEL_NAMES {
-            let found = cubin.windows(name.len() + 1).any(|w| &w[..name.len()] == name.as_bytes() && w[name.len()] == 0);
+            let found = cubin
+                .windows(name.len() + 1)
+                .any(|w| &w[..name.len()] == name.as_bytes() && w[name.len()] == 0);
             assert!(found, "{arch}: kernel {name} missing from the cubin");
         }
-        eprintln!("{arch}: {} bytes in {:.1} s", cubin.len(), t.elapsed().as_secs_f64());
+        eprintln!(
+            "{arch}: {} bytes in {:.1} s",
+            cubin.len(),
+            t.elapsed().as_secs_f64()
+        );
     }
 }
 

@@ -69,11 +69,23 @@ fn f16_bits(x: f32) -> u16 {
 }
 
 /// Random bytes of a weight of `dtype` and shape (values of a realistic magnitude).
-fn random_weight(r: &mut StdRng, name: &str, dtype: GgmlType, shape: &[usize], scale: f32) -> WeightData {
+fn random_weight(
+    r: &mut StdRng,
+    name: &str,
+    dtype: GgmlType,
+    shape: &[usize],
+    scale: f32,
+) -> WeightData {
     let n: usize = shape.iter().product();
     let bytes: Vec<u8> = match dtype {
-        GgmlType::F32 => randn(r, n, scale).iter().flat_map(|v| v.to_le_bytes()).collect(),
-        GgmlType::F16 => randn(r, n, scale).iter().flat_map(|v| f16_bits(*v).to_le_bytes()).collect(),
+        GgmlType::F32 => randn(r, n, scale)
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        GgmlType::F16 => randn(r, n, scale)
+            .iter()
+            .flat_map(|v| f16_bits(*v).to_le_bytes())
+            .collect(),
         GgmlType::BF16 => randn(r, n, scale)
             .iter()
             .flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes())
@@ -113,11 +125,28 @@ struct Pair {
 }
 
 impl Pair {
-    fn up(&self, w: &WeightData) -> (<CpuBackend as Backend>::Weight, <CudaBackend as Backend>::Weight) {
+    fn up(
+        &self,
+        w: &WeightData,
+    ) -> (
+        <CpuBackend as Backend>::Weight,
+        <CudaBackend as Backend>::Weight,
+    ) {
         (self.cpu.upload(w).unwrap(), self.gpu.upload(w).unwrap())
     }
-    fn x(&self, v: &[f32], rows: usize, cols: usize) -> (<CpuBackend as Backend>::Tensor, <CudaBackend as Backend>::Tensor) {
-        (self.cpu.from_host(v, rows, cols).unwrap(), self.gpu.from_host(v, rows, cols).unwrap())
+    fn x(
+        &self,
+        v: &[f32],
+        rows: usize,
+        cols: usize,
+    ) -> (
+        <CpuBackend as Backend>::Tensor,
+        <CudaBackend as Backend>::Tensor,
+    ) {
+        (
+            self.cpu.from_host(v, rows, cols).unwrap(),
+            self.gpu.from_host(v, rows, cols).unwrap(),
+        )
     }
     fn poison(&self) {
         self.gpu.poison_pool(256 << 20).unwrap();
@@ -135,12 +164,18 @@ impl Pair {
         let e = nmse(&gv, &cv);
         let m = max_abs_diff(&gv, &cv);
         eprintln!("{what}: nmse {e:.3e} max_abs {m:.3e}");
-        assert!(e <= limit, "{what}: NMSE {e:e} over {limit:e} (max abs diff {m:e})");
+        assert!(
+            e <= limit,
+            "{what}: NMSE {e:e} over {limit:e} (max abs diff {m:e})"
+        );
     }
 }
 
 fn pair() -> Option<Pair> {
-    gpu().map(|gpu| Pair { cpu: CpuBackend::new(), gpu })
+    gpu().map(|gpu| Pair {
+        cpu: CpuBackend::new(),
+        gpu,
+    })
 }
 
 #[test]
@@ -158,9 +193,20 @@ fn embed_rms_norm_add() {
         let (cw, gw) = p.up(&w);
         let ids: Vec<u32> = (0..17).map(|_| r.random_range(0..vocab as u32)).collect();
         p.poison();
-        let (c, g) = (p.cpu.embed(&cw, &ids).unwrap(), p.gpu.embed(&gw, &ids).unwrap());
-        p.check(&format!("embed {dtype:?} [{d}, {vocab}]"), &c, &g, EXACT_NMSE);
-        assert!(p.gpu.embed(&gw, &[vocab as u32]).is_err(), "an id past the vocabulary must be an error");
+        let (c, g) = (
+            p.cpu.embed(&cw, &ids).unwrap(),
+            p.gpu.embed(&gw, &ids).unwrap(),
+        );
+        p.check(
+            &format!("embed {dtype:?} [{d}, {vocab}]"),
+            &c,
+            &g,
+            EXACT_NMSE,
+        );
+        assert!(
+            p.gpu.embed(&gw, &[vocab as u32]).is_err(),
+            "an id past the vocabulary must be an error"
+        );
     }
     for (t, d) in [(1, 2880), (5, 2880), (3, 64), (2, 100), (7, 1000)] {
         let xv = randn(&mut r, t * d, 2.0);
@@ -168,7 +214,10 @@ fn embed_rms_norm_add() {
         let w = random_weight(&mut r, "attn_norm.weight", GgmlType::F32, &[d], 1.0);
         let (cw, gw) = p.up(&w);
         p.poison();
-        let (c, g) = (p.cpu.rms_norm(&cx, &cw, 1e-5).unwrap(), p.gpu.rms_norm(&gx, &gw, 1e-5).unwrap());
+        let (c, g) = (
+            p.cpu.rms_norm(&cx, &cw, 1e-5).unwrap(),
+            p.gpu.rms_norm(&gx, &gw, 1e-5).unwrap(),
+        );
         p.check(&format!("rms_norm [{t}, {d}]"), &c, &g, EXACT_NMSE);
         let yv = randn(&mut r, t * d, 1.0);
         let (cy, gy) = p.x(&yv, t, d);
@@ -184,8 +233,11 @@ fn embed_rms_norm_add() {
 
 #[test]
 fn linear_every_type_and_shape() {
-    let Some(p) = pair() else { return };
+    let Some(mut p) = pair() else { return };
     let mut r = rng();
+    for int8 in [false, true] {
+    p.gpu.set_int8_activations(int8);
+    eprintln!("int8 activations: {int8}");
     let shapes = [
         (1, 2880, 4096),
         (1, 4096, 2880),
@@ -195,8 +247,16 @@ fn linear_every_type_and_shape() {
         (100, 64, 96),
         (3, 96, 37),
         (70, 2880, 201),
+        (2, 64, 40000),
+        (1, 96, 33001),
     ];
-    for dtype in [GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::MXFP4] {
+    for dtype in [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q8_0,
+        GgmlType::MXFP4,
+    ] {
         for &(t, k, n) in &shapes {
             let w = random_weight(&mut r, "attn_q.weight", dtype, &[k, n], 0.05);
             let b = random_weight(&mut r, "attn_q.bias", GgmlType::F32, &[n], 0.5);
@@ -205,13 +265,23 @@ fn linear_every_type_and_shape() {
             let xv = randn(&mut r, t * k, 1.0);
             let (cx, gx) = p.x(&xv, t, k);
             for with_bias in [true, false] {
-                let (cbo, gbo) = if with_bias { (Some(&cb), Some(&gb)) } else { (None, None) };
+                let (cbo, gbo) = if with_bias {
+                    (Some(&cb), Some(&gb))
+                } else {
+                    (None, None)
+                };
                 p.poison();
                 let c = p.cpu.linear(&cx, &cw, cbo).unwrap();
                 let g = p.gpu.linear(&gx, &gw, gbo).unwrap();
-                p.check(&format!("linear {dtype:?} t={t} k={k} n={n} bias={with_bias}"), &c, &g, MATMUL_NMSE);
+                p.check(
+                    &format!("linear {dtype:?} t={t} k={k} n={n} bias={with_bias}"),
+                    &c,
+                    &g,
+                    MATMUL_NMSE,
+                );
             }
         }
+    }
     }
     // Odd k for an unquantized type (no 32-multiple).
     let w = random_weight(&mut r, "odd.weight", GgmlType::F32, &[70, 33], 0.1);
@@ -220,19 +290,35 @@ fn linear_every_type_and_shape() {
         let xv = randn(&mut r, t * 70, 1.0);
         let (cx, gx) = p.x(&xv, t, 70);
         p.poison();
-        let (c, g) = (p.cpu.linear(&cx, &cw, None).unwrap(), p.gpu.linear(&gx, &gw, None).unwrap());
-        p.check(&format!("linear F32 odd t={t} k=70 n=33"), &c, &g, MATMUL_NMSE);
+        let (c, g) = (
+            p.cpu.linear(&cx, &cw, None).unwrap(),
+            p.gpu.linear(&gx, &gw, None).unwrap(),
+        );
+        p.check(
+            &format!("linear F32 odd t={t} k=70 n=33"),
+            &c,
+            &g,
+            MATMUL_NMSE,
+        );
     }
     let xv = randn(&mut r, 2 * 71, 1.0);
     let (_, gx) = p.x(&xv, 2, 71);
-    assert!(matches!(p.gpu.linear(&gx, &gw, None), Err(BackendError::Shape { .. })));
+    assert!(matches!(
+        p.gpu.linear(&gx, &gw, None),
+        Err(BackendError::Shape { .. })
+    ));
 }
 
 #[test]
 fn rope_matches() {
     let Some(p) = pair() else { return };
     let mut r = rng();
-    for (hd, heads, t, pos0) in [(64, 64, 5, 0), (64, 8, 3, 1000), (64, 64, 1, 131000), (32, 4, 9, 17)] {
+    for (hd, heads, t, pos0) in [
+        (64, 64, 5, 0),
+        (64, 8, 3, 1000),
+        (64, 64, 1, 131000),
+        (32, 4, 9, 17),
+    ] {
         let rope = Rope::new(&RopeConfig {
             head_dim: hd,
             theta: 150000.0,
@@ -245,7 +331,12 @@ fn rope_matches() {
         let (mut cx, mut gx) = p.x(&xv, t, heads * hd);
         p.cpu.rope(&mut cx, heads, pos0, &rope).unwrap();
         p.gpu.rope(&mut gx, heads, pos0, &rope).unwrap();
-        p.check(&format!("rope hd={hd} heads={heads} t={t} pos0={pos0}"), &cx, &gx, EXACT_NMSE);
+        p.check(
+            &format!("rope hd={hd} heads={heads} t={t} pos0={pos0}"),
+            &cx,
+            &gx,
+            EXACT_NMSE,
+        );
     }
 }
 
@@ -267,10 +358,29 @@ fn argmax_matches_with_ties() {
     }
 }
 
-fn attention_case(p: &Pair, r: &mut StdRng, heads: usize, kvh: usize, hd: usize, window: Option<usize>, steps: &[usize]) {
+fn attention_case(
+    p: &Pair,
+    r: &mut StdRng,
+    heads: usize,
+    kvh: usize,
+    hd: usize,
+    window: Option<usize>,
+    steps: &[usize],
+) {
     let max_positions: usize = steps.iter().sum::<usize>() + 3;
-    let kcfg = KvCacheConfig { n_kv_heads: kvh, head_dim: hd, max_positions, window };
-    let acfg = AttentionConfig { n_heads: heads, n_kv_heads: kvh, head_dim: hd, window, scale: 1.0 / (hd as f32).sqrt() };
+    let kcfg = KvCacheConfig {
+        n_kv_heads: kvh,
+        head_dim: hd,
+        max_positions,
+        window,
+    };
+    let acfg = AttentionConfig {
+        n_heads: heads,
+        n_kv_heads: kvh,
+        head_dim: hd,
+        window,
+        scale: 1.0 / (hd as f32).sqrt(),
+    };
     let sinks = random_weight(r, "attn_sinks", GgmlType::F32, &[heads], 1.0);
     let (cs, gs) = p.up(&sinks);
     let mut cc = p.cpu.new_kv_cache(&kcfg).unwrap();
@@ -284,9 +394,20 @@ fn attention_case(p: &Pair, r: &mut StdRng, heads: usize, kvh: usize, hd: usize,
         let (ck, gk) = p.x(&kv, t, kvh * hd);
         let (cv, gv) = p.x(&vv, t, kvh * hd);
         p.poison();
-        let c = p.cpu.attention(&cq, &ck, &cv, &mut cc, pos, &cs, &acfg).unwrap();
-        let g = p.gpu.attention(&gq, &gk, &gv, &mut gc, pos, &gs, &acfg).unwrap();
-        p.check(&format!("attention h={heads}/{kvh} hd={hd} window={window:?} pos0={pos} t={t}"), &c, &g, MATMUL_NMSE);
+        let c = p
+            .cpu
+            .attention(&cq, &ck, &cv, &mut cc, pos, &cs, &acfg)
+            .unwrap();
+        let g = p
+            .gpu
+            .attention(&gq, &gk, &gv, &mut gc, pos, &gs, &acfg)
+            .unwrap();
+        p.check(
+            &format!("attention h={heads}/{kvh} hd={hd} window={window:?} pos0={pos} t={t}"),
+            &c,
+            &g,
+            MATMUL_NMSE,
+        );
         pos += t;
     }
     // Past the capacity: a clean ContextFull.
@@ -304,10 +425,26 @@ fn attention_prefill_decode_window_sinks() {
     let Some(p) = pair() else { return };
     let mut r = rng();
     // GPT-OSS shapes: prefill longer than the window, decode steps, a second chunk.
-    attention_case(&p, &mut r, 64, 8, 64, Some(128), &[200, 1, 1, 1, 37, 1, 130, 1]);
+    attention_case(
+        &p,
+        &mut r,
+        64,
+        8,
+        64,
+        Some(128),
+        &[200, 1, 1, 1, 37, 1, 130, 1],
+    );
     attention_case(&p, &mut r, 64, 8, 64, None, &[200, 1, 1, 37, 1]);
     // Tiny-model shapes.
-    attention_case(&p, &mut r, 4, 2, 32, Some(8), &[5, 1, 1, 1, 1, 1, 9, 1, 20, 1]);
+    attention_case(
+        &p,
+        &mut r,
+        4,
+        2,
+        32,
+        Some(8),
+        &[5, 1, 1, 1, 1, 1, 9, 1, 20, 1],
+    );
     attention_case(&p, &mut r, 4, 2, 32, None, &[13, 1, 1, 7, 1]);
     // A long context: decode over 5000 cached keys (split-K).
     attention_case(&p, &mut r, 64, 8, 64, None, &[5000, 1, 1, 3]);
@@ -315,15 +452,42 @@ fn attention_prefill_decode_window_sinks() {
     attention_case(&p, &mut r, 12, 4, 128, Some(16), &[40, 1, 2]);
 }
 
-fn moe_case(p: &Pair, r: &mut StdRng, d_model: usize, n_ff: usize, e: usize, k: usize, expert_type: GgmlType, ts: &[usize]) {
+fn moe_case(
+    p: &Pair,
+    r: &mut StdRng,
+    d_model: usize,
+    n_ff: usize,
+    e: usize,
+    k: usize,
+    expert_type: GgmlType,
+    ts: &[usize],
+) {
     let w = MoeWeights {
         router: random_weight(r, "ffn_gate_inp.weight", GgmlType::F32, &[d_model, e], 0.05),
         router_bias: random_weight(r, "ffn_gate_inp.bias", GgmlType::F32, &[e], 0.5),
-        gate: random_weight(r, "ffn_gate_exps.weight", expert_type, &[d_model, n_ff, e], 0.05),
+        gate: random_weight(
+            r,
+            "ffn_gate_exps.weight",
+            expert_type,
+            &[d_model, n_ff, e],
+            0.05,
+        ),
         gate_bias: random_weight(r, "ffn_gate_exps.bias", GgmlType::F32, &[n_ff, e], 0.5),
-        up: random_weight(r, "ffn_up_exps.weight", expert_type, &[d_model, n_ff, e], 0.05),
+        up: random_weight(
+            r,
+            "ffn_up_exps.weight",
+            expert_type,
+            &[d_model, n_ff, e],
+            0.05,
+        ),
         up_bias: random_weight(r, "ffn_up_exps.bias", GgmlType::F32, &[n_ff, e], 0.5),
-        down: random_weight(r, "ffn_down_exps.weight", expert_type, &[n_ff, d_model, e], 0.05),
+        down: random_weight(
+            r,
+            "ffn_down_exps.weight",
+            expert_type,
+            &[n_ff, d_model, e],
+            0.05,
+        ),
         down_bias: random_weight(r, "ffn_down_exps.bias", GgmlType::F32, &[d_model, e], 0.5),
     };
     let up = |x: &WeightData| p.up(x);
@@ -335,16 +499,42 @@ fn moe_case(p: &Pair, r: &mut StdRng, d_model: usize, n_ff: usize, e: usize, k: 
     let (cub, gub) = up(&w.up_bias);
     let (cd, gd) = up(&w.down);
     let (cdb, gdb) = up(&w.down_bias);
-    let cw = MoeWeights { router: cr, router_bias: crb, gate: cg, gate_bias: cgb, up: cu, up_bias: cub, down: cd, down_bias: cdb };
-    let gw = MoeWeights { router: gr, router_bias: grb, gate: gg, gate_bias: ggb, up: gu, up_bias: gub, down: gd, down_bias: gdb };
-    let cfg = MoeConfig { n_experts: e, top_k: k };
+    let cw = MoeWeights {
+        router: cr,
+        router_bias: crb,
+        gate: cg,
+        gate_bias: cgb,
+        up: cu,
+        up_bias: cub,
+        down: cd,
+        down_bias: cdb,
+    };
+    let gw = MoeWeights {
+        router: gr,
+        router_bias: grb,
+        gate: gg,
+        gate_bias: ggb,
+        up: gu,
+        up_bias: gub,
+        down: gd,
+        down_bias: gdb,
+    };
+    let cfg = MoeConfig {
+        n_experts: e,
+        top_k: k,
+    };
     for &t in ts {
         let xv = randn(r, t * d_model, 1.0);
         let (cx, gx) = p.x(&xv, t, d_model);
         p.poison();
         let c = p.cpu.moe(&cx, &cw, &cfg).unwrap();
         let g = p.gpu.moe(&gx, &gw, &cfg).unwrap();
-        p.check(&format!("moe {expert_type:?} d={d_model} ff={n_ff} E={e} k={k} t={t}"), &c, &g, MATMUL_NMSE);
+        p.check(
+            &format!("moe {expert_type:?} d={d_model} ff={n_ff} E={e} k={k} t={t}"),
+            &c,
+            &g,
+            MATMUL_NMSE,
+        );
     }
 }
 
@@ -353,7 +543,16 @@ fn moe_matches() {
     let Some(p) = pair() else { return };
     let mut r = rng();
     moe_case(&p, &mut r, 64, 96, 8, 4, GgmlType::MXFP4, &[1, 3, 8, 40]);
-    moe_case(&p, &mut r, 2880, 2880, 32, 4, GgmlType::MXFP4, &[1, 2, 8, 33]);
+    moe_case(
+        &p,
+        &mut r,
+        2880,
+        2880,
+        32,
+        4,
+        GgmlType::MXFP4,
+        &[1, 2, 8, 33],
+    );
     moe_case(&p, &mut r, 64, 96, 8, 4, GgmlType::Q8_0, &[1, 5]);
     moe_case(&p, &mut r, 64, 64, 16, 2, GgmlType::BF16, &[1, 9]);
 }

@@ -8,11 +8,15 @@
 #define ATT_MAX_DPL 8  // head_dim <= 256
 
 // grid (t, n_heads, S), block 128 (4 warps). part: [t, n_heads, S, head_dim + 2] holding the
-// unnormalized output, then the running max and the sum of exponentials.
+// unnormalized output, then the running max and the sum of exponentials. With S == 1 the block
+// finishes the job itself (sink included) and writes `out`. With `append` (decode, t == 1) the
+// first block of each kv head also stores the new key/value row in the ring: no block of this
+// launch reads that slot (it held position pos0 - cap, outside every window here).
 extern "C" __global__ void attn_partial(const float* q, const float* knew, const float* vnew,
-                                        const u16* kc, const u16* vc, int t, int pos0,
+                                        u16* kc, u16* vc, int t, int pos0,
                                         int n_heads, int n_kv, int hd, int cap, int window,
-                                        float scale, int chunk, float* part) {
+                                        float scale, int chunk, float* part, const u8* sinks,
+                                        int sink_type, float* out, int append) {
     __shared__ float qs[256];
     __shared__ float wm[4], wl[4];
     __shared__ float wacc[4][256];
@@ -39,6 +43,7 @@ extern "C" __global__ void attn_partial(const float* q, const float* knew, const
             float dot = 0.f;
             if (j < pos0) {
                 const uint4* kr = (const uint4*)(kc + ((i64)(j % cap) * n_kv + kh) * hd);
+#pragma unroll 8
                 for (int c = 0; c < (hd >> 3); ++c) {
                     uint4 v = kr[c];
                     const u16* hv = (const u16*)&v;
@@ -62,19 +67,39 @@ extern "C" __global__ void attn_partial(const float* q, const float* knew, const
 #pragma unroll
         for (int dd = 0; dd < ATT_MAX_DPL; ++dd) acc[dd] *= corr;
         int nvalid = min(32, end - j0);
-        for (int jj = 0; jj < nvalid; ++jj) {
-            float pp = __shfl_sync(0xffffffffu, pj, jj);
-            int key = j0 + jj;
-            if (key < pos0) {
-                const u16* vr = vc + ((i64)(key % cap) * n_kv + kh) * hd;
+        if (j0 + 32 <= pos0 && nvalid == 32) {
+            // Every key of this chunk is in the cache: 8 rows of V in flight at a time.
+            for (int jj0 = 0; jj0 < 32; jj0 += 8) {
+                float vv[8][ATT_MAX_DPL];
 #pragma unroll
-                for (int dd = 0; dd < ATT_MAX_DPL; ++dd)
-                    if (dd < dpl) acc[dd] += pp * h2f(vr[lane + 32 * dd]);
-            } else {
-                const float* vr = vnew + ((i64)(key - pos0) * n_kv + kh) * hd;
+                for (int u = 0; u < 8; ++u) {
+                    const u16* vr = vc + ((i64)((j0 + jj0 + u) % cap) * n_kv + kh) * hd;
 #pragma unroll
-                for (int dd = 0; dd < ATT_MAX_DPL; ++dd)
-                    if (dd < dpl) acc[dd] += pp * vr[lane + 32 * dd];
+                    for (int dd = 0; dd < ATT_MAX_DPL; ++dd)
+                        vv[u][dd] = dd < dpl ? h2f(vr[lane + 32 * dd]) : 0.f;
+                }
+#pragma unroll
+                for (int u = 0; u < 8; ++u) {
+                    float pp = __shfl_sync(0xffffffffu, pj, jj0 + u);
+#pragma unroll
+                    for (int dd = 0; dd < ATT_MAX_DPL; ++dd) acc[dd] += pp * vv[u][dd];
+                }
+            }
+        } else {
+            for (int jj = 0; jj < nvalid; ++jj) {
+                float pp = __shfl_sync(0xffffffffu, pj, jj);
+                int key = j0 + jj;
+                if (key < pos0) {
+                    const u16* vr = vc + ((i64)(key % cap) * n_kv + kh) * hd;
+#pragma unroll
+                    for (int dd = 0; dd < ATT_MAX_DPL; ++dd)
+                        if (dd < dpl) acc[dd] += pp * h2f(vr[lane + 32 * dd]);
+                } else {
+                    const float* vr = vnew + ((i64)(key - pos0) * n_kv + kh) * hd;
+#pragma unroll
+                    for (int dd = 0; dd < ATT_MAX_DPL; ++dd)
+                        if (dd < dpl) acc[dd] += pp * vr[lane + 32 * dd];
+                }
             }
         }
         m = mnew;
@@ -84,20 +109,45 @@ extern "C" __global__ void attn_partial(const float* q, const float* knew, const
     for (int dd = 0; dd < ATT_MAX_DPL; ++dd)
         if (dd < dpl) wacc[warp][lane + 32 * dd] = acc[dd];
     __syncthreads();
+    if (append && s == 0 && h % (n_heads / n_kv) == 0) {
+        i64 src = (i64)kh * hd;
+        i64 dst = ((i64)(pos0 % cap) * n_kv + kh) * hd;
+        for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+            kc[dst + d] = f2h(knew[src + d]);
+            vc[dst + d] = f2h(vnew[src + d]);
+        }
+    }
     float M = fmaxf(fmaxf(wm[0], wm[1]), fmaxf(wm[2], wm[3]));
-    float* out = part + (((i64)i * n_heads + h) * S + s) * (hd + 2);
+    if (S == 1) {
+        float sink = wload(sinks, sink_type, 0, h);
+        float MM = fmaxf(M, sink);
+        float L = __expf(sink - MM);
+        for (int w = 0; w < 4; ++w)
+            if (wm[w] != NEG_INF) L += wl[w] * __expf(wm[w] - MM);
+        float* o_row = out + ((i64)i * n_heads + h) * hd;
+        for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+            float o = 0.f;
+            for (int w = 0; w < 4; ++w)
+                if (wm[w] != NEG_INF) o += wacc[w][d] * __expf(wm[w] - MM);
+            o_row[d] = o / L;
+        }
+        return;
+    }
+    float* pout = part + (((i64)i * n_heads + h) * S + s) * (hd + 2);
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float o = 0.f;
         if (M != NEG_INF)
-            for (int w = 0; w < 4; ++w) o += wacc[w][d] * __expf(wm[w] - M);
-        out[d] = o;
+            for (int w = 0; w < 4; ++w)
+                if (wm[w] != NEG_INF) o += wacc[w][d] * __expf(wm[w] - M);
+        pout[d] = o;
     }
     if (threadIdx.x == 0) {
         float L = 0.f;
         if (M != NEG_INF)
-            for (int w = 0; w < 4; ++w) L += wl[w] * __expf(wm[w] - M);
-        out[hd] = M;
-        out[hd + 1] = L;
+            for (int w = 0; w < 4; ++w)
+                if (wm[w] != NEG_INF) L += wl[w] * __expf(wm[w] - M);
+        pout[hd] = M;
+        pout[hd + 1] = L;
     }
 }
 

@@ -64,36 +64,97 @@ __device__ __forceinline__ int dot_mxfp4_block(int4 q, const int4* xq) {
     return s;
 }
 
-// Q8_0 weight x int8 activations, t <= MAX_ROWS. xq [t, k] int8, xd [t, k/32]. W is [n_out, k]
-// at `w` with `nb` blocks in all (the scales follow the int8 values). grid ceil(n_out / 8),
-// block 256.
-extern "C" __global__ void gemv_q8_0(const i8* xq, const float* xd, int t, int k, const u8* w,
-                                     i64 nb, const u8* bias, int btype, float* y, int n_out) {
+// Quantize rows of x (nblk blocks of 32 in all) to int8, one warp per block of 32, eight blocks
+// per warp in flight (the loads are issued together; a loop of dependent loads would leave the
+// warp waiting on memory latency once per block).
+__device__ __forceinline__ void quantize_blocks(const float* x, int nblk, i8* xq, float* xd,
+                                                int warp, int nw) {
+    int lane = threadIdx.x & 31;
+    for (int b0 = warp; b0 < nblk; b0 += nw * 8) {
+        float v[8];
+#pragma unroll
+        for (int u = 0; u < 8; ++u) {
+            int b = b0 + u * nw;
+            v[u] = b < nblk ? x[(i64)b * 32 + lane] : 0.f;
+        }
+#pragma unroll
+        for (int u = 0; u < 8; ++u) {
+            int b = b0 + u * nw;
+            float amax = warp_max(fabsf(v[u]));
+            if (b < nblk) {
+                float id = amax > 0.f ? 127.0f / amax : 0.f;
+                xq[(i64)b * 32 + lane] = (i8)(int)rintf(v[u] * id);
+                if (lane == 0) xd[b] = amax / 127.0f;
+            }
+        }
+    }
+}
+
+__device__ __forceinline__ void quantize_to_smem(const float* x, int nblk, i8* xq, float* xd) {
+    quantize_blocks(x, nblk, xq, xd, threadIdx.x >> 5, blockDim.x >> 5);
+}
+
+// Activations to int8 in global memory (for matrices so tall that re-quantizing x in every
+// block would cost more than one extra launch). grid ceil(nblk / 64), block 256.
+extern "C" __global__ void quantize_q8(const float* x, int nblk, i8* xq, float* xd) {
+    quantize_blocks(x, nblk, xq, xd, blockIdx.x * 8 + (threadIdx.x >> 5), gridDim.x * 8);
+}
+
+#define GEMV_UNROLL 4
+
+// Q8_0 or MXFP4 weight times int8 activations (xq/xd in shared or global memory), t <=
+// MAX_ROWS, one warp per output row, dp4a over 16-byte weight loads, GEMV_UNROLL blocks per
+// lane loaded before any is used.
+template <int TYPE, int R>
+__device__ __forceinline__ void gemv_rows(const i8* xq, const float* xd, int t, int k,
+                                          const u8* w, i64 nb, const u8* bias, int btype,
+                                          float* y, int n_out) {
     int n = blockIdx.x * 8 + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     if (n >= n_out) return;
     int nbk = k >> 5;
-    const u16* wd = (const u16*)(w + nb * 32);
-    float acc[MAX_ROWS];
+    float acc[R];
 #pragma unroll
-    for (int r = 0; r < MAX_ROWS; ++r) acc[r] = 0.f;
-    for (int kb = lane; kb < nbk; kb += 32) {
-        i64 bi = (i64)n * nbk + kb;
-        const int4* wp = (const int4*)(w + bi * 32);
-        int4 w0 = __ldg(wp), w1 = __ldg(wp + 1);
-        float d = h2f(wd[bi]);
+    for (int r = 0; r < R; ++r) acc[r] = 0.f;
+    for (int kb0 = lane; kb0 < nbk; kb0 += 32 * GEMV_UNROLL) {
+        int4 w0[GEMV_UNROLL], w1[GEMV_UNROLL];
+        float d[GEMV_UNROLL];
 #pragma unroll
-        for (int r = 0; r < MAX_ROWS; ++r) {
-            if (r < t) {
-                i64 xb = (i64)r * nbk + kb;
-                int s = dot_q8_block(w0, w1, (const int4*)(xq + xb * 32));
-                acc[r] += (float)s * d * xd[xb];
+        for (int u = 0; u < GEMV_UNROLL; ++u) {
+            int kb = kb0 + 32 * u;
+            if (kb < nbk) {
+                i64 bi = (i64)n * nbk + kb;
+                if (TYPE == T_Q8_0) {
+                    const int4* wp = (const int4*)(w + bi * 32);
+                    w0[u] = __ldg(wp);
+                    w1[u] = __ldg(wp + 1);
+                    d[u] = h2f(__ldg((const u16*)(w + nb * 32) + bi));
+                } else {
+                    w0[u] = __ldg((const int4*)(w + bi * 16));
+                    d[u] = 0.5f * e8m0_to_f32(__ldg(w + nb * 16 + bi));
+                }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < GEMV_UNROLL; ++u) {
+            int kb = kb0 + 32 * u;
+            if (kb < nbk) {
+#pragma unroll
+                for (int r = 0; r < R; ++r) {
+                    if (r < t) {
+                        int xb = r * nbk + kb;
+                        const int4* xp = (const int4*)(xq + (i64)xb * 32);
+                        int s = TYPE == T_Q8_0 ? dot_q8_block(w0[u], w1[u], xp)
+                                               : dot_mxfp4_block(w0[u], xp);
+                        acc[r] += (float)s * d[u] * xd[xb];
+                    }
+                }
             }
         }
     }
     float b = bias_at(bias, btype, n);
 #pragma unroll
-    for (int r = 0; r < MAX_ROWS; ++r) {
+    for (int r = 0; r < R; ++r) {
         if (r < t) {
             float s = warp_sum(acc[r]);
             if (lane == 0) y[(i64)r * n_out + n] = s + b;
@@ -101,39 +162,41 @@ extern "C" __global__ void gemv_q8_0(const i8* xq, const float* xd, int t, int k
     }
 }
 
-// MXFP4 weight x int8 activations; same shape rules as gemv_q8_0.
-extern "C" __global__ void gemv_mxfp4(const i8* xq, const float* xd, int t, int k, const u8* w,
-                                      i64 nb, const u8* bias, int btype, float* y, int n_out) {
-    int n = blockIdx.x * 8 + (threadIdx.x >> 5);
-    int lane = threadIdx.x & 31;
-    if (n >= n_out) return;
-    int nbk = k >> 5;
-    const u8* we = w + nb * 16;
-    float acc[MAX_ROWS];
-#pragma unroll
-    for (int r = 0; r < MAX_ROWS; ++r) acc[r] = 0.f;
-    for (int kb = lane; kb < nbk; kb += 32) {
-        i64 bi = (i64)n * nbk + kb;
-        int4 q = __ldg((const int4*)(w + bi * 16));
-        float d = 0.5f * e8m0_to_f32(we[bi]);
-#pragma unroll
-        for (int r = 0; r < MAX_ROWS; ++r) {
-            if (r < t) {
-                i64 xb = (i64)r * nbk + kb;
-                int s = dot_mxfp4_block(q, (const int4*)(xq + xb * 32));
-                acc[r] += (float)s * d * xd[xb];
-            }
-        }
-    }
-    float b = bias_at(bias, btype, n);
-#pragma unroll
-    for (int r = 0; r < MAX_ROWS; ++r) {
-        if (r < t) {
-            float s = warp_sum(acc[r]);
-            if (lane == 0) y[(i64)r * n_out + n] = s + b;
-        }
-    }
+// Each block quantizes x into shared memory (dynamic: t*k bytes, then t*k/32 floats) and runs
+// 8 output rows. grid ceil(n_out / 8), block 256.
+template <int TYPE, int R>
+__device__ __forceinline__ void gemv_quant(const float* x, int t, int k, const u8* w, i64 nb,
+                                           const u8* bias, int btype, float* y, int n_out) {
+    extern __shared__ int4 gemv_smem[];
+    i8* xq = (i8*)gemv_smem;
+    float* xd = (float*)(xq + t * k);
+    quantize_to_smem(x, t * (k >> 5), xq, xd);
+    __syncthreads();
+    gemv_rows<TYPE, R>(xq, xd, t, k, w, nb, bias, btype, y, n_out);
 }
+
+// Entry points: _r1 for one row (decode at batch 1, fewer registers, more warps in flight),
+// the plain names for up to MAX_ROWS rows; _pre read activations quantized by quantize_q8.
+#define GEMV_ENTRY(NAME, TYPE, R)                                                               \
+    extern "C" __global__ void __launch_bounds__(256) NAME(                                   \
+        const float* x, int t, int k, const u8* w, i64 nb, const u8* bias, int btype, float* y, \
+        int n_out) {                                                                          \
+        gemv_quant<TYPE, R>(x, t, k, w, nb, bias, btype, y, n_out);                           \
+    }
+#define GEMV_PRE_ENTRY(NAME, TYPE, R)                                                          \
+    extern "C" __global__ void __launch_bounds__(256) NAME(                                   \
+        const i8* xq, const float* xd, int t, int k, const u8* w, i64 nb, const u8* bias,     \
+        int btype, float* y, int n_out) {                                                     \
+        gemv_rows<TYPE, R>(xq, xd, t, k, w, nb, bias, btype, y, n_out);                       \
+    }
+GEMV_ENTRY(gemv_q8_0, T_Q8_0, MAX_ROWS)
+GEMV_ENTRY(gemv_mxfp4, T_MXFP4, MAX_ROWS)
+GEMV_ENTRY(gemv_q8_0_r1, T_Q8_0, 1)
+GEMV_ENTRY(gemv_mxfp4_r1, T_MXFP4, 1)
+GEMV_PRE_ENTRY(gemv_q8_0_pre, T_Q8_0, MAX_ROWS)
+GEMV_PRE_ENTRY(gemv_mxfp4_pre, T_MXFP4, MAX_ROWS)
+GEMV_PRE_ENTRY(gemv_q8_0_pre_r1, T_Q8_0, 1)
+GEMV_PRE_ENTRY(gemv_mxfp4_pre_r1, T_MXFP4, 1)
 
 // Tiled GEMM for many rows, any weight type (dequantized while staged into shared memory).
 // Tile 64 rows x 64 outputs x 32 k; 256 threads each own a 4x4 patch.
@@ -187,3 +250,101 @@ extern "C" __global__ void gemm_tiled(const float* x, int t, int k, const u8* w,
         }
     }
 }
+
+// ---- f32-activation matrix-vector kernels (the default: products as exact as the CPU's) ----
+// Four lanes share one 32-weight block: lane part p = lane & 3 takes MXFP4 bytes 4p..4p+3
+// (elements 4p..4p+3 and 16+4p..16+4p+3) or Q8_0 values 8p..8p+7, so a warp covers 8 blocks
+// per step with coalesced weight loads and x read as float4 (8 blocks = 1 KiB contiguous).
+
+__device__ __forceinline__ float sx8(int v, int i) { return (float)((v << (24 - 8 * i)) >> 24); }
+
+// MXFP4 part-dot in units of the doubled table (the caller multiplies by half the scale).
+__device__ __forceinline__ float mxfp4_part_dot(u32 q, const float* xb, int p) {
+    int2 v = mxfp4_lut8(q);
+    float4 a = *(const float4*)(xb + 4 * p);
+    float4 c = *(const float4*)(xb + 16 + 4 * p);
+    return sx8(v.x, 0) * a.x + sx8(v.x, 1) * a.y + sx8(v.x, 2) * a.z + sx8(v.x, 3) * a.w +
+           sx8(v.y, 0) * c.x + sx8(v.y, 1) * c.y + sx8(v.y, 2) * c.z + sx8(v.y, 3) * c.w;
+}
+
+__device__ __forceinline__ float q8_part_dot(int2 q, const float* xb, int p) {
+    float4 a = *(const float4*)(xb + 8 * p);
+    float4 c = *(const float4*)(xb + 8 * p + 4);
+    return sx8(q.x, 0) * a.x + sx8(q.x, 1) * a.y + sx8(q.x, 2) * a.z + sx8(q.x, 3) * a.w +
+           sx8(q.y, 0) * c.x + sx8(q.y, 1) * c.y + sx8(q.y, 2) * c.z + sx8(q.y, 3) * c.w;
+}
+
+#define FU 4  // steps of 8 blocks whose loads are issued before use
+
+// Row `row` (global row index into W of nbk blocks per row) dotted with R rows of x (stride k).
+template <int TYPE, int R>
+__device__ __forceinline__ void row_dot_f(const u8* w, i64 nb, i64 row, int nbk, const float* x,
+                                          int k, int t, float* acc) {
+    int lane = threadIdx.x & 31, p = lane & 3, bl = lane >> 2;
+    const u8* sc = TYPE == T_Q8_0 ? w + nb * 32 : w + nb * 16;
+    for (int kb0 = bl; kb0 < nbk; kb0 += 8 * FU) {
+        int2 q[FU];
+        float d[FU];
+#pragma unroll
+        for (int u = 0; u < FU; ++u) {
+            int kb = kb0 + 8 * u;
+            if (kb < nbk) {
+                i64 bi = row * nbk + kb;
+                if (TYPE == T_Q8_0) {
+                    q[u] = __ldg((const int2*)(w + bi * 32) + p);
+                    d[u] = h2f(__ldg((const u16*)sc + bi));
+                } else {
+                    q[u].x = __ldg((const int*)(w + bi * 16) + p);
+                    d[u] = 0.5f * e8m0_to_f32(__ldg(sc + bi));
+                }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < FU; ++u) {
+            int kb = kb0 + 8 * u;
+            if (kb < nbk) {
+#pragma unroll
+                for (int r = 0; r < R; ++r) {
+                    if (r < t) {
+                        const float* xb = x + (i64)r * k + kb * 32;
+                        float s = TYPE == T_Q8_0 ? q8_part_dot(q[u], xb, p)
+                                                 : mxfp4_part_dot((u32)q[u].x, xb, p);
+                        acc[r] += s * d[u];
+                    }
+                }
+            }
+        }
+    }
+}
+
+template <int TYPE, int R>
+__device__ __forceinline__ void gemv_f(const float* x, int t, int k, const u8* w, i64 nb,
+                                       const u8* bias, int btype, float* y, int n_out) {
+    int n = blockIdx.x * 8 + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (n >= n_out) return;
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[r] = 0.f;
+    row_dot_f<TYPE, R>(w, nb, n, k >> 5, x, k, t, acc);
+    float b = bias_at(bias, btype, n);
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        if (r < t) {
+            float s = warp_sum(acc[r]);
+            if (lane == 0) y[(i64)r * n_out + n] = s + b;
+        }
+    }
+}
+
+// grid ceil(n_out / 8), block 256.
+#define GEMVF_ENTRY(NAME, TYPE, R)                                                              \
+    extern "C" __global__ void __launch_bounds__(256) NAME(                                   \
+        const float* x, int t, int k, const u8* w, i64 nb, const u8* bias, int btype, float* y, \
+        int n_out) {                                                                          \
+        gemv_f<TYPE, R>(x, t, k, w, nb, bias, btype, y, n_out);                               \
+    }
+GEMVF_ENTRY(gemvf_q8_0, T_Q8_0, MAX_ROWS)
+GEMVF_ENTRY(gemvf_mxfp4, T_MXFP4, MAX_ROWS)
+GEMVF_ENTRY(gemvf_q8_0_r1, T_Q8_0, 1)
+GEMVF_ENTRY(gemvf_mxfp4_r1, T_MXFP4, 1)

@@ -5,13 +5,42 @@
 
 #define MOE_MAX_EXPERTS 256
 
-// One thread per row: top-k of the raw logits (ties: lower expert id first; NaN never chosen
-// while a number is left), softmax over those k. grid ceil(t / 64), block 64.
-extern "C" __global__ void moe_topk(const float* logits, int t, int n_exp, int k, int* ids,
-                                    float* wts) {
-    int r = blockIdx.x * blockDim.x + threadIdx.x;
-    if (r >= t) return;
-    const float* lr = logits + (i64)r * n_exp;
+__device__ __forceinline__ float swiglu_oai(float gate, float up) {
+    float g = fminf(gate, 7.0f);
+    float u = fminf(fmaxf(up, -7.0f), 7.0f);
+    return g / (1.0f + expf(-1.702f * g)) * (u + 1.0f);
+}
+
+// Router logits and top-k in one launch: block (e, r) computes expert e's logit of token r
+// (256 threads over d_model, loads issued 4 at a time) into `logits`; the last block of the row
+// to finish (a per-row ticket in `counters`, which it resets to zero) picks the k largest
+// (ties: lower id) and softmaxes them. grid (n_exp, t), block 256.
+extern "C" __global__ void moe_router_topk(const float* x, int d_model, const u8* wr, int wrt,
+                                           i64 nbr, const u8* br, int brt, int n_exp, int k,
+                                           float* logits, u32* counters, int* ids, float* wts) {
+    __shared__ u32 ticket;
+    __shared__ float red[8];
+    int r = blockIdx.y, e = blockIdx.x;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const float* xr = x + (i64)r * d_model;
+    float a = 0.f;
+#pragma unroll 4
+    for (int c = threadIdx.x; c < d_model; c += 256) a += wload(wr, wrt, nbr, (i64)e * d_model + c) * xr[c];
+    a = warp_sum(a);
+    if (lane == 0) red[warp] = a;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float s = 0.f;
+        for (int i = 0; i < 8; ++i) s += red[i];
+        logits[(i64)r * n_exp + e] = s + wload(br, brt, 0, e);
+        __threadfence();
+        ticket = atomicAdd(&counters[r], 1u);
+    }
+    __syncthreads();
+    if (ticket != gridDim.x - 1 || threadIdx.x != 0) return;
+    counters[r] = 0;
+    __threadfence();
+    const volatile float* lr = logits + (i64)r * n_exp;
     u32 taken[MOE_MAX_EXPERTS / 32];
     for (int i = 0; i < MOE_MAX_EXPERTS / 32; ++i) taken[i] = 0;
     float vals[16];
@@ -19,10 +48,10 @@ extern "C" __global__ void moe_topk(const float* logits, int t, int n_exp, int k
     for (int j = 0; j < k; ++j) {
         int bi = -1;
         float best = NEG_INF;
-        for (int e = 0; e < n_exp; ++e) {
-            if (taken[e >> 5] & (1u << (e & 31))) continue;
-            float v = lr[e];
-            if (bi < 0 || v > best) { best = v; bi = e; }
+        for (int ee = 0; ee < n_exp; ++ee) {
+            if (taken[ee >> 5] & (1u << (ee & 31))) continue;
+            float v = lr[ee];
+            if (bi < 0 || v > best) { best = v; bi = ee; }
         }
         taken[bi >> 5] |= 1u << (bi & 31);
         vals[j] = best;
@@ -38,37 +67,52 @@ extern "C" __global__ void moe_topk(const float* logits, int t, int n_exp, int k
     }
 }
 
-__device__ __forceinline__ float swiglu_oai(float gate, float up) {
-    float g = fminf(gate, 7.0f);
-    float u = fminf(fmaxf(up, -7.0f), 7.0f);
-    return g / (1.0f + expf(-1.702f * g)) * (u + 1.0f);
-}
-
-// MXFP4 gate+up for each (token, slot): h [t*k, n_ff]. xq/xd: int8 activations of x
-// [t, d_model]. grid (ceil(n_ff / 8), t * k), block 256.
-extern "C" __global__ void moe_gate_up_mxfp4(const i8* xq, const float* xd, int d_model,
-                                             const u8* wg, i64 nbg, const u8* wu, i64 nbu,
-                                             const u8* bg, int bgt, const u8* bu, int but,
-                                             const int* ids, int k, int n_ff, float* h) {
-    int f = blockIdx.x * 8 + (threadIdx.x >> 5);
-    int lane = threadIdx.x & 31;
-    if (f >= n_ff) return;
+// MXFP4 gate+up for each (token, slot): h [t*k, n_ff] f32. The block quantizes its token's x
+// into shared memory (dynamic: d_model bytes + d_model/32 floats); each warp computes one row
+// (gate and up together, a lane's weight loads all issued before use).
+// grid (ceil(n_ff / 8), t * k), block 256.
+extern "C" __global__ void __launch_bounds__(256) moe_gate_up_mxfp4(
+    const float* x, int d_model, const u8* wg, i64 nbg, const u8* wu, i64 nbu, const u8* bg,
+    int bgt, const u8* bu, int but, const int* ids, int k, int n_ff, float* h) {
+    extern __shared__ int4 moe_smem[];
+    i8* xq = (i8*)moe_smem;
+    float* xd = (float*)(xq + d_model);
     int pair = blockIdx.y, row = pair / k;
-    int e = ids[pair];
     int nbk = d_model >> 5;
-    i64 rb = ((i64)e * n_ff + f) * nbk;
+    quantize_to_smem(x + (i64)row * d_model, nbk, xq, xd);
+    __syncthreads();
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int f = blockIdx.x * 8 + warp;
+    if (f >= n_ff) return;
+    int e = ids[pair];
     const u8* ge = wg + nbg * 16;
     const u8* ue = wu + nbu * 16;
+    i64 rb = ((i64)e * n_ff + f) * nbk;
     float ag = 0.f, au = 0.f;
-    for (int kb = lane; kb < nbk; kb += 32) {
-        i64 bi = rb + kb;
-        int4 qg = __ldg((const int4*)(wg + bi * 16));
-        int4 qu = __ldg((const int4*)(wu + bi * 16));
-        i64 xb = (i64)row * nbk + kb;
-        const int4* xp = (const int4*)(xq + xb * 32);
-        float dx = xd[xb];
-        ag += (float)dot_mxfp4_block(qg, xp) * (0.5f * e8m0_to_f32(ge[bi])) * dx;
-        au += (float)dot_mxfp4_block(qu, xp) * (0.5f * e8m0_to_f32(ue[bi])) * dx;
+    for (int kb0 = lane; kb0 < nbk; kb0 += 32 * GEMV_UNROLL) {
+        int4 qg[GEMV_UNROLL], qu[GEMV_UNROLL];
+        u32 sg[GEMV_UNROLL], su[GEMV_UNROLL];
+#pragma unroll
+        for (int u = 0; u < GEMV_UNROLL; ++u) {
+            int kb = kb0 + 32 * u;
+            if (kb < nbk) {
+                i64 bi = rb + kb;
+                qg[u] = __ldg((const int4*)(wg + bi * 16));
+                qu[u] = __ldg((const int4*)(wu + bi * 16));
+                sg[u] = __ldg(ge + bi);
+                su[u] = __ldg(ue + bi);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < GEMV_UNROLL; ++u) {
+            int kb = kb0 + 32 * u;
+            if (kb < nbk) {
+                const int4* xp = (const int4*)(xq + kb * 32);
+                float dx = 0.5f * xd[kb];
+                ag += (float)dot_mxfp4_block(qg[u], xp) * e8m0_to_f32(sg[u]) * dx;
+                au += (float)dot_mxfp4_block(qu[u], xp) * e8m0_to_f32(su[u]) * dx;
+            }
+        }
     }
     ag = warp_sum(ag);
     au = warp_sum(au);
@@ -78,30 +122,51 @@ extern "C" __global__ void moe_gate_up_mxfp4(const i8* xq, const float* xd, int 
     }
 }
 
-// MXFP4 down projection, routing-weighted sum over the k slots: y [t, d_model]. hq/hd: int8
-// activations of h [t*k, n_ff]. grid (ceil(d_model / 8), t), block 256.
-extern "C" __global__ void moe_down_mxfp4(const i8* hq, const float* hd, int n_ff, const u8* wd,
-                                          i64 nbd, const u8* bd, int bdt, const int* ids,
-                                          const float* wts, int k, int d_model, float* y) {
+// MXFP4 down projection, routing-weighted sum over the k slots: y [t, d_model]. The block
+// quantizes its token's k rows of h [t*k, n_ff] into shared memory (dynamic: k*n_ff bytes, then
+// k*n_ff/32 floats). grid (ceil(d_model / 8), t), block 256.
+extern "C" __global__ void __launch_bounds__(256) moe_down_mxfp4(
+    const float* h, int n_ff, const u8* wd, i64 nbd, const u8* bd, int bdt, const int* ids,
+    const float* wts, int k, int d_model, float* y) {
+    extern __shared__ int4 down_smem[];
+    i8* hq = (i8*)down_smem;
+    float* hd = (float*)(hq + k * n_ff);
+    int row = blockIdx.y;
+    quantize_to_smem(h + (i64)row * k * n_ff, k * (n_ff >> 5), hq, hd);
+    __syncthreads();
     int d = blockIdx.x * 8 + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     if (d >= d_model) return;
-    int row = blockIdx.y;
     int nbk = n_ff >> 5;
     const u8* de = wd + nbd * 16;
     float acc = 0.f;
+#pragma unroll 4
     for (int j = 0; j < k; ++j) {
         int pair = row * k + j;
         int e = ids[pair];
         float wgt = wts[pair];
         i64 rb = ((i64)e * d_model + d) * nbk;
         float a = 0.f;
-        for (int kb = lane; kb < nbk; kb += 32) {
-            i64 bi = rb + kb;
-            int4 q = __ldg((const int4*)(wd + bi * 16));
-            i64 xb = (i64)pair * nbk + kb;
-            a += (float)dot_mxfp4_block(q, (const int4*)(hq + xb * 32)) *
-                 (0.5f * e8m0_to_f32(de[bi])) * hd[xb];
+        for (int kb0 = lane; kb0 < nbk; kb0 += 32 * GEMV_UNROLL) {
+            int4 q[GEMV_UNROLL];
+            u32 sc[GEMV_UNROLL];
+#pragma unroll
+            for (int u = 0; u < GEMV_UNROLL; ++u) {
+                int kb = kb0 + 32 * u;
+                if (kb < nbk) {
+                    q[u] = __ldg((const int4*)(wd + (rb + kb) * 16));
+                    sc[u] = __ldg(de + rb + kb);
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < GEMV_UNROLL; ++u) {
+                int kb = kb0 + 32 * u;
+                if (kb < nbk) {
+                    int xb = j * nbk + kb;
+                    a += (float)dot_mxfp4_block(q[u], (const int4*)(hq + xb * 32)) *
+                         (0.5f * e8m0_to_f32(sc[u])) * hd[xb];
+                }
+            }
         }
         if (lane == 0) a += wload(bd, bdt, 0, (i64)e * d_model + d);
         acc += wgt * a;
@@ -151,6 +216,48 @@ extern "C" __global__ void moe_down_any(const float* h, int n_ff, const u8* wd, 
         const float* hr = h + (i64)pair * n_ff;
         float a = 0.f;
         for (int c = lane; c < n_ff; c += 32) a += wload(wd, dt, nbd, base + c) * hr[c];
+        if (lane == 0) a += wload(bd, bdt, 0, (i64)e * d_model + d);
+        acc += wts[pair] * a;
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) y[(i64)row * d_model + d] = acc;
+}
+
+// f32-activation MoE kernels (the default): gate+up writes h [t*k, n_ff] f32 with SwiGLU-OAI;
+// down reads it. grid (ceil(n_ff / 8), t * k), block 256.
+extern "C" __global__ void __launch_bounds__(256) moe_gate_up_mxfp4_f(
+    const float* x, int d_model, const u8* wg, i64 nbg, const u8* wu, i64 nbu, const u8* bg,
+    int bgt, const u8* bu, int but, const int* ids, int k, int n_ff, float* h) {
+    int f = blockIdx.x * 8 + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (f >= n_ff) return;
+    int pair = blockIdx.y, row = pair / k;
+    int e = ids[pair];
+    i64 wrow = (i64)e * n_ff + f;
+    const float* xr = x + (i64)row * d_model;
+    float ag = 0.f, au = 0.f;
+    row_dot_f<T_MXFP4, 1>(wg, nbg, wrow, d_model >> 5, xr, d_model, 1, &ag);
+    row_dot_f<T_MXFP4, 1>(wu, nbu, wrow, d_model >> 5, xr, d_model, 1, &au);
+    ag = warp_sum(ag);
+    au = warp_sum(au);
+    if (lane == 0)
+        h[(i64)pair * n_ff + f] = swiglu_oai(ag + wload(bg, bgt, 0, wrow), au + wload(bu, but, 0, wrow));
+}
+
+// grid (ceil(d_model / 8), t), block 256.
+extern "C" __global__ void __launch_bounds__(256) moe_down_mxfp4_f(
+    const float* h, int n_ff, const u8* wd, i64 nbd, const u8* bd, int bdt, const int* ids,
+    const float* wts, int k, int d_model, float* y) {
+    int d = blockIdx.x * 8 + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (d >= d_model) return;
+    int row = blockIdx.y;
+    float acc = 0.f;
+    for (int j = 0; j < k; ++j) {
+        int pair = row * k + j;
+        int e = ids[pair];
+        float a = 0.f;
+        row_dot_f<T_MXFP4, 1>(wd, nbd, (i64)e * d_model + d, n_ff >> 5, h + (i64)pair * n_ff, n_ff, 1, &a);
         if (lane == 0) a += wload(bd, bdt, 0, (i64)e * d_model + d);
         acc += wts[pair] * a;
     }
