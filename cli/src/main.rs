@@ -14,8 +14,11 @@ mod synth;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
+#[command(
+    name = "gptoss",
+    version,
     about = "Run, inspect, convert, quantize, bench and serve GPT-OSS GGUF models"
-#[command(name = "gptoss", version, about = "Run, inspect, convert, quantize, bench and serve GPT-OSS GGUF models")]
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -34,6 +37,8 @@ enum Command {
     Convert(cmd::convert::Args),
     /// Requantize a GGUF model (mxfp4_moe, q8_0, q6_k, q5_k_m, q4_k_m, q4_0, iq4_nl, iq4_xs, bf16, f16, ...).
     Quantize(cmd::quantize::Args),
+    /// Print the ids the model's tokenizer gives a text (`--json` for a JSON array), special tokens parsed.
+    Tokenize(cmd::tokenize::Args),
     /// Decode one tensor of a GGUF to f32 and write it as safetensors (shape as the GGUF says).
     Dequant(cmd::dequant::Args),
 }
@@ -51,6 +56,7 @@ fn main() -> std::process::ExitCode {
         Command::Synth(args) => cmd::synth::run(args),
         Command::Convert(args) => cmd::convert::run(args),
         Command::Quantize(args) => cmd::quantize::run(args),
+        Command::Tokenize(args) => cmd::tokenize::run(args),
         Command::Dequant(args) => cmd::dequant::run(args),
     };
     match result {

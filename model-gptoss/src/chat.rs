@@ -44,7 +44,9 @@ impl std::str::FromStr for ReasoningEffort {
             "low" => Ok(ReasoningEffort::Low),
             "medium" => Ok(ReasoningEffort::Medium),
             "high" => Ok(ReasoningEffort::High),
-            _ => Err(ChatError::BadOption(format!("reasoning effort '{s}' is not low, medium or high"))),
+            _ => Err(ChatError::BadOption(format!(
+                "reasoning effort '{s}' is not low, medium or high"
+            ))),
         }
     }
 }
@@ -83,7 +85,12 @@ pub struct ChatMessage {
 impl ChatMessage {
     /// A message with the given role and content.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> ChatMessage {
-        ChatMessage { role: role.into(), content: content.into(), thinking: None, tool_calls: Vec::new() }
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+            thinking: None,
+            tool_calls: Vec::new(),
+        }
     }
 
     /// A `system` message (the Harmony template turns it into the developer instructions).
@@ -165,30 +172,48 @@ impl ChatTemplate {
     /// Compiles a Jinja chat template.
     pub fn new(source: &str) -> Result<ChatTemplate, ChatError> {
         let mut env = Environment::new();
-        env.set_syntax(SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).build()?);
+        env.set_syntax(
+            SyntaxConfig::builder()
+                .trim_blocks(true)
+                .lstrip_blocks(true)
+                .build()?,
+        );
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_filter("tojson", py_tojson);
-        env.add_function("raise_exception", |message: String| -> Result<Value, Error> {
-            Err(Error::new(ErrorKind::InvalidOperation, message))
-        });
+        env.add_function(
+            "raise_exception",
+            |message: String| -> Result<Value, Error> {
+                Err(Error::new(ErrorKind::InvalidOperation, message))
+            },
+        );
         env.add_template_owned(TEMPLATE_NAME, source.to_string())?;
         Ok(ChatTemplate { env })
     }
 
     /// The chat template of a tokenizer loaded from GGUF.
-    pub fn from_tokenizer(tokenizer: &crate::tokenizer::Tokenizer) -> Result<ChatTemplate, ChatError> {
+    pub fn from_tokenizer(
+        tokenizer: &crate::tokenizer::Tokenizer,
+    ) -> Result<ChatTemplate, ChatError> {
         ChatTemplate::new(tokenizer.chat_template().ok_or(ChatError::NoTemplate)?)
     }
 
     /// Renders messages into the prompt text (special tokens as text: encode it with
     /// `Tokenizer::encode(text, true)`).
-    pub fn render(&self, messages: &[ChatMessage], options: &ChatOptions) -> Result<String, ChatError> {
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        options: &ChatOptions,
+    ) -> Result<String, ChatError> {
         self.render_value(Value::from(Serde(messages)), options)
     }
 
     /// Renders messages given as JSON (an array of objects with `role`, `content`, and
     /// optionally `thinking` and `tool_calls`), for callers that carry OpenAI-style requests.
-    pub fn render_json(&self, messages: &serde_json::Value, options: &ChatOptions) -> Result<String, ChatError> {
+    pub fn render_json(
+        &self,
+        messages: &serde_json::Value,
+        options: &ChatOptions,
+    ) -> Result<String, ChatError> {
         if !messages.is_array() {
             return Err(ChatError::BadOption("messages must be a JSON array".into()));
         }
@@ -196,12 +221,17 @@ impl ChatTemplate {
     }
 
     fn render_value(&self, messages: Value, options: &ChatOptions) -> Result<String, ChatError> {
-        let now = options.now.unwrap_or_else(|| chrono::Local::now().naive_local());
+        let now = options
+            .now
+            .unwrap_or_else(|| chrono::Local::now().naive_local());
         let strftime_now = Value::from_function(move |format: String| -> Result<String, Error> {
             let mut out = String::new();
             // chrono reports an unknown directive as a formatting error rather than a panic here.
             write!(out, "{}", now.format(&format)).map_err(|_| {
-                Error::new(ErrorKind::InvalidOperation, format!("strftime_now: bad format string {format:?}"))
+                Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("strftime_now: bad format string {format:?}"),
+                )
             })?;
             Ok(out)
         });

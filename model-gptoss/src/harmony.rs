@@ -76,7 +76,9 @@ pub struct HarmonyOutput {
 impl HarmonyOutput {
     /// The reasoning: the contents of all `analysis` messages, joined by newlines.
     pub fn analysis(&self) -> String {
-        self.channel_texts("analysis").collect::<Vec<_>>().join("\n")
+        self.channel_texts("analysis")
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// The answer: the content of the last `final` message, if there is one.
@@ -94,7 +96,10 @@ impl HarmonyOutput {
                     return None;
                 }
                 Some(HarmonyToolCall {
-                    name: recipient.strip_prefix("functions.").unwrap_or(recipient).to_string(),
+                    name: recipient
+                        .strip_prefix("functions.")
+                        .unwrap_or(recipient)
+                        .to_string(),
                     recipient: recipient.to_string(),
                     arguments: m.content.clone(),
                     content_type: m.content_type.clone(),
@@ -106,7 +111,9 @@ impl HarmonyOutput {
 
     /// True when the output was cut off inside a message.
     pub fn truncated(&self) -> bool {
-        self.messages.last().is_some_and(|m| m.end == Some(MessageEnd::Truncated))
+        self.messages
+            .last()
+            .is_some_and(|m| m.end == Some(MessageEnd::Truncated))
     }
 
     fn channel_texts<'s>(&'s self, channel: &'s str) -> impl Iterator<Item = &'s str> + 's {
@@ -234,7 +241,10 @@ impl HarmonyStreamParser {
     }
 
     /// A parser whose first header's role is `role` if given, or is read from the output.
-    pub fn with_role(tokenizer: &Tokenizer, role: Option<&str>) -> Result<HarmonyStreamParser, HarmonyError> {
+    pub fn with_role(
+        tokenizer: &Tokenizer,
+        role: Option<&str>,
+    ) -> Result<HarmonyStreamParser, HarmonyError> {
         Ok(HarmonyStreamParser {
             tokens: HarmonyTokens::find(tokenizer)?,
             state: State::Header,
@@ -258,12 +268,17 @@ impl HarmonyStreamParser {
     }
 
     /// Takes one generated token.
-    pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<Vec<HarmonyEvent>, HarmonyError> {
+    pub fn push(
+        &mut self,
+        tokenizer: &Tokenizer,
+        id: u32,
+    ) -> Result<Vec<HarmonyEvent>, HarmonyError> {
         let t = self.tokens;
         let mut events = Vec::new();
-        let bytes = tokenizer
-            .token_bytes(id)
-            .ok_or(TokenizerError::UnknownId { id, vocab_size: tokenizer.vocab_size() })?;
+        let bytes = tokenizer.token_bytes(id).ok_or(TokenizerError::UnknownId {
+            id,
+            vocab_size: tokenizer.vocab_size(),
+        })?;
         let end_of_generation = id == t.return_ || tokenizer.is_eog(id) && id != t.call;
         match self.state {
             State::Done => {}
@@ -279,7 +294,11 @@ impl HarmonyStreamParser {
                     self.state = State::Header;
                 } else if id == t.end || id == t.call || end_of_generation {
                     self.flush_header(end_kind(t, id), &mut events);
-                    self.state = if end_of_generation { State::Done } else { State::Between };
+                    self.state = if end_of_generation {
+                        State::Done
+                    } else {
+                        State::Between
+                    };
                 } else if id == t.channel {
                     self.state = State::Header;
                     self.header.extend_from_slice(CHANNEL_MARK.as_bytes());
@@ -295,7 +314,11 @@ impl HarmonyStreamParser {
             State::Content => {
                 if id == t.end || id == t.call || end_of_generation {
                     self.end_message(end_kind(t, id), &mut events);
-                    self.state = if end_of_generation { State::Done } else { State::Between };
+                    self.state = if end_of_generation {
+                        State::Done
+                    } else {
+                        State::Between
+                    };
                 } else if id == t.start || id == t.channel {
                     // A new header without `<|end|>` first: end the message here.
                     self.end_message(MessageEnd::End, &mut events);
@@ -303,7 +326,12 @@ impl HarmonyStreamParser {
                     self.opened = id == t.start;
                     if id == t.channel {
                         // `<|channel|>` right after content continues the same author.
-                        self.pending_role = Some(self.messages.last().map(|m| m.role.clone()).unwrap_or_default());
+                        self.pending_role = Some(
+                            self.messages
+                                .last()
+                                .map(|m| m.role.clone())
+                                .unwrap_or_default(),
+                        );
                         self.header.extend_from_slice(CHANNEL_MARK.as_bytes());
                     }
                 } else {
@@ -330,7 +358,9 @@ impl HarmonyStreamParser {
     /// Consumes the parser, returning every message.
     pub fn into_output(mut self) -> HarmonyOutput {
         self.finish();
-        HarmonyOutput { messages: self.messages }
+        HarmonyOutput {
+            messages: self.messages,
+        }
     }
 
     fn begin_content(&mut self, events: &mut Vec<HarmonyEvent>) {
@@ -377,17 +407,26 @@ impl HarmonyStreamParser {
         if header.trim().is_empty() {
             if opened && end == MessageEnd::Truncated {
                 // Cut off right after `<|start|>`: a message had begun.
-                let message = HarmonyMessage { end: Some(end), ..HarmonyMessage::default() };
+                let message = HarmonyMessage {
+                    end: Some(end),
+                    ..HarmonyMessage::default()
+                };
                 self.messages.push(message.clone());
                 events.push(HarmonyEvent::MessageEnd(message));
             }
             return;
         }
-        let structured = header.contains(CHANNEL_MARK) || header.contains(CONSTRAIN_MARK) || header.contains(" to=");
+        let structured = header.contains(CHANNEL_MARK)
+            || header.contains(CONSTRAIN_MARK)
+            || header.contains(" to=");
         let mut message = if structured {
             parse_header(self.pending_role.take(), &header)
         } else if let Some(role) = self.pending_role.take() {
-            HarmonyMessage { role, content: header, ..HarmonyMessage::default() }
+            HarmonyMessage {
+                role,
+                content: header,
+                ..HarmonyMessage::default()
+            }
         } else {
             // After `<|start|>` the first word is the role, the rest content-less header.
             parse_header(None, &header)
@@ -400,7 +439,11 @@ impl HarmonyStreamParser {
                 recipient: None,
                 content_type: None,
             });
-            events.push(HarmonyEvent::Delta { channel: None, recipient: None, text: message.content.clone() });
+            events.push(HarmonyEvent::Delta {
+                channel: None,
+                recipient: None,
+                text: message.content.clone(),
+            });
         }
         self.messages.push(message.clone());
         events.push(HarmonyEvent::MessageEnd(message));
@@ -425,7 +468,10 @@ fn parse_header(role: Option<String>, header: &str) -> HarmonyMessage {
         Some((b, a)) => (b, Some(a)),
         None => (header, None),
     };
-    let mut message = HarmonyMessage { role: role.unwrap_or_default(), ..HarmonyMessage::default() };
+    let mut message = HarmonyMessage {
+        role: role.unwrap_or_default(),
+        ..HarmonyMessage::default()
+    };
     let mut words = before.split_whitespace().peekable();
     let take_word = |word: &str, message: &mut HarmonyMessage, channel_part: bool| {
         if let Some(r) = word.strip_prefix("to=") {
@@ -445,7 +491,9 @@ fn parse_header(role: Option<String>, header: &str) -> HarmonyMessage {
     }
     if let Some(after) = after {
         // A channel name is one word; `<|constrain|>` may follow it with or without a space.
-        let spaced = after.replace(CONSTRAIN_MARK, &format!(" {CONSTRAIN_MARK}")).replace(CHANNEL_MARK, " ");
+        let spaced = after
+            .replace(CONSTRAIN_MARK, &format!(" {CONSTRAIN_MARK}"))
+            .replace(CHANNEL_MARK, " ");
         for word in spaced.split_whitespace() {
             take_word(word, &mut message, true);
         }

@@ -10,8 +10,11 @@ use gptoss_model::harmony::{
 use gptoss_model::tokenizer::Tokenizer;
 
 fn load(rel: &str) -> Tokenizer {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures").join(rel);
-    let file = gguf_format::GgufFile::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures")
+        .join(rel);
+    let file =
+        gguf_format::GgufFile::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     Tokenizer::from_gguf(file.metadata()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -65,7 +68,10 @@ fn tool_calls_with_recipient_after_or_before_the_channel() {
         let text = " to=functions.lookup<|channel|>commentary json<|message|>{\"q\": 1}<|call|>";
         let out = parse_text(tok, text).expect("parses");
         let calls = out.tool_calls();
-        assert_eq!((calls[0].name.as_str(), calls[0].arguments.as_str()), ("lookup", "{\"q\": 1}"));
+        assert_eq!(
+            (calls[0].name.as_str(), calls[0].arguments.as_str()),
+            ("lookup", "{\"q\": 1}")
+        );
         assert_eq!(calls[0].content_type.as_deref(), Some("json"));
         assert_eq!(out.messages[0].role, "assistant");
     }
@@ -77,17 +83,29 @@ fn truncated_output_keeps_what_was_complete() {
         let ids = tok.encode(ANSWER, true);
         // Cut after every token: never an error, never more text than was generated, and the
         // reasoning is whole once its <|end|> is in.
-        let analysis_end = tok.encode("<|channel|>analysis<|message|>The user greets; reply briefly.<|end|>", true).len();
+        let analysis_end = tok
+            .encode(
+                "<|channel|>analysis<|message|>The user greets; reply briefly.<|end|>",
+                true,
+            )
+            .len();
         for cut in 0..ids.len() {
             let out = parse_tokens(tok, &ids[..cut]).expect("parses");
             let full = ["The user greets; reply briefly.", "Bonjour ! 你好 👋🏽"];
             for (m, whole) in out.messages.iter().zip(full) {
                 // A character cut in half comes out as U+FFFD at the end, nothing else is invented.
-                assert!(whole.starts_with(m.content.trim_end_matches('\u{fffd}')), "cut {cut}: {out:?}");
+                assert!(
+                    whole.starts_with(m.content.trim_end_matches('\u{fffd}')),
+                    "cut {cut}: {out:?}"
+                );
             }
             assert!(out.messages.len() <= 2, "cut {cut}: {out:?}");
             if cut >= analysis_end {
-                assert_eq!(out.analysis(), "The user greets; reply briefly.", "cut {cut}");
+                assert_eq!(
+                    out.analysis(),
+                    "The user greets; reply briefly.",
+                    "cut {cut}"
+                );
             }
             if cut < ids.len() && cut > 2 {
                 assert!(out.truncated() || cut == analysis_end, "cut {cut}: {out:?}");
@@ -97,7 +115,11 @@ fn truncated_output_keeps_what_was_complete() {
         assert!(out.truncated());
         assert_eq!(out.analysis(), "I am thin");
         // A tool call cut off mid-arguments is reported as incomplete.
-        let out = parse_text(tok, "<|channel|>commentary to=functions.f <|constrain|>json<|message|>{\"a\":").expect("parses");
+        let out = parse_text(
+            tok,
+            "<|channel|>commentary to=functions.f <|constrain|>json<|message|>{\"a\":",
+        )
+        .expect("parses");
         let calls = out.tool_calls();
         assert_eq!(calls.len(), 1);
         assert!(!calls[0].complete);
@@ -113,7 +135,11 @@ fn plain_text_without_harmony_headers_is_kept() {
         assert_eq!(out.messages[0].content, "Just text.");
         assert_eq!(out.messages[0].end, Some(MessageEnd::Return));
         // Anything after the end of generation is ignored.
-        let out = parse_text(tok, "<|channel|>final<|message|>A<|return|>garbage<|start|>x").expect("parses");
+        let out = parse_text(
+            tok,
+            "<|channel|>final<|message|>A<|return|>garbage<|start|>x",
+        )
+        .expect("parses");
         assert_eq!(out.messages.len(), 1);
         assert_eq!(out.final_text(), Some("A"));
     }
@@ -142,7 +168,10 @@ fn stream_deltas_rebuild_the_messages() {
                     starts += 1;
                 }
                 HarmonyEvent::Delta { channel, text, .. } => {
-                    assert!(!text.contains('\u{fffd}'), "delta split a character: {text:?}");
+                    assert!(
+                        !text.contains('\u{fffd}'),
+                        "delta split a character: {text:?}"
+                    );
                     match channel.as_deref() {
                         Some("analysis") => analysis.push_str(text),
                         Some("final") => answer.push_str(text),
@@ -155,7 +184,10 @@ fn stream_deltas_rebuild_the_messages() {
         assert_eq!(starts, 2);
         assert_eq!(analysis, "The user greets; reply briefly.");
         assert_eq!(answer, "Bonjour ! 你好 👋🏽");
-        assert_eq!(HarmonyOutput { messages: ends }, parse_text(tok, &text).expect("parses"));
+        assert_eq!(
+            HarmonyOutput { messages: ends },
+            parse_text(tok, &text).expect("parses")
+        );
     }
 }
 
@@ -167,9 +199,17 @@ fn rendered_training_turn_parses_back() {
     let template = ChatTemplate::from_tokenizer(tok).expect("template");
     let mut reply = ChatMessage::assistant("4, of course.");
     reply.thinking = Some("Simple arithmetic.".into());
-    let options = ChatOptions { add_generation_prompt: false, ..ChatOptions::default() };
-    let text = template.render(&[ChatMessage::user("2+2?"), reply], &options).expect("renders");
-    let generated = text.split_once("<|end|><|start|>assistant").expect("assistant turn").1;
+    let options = ChatOptions {
+        add_generation_prompt: false,
+        ..ChatOptions::default()
+    };
+    let text = template
+        .render(&[ChatMessage::user("2+2?"), reply], &options)
+        .expect("renders");
+    let generated = text
+        .split_once("<|end|><|start|>assistant")
+        .expect("assistant turn")
+        .1;
     let out = parse_text(tok, generated).expect("parses");
     assert_eq!(out.analysis(), "Simple arithmetic.");
     assert_eq!(out.final_text(), Some("4, of course."));

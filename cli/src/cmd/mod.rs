@@ -3,5 +3,6 @@ pub mod convert;
 pub mod synth;
 pub mod inspect;
 pub mod quantize;
+pub mod tokenize;
 pub mod validate;
 pub mod dequant;

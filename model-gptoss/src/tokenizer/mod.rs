@@ -110,13 +110,15 @@ pub struct TokenizerSpec<'a> {
 }
 
 /// A byte-level BPE tokenizer with the o200k pre-tokenizer.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Tokenizer {
     /// All token byte strings, concatenated; token `i` is `bytes[offsets[i]..offsets[i + 1]]`.
     bytes: Vec<u8>,
     offsets: Vec<u32>,
-    /// The vocabulary strings as stored in the file.
-    texts: Vec<String>,
+    /// The vocabulary strings as stored in the file, concatenated; entry `i` ends at
+    /// `text_ends[i]`.
+    texts: String,
+    text_ends: Vec<u32>,
     token_types: Vec<i32>,
     /// Ordinary tokens by their bytes (the whole-piece shortcut).
     by_bytes: FxHashMap<Box<[u8]>, u32>,
@@ -153,13 +155,25 @@ fn byte_to_char_table() -> [char; 256] {
     table
 }
 
+/// Characters of the byte alphabet are all below this code point.
+const BYTE_ALPHABET_END: usize = 0x144;
+
+/// Inverse of [`byte_to_char_table`], indexed by code point: the byte, or -1 outside the alphabet.
+fn char_to_byte_table(table: &[char; 256]) -> [i16; BYTE_ALPHABET_END] {
+    let mut inverse = [-1i16; BYTE_ALPHABET_END];
+    for (b, &c) in table.iter().enumerate() {
+        inverse[c as usize] = b as i16;
+    }
+    inverse
+}
+
 /// Decodes a byte-level token text to its bytes. Characters outside the byte alphabet (which a
 /// well-formed vocabulary does not have) are kept as their own UTF-8.
-fn unmap_bytes(text: &str, out: &mut Vec<u8>, inverse: &FxHashMap<char, u8>) {
+fn unmap_bytes(text: &str, out: &mut Vec<u8>, inverse: &[i16; BYTE_ALPHABET_END]) {
     for c in text.chars() {
-        match inverse.get(&c) {
-            Some(&b) => out.push(b),
-            None => {
+        match inverse.get(c as usize) {
+            Some(&b) if b >= 0 => out.push(b as u8),
+            _ => {
                 let mut buf = [0u8; 4];
                 out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
             }
@@ -208,6 +222,12 @@ impl Tokenizer {
                 detail: format!("{n} tokens do not fit 32-bit ids"),
             });
         }
+        if spec.tokens.iter().map(|t| t.len() as u64).sum::<u64>() > u64::from(u32::MAX) {
+            return Err(TokenizerError::BadKey {
+                key: "tokenizer.ggml.tokens",
+                detail: "the vocabulary's total size exceeds 4 GiB".into(),
+            });
+        }
         let token_types = if spec.token_types.is_empty() {
             vec![TOKEN_TYPE_NORMAL; n]
         } else if spec.token_types.len() == n {
@@ -226,12 +246,15 @@ impl Tokenizer {
             if let Some(id) = id
                 && id as usize >= n
             {
-                return Err(TokenizerError::BadKey { key, detail: format!("id {id} >= vocabulary size {n}") });
+                return Err(TokenizerError::BadKey {
+                    key,
+                    detail: format!("id {id} >= vocabulary size {n}"),
+                });
             }
         }
 
         let table = byte_to_char_table();
-        let inverse: FxHashMap<char, u8> = table.iter().enumerate().map(|(b, &c)| (c, b as u8)).collect();
+        let inverse = char_to_byte_table(&table);
 
         let total_len: usize = spec.tokens.iter().map(|t| t.len()).sum();
         let mut bytes = Vec::with_capacity(total_len);
@@ -244,7 +267,9 @@ impl Tokenizer {
             let start = bytes.len();
             if ty == TOKEN_TYPE_NORMAL {
                 unmap_bytes(text, &mut bytes, &inverse);
-                by_bytes.entry(bytes[start..].to_vec().into_boxed_slice()).or_insert(id);
+                by_bytes
+                    .entry(bytes[start..].to_vec().into_boxed_slice())
+                    .or_insert(id);
             } else {
                 // Control and added tokens are stored as plain text.
                 bytes.extend_from_slice(text.as_bytes());
@@ -261,32 +286,41 @@ impl Tokenizer {
 
         let mut byte_tokens = [0u32; 256];
         for b in 0..=255u8 {
-            byte_tokens[usize::from(b)] = *by_bytes.get(&[b][..]).ok_or_else(|| TokenizerError::BadKey {
-                key: "tokenizer.ggml.tokens",
-                detail: format!("no ordinary token for the single byte 0x{b:02x} ({:?})", table[usize::from(b)]),
-            })?;
+            byte_tokens[usize::from(b)] =
+                *by_bytes
+                    .get(&[b][..])
+                    .ok_or_else(|| TokenizerError::BadKey {
+                        key: "tokenizer.ggml.tokens",
+                        detail: format!(
+                            "no ordinary token for the single byte 0x{b:02x} ({:?})",
+                            table[usize::from(b)]
+                        ),
+                    })?;
         }
 
-        // Merge rules name their halves by text; resolve them to ids once.
-        let by_text: FxHashMap<&str, u32> = spec
-            .tokens
-            .iter()
-            .zip(&token_types)
-            .enumerate()
-            .filter(|(_, (_, ty))| **ty == TOKEN_TYPE_NORMAL)
-            .map(|(id, (t, _))| (*t, id as u32))
-            .rev() // the first of duplicate texts wins
-            .collect();
+        // Merge rules name their halves by byte-level text; resolve them to ids once, through
+        // their bytes (the text <-> bytes mapping is one to one for ordinary tokens).
         let mut merges = FxHashMap::with_capacity_and_hasher(spec.merges.len(), Default::default());
         let mut scratch = Vec::new();
         for (index, &rule) in spec.merges.iter().enumerate() {
-            let bad = |detail: String| TokenizerError::BadMerge { index, rule: rule.to_string(), detail };
-            let (left, right) = rule.split_once(' ').ok_or_else(|| bad("no space between the two halves".into()))?;
-            let l = *by_text.get(left).ok_or_else(|| bad(format!("{left:?} is not in the vocabulary")))?;
-            let r = *by_text.get(right).ok_or_else(|| bad(format!("{right:?} is not in the vocabulary")))?;
+            let bad = |detail: String| TokenizerError::BadMerge {
+                index,
+                rule: rule.to_string(),
+                detail,
+            };
+            let (left, right) = rule
+                .split_once(' ')
+                .ok_or_else(|| bad("no space between the two halves".into()))?;
             scratch.clear();
-            scratch.extend_from_slice(token_slice(&bytes, &offsets, l));
-            scratch.extend_from_slice(token_slice(&bytes, &offsets, r));
+            unmap_bytes(left, &mut scratch, &inverse);
+            let split = scratch.len();
+            unmap_bytes(right, &mut scratch, &inverse);
+            let l = *by_bytes
+                .get(&scratch[..split])
+                .ok_or_else(|| bad(format!("{left:?} is not in the vocabulary")))?;
+            let r = *by_bytes
+                .get(&scratch[split..])
+                .ok_or_else(|| bad(format!("{right:?} is not in the vocabulary")))?;
             let merged = *by_bytes
                 .get(scratch.as_slice())
                 .ok_or_else(|| bad(format!("{left}{right:?} is not in the vocabulary")))?;
@@ -309,7 +343,15 @@ impl Tokenizer {
         Ok(Tokenizer {
             bytes,
             offsets,
-            texts: spec.tokens.iter().map(|t| t.to_string()).collect(),
+            texts: spec.tokens.concat(),
+            text_ends: spec
+                .tokens
+                .iter()
+                .scan(0u32, |end, t| {
+                    *end += t.len() as u32;
+                    Some(*end)
+                })
+                .collect(),
             token_types,
             by_bytes,
             merges,
@@ -326,7 +368,7 @@ impl Tokenizer {
 
     /// Number of entries in the vocabulary (ordinary and special).
     pub fn vocab_size(&self) -> usize {
-        self.texts.len()
+        self.text_ends.len()
     }
 
     /// Encodes `text`. With `parse_special`, the texts of special tokens (`<|start|>`, ...) become
@@ -354,7 +396,8 @@ impl Tokenizer {
     }
 
     fn encode_ordinary_into(&self, text: &str, out: &mut Vec<u32>) {
-        self.pre.split(text, |piece| self.encode_piece(piece.as_bytes(), out));
+        self.pre
+            .split(text, |piece| self.encode_piece(piece.as_bytes(), out));
     }
 
     /// Encodes one pre-token.
@@ -374,10 +417,15 @@ impl Tokenizer {
 
     /// BPE by repeated scans: fast for the short pieces that ordinary text is made of.
     fn merge_scan(&self, piece: &[u8], out: &mut Vec<u32>) {
-        let mut parts: Vec<u32> = piece.iter().map(|&b| self.byte_tokens[usize::from(b)]).collect();
+        let mut parts: Vec<u32> = piece
+            .iter()
+            .map(|&b| self.byte_tokens[usize::from(b)])
+            .collect();
         // ranks[i]: the merge of parts[i] and parts[i + 1], if any.
-        let mut ranks: Vec<Option<(u32, u32)>> =
-            parts.windows(2).map(|w| self.merge_of(w[0], w[1])).collect();
+        let mut ranks: Vec<Option<(u32, u32)>> = parts
+            .windows(2)
+            .map(|w| self.merge_of(w[0], w[1]))
+            .collect();
         loop {
             let mut best: Option<(usize, u32, u32)> = None;
             for (i, r) in ranks.iter().enumerate() {
@@ -405,7 +453,10 @@ impl Tokenizer {
     /// O(n log n) for long pieces.
     fn merge_heap(&self, piece: &[u8], out: &mut Vec<u32>) {
         let n = piece.len();
-        let mut ids: Vec<u32> = piece.iter().map(|&b| self.byte_tokens[usize::from(b)]).collect();
+        let mut ids: Vec<u32> = piece
+            .iter()
+            .map(|&b| self.byte_tokens[usize::from(b)])
+            .collect();
         let mut next: Vec<usize> = (1..=n).collect();
         let mut prev: Vec<usize> = (0..n).map(|i| i.wrapping_sub(1)).collect();
         let mut alive = vec![true; n];
@@ -421,7 +472,9 @@ impl Tokenizer {
             if !alive[i] || j >= n || ids[i] != l || ids[j] != r {
                 continue;
             }
-            let Some((_, merged)) = self.merge_of(l, r) else { continue };
+            let Some((_, merged)) = self.merge_of(l, r) else {
+                continue;
+            };
             ids[i] = merged;
             alive[j] = false;
             next[i] = next[j];
@@ -456,7 +509,11 @@ impl Tokenizer {
 
     /// Decodes ids to text, leaving out control tokens (`<|start|>`, `<|end|>`, ...).
     pub fn decode_skip_special(&self, ids: &[u32]) -> Result<String, TokenizerError> {
-        let kept: Vec<u32> = ids.iter().copied().filter(|&id| !self.is_special(id)).collect();
+        let kept: Vec<u32> = ids
+            .iter()
+            .copied()
+            .filter(|&id| !self.is_special(id))
+            .collect();
         self.decode(&kept)
     }
 
@@ -475,7 +532,7 @@ impl Tokenizer {
     /// The bytes one token stands for (a special token's are its text); `None` if out of range.
     pub fn token_bytes(&self, id: u32) -> Option<&[u8]> {
         let i = id as usize;
-        if i >= self.texts.len() {
+        if i >= self.vocab_size() {
             return None;
         }
         Some(token_slice(&self.bytes, &self.offsets, id))
@@ -484,12 +541,20 @@ impl Tokenizer {
     /// The text one token stands for, lossily (a token may hold part of a UTF-8 character; use
     /// [`StreamDecoder`] to print generated tokens). `None` if out of range.
     pub fn token_to_piece(&self, id: u32) -> Option<String> {
-        self.token_bytes(id).map(|b| String::from_utf8_lossy(b).into_owned())
+        self.token_bytes(id)
+            .map(|b| String::from_utf8_lossy(b).into_owned())
     }
 
     /// The vocabulary entry as stored in the file (byte-level encoded for ordinary tokens).
     pub fn token_text(&self, id: u32) -> Option<&str> {
-        self.texts.get(id as usize).map(String::as_str)
+        let i = id as usize;
+        let end = *self.text_ends.get(i)? as usize;
+        let start = if i == 0 {
+            0
+        } else {
+            self.text_ends[i - 1] as usize
+        };
+        self.texts.get(start..end)
     }
 
     /// The GGUF token type of a token (1 ordinary, 3 control, 4 user-defined, ...).
@@ -499,20 +564,29 @@ impl Tokenizer {
 
     /// True for control and user-defined tokens, the ones `encode(_, true)` parses from text.
     pub fn is_special(&self, id: u32) -> bool {
-        matches!(self.token_type(id), Some(TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED))
+        matches!(
+            self.token_type(id),
+            Some(TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED)
+        )
     }
 
     /// Finds a token by its text: a special token by its literal text (`"<|start|>"`), an
     /// ordinary one by the text it decodes to (`" hello"`).
     pub fn find_token(&self, text: &str) -> Option<u32> {
-        self.specials.get(text).copied().or_else(|| self.by_bytes.get(text.as_bytes()).copied())
+        self.specials
+            .get(text)
+            .copied()
+            .or_else(|| self.by_bytes.get(text.as_bytes()).copied())
     }
 
     /// The tokens that end generation: `<|return|>`, `<|call|>` and `<|endoftext|>` (those the
     /// vocabulary has, found by text) plus the file's end-of-sequence token, ascending, no
     /// duplicates.
     pub fn eog_tokens(&self) -> Vec<u32> {
-        let mut ids: Vec<u32> = EOG_TOKEN_TEXTS.iter().filter_map(|t| self.specials.get(*t).copied()).collect();
+        let mut ids: Vec<u32> = EOG_TOKEN_TEXTS
+            .iter()
+            .filter_map(|t| self.specials.get(*t).copied())
+            .collect();
         ids.extend(self.eos);
         ids.sort_unstable();
         ids.dedup();
@@ -522,7 +596,9 @@ impl Tokenizer {
     /// True if `id` is one of [`Self::eog_tokens`].
     pub fn is_eog(&self, id: u32) -> bool {
         self.eos == Some(id)
-            || EOG_TOKEN_TEXTS.iter().any(|t| self.specials.get(*t) == Some(&id))
+            || EOG_TOKEN_TEXTS
+                .iter()
+                .any(|t| self.specials.get(*t) == Some(&id))
     }
 
     /// `tokenizer.ggml.bos_token_id`, if the file has one.
@@ -563,6 +639,21 @@ impl Tokenizer {
     }
 }
 
+impl std::fmt::Debug for Tokenizer {
+    /// A summary: the vocabulary itself is far too long to print.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab_size", &self.vocab_size())
+            .field("merges", &self.merges.len())
+            .field("special_tokens", &self.specials.len())
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .field("pad", &self.pad)
+            .field("has_chat_template", &self.chat_template.is_some())
+            .finish()
+    }
+}
+
 fn token_slice<'b>(bytes: &'b [u8], offsets: &[u32], id: u32) -> &'b [u8] {
     let i = id as usize;
     &bytes[offsets[i] as usize..offsets[i + 1] as usize]
@@ -572,7 +663,10 @@ fn token_slice<'b>(bytes: &'b [u8], offsets: &[u32], id: u32) -> &'b [u8] {
 fn gguf_spec(md: &gguf_format::Metadata) -> Result<TokenizerSpec<'_>, TokenizerError> {
     use gguf_format::{Array, Value};
 
-    fn string<'m>(md: &'m gguf_format::Metadata, key: &'static str) -> Result<Option<&'m str>, TokenizerError> {
+    fn string<'m>(
+        md: &'m gguf_format::Metadata,
+        key: &'static str,
+    ) -> Result<Option<&'m str>, TokenizerError> {
         match md.get(key) {
             None => Ok(None),
             Some(v) => v.as_str().map(Some).ok_or_else(|| TokenizerError::BadKey {
@@ -581,43 +675,71 @@ fn gguf_spec(md: &gguf_format::Metadata) -> Result<TokenizerSpec<'_>, TokenizerE
             }),
         }
     }
-    fn strings<'m>(md: &'m gguf_format::Metadata, key: &'static str) -> Result<Option<Vec<&'m str>>, TokenizerError> {
+    fn strings<'m>(
+        md: &'m gguf_format::Metadata,
+        key: &'static str,
+    ) -> Result<Option<Vec<&'m str>>, TokenizerError> {
         match md.get(key) {
             None => Ok(None),
             Some(Value::Array(Array::String(a))) => Ok(Some(a.iter().collect())),
             Some(v) => Err(TokenizerError::BadKey {
                 key,
-                detail: format!("expected an array of strings, found {}", v.type_description()),
+                detail: format!(
+                    "expected an array of strings, found {}",
+                    v.type_description()
+                ),
             }),
         }
     }
     fn id(md: &gguf_format::Metadata, key: &'static str) -> Result<Option<u32>, TokenizerError> {
         match md.get(key) {
             None => Ok(None),
-            Some(v) => v.as_integer().and_then(|i| u32::try_from(i).ok()).map(Some).ok_or_else(|| {
-                TokenizerError::BadKey { key, detail: format!("expected a token id, found {v:?}") }
-            }),
+            Some(v) => v
+                .as_integer()
+                .and_then(|i| u32::try_from(i).ok())
+                .map(Some)
+                .ok_or_else(|| TokenizerError::BadKey {
+                    key,
+                    detail: format!("expected a token id, found {v:?}"),
+                }),
         }
     }
 
-    let model = string(md, "tokenizer.ggml.model")?.ok_or(TokenizerError::MissingKey { key: "tokenizer.ggml.model" })?;
+    let model = string(md, "tokenizer.ggml.model")?.ok_or(TokenizerError::MissingKey {
+        key: "tokenizer.ggml.model",
+    })?;
     // llama.cpp reads a missing `pre` as "default"; we name it so the error says what is missing.
     let pre = string(md, "tokenizer.ggml.pre")?.unwrap_or("default");
-    let tokens = strings(md, "tokenizer.ggml.tokens")?.ok_or(TokenizerError::MissingKey { key: "tokenizer.ggml.tokens" })?;
-    let merges = strings(md, "tokenizer.ggml.merges")?.ok_or(TokenizerError::MissingKey { key: "tokenizer.ggml.merges" })?;
+    let tokens = strings(md, "tokenizer.ggml.tokens")?.ok_or(TokenizerError::MissingKey {
+        key: "tokenizer.ggml.tokens",
+    })?;
+    let merges = strings(md, "tokenizer.ggml.merges")?.ok_or(TokenizerError::MissingKey {
+        key: "tokenizer.ggml.merges",
+    })?;
     let token_types = match md.get("tokenizer.ggml.token_type") {
         None => Vec::new(),
         Some(Value::Array(a)) => a
             .to_i64_vec()
-            .and_then(|v| v.into_iter().map(|x| i32::try_from(x).ok()).collect::<Option<Vec<i32>>>())
+            .and_then(|v| {
+                v.into_iter()
+                    .map(|x| i32::try_from(x).ok())
+                    .collect::<Option<Vec<i32>>>()
+            })
             .ok_or_else(|| TokenizerError::BadKey {
                 key: "tokenizer.ggml.token_type",
-                detail: format!("expected an array of 32-bit integers, found array[{}] of {}", a.element_type(), a.len()),
+                detail: format!(
+                    "expected an array of 32-bit integers, found array[{}] of {}",
+                    a.element_type(),
+                    a.len()
+                ),
             })?,
         Some(v) => {
             return Err(TokenizerError::BadKey {
                 key: "tokenizer.ggml.token_type",
-                detail: format!("expected an array of integers, found {}", v.type_description()),
+                detail: format!(
+                    "expected an array of integers, found {}",
+                    v.type_description()
+                ),
             });
         }
     };

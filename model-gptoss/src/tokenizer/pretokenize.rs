@@ -41,14 +41,18 @@ pub struct PreTokenizer {
 impl PreTokenizer {
     /// The o200k (`gpt-4o`) pre-tokenizer.
     pub fn o200k() -> Result<PreTokenizer, regex::Error> {
-        Ok(PreTokenizer { re: Regex::new(O200K_NO_LOOKAHEAD)? })
+        Ok(PreTokenizer {
+            re: Regex::new(O200K_NO_LOOKAHEAD)?,
+        })
     }
 
     /// Calls `f` on every piece of `text`, in order. The pieces cover the whole text.
     pub fn split<'t>(&self, text: &'t str, mut f: impl FnMut(&'t str)) {
         let mut pos = 0;
         while pos < text.len() {
-            let Some(m) = self.re.find_at(text, pos) else { break };
+            let Some(m) = self.re.find_at(text, pos) else {
+                break;
+            };
             let start = m.start();
             let mut end = m.end();
             if end < text.len() {
