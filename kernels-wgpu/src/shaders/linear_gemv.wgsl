@@ -37,21 +37,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (row >= p.n_rows) { return; }
     var acc: array<f32, T>;
     for (var t = 0u; t < T; t++) { acc[t] = 0.0; }
-    // Each thread takes whole 32-column blocks: eight independent loads in flight per step
-    // (the loop is latency-bound, not bandwidth-bound, at one row per workgroup).
+    // Neighbouring threads read neighbouring words (coalesced); two independent steps per
+    // iteration keep more loads in flight.
     let nc = (p.k + 3u) / 4u;
-    let nblk = (nc + 7u) / 8u;
-    for (var b = li; b < nblk; b += WG) {
-        if (b * 8u + 8u <= nc) {
-            for (var q = 0u; q < 8u; q++) {
-                let w = w4(row, b * 8u + q, p.k, p.soff);
-                for (var t = 0u; t < T; t++) { acc[t] += dot(w, x4(p.t0 + t, b * 8u + q)); }
-            }
-        } else {
-            for (var c = b * 8u; c < nc; c++) {
-                let w = w4(row, c, p.k, p.soff);
-                for (var t = 0u; t < T; t++) { acc[t] += dot(w, x4(p.t0 + t, c)); }
-            }
+    var c = li;
+    for (; c + WG < nc; c += 2u * WG) {
+        let wa = w4(row, c, p.k, p.soff);
+        let wb = w4(row, c + WG, p.k, p.soff);
+        for (var t = 0u; t < T; t++) {
+            acc[t] += dot(wa, x4(p.t0 + t, c)) + dot(wb, x4(p.t0 + t, c + WG));
+        }
+    }
+    if (c < nc) {
+        let w = w4(row, c, p.k, p.soff);
+        for (var t = 0u; t < T; t++) {
+            acc[t] += dot(w, x4(p.t0 + t, c));
         }
     }
     for (var t = 0u; t < T; t++) { red[t * WG + li] = acc[t]; }

@@ -18,18 +18,6 @@ struct P {
 @group(0) @binding(5) var<storage, read_write> Y: array<f32>;
 @group(0) @binding(6) var<uniform> p: P;
 
-fn h4(s: u32, c: u32) -> vec4<f32> {
-    let b = s * p.k + 4u * c;
-    if (4u * c + 4u <= p.k) {
-        return vec4<f32>(H[b], H[b + 1u], H[b + 2u], H[b + 3u]);
-    }
-    var r = vec4<f32>(0.0);
-    for (var j = 0u; j < 4u; j++) {
-        if (4u * c + j < p.k) { r[j] = H[b + j]; }
-    }
-    return r;
-}
-
 var<workgroup> red: array<f32, WG>;
 var<workgroup> sh_row: u32;
 
@@ -49,18 +37,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         if (grow >= p.row0 && grow < p.row0 + p.n_rows) {
             let row = grow - p.row0;
             var a = 0.0;
-            let nblk = (nc + 7u) / 8u;
-            for (var b = li; b < nblk; b += WG) {
-                let c1 = min(b * 8u + 8u, nc);
-                if (c1 == b * 8u + 8u) {
-                    for (var q = 0u; q < 8u; q++) {
-                        a += dot(w4(row, b * 8u + q, p.k, p.soff), h4(slot, b * 8u + q));
-                    }
-                } else {
-                    for (var c = b * 8u; c < c1; c++) {
-                        a += dot(w4(row, c, p.k, p.soff), h4(slot, c));
-                    }
-                }
+            for (var c = li; c < nc; c += WG) {
+                let hb = slot * p.k + 4u * c;
+                var hv = vec4<f32>(0.0);
+                for (var q = 0u; q < 4u; q++) { if (4u * c + q < p.k) { hv[q] = H[hb + q]; } }
+                a += dot(w4(row, c, p.k, p.soff), hv);
             }
             red[li] = a;
             workgroupBarrier();
