@@ -1100,8 +1100,18 @@ impl Backend for CudaBackend {
         })?;
         let (kc, vc) = (self.ptr(&cache.k), self.ptr(&cache.v));
         let sink_args = [A::P(self.ptr(&sinks.buf)), A::I(sinks.dtype.id() as i32)];
+        const PARTIAL: [&str; 8] = [
+            "attn_partial_d1",
+            "attn_partial_d2",
+            "attn_partial_d3",
+            "attn_partial_d4",
+            "attn_partial_d5",
+            "attn_partial_d6",
+            "attn_partial_d7",
+            "attn_partial_d8",
+        ];
         self.launch(
-            "attn_partial",
+            PARTIAL[hd / 32 - 1],
             (t as u32, h as u32, splits as u32),
             128,
             &[
@@ -1280,9 +1290,11 @@ impl Backend for CudaBackend {
                     A::P(h.ptr),
                 ],
             )?;
+            // One warp per (output, slot) when k divides 8: k times the warps in flight.
+            let (kern, per) = if 8 % kk == 0 { ("moe_down_mxfp4_fk", 8 / kk) } else { ("moe_down_mxfp4_f", 8) };
             self.launch(
-                "moe_down_mxfp4_f",
-                (d_model.div_ceil(8) as u32, t as u32, 1),
+                kern,
+                (d_model.div_ceil(per) as u32, t as u32, 1),
                 256,
                 &[
                     A::P(h.ptr),

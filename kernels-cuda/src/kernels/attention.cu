@@ -12,7 +12,10 @@
 // finishes the job itself (sink included) and writes `out`. With `append` (decode, t == 1) the
 // first block of each kv head also stores the new key/value row in the ring: no block of this
 // launch reads that slot (it held position pos0 - cap, outside every window here).
-extern "C" __global__ void attn_partial(const float* q, const float* knew, const float* vnew,
+// DPL = head_dim / 32 (dims per lane), a template parameter so the value rows of a whole
+// 32-key step (up to 64 values a lane) are loaded in one go.
+template <int DPL>
+__device__ __forceinline__ void attn_partial_t(const float* q, const float* knew, const float* vnew,
                                         u16* kc, u16* vc, int t, int pos0,
                                         int n_heads, int n_kv, int hd, int cap, int window,
                                         float scale, int chunk, float* part, const u8* sinks,
@@ -31,7 +34,7 @@ extern "C" __global__ void attn_partial(const float* q, const float* knew, const
     for (int d = threadIdx.x; d < hd; d += blockDim.x)
         qs[d] = q[((i64)i * n_heads + h) * hd + d];
     __syncthreads();
-    int dpl = hd >> 5;
+    const int dpl = DPL;
     float m = NEG_INF, l = 0.f;
     float acc[ATT_MAX_DPL];
 #pragma unroll
@@ -68,21 +71,22 @@ extern "C" __global__ void attn_partial(const float* q, const float* knew, const
         for (int dd = 0; dd < ATT_MAX_DPL; ++dd) acc[dd] *= corr;
         int nvalid = min(32, end - j0);
         if (j0 + 32 <= pos0 && nvalid == 32) {
-            // Every key of this chunk is in the cache: 8 rows of V in flight at a time.
-            for (int jj0 = 0; jj0 < 32; jj0 += 8) {
-                float vv[8][ATT_MAX_DPL];
+            // Every key of this chunk is in the cache: G rows of V in flight at a time.
+            constexpr int G = DPL <= 2 ? 32 : (DPL <= 4 ? 16 : 8);
 #pragma unroll
-                for (int u = 0; u < 8; ++u) {
+            for (int jj0 = 0; jj0 < 32; jj0 += G) {
+                float vv[G][DPL];
+#pragma unroll
+                for (int u = 0; u < G; ++u) {
                     const u16* vr = vc + ((i64)((j0 + jj0 + u) % cap) * n_kv + kh) * hd;
 #pragma unroll
-                    for (int dd = 0; dd < ATT_MAX_DPL; ++dd)
-                        vv[u][dd] = dd < dpl ? h2f(vr[lane + 32 * dd]) : 0.f;
+                    for (int dd = 0; dd < DPL; ++dd) vv[u][dd] = h2f(vr[lane + 32 * dd]);
                 }
 #pragma unroll
-                for (int u = 0; u < 8; ++u) {
+                for (int u = 0; u < G; ++u) {
                     float pp = __shfl_sync(0xffffffffu, pj, jj0 + u);
 #pragma unroll
-                    for (int dd = 0; dd < ATT_MAX_DPL; ++dd) acc[dd] += pp * vv[u][dd];
+                    for (int dd = 0; dd < DPL; ++dd) acc[dd] += pp * vv[u][dd];
                 }
             }
         } else {
@@ -150,6 +154,23 @@ extern "C" __global__ void attn_partial(const float* q, const float* knew, const
         pout[hd + 1] = L;
     }
 }
+
+#define ATTN_ENTRY(NAME, DPL)                                                                   \
+    extern "C" __global__ void __launch_bounds__(128) NAME(                                    \
+        const float* q, const float* knew, const float* vnew, u16* kc, u16* vc, int t, int pos0, \
+        int n_heads, int n_kv, int hd, int cap, int window, float scale, int chunk, float* part, \
+        const u8* sinks, int sink_type, float* out, int append) {                              \
+        attn_partial_t<DPL>(q, knew, vnew, kc, vc, t, pos0, n_heads, n_kv, hd, cap, window,    \
+                            scale, chunk, part, sinks, sink_type, out, append);                \
+    }
+ATTN_ENTRY(attn_partial_d1, 1)
+ATTN_ENTRY(attn_partial_d2, 2)
+ATTN_ENTRY(attn_partial_d3, 3)
+ATTN_ENTRY(attn_partial_d4, 4)
+ATTN_ENTRY(attn_partial_d5, 5)
+ATTN_ENTRY(attn_partial_d6, 6)
+ATTN_ENTRY(attn_partial_d7, 7)
+ATTN_ENTRY(attn_partial_d8, 8)
 
 // Merge the S chunks of each (row, head) with the head's sink logit. grid (t, n_heads), block
 // head_dim.

@@ -348,3 +348,37 @@ GEMVF_ENTRY(gemvf_q8_0, T_Q8_0, MAX_ROWS)
 GEMVF_ENTRY(gemvf_mxfp4, T_MXFP4, MAX_ROWS)
 GEMVF_ENTRY(gemvf_q8_0_r1, T_Q8_0, 1)
 GEMVF_ENTRY(gemvf_mxfp4_r1, T_MXFP4, 1)
+
+// Two rows of two matrices of the same shape (the MoE gate and up projections) dotted with
+// one row of x in a single pass, so both matrices' loads are in flight together.
+__device__ __forceinline__ void row_dot2_mxfp4(const u8* wa, i64 nba, const u8* wb, i64 nbb,
+                                               i64 row, int nbk, const float* x, float& acc_a,
+                                               float& acc_b) {
+    int lane = threadIdx.x & 31, p = lane & 3, bl = lane >> 2;
+    const u8* sa = wa + nba * 16;
+    const u8* sb = wb + nbb * 16;
+    for (int kb0 = bl; kb0 < nbk; kb0 += 8 * FU) {
+        u32 qa[FU], qb[FU];
+        u32 ea[FU], eb[FU];
+#pragma unroll
+        for (int u = 0; u < FU; ++u) {
+            int kb = kb0 + 8 * u;
+            if (kb < nbk) {
+                i64 bi = row * nbk + kb;
+                qa[u] = __ldg((const u32*)(wa + bi * 16) + p);
+                qb[u] = __ldg((const u32*)(wb + bi * 16) + p);
+                ea[u] = __ldg(sa + bi);
+                eb[u] = __ldg(sb + bi);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < FU; ++u) {
+            int kb = kb0 + 8 * u;
+            if (kb < nbk) {
+                const float* xb = x + kb * 32;
+                acc_a += mxfp4_part_dot(qa[u], xb, p) * (0.5f * e8m0_to_f32(ea[u]));
+                acc_b += mxfp4_part_dot(qb[u], xb, p) * (0.5f * e8m0_to_f32(eb[u]));
+            }
+        }
+    }
+}

@@ -37,23 +37,30 @@ extern "C" __global__ void moe_router_topk(const float* x, int d_model, const u8
         ticket = atomicAdd(&counters[r], 1u);
     }
     __syncthreads();
-    if (ticket != gridDim.x - 1 || threadIdx.x != 0) return;
-    counters[r] = 0;
+    if (ticket != gridDim.x - 1) return;
+    // The last block: every thread fetches some logits into shared memory at once (one
+    // volatile load each, in parallel), then one thread selects from shared memory.
+    __shared__ float lr[MOE_MAX_EXPERTS];
+    __shared__ u8 used[MOE_MAX_EXPERTS];
     __threadfence();
-    const volatile float* lr = logits + (i64)r * n_exp;
-    u32 taken[MOE_MAX_EXPERTS / 32];
-    for (int i = 0; i < MOE_MAX_EXPERTS / 32; ++i) taken[i] = 0;
+    for (int i = threadIdx.x; i < n_exp; i += blockDim.x) {
+        lr[i] = ((const volatile float*)logits)[(i64)r * n_exp + i];
+        used[i] = 0;
+    }
+    __syncthreads();
+    if (threadIdx.x != 0) return;
+    counters[r] = 0;
     float vals[16];
     int sel[16];
     for (int j = 0; j < k; ++j) {
         int bi = -1;
         float best = NEG_INF;
         for (int ee = 0; ee < n_exp; ++ee) {
-            if (taken[ee >> 5] & (1u << (ee & 31))) continue;
+            if (used[ee]) continue;
             float v = lr[ee];
             if (bi < 0 || v > best) { best = v; bi = ee; }
         }
-        taken[bi >> 5] |= 1u << (bi & 31);
+        used[bi] = 1;
         vals[j] = best;
         sel[j] = bi;
     }
@@ -236,8 +243,7 @@ extern "C" __global__ void __launch_bounds__(256) moe_gate_up_mxfp4_f(
     i64 wrow = (i64)e * n_ff + f;
     const float* xr = x + (i64)row * d_model;
     float ag = 0.f, au = 0.f;
-    row_dot_f<T_MXFP4, 1>(wg, nbg, wrow, d_model >> 5, xr, d_model, 1, &ag);
-    row_dot_f<T_MXFP4, 1>(wu, nbu, wrow, d_model >> 5, xr, d_model, 1, &au);
+    row_dot2_mxfp4(wg, nbg, wu, nbu, wrow, d_model >> 5, xr, ag, au);
     ag = warp_sum(ag);
     au = warp_sum(au);
     if (lane == 0)
@@ -263,4 +269,32 @@ extern "C" __global__ void __launch_bounds__(256) moe_down_mxfp4_f(
     }
     acc = warp_sum(acc);
     if (lane == 0) y[(i64)row * d_model + d] = acc;
+}
+
+// Down projection with one warp per (output, slot): 8 / k outputs per block, the k slots'
+// partial sums combined in shared memory in slot order (deterministic). For k dividing 8.
+// grid (ceil(d_model / (8 / k)), t), block 256.
+extern "C" __global__ void __launch_bounds__(256) moe_down_mxfp4_fk(
+    const float* h, int n_ff, const u8* wd, i64 nbd, const u8* bd, int bdt, const int* ids,
+    const float* wts, int k, int d_model, float* y) {
+    __shared__ float part[8];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int per = 8 / k;
+    int d = blockIdx.x * per + warp / k;
+    int j = warp % k;
+    int row = blockIdx.y;
+    float a = 0.f;
+    if (d < d_model) {
+        int pair = row * k + j;
+        int e = ids[pair];
+        row_dot_f<T_MXFP4, 1>(wd, nbd, (i64)e * d_model + d, n_ff >> 5, h + (i64)pair * n_ff, n_ff, 1, &a);
+        a = warp_sum(a);
+        if (lane == 0) part[warp] = wts[pair] * (a + wload(bd, bdt, 0, (i64)e * d_model + d));
+    }
+    __syncthreads();
+    if (lane == 0 && j == 0 && d < d_model) {
+        float s = 0.f;
+        for (int jj = 0; jj < k; ++jj) s += part[warp + jj];
+        y[(i64)row * d_model + d] = s;
+    }
 }
