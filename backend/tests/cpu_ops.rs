@@ -813,3 +813,57 @@ fn router_ties_prefer_lower_expert_ids() {
         1e-5,
     );
 }
+
+#[test]
+fn appended_history_is_attended_like_computed_history() {
+    let mut rng = rng("kv_append");
+    let be = backend();
+    for window in [None, Some(8), Some(64)] {
+        let (nh, nkv, hd, past, t) = (8, 2, 32, 30, 3);
+        let cfg = AttentionConfig {
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: hd,
+            window,
+            scale: 1.0 / (hd as f32).sqrt(),
+        };
+        let mut cache = be
+            .new_kv_cache(&KvCacheConfig {
+                n_kv_heads: nkv,
+                head_dim: hd,
+                max_positions: past + t,
+                window,
+            })
+            .unwrap();
+        let (k, k64) = acts(&mut rng, (past + t) * nkv * hd, 1.5);
+        let (v, v64) = acts(&mut rng, (past + t) * nkv * hd, 1.0);
+        let (q, q64) = acts(&mut rng, t * nh * hd, 1.5);
+        let (sw, sv) = weight(&mut rng, "sinks", GgmlType::F32, &[nh], 2.0);
+        let w = nkv * hd;
+        cache.append(&k[..past * w], &v[..past * w], past).unwrap();
+        assert!(cache.append(&k[..w], &v[..2 * w], 1).is_err());
+        let out = be
+            .attention(
+                &be.from_host(&q, t, nh * hd).unwrap(),
+                &be.from_host(&k[past * w..], t, w).unwrap(),
+                &be.from_host(&v[past * w..], t, w).unwrap(),
+                &mut cache,
+                past,
+                &be.upload(&sw).unwrap(),
+                &cfg,
+            )
+            .unwrap();
+        let want = naive_attention(&q64, &k64, &v64, t, past, &sv, &cfg);
+        check(
+            &format!("attention after append, window {window:?}"),
+            out.data(),
+            &want,
+            1e-10,
+            1e-5,
+        );
+        assert!(matches!(
+            cache.append(&k[..w], &v[..w], 1),
+            Err(BackendError::ContextFull { .. })
+        ));
+    }
+}

@@ -75,8 +75,28 @@ impl CpuKvCache {
         }
     }
 
-    /// Store rows of `k`/`v` (`[t, width]`) for positions `len..len + t`.
-    fn append(&mut self, k: &[f32], v: &[f32], t: usize) {
+    /// Store keys and values (`[t, n_kv_heads * head_dim]`, already roped) for the next `t`
+    /// positions without attending to them: for restoring a saved context, tests and benchmarks.
+    pub fn append(&mut self, k: &[f32], v: &[f32], t: usize) -> Result<()> {
+        let width = self.width();
+        if k.len() != t * width || v.len() != t * width {
+            return Err(BackendError::Shape {
+                op: "kv append",
+                detail: format!("{}/{} values for {t} rows of {width}", k.len(), v.len()),
+            });
+        }
+        if self.len + t > self.cfg.max_positions {
+            return Err(BackendError::ContextFull {
+                pos: self.len.max(self.cfg.max_positions),
+                capacity: self.cfg.max_positions,
+            });
+        }
+        self.store(k, v, t);
+        Ok(())
+    }
+
+    /// Store rows of `k`/`v` (`[t, width]`) for positions `len..len + t` (checked by the caller).
+    fn store(&mut self, k: &[f32], v: &[f32], t: usize) {
         let width = self.width();
         match self.cfg.window {
             None => {
@@ -211,6 +231,6 @@ pub(crate) fn attention(
             }
         },
     );
-    cache.append(k, v, t);
+    cache.store(k, v, t);
     Ok(out)
 }
