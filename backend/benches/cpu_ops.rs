@@ -188,5 +188,108 @@ fn attention(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, linear, moe, attention);
+/// One whole GPT-OSS-20b decoder layer (MXFP4 experts, Q8_0 attention matrices, as in the
+/// MXFP4_MOE files) at context 1024: times 24 plus the output matrix estimates a token.
+fn layer(c: &mut Criterion) {
+    let mut g = Gen(0x1a7e);
+    let (d, nh, nkv, hd, dff, ne, ctx) = (2880, 64, 8, 64, 2880, 32, 1024);
+    let f = GgmlType::F32;
+    let q8 = GgmlType::Q8_0;
+    let mx = GgmlType::MXFP4;
+    let specs: Vec<(GgmlType, Vec<usize>)> = vec![
+        (f, vec![d]),            // 0 attn_norm
+        (q8, vec![d, nh * hd]),  // 1 q
+        (f, vec![nh * hd]),      // 2
+        (q8, vec![d, nkv * hd]), // 3 k
+        (f, vec![nkv * hd]),     // 4
+        (q8, vec![d, nkv * hd]), // 5 v
+        (f, vec![nkv * hd]),     // 6
+        (q8, vec![nh * hd, d]),  // 7 o
+        (f, vec![d]),            // 8
+        (f, vec![nh]),           // 9 sinks
+        (f, vec![d]),            // 10 post_attention_norm
+        (f, vec![d, ne]),        // 11 router
+        (f, vec![ne]),           // 12
+        (mx, vec![d, dff, ne]),  // 13 gate
+        (f, vec![dff, ne]),      // 14
+        (mx, vec![d, dff, ne]),  // 15 up
+        (f, vec![dff, ne]),      // 16
+        (mx, vec![dff, d, ne]),  // 17 down
+        (f, vec![d, ne]),        // 18
+    ];
+    let ws: Vec<WeightData> = specs.iter().map(|(t, s)| weight(&mut g, *t, s)).collect();
+    let rope = gptoss_backend::Rope::new(&gptoss_backend::RopeConfig {
+        head_dim: hd,
+        theta: 150000.0,
+        scaling_factor: 32.0,
+        original_context: 4096,
+        beta_fast: 32.0,
+        beta_slow: 1.0,
+    });
+    let past_k = g.f32s(ctx * nkv * hd);
+    let past_v = g.f32s(ctx * nkv * hd);
+    let mut group = c.benchmark_group("layer_20b");
+    group.sample_size(10);
+    for t in [1usize, 64] {
+        let x0 = g.f32s(t * d);
+        for (mode, be) in backends() {
+            let w: Vec<_> = ws.iter().map(|w| be.upload(w).unwrap()).collect();
+            let moe_w = MoeWeights {
+                router: be.upload(&ws[11]).unwrap(),
+                router_bias: be.upload(&ws[12]).unwrap(),
+                gate: be.upload(&ws[13]).unwrap(),
+                gate_bias: be.upload(&ws[14]).unwrap(),
+                up: be.upload(&ws[15]).unwrap(),
+                up_bias: be.upload(&ws[16]).unwrap(),
+                down: be.upload(&ws[17]).unwrap(),
+                down_bias: be.upload(&ws[18]).unwrap(),
+            };
+            let acfg = AttentionConfig {
+                n_heads: nh,
+                n_kv_heads: nkv,
+                head_dim: hd,
+                window: None,
+                scale: 0.125,
+            };
+            let kv_cfg = KvCacheConfig {
+                n_kv_heads: nkv,
+                head_dim: hd,
+                max_positions: ctx + t,
+                window: None,
+            };
+            let mut base = be.new_kv_cache(&kv_cfg).unwrap();
+            base.append(&past_k, &past_v, ctx).unwrap();
+            let mcfg = MoeConfig {
+                n_experts: ne,
+                top_k: 4,
+            };
+            group.bench_function(BenchmarkId::new(format!("ctx {ctx} t={t}"), mode), |b| {
+                b.iter_batched(
+                    || (base.clone(), be.from_host(&x0, t, d).unwrap()),
+                    |(mut cache, mut x)| {
+                        let h = be.rms_norm(&x, &w[0], 1e-5).unwrap();
+                        let mut q = be.linear(&h, &w[1], Some(&w[2])).unwrap();
+                        let mut k = be.linear(&h, &w[3], Some(&w[4])).unwrap();
+                        let v = be.linear(&h, &w[5], Some(&w[6])).unwrap();
+                        be.rope(&mut q, nh, ctx, &rope).unwrap();
+                        be.rope(&mut k, nkv, ctx, &rope).unwrap();
+                        let a = be
+                            .attention(&q, &k, &v, &mut cache, ctx, &w[9], &acfg)
+                            .unwrap();
+                        let o = be.linear(&a, &w[7], Some(&w[8])).unwrap();
+                        be.add_assign(&mut x, &o).unwrap();
+                        let h = be.rms_norm(&x, &w[10], 1e-5).unwrap();
+                        let m = be.moe(&h, &moe_w, &mcfg).unwrap();
+                        be.add_assign(&mut x, &m).unwrap();
+                        black_box(x)
+                    },
+                    criterion::BatchSize::LargeInput,
+                )
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, linear, moe, attention, layer);
 criterion_main!(benches);

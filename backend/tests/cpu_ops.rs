@@ -867,3 +867,34 @@ fn appended_history_is_attended_like_computed_history() {
         ));
     }
 }
+
+#[test]
+fn empty_batches_give_empty_results() {
+    let mut rng = rng("empty");
+    for be in [CpuBackend::new(), CpuBackend::new_fast()] {
+        let (w, _) = weight(&mut rng, "w", GgmlType::Q8_0, &[64, 16], 0.1);
+        let wu = be.upload(&w).unwrap();
+        let x = be.from_host(&[], 0, 64).unwrap();
+        let y = be.linear(&x, &wu, None).unwrap();
+        assert_eq!((y.rows(), y.cols()), (0, 16));
+        let (mw, _) = moe_weights(&mut rng, &be, GgmlType::MXFP4, 64, 32, 4);
+        let y = be
+            .moe(
+                &x,
+                &mw,
+                &MoeConfig {
+                    n_experts: 4,
+                    top_k: 2,
+                },
+            )
+            .unwrap();
+        assert_eq!((y.rows(), y.cols()), (0, 64));
+        let (table, _) = weight(&mut rng, "t", GgmlType::BF16, &[64, 10], 1.0);
+        assert_eq!(
+            be.embed(&be.upload(&table).unwrap(), &[]).unwrap().rows(),
+            0
+        );
+        assert!(be.last_row(&x).is_err());
+        assert_eq!(be.argmax(&x).unwrap(), Vec::<u32>::new());
+    }
+}

@@ -197,7 +197,10 @@ pub(crate) fn matmul_t(
     out: &mut [f32],
 ) -> Result<()> {
     let t = toks.len();
-    let n = out.len() / t.max(1);
+    if t == 0 {
+        return Ok(());
+    }
+    let n = out.len() / t;
     let per = rows_per_task(n, acts.k() * t);
     out.par_chunks_mut(per * t).enumerate().try_for_each_init(
         Scratch::default,

@@ -298,7 +298,8 @@ impl Backend for CpuBackend {
     }
 
     fn moe(&self, x: &CpuTensor, w: &MoeWeights<CpuWeight>, cfg: &MoeConfig) -> Result<CpuTensor> {
-        let data = moe::moe(&x.data, x.rows, w, cfg, self.mode == CpuMode::Fast)?;
+        let fast = self.mode == CpuMode::Fast;
+        let data = moe::moe(&x.data, x.rows, x.cols, w, cfg, fast)?;
         Ok(CpuTensor {
             data,
             rows: x.rows,

@@ -75,11 +75,12 @@ fn check(x_cols: usize, w: &MoeWeights<CpuWeight>, cfg: &MoeConfig) -> Result<Di
 pub(crate) fn moe(
     x: &[f32],
     t: usize,
+    d: usize,
     w: &MoeWeights<CpuWeight>,
     cfg: &MoeConfig,
     fast: bool,
 ) -> Result<Vec<f32>> {
-    let Dims { d, dff, n_exp, k } = check(x.len() / t.max(1), w, cfg)?;
+    let Dims { d, dff, n_exp, k } = check(d, w, cfg)?;
     let mut out = vec![0f32; t * d];
     if t == 0 {
         return Ok(out);
