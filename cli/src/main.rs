@@ -3,6 +3,8 @@
 //! Every command is a thin layer over the library crates; each lives in its own module under
 //! `cmd/` with a clap `Args` struct and a `run` function.
 
+mod backends;
+mod benchcore;
 mod cmd;
 mod convert;
 mod gguf_out;
@@ -37,6 +39,14 @@ enum Command {
     Convert(cmd::convert::Args),
     /// Requantize a GGUF model (mxfp4_moe, q8_0, q6_k, q5_k_m, q4_k_m, q4_0, iq4_nl, iq4_xs, bf16, f16, ...).
     Quantize(cmd::quantize::Args),
+    /// Measure prefill/decode tokens/s, peak memory and bits per weight (llama-bench style).
+    Bench(cmd::bench::Args),
+    /// Synthesize a model, requantize it to several types, bench each: one table against MXFP4.
+    Compare(cmd::compare::Args),
+    /// Serve the model over an OpenAI-compatible HTTP API.
+    Serve(cmd::serve::Args),
+    /// Chat with the model in the terminal.
+    Chat(cmd::chat::Args),
     /// Print the ids the model's tokenizer gives a text (`--json` for a JSON array), special tokens parsed.
     Tokenize(cmd::tokenize::Args),
     /// Decode one tensor of a GGUF to f32 and write it as safetensors (shape as the GGUF says).
@@ -56,6 +66,10 @@ fn main() -> std::process::ExitCode {
         Command::Synth(args) => cmd::synth::run(args),
         Command::Convert(args) => cmd::convert::run(args),
         Command::Quantize(args) => cmd::quantize::run(args),
+        Command::Bench(args) => cmd::bench::run(args),
+        Command::Compare(args) => cmd::compare::run(args),
+        Command::Serve(args) => cmd::serve::run(args),
+        Command::Chat(args) => cmd::chat::run(args),
         Command::Tokenize(args) => cmd::tokenize::run(args),
         Command::Dequant(args) => cmd::dequant::run(args),
     };

@@ -1,0 +1,64 @@
+//! Run-time backend choice for the commands that run a model (bench, compare, serve, chat).
+//!
+//! The model is generic over its backend, so a command hands a [`WithBackend`] job to
+//! [`with_backend`], which opens the requested backend and runs the job monomorphized for it.
+
+use anyhow::{Result, bail};
+use gptoss_backend::Backend;
+use gptoss_backend::cpu::CpuBackend;
+
+/// A job that runs on whichever backend [`with_backend`] opens.
+pub trait WithBackend {
+    /// The job's result.
+    type Out;
+    /// Run on `backend`.
+    fn run<B: Backend>(self, backend: B) -> Result<Self::Out>;
+}
+
+/// Backend names accepted by `--backend`.
+pub const NAMES: &str = "auto, cuda[:N], wgpu, cpu, cpu-ref";
+
+/// Open the backend named `spec` and run `job` on it. `auto` tries CUDA, then wgpu (a real GPU
+/// adapter), then the fast CPU backend, and logs why each one it skipped was unavailable.
+pub fn with_backend<W: WithBackend>(spec: &str, job: W) -> Result<W::Out> {
+    let spec = spec.to_ascii_lowercase();
+    match spec.as_str() {
+        "cpu" => job.run(CpuBackend::new_fast()),
+        "cpu-ref" | "cpu-reference" => job.run(CpuBackend::new()),
+        "wgpu" => job.run(gptoss_kernels_wgpu::WgpuBackend::new()?),
+        "auto" => {
+            match gptoss_kernels_cuda::CudaBackend::new(0) {
+                Ok(b) => return job.run(b),
+                Err(e) => tracing::info!("auto backend: cuda unavailable: {e}"),
+            }
+            match gptoss_kernels_wgpu::WgpuBackend::new() {
+                Ok(b) if !is_software_adapter(&b.adapter_info()) => return job.run(b),
+                Ok(b) => tracing::info!(
+                    "auto backend: skipping software adapter {}",
+                    b.adapter_info()
+                ),
+                Err(e) => tracing::info!("auto backend: wgpu unavailable: {e}"),
+            }
+            job.run(CpuBackend::new_fast())
+        }
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let ordinal = match s.strip_prefix("cuda:") {
+                Some(n) => n
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("bad CUDA device '{n}' in --backend {s}"))?,
+                None => 0,
+            };
+            job.run(gptoss_kernels_cuda::CudaBackend::new(ordinal)?)
+        }
+        other => bail!("unknown backend '{other}' (expected one of: {NAMES})"),
+    }
+}
+
+/// llvmpipe/SwiftShader-class adapters run shaders on the CPU: slower than the CPU backend.
+fn is_software_adapter(info: &str) -> bool {
+    let l = info.to_ascii_lowercase();
+    l.contains("llvmpipe")
+        || l.contains("swiftshader")
+        || l.contains("cpu")
+        || l.contains("lavapipe")
+}
