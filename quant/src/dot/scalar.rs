@@ -30,6 +30,10 @@ pub(crate) fn mxfp4_q8_0_block(w: &[u8], a: &[u8]) -> f32 {
     d * mxfp4_q8_0_block_sum(w, a) as f32
 }
 
+/// Lane of block `b % 8` in the MXFP4 kernels: the SIMD kernels handle blocks in pairs (one per
+/// 128-bit half), which leaves even blocks in lanes 0..4 and odd blocks in lanes 4..8.
+pub(crate) const MXFP4_LANE: [usize; 8] = [0, 4, 1, 5, 2, 6, 3, 7];
+
 pub(crate) fn mxfp4_q8_0(w: &[u8], a: &[u8], nb: usize) -> f32 {
     let mut acc = [0.0f32; 8];
     for (b, (wb, ab)) in w
@@ -38,7 +42,7 @@ pub(crate) fn mxfp4_q8_0(w: &[u8], a: &[u8], nb: usize) -> f32 {
         .take(nb)
         .enumerate()
     {
-        acc[b % 8] += mxfp4_q8_0_block(wb, ab);
+        acc[MXFP4_LANE[b % 8]] += mxfp4_q8_0_block(wb, ab);
     }
     reduce8(acc)
 }

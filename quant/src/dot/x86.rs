@@ -7,7 +7,7 @@ use std::arch::x86::*;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::scalar::{mxfp4_q8_0_block, q8_0_q8_0_block, reduce8};
+use super::scalar::{MXFP4_LANE, mxfp4_q8_0_block, q8_0_q8_0_block, reduce8};
 use crate::mxfp4::{E2M1_DOUBLED_I8, E8M0_HALF, e8m0_to_f32_half};
 use crate::util::rd_u16;
 
@@ -61,16 +61,6 @@ fn set8(d: [f32; 8]) -> __m256 {
     _mm256_set_ps(d[7], d[6], d[5], d[4], d[3], d[2], d[1], d[0])
 }
 
-/// MXFP4 codes of one block as 32 int8 doubled E2M1 values, in element order.
-#[inline]
-#[target_feature(enable = "avx2")]
-fn mxfp4_codes(table: __m128i, m4: __m128i, qs: &[u8]) -> __m256i {
-    let q = load128(qs);
-    let lo = _mm_and_si128(q, m4);
-    let hi = _mm_and_si128(_mm_srli_epi16(q, 4), m4);
-    _mm256_set_m128i(_mm_shuffle_epi8(table, hi), _mm_shuffle_epi8(table, lo))
-}
-
 #[inline]
 #[target_feature(enable = "avx")]
 fn finish(acc: __m256, tail: impl Fn(&mut [f32; 8])) -> f32 {
@@ -81,12 +71,79 @@ fn finish(acc: __m256, tail: impl Fn(&mut [f32; 8])) -> f32 {
     reduce8(lanes)
 }
 
-/// MXFP4 x Q8_0 with AVX2. The activation is made unsigned (|a|, which is exact even for -128
-/// read as 128) and its sign moved onto the weight, which never overflows since |w| <= 12.
+/// Loads two 16-byte pieces into the low and high halves of a 256-bit vector (the high half
+/// goes in with a memory-operand insert, which needs no shuffle port).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load2x128(lo: &[u8], hi: &[u8]) -> __m256i {
+    let (lo, hi) = (&lo[..16], &hi[..16]);
+    // SAFETY: both slices are exactly 16 readable bytes; the loads are unaligned.
+    unsafe { _mm256_loadu2_m128i(hi.as_ptr().cast(), lo.as_ptr().cast()) }
+}
+
+/// Integer dot products of 8 MXFP4 blocks with 8 Q8_0 blocks. Blocks go in pairs, one per
+/// 128-bit half, so no cross-lane shuffles are needed; the result holds blocks 0, 2, 4, 6 in
+/// lanes 0..4 and 1, 3, 5, 7 in lanes 4..8 ([`MXFP4_LANE`]). `dot` multiplies u8 x i8 and sums
+/// groups of four into i32 lanes.
+#[inline(always)]
+fn mxfp4_group_sums(
+    wg: &[u8],
+    ag: &[u8],
+    dot: impl Fn(__m256i, __m256i) -> __m256i,
+    nibbles: impl Fn(__m256i) -> (__m256i, __m256i),
+    sign: impl Fn(__m256i, __m256i) -> __m256i,
+    abs: impl Fn(__m256i) -> __m256i,
+    add: impl Fn(__m256i, __m256i) -> __m256i,
+    hadd: impl Fn(__m256i, __m256i) -> __m256i,
+    load2: impl Fn(&[u8], &[u8]) -> __m256i,
+) -> __m256i {
+    let mut p = [None; 4];
+    for (j, pj) in p.iter_mut().enumerate() {
+        let (w0, w1) = (&wg[34 * j..34 * j + 17], &wg[34 * j + 17..34 * j + 34]);
+        let (a0, a1) = (&ag[68 * j..68 * j + 34], &ag[68 * j + 34..68 * j + 68]);
+        let (lo, hi) = nibbles(load2(&w0[1..17], &w1[1..17]));
+        let al = load2(&a0[2..18], &a1[2..18]);
+        let ah = load2(&a0[18..34], &a1[18..34]);
+        *pj = Some(add(dot(abs(al), sign(lo, al)), dot(abs(ah), sign(hi, ah))));
+    }
+    let [p0, p1, p2, p3] = p.map(|v| v.expect("set above"));
+    hadd(hadd(p0, p1), hadd(p2, p3))
+}
+
+/// The 8 weight scales of a group in [`MXFP4_LANE`] order.
+#[inline(always)]
+fn mxfp4_scales(wg: &[u8]) -> [f32; 8] {
+    let mut d = [0.0f32; 8];
+    for (b, &lane) in MXFP4_LANE.iter().enumerate() {
+        d[lane] = E8M0_HALF[wg[17 * b] as usize];
+    }
+    d
+}
+
+/// The 8 activation f16 scales of a group in [`MXFP4_LANE`] order, times `dw`.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn mxfp4_act_scales(dw: __m256, a: &[u8]) -> __m256 {
+    let h = |k: usize| rd_u16(a, k * 34) as i16;
+    let da = _mm_set_epi16(h(7), h(5), h(3), h(1), h(6), h(4), h(2), h(0));
+    _mm256_mul_ps(dw, _mm256_cvtph_ps(da))
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn mxfp4_nibbles(table: __m256i, m4: __m256i, q: __m256i) -> (__m256i, __m256i) {
+    let lo = _mm256_shuffle_epi8(table, _mm256_and_si256(q, m4));
+    let hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(q, 4), m4));
+    (lo, hi)
+}
+
+/// MXFP4 x Q8_0 with AVX2. The activation is made unsigned (|a|, exact even for -128 read as
+/// 128) and its sign moved onto the weight, which cannot overflow since |w| <= 12.
 #[target_feature(enable = "avx2,f16c")]
 pub(crate) fn mxfp4_q8_0_avx2(w: &[u8], a: &[u8], nb: usize) -> f32 {
-    let table = load128(&E2M1_DOUBLED_I8.map(|v| v as u8));
-    let m4 = _mm_set1_epi8(0x0f);
+    let t = load128(&E2M1_DOUBLED_I8.map(|v| v as u8));
+    let table = _mm256_broadcastsi128_si256(t);
+    let m4 = _mm256_set1_epi8(0x0f);
     let ones = _mm256_set1_epi16(1);
     let mut acc = _mm256_setzero_ps();
     let groups = nb / 8;
@@ -95,22 +152,25 @@ pub(crate) fn mxfp4_q8_0_avx2(w: &[u8], a: &[u8], nb: usize) -> f32 {
         .zip(a.chunks_exact(8 * 34))
         .take(groups)
     {
-        let mut p = [_mm256_setzero_si256(); 8];
-        let mut dw = [0.0f32; 8];
-        for k in 0..8 {
-            let wb = &wg[k * 17..k * 17 + 17];
-            let wv = mxfp4_codes(table, m4, &wb[1..17]);
-            let av = load256(&ag[k * 34 + 2..k * 34 + 34]);
-            let prod = _mm256_maddubs_epi16(_mm256_abs_epi8(av), _mm256_sign_epi8(wv, av));
-            p[k] = _mm256_madd_epi16(prod, ones);
-            dw[k] = E8M0_HALF[wb[0] as usize];
-        }
-        let sums = _mm256_cvtepi32_ps(hsum8_epi32(p));
-        acc = _mm256_add_ps(acc, _mm256_mul_ps(scales8(set8(dw), ag), sums));
+        // The closures inherit this function's target features.
+        let sums = mxfp4_group_sums(
+            wg,
+            ag,
+            |u, s| _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), ones),
+            |q| mxfp4_nibbles(table, m4, q),
+            |w, a| _mm256_sign_epi8(w, a),
+            |a| _mm256_abs_epi8(a),
+            |x, y| _mm256_add_epi32(x, y),
+            |x, y| _mm256_hadd_epi32(x, y),
+            |l, h| load2x128(l, h),
+        );
+        let d = mxfp4_act_scales(set8(mxfp4_scales(wg)), ag);
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(d, _mm256_cvtepi32_ps(sums)));
     }
     finish(acc, |lanes| {
         for b in groups * 8..nb {
-            lanes[b % 8] += mxfp4_q8_0_block(&w[b * 17..b * 17 + 17], &a[b * 34..b * 34 + 34]);
+            lanes[MXFP4_LANE[b % 8]] +=
+                mxfp4_q8_0_block(&w[b * 17..b * 17 + 17], &a[b * 34..b * 34 + 34]);
         }
     })
 }
@@ -147,12 +207,13 @@ pub(crate) fn q8_0_q8_0_avx2(w: &[u8], a: &[u8], nb: usize) -> f32 {
     })
 }
 
-/// MXFP4 x Q8_0 with AVX-512 VNNI on 256-bit vectors (`vpdpbusd` fuses the u8 x i8 multiply and
-/// the i32 accumulation, with no i16 intermediate to saturate).
+/// MXFP4 x Q8_0 with AVX-512 VNNI on 256-bit vectors (`vpdpbusd` fuses the u8 x i8 multiply
+/// and the i32 accumulation, with no i16 intermediate to saturate).
 #[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub(crate) fn mxfp4_q8_0_avx512(w: &[u8], a: &[u8], nb: usize) -> f32 {
-    let table = load128(&E2M1_DOUBLED_I8.map(|v| v as u8));
-    let m4 = _mm_set1_epi8(0x0f);
+    let t = load128(&E2M1_DOUBLED_I8.map(|v| v as u8));
+    let table = _mm256_broadcastsi128_si256(t);
+    let m4 = _mm256_set1_epi8(0x0f);
     let mut acc = _mm256_setzero_ps();
     let groups = nb / 8;
     for (wg, ag) in w
@@ -160,32 +221,35 @@ pub(crate) fn mxfp4_q8_0_avx512(w: &[u8], a: &[u8], nb: usize) -> f32 {
         .zip(a.chunks_exact(8 * 34))
         .take(groups)
     {
-        let mut p = [_mm256_setzero_si256(); 8];
-        let mut dw = [0.0f32; 8];
-        for k in 0..8 {
-            let wb = &wg[k * 17..k * 17 + 17];
-            let wv = mxfp4_codes(table, m4, &wb[1..17]);
-            let av = load256(&ag[k * 34 + 2..k * 34 + 34]);
-            p[k] = _mm256_dpbusd_epi32(
-                _mm256_setzero_si256(),
-                _mm256_abs_epi8(av),
-                _mm256_sign_epi8(wv, av),
-            );
-            dw[k] = E8M0_HALF[wb[0] as usize];
-        }
-        let sums = _mm256_cvtepi32_ps(hsum8_epi32(p));
-        acc = _mm256_add_ps(acc, _mm256_mul_ps(scales8(set8(dw), ag), sums));
+        // The closures inherit this function's target features.
+        let sums = mxfp4_group_sums(
+            wg,
+            ag,
+            |u, s| _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s),
+            |q| mxfp4_nibbles(table, m4, q),
+            |w, a| _mm256_sign_epi8(w, a),
+            |a| _mm256_abs_epi8(a),
+            |x, y| _mm256_add_epi32(x, y),
+            |x, y| _mm256_hadd_epi32(x, y),
+            |l, h| load2x128(l, h),
+        );
+        let d = mxfp4_act_scales(set8(mxfp4_scales(wg)), ag);
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(d, _mm256_cvtepi32_ps(sums)));
     }
     finish(acc, |lanes| {
         for b in groups * 8..nb {
-            lanes[b % 8] += mxfp4_q8_0_block(&w[b * 17..b * 17 + 17], &a[b * 34..b * 34 + 34]);
+            lanes[MXFP4_LANE[b % 8]] +=
+                mxfp4_q8_0_block(&w[b * 17..b * 17 + 17], &a[b * 34..b * 34 + 34]);
         }
     })
 }
 
-/// Q8_0 x Q8_0 with AVX-512: one 512-bit widening per side and `vpdpwssd`.
+/// Q8_0 x Q8_0 with AVX-512 VNNI, exact for every byte: the weights are made unsigned by
+/// flipping the top bit (w + 128), `vpdpbusd` sums (w + 128) * a in groups of four, and a second
+/// `vpdpbusd` takes 128 * a back off. No widening shuffles.
 #[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub(crate) fn q8_0_q8_0_avx512(w: &[u8], a: &[u8], nb: usize) -> f32 {
+    let bias = _mm256_set1_epi8(-128);
     let mut acc = _mm256_setzero_ps();
     let groups = nb / 8;
     for (wg, ag) in w
@@ -198,10 +262,13 @@ pub(crate) fn q8_0_q8_0_avx512(w: &[u8], a: &[u8], nb: usize) -> f32 {
         for k in 0..8 {
             let wb = &wg[k * 34..k * 34 + 34];
             let ab = &ag[k * 34..k * 34 + 34];
-            let w16 = _mm512_cvtepi8_epi16(load256(&wb[2..34]));
-            let a16 = _mm512_cvtepi8_epi16(load256(&ab[2..34]));
-            let s = _mm512_dpwssd_epi32(_mm512_setzero_si512(), w16, a16);
-            p[k] = _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64(s, 1));
+            let wv = _mm256_xor_si256(load256(&wb[2..34]), bias);
+            let av = load256(&ab[2..34]);
+            let zero = _mm256_setzero_si256();
+            p[k] = _mm256_sub_epi32(
+                _mm256_dpbusd_epi32(zero, wv, av),
+                _mm256_dpbusd_epi32(zero, bias, av),
+            );
             dw[k] = half::f16::from_bits(rd_u16(wb, 0)).to_f32();
         }
         let sums = _mm256_cvtepi32_ps(hsum8_epi32(p));
