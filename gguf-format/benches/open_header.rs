@@ -116,7 +116,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("o200k_harmony-vocab (13 MB, 446k merges)", |b| {
         b.iter(|| GgufFile::open(&o200k).unwrap())
     });
-    g.bench_function("synthetic gpt-oss-20b layout, 12.8 GB sparse", |b| {
+    g.bench_function("synthetic gpt-oss-20b layout, 12.1 GB sparse", |b| {
         b.iter(|| GgufFile::open(&big).unwrap())
     });
     g.bench_function("synthetic gpt-oss-20b layout, tiny data", |b| {
