@@ -1291,7 +1291,11 @@ impl Backend for CudaBackend {
                 ],
             )?;
             // One warp per (output, slot) when k divides 8: k times the warps in flight.
-            let (kern, per) = if 8 % kk == 0 { ("moe_down_mxfp4_fk", 8 / kk) } else { ("moe_down_mxfp4_f", 8) };
+            let (kern, per) = if 8 % kk == 0 {
+                ("moe_down_mxfp4_fk", 8 / kk)
+            } else {
+                ("moe_down_mxfp4_f", 8)
+            };
             self.launch(
                 kern,
                 (d_model.div_ceil(per) as u32, t as u32, 1),
