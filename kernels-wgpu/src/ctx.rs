@@ -530,12 +530,6 @@ impl Ctx {
         pend.encoder(&self.device).copy_buffer_to_buffer(src, src_off, dst, dst_off, size);
     }
 
-    /// Record zeroing a buffer.
-    pub(crate) fn clear(&self, buf: &wgpu::Buffer) {
-        let mut pend = lock(&self.pending);
-        pend.encoder(&self.device).clear_buffer(buf, 0, None);
-    }
-
     fn flush_locked(&self, pend: &mut Pending) {
         pend.pass = None;
         if !pend.params.is_empty() {

@@ -811,7 +811,7 @@ impl Backend for WgpuBackend {
             w.down_bias.dense("moe")?,
         );
         let t = x.rows;
-        let y = self.ctx.storage((t * d * 4) as u64, "moe")?;
+        let y = self.output(t * d, "moe")?;
         if t == 0 {
             return Ok(self.tensor(y, 0, d));
         }
@@ -879,34 +879,35 @@ impl Backend for WgpuBackend {
             )
         })?;
         u32_of("moe", "rows", d * n_exp)?;
-        // Parts add into y, so it starts at zero.
-        self.ctx.clear(&y.buf);
+        let ys = self.ctx.storage((slots * d * 4) as u64, "moe expert outputs")?;
         for part in &w.down.parts {
             let p: &Part = part;
             let params = [
                 dff as u32,
                 d as u32,
-                t as u32,
-                top_k as u32,
+                slots as u32,
+                0,
                 p.row0 as u32,
                 p.rows as u32,
                 p.soff,
             ];
             self.ctx.dispatch(
                 &pipe,
-                &[
-                    (0, &p.buf.buf),
-                    (1, &h.buf),
-                    (2, &ids.buf),
-                    (3, &wts.buf),
-                    (4, db),
-                    (5, &y.buf),
-                ],
+                &[(0, &p.buf.buf), (1, &h.buf), (2, &ids.buf), (4, db), (5, &ys.buf)],
                 6,
                 &params,
-                (d * t) as u64,
+                (d * slots) as u64,
             )?;
         }
+        let pipe = self.simple("moe_combine", include_str!("shaders/moe_combine.wgsl"), "")?;
+        let wg = self.ctx.caps.wg as usize;
+        self.ctx.dispatch(
+            &pipe,
+            &[(0, &ys.buf), (1, &wts.buf), (2, &y.buf)],
+            3,
+            &[t as u32, d as u32, top_k as u32],
+            (t * d).div_ceil(wg) as u64,
+        )?;
         Ok(self.tensor(y, t, d))
     }
 

@@ -18,6 +18,18 @@ struct P {
 @group(0) @binding(6) var<storage, read_write> H: array<f32>;
 @group(0) @binding(7) var<uniform> p: P;
 
+fn x4(t: u32, c: u32) -> vec4<f32> {
+    let b = t * p.k + 4u * c;
+    if (4u * c + 4u <= p.k) {
+        return vec4<f32>(X[b], X[b + 1u], X[b + 2u], X[b + 3u]);
+    }
+    var r = vec4<f32>(0.0);
+    for (var j = 0u; j < 4u; j++) {
+        if (4u * c + j < p.k) { r[j] = X[b + j]; }
+    }
+    return r;
+}
+
 var<workgroup> rg: array<f32, WG>;
 var<workgroup> ru: array<f32, WG>;
 var<workgroup> sh_row: u32;
@@ -39,9 +51,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     var ag = 0.0;
     var au = 0.0;
     for (var c = li; c < nc; c += WG) {
-        let xb = tok * p.k + 4u * c;
-        var xv = vec4<f32>(0.0);
-        for (var q = 0u; q < 4u; q++) { if (4u * c + q < p.k) { xv[q] = X[xb + q]; } }
+        let xv = x4(tok, c);
         ag += dot(w4(row, c, p.k, p.soff), xv);
         au += dot(w4u(row, c, p.k, p.soff), xv);
     }
