@@ -85,6 +85,8 @@ fn load2x128(lo: &[u8], hi: &[u8]) -> __m256i {
 /// 128-bit half, so no cross-lane shuffles are needed; the result holds blocks 0, 2, 4, 6 in
 /// lanes 0..4 and 1, 3, 5, 7 in lanes 4..8 ([`MXFP4_LANE`]). `dot` multiplies u8 x i8 and sums
 /// groups of four into i32 lanes.
+// One body for both instruction sets: the closures carry the instructions that differ.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn mxfp4_group_sums(
     wg: &[u8],
