@@ -122,15 +122,12 @@ fn bench_in_child(
     if quiet {
         cmd.arg("--quiet");
     }
-    let out = cmd
-        .stderr(if quiet {
-            std::process::Stdio::piped()
-        } else {
-            std::process::Stdio::inherit()
-        })
-        .output()?;
+    let out = cmd.stderr(std::process::Stdio::piped()).output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !quiet {
+        eprint!("{err}");
+    }
     if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
         bail!(
             "{}",
             err.lines()
