@@ -29,6 +29,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     // One variant per command, in the order `gptoss --help` lists them.
+    /// Generate text after a prompt (optionally as a Harmony chat), streamed; prints tokens/s.
+    Run(cmd::run::Args),
+    /// Write the logits of every position of one prefill pass as safetensors (`logits` [T, V]).
+    Logits(cmd::logits::Args),
+    /// Generate token ids after a prompt of ids (prefill, then incremental decode).
+    Generate(cmd::generate::Args),
     /// Show a GGUF file's metadata, tensors and a size summary (`--json` for one JSON object).
     Inspect(cmd::inspect::Args),
     /// Check a GGUF file's structure and tensor data; exit 1 listing every problem found.
@@ -61,6 +67,9 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result: anyhow::Result<std::process::ExitCode> = match cli.command {
         // Command::Name(args) => cmd::name::run(args),
+        Command::Run(args) => cmd::run::run(args),
+        Command::Logits(args) => cmd::logits::run(args),
+        Command::Generate(args) => cmd::generate::run(args),
         Command::Inspect(args) => cmd::inspect::run(args),
         Command::Validate(args) => cmd::validate::run(args),
         Command::Synth(args) => cmd::synth::run(args),

@@ -6,11 +6,11 @@ use gptoss_backend::BackendError;
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     /// The file could not be opened or parsed.
-    #[error("{path}: {message}")]
+    #[error("{message}")]
     File {
         /// The file.
         path: String,
-        /// What the reader reported.
+        /// What the reader reported (naming the file).
         message: String,
     },
     /// A metadata key the model needs is absent.

@@ -51,9 +51,18 @@ impl TensorSource for GgufModel {
 
 /// Open a GGUF file (or the first shard of a split set).
 pub fn open_gguf(path: &Path) -> Result<GgufModel> {
-    GgufModel::open(path).map_err(|e| ModelError::File {
-        path: path.display().to_string(),
-        message: e.to_string(),
+    GgufModel::open(path).map_err(|e| {
+        let shown = path.display().to_string();
+        let msg = e.to_string();
+        ModelError::File {
+            // The reader's messages usually name the file already.
+            message: if msg.contains(&shown) {
+                msg
+            } else {
+                format!("{shown}: {msg}")
+            },
+            path: shown,
+        }
     })
 }
 

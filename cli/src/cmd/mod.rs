@@ -10,3 +10,6 @@ pub mod chat;
 pub mod tokenize;
 pub mod validate;
 pub mod dequant;
+pub mod generate;
+pub mod logits;
+pub mod run;
