@@ -452,6 +452,7 @@ fn attention_prefill_decode_window_sinks() {
     attention_case(&p, &mut r, 12, 4, 128, Some(16), &[40, 1, 2]);
 }
 
+#[allow(clippy::too_many_arguments)]
 fn moe_case(
     p: &Pair,
     r: &mut StdRng,
