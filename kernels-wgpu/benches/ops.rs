@@ -75,7 +75,11 @@ fn time(g: &WgpuBackend, label: &str, iters: usize, weight_bytes: f64, mut f: im
             rec * 1e6
         );
     } else {
-        println!("{label:<48} {:>10.1} us  (host {:.1} us)", dt * 1e6, rec * 1e6);
+        println!(
+            "{label:<48} {:>10.1} us  (host {:.1} us)",
+            dt * 1e6,
+            rec * 1e6
+        );
     }
 }
 
@@ -167,7 +171,10 @@ fn main() {
         time(&g, "moe router linear [1x2880]x[E]", it(100), 0.0, || {
             drop(g.linear(&xs, &mw.router, Some(&mw.router_bias)).unwrap());
         });
-        let c1 = MoeConfig { n_experts: e, top_k: 1 };
+        let c1 = MoeConfig {
+            n_experts: e,
+            top_k: 1,
+        };
         time(&g, "moe top-1", it(100), 0.0, || {
             drop(g.moe(&xs, &mw, &c1).unwrap());
         });

@@ -61,7 +61,10 @@ impl Drop for GpuBuf {
         match &self.pool {
             // Reuse is safe: wgpu orders every later use of the buffer after the recorded work
             // that still uses it (barriers between usages, one queue).
-            Some(pool) => lock(pool).entry(self.bytes).or_default().push(self.buf.clone()),
+            Some(pool) => lock(pool)
+                .entry(self.bytes)
+                .or_default()
+                .push(self.buf.clone()),
             // wgpu keeps the buffer alive until recorded work that uses it has finished.
             None => self.mem.sub(self.bytes),
         }
@@ -527,7 +530,8 @@ impl Ctx {
             return;
         }
         let mut pend = lock(&self.pending);
-        pend.encoder(&self.device).copy_buffer_to_buffer(src, src_off, dst, dst_off, size);
+        pend.encoder(&self.device)
+            .copy_buffer_to_buffer(src, src_off, dst, dst_off, size);
     }
 
     fn flush_locked(&self, pend: &mut Pending) {

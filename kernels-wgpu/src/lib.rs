@@ -509,7 +509,11 @@ impl Backend for WgpuBackend {
 
     fn rope(&self, x: &mut WgpuTensor, n_heads: usize, pos0: usize, rope: &Rope) -> Result<()> {
         let hd = rope.head_dim;
-        if hd == 0 || !hd.is_multiple_of(2) || rope.inv_freq.len() != hd / 2 || n_heads * hd != x.cols {
+        if hd == 0
+            || !hd.is_multiple_of(2)
+            || rope.inv_freq.len() != hd / 2
+            || n_heads * hd != x.cols
+        {
             return Err(shape(
                 "rope",
                 format!(
@@ -689,7 +693,10 @@ impl Backend for WgpuBackend {
             (max_keys.div_ceil(seg), seg)
         };
         let part = if n_split > 1 {
-            Some(self.ctx.storage((rows_heads * n_split * (hd + 2) * 4) as u64, "attention partials")?)
+            Some(self.ctx.storage(
+                (rows_heads * n_split * (hd + 2) * 4) as u64,
+                "attention partials",
+            )?)
         } else {
             None
         };
@@ -723,7 +730,11 @@ impl Backend for WgpuBackend {
             (rows_heads * n_split) as u64,
         )?;
         if let Some(part) = &part {
-            let pipe = self.simple("attention_combine", include_str!("shaders/attention_combine.wgsl"), "")?;
+            let pipe = self.simple(
+                "attention_combine",
+                include_str!("shaders/attention_combine.wgsl"),
+                "",
+            )?;
             self.ctx.dispatch(
                 &pipe,
                 &[(0, &part.buf), (1, sinks_buf), (2, &out.buf)],
@@ -879,7 +890,9 @@ impl Backend for WgpuBackend {
             )
         })?;
         u32_of("moe", "rows", d * n_exp)?;
-        let ys = self.ctx.storage((slots * d * 4) as u64, "moe expert outputs")?;
+        let ys = self
+            .ctx
+            .storage((slots * d * 4) as u64, "moe expert outputs")?;
         for part in &w.down.parts {
             let p: &Part = part;
             let params = [
@@ -893,7 +906,13 @@ impl Backend for WgpuBackend {
             ];
             self.ctx.dispatch(
                 &pipe,
-                &[(0, &p.buf.buf), (1, &h.buf), (2, &ids.buf), (4, db), (5, &ys.buf)],
+                &[
+                    (0, &p.buf.buf),
+                    (1, &h.buf),
+                    (2, &ids.buf),
+                    (4, db),
+                    (5, &ys.buf),
+                ],
                 6,
                 &params,
                 (d * slots) as u64,
