@@ -320,3 +320,18 @@ pub(crate) fn q8_0_dequant_avx2(src: &[u8], dst: &mut [f32]) {
         }
     }
 }
+
+/// F16 rows to f32 with F16C (exact conversion, 8 values per instruction).
+#[target_feature(enable = "avx2,f16c")]
+pub(crate) fn f16_dequant_f16c(src: &[u8], dst: &mut [f32]) {
+    let mut chunks = src.chunks_exact(16).zip(dst.chunks_exact_mut(8));
+    for (b, y) in &mut chunks {
+        let v = _mm256_cvtph_ps(load128(b));
+        // SAFETY: `y` is exactly 8 writable f32; the store is unaligned.
+        unsafe { _mm256_storeu_ps(y.as_mut_ptr(), v) };
+    }
+    let done = src.len() / 16 * 8;
+    for (y, b) in dst[done..].iter_mut().zip(src[done * 2..].chunks_exact(2)) {
+        *y = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+    }
+}
