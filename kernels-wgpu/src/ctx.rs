@@ -250,7 +250,12 @@ impl Ctx {
         let inv = limits
             .max_compute_invocations_per_workgroup
             .min(limits.max_compute_workgroup_size_x);
-        let mut wg = 64u32;
+        // 64 by default; GPTOSS_WGPU_WG (a power of two) overrides it for tuning.
+        let mut wg = std::env::var("GPTOSS_WGPU_WG")
+            .ok()
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .filter(|v| v.is_power_of_two() && (8..=1024).contains(v))
+            .unwrap_or(64);
         while wg > inv {
             wg /= 2;
         }
