@@ -284,8 +284,13 @@ mod tests {
     #[test]
     fn f16_rows_of_any_length_decode_exactly() {
         for n in [1usize, 7, 8, 9, 23] {
-            let vals: Vec<f16> = (0..n).map(|i| f16::from_f32(i as f32 * 0.37 - 2.0)).collect();
-            let src: Vec<u8> = vals.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect();
+            let vals: Vec<f16> = (0..n)
+                .map(|i| f16::from_f32(i as f32 * 0.37 - 2.0))
+                .collect();
+            let src: Vec<u8> = vals
+                .iter()
+                .flat_map(|v| v.to_bits().to_le_bytes())
+                .collect();
             let mut out = vec![0.0f32; n];
             dequantize(GgmlType::F16, &src, &mut out).unwrap();
             for (o, v) in out.iter().zip(&vals) {

@@ -10,8 +10,10 @@ use gptoss_quant::{
     vec_dot_with,
 };
 
-const NATIVE: [(GgmlType, GgmlType); 4] = [
+const NATIVE: [(GgmlType, GgmlType); 6] = [
     (GgmlType::MXFP4, GgmlType::Q8_0),
+    (GgmlType::Q4_0, GgmlType::Q8_0),
+    (GgmlType::IQ4_NL, GgmlType::Q8_0),
     (GgmlType::Q8_0, GgmlType::Q8_0),
     (GgmlType::Q4_K, GgmlType::Q8_K),
     (GgmlType::Q6_K, GgmlType::Q8_K),

@@ -94,9 +94,9 @@ pub fn vec_dot_type(weight: GgmlType) -> GgmlType {
 }
 
 /// Dot product of `n` elements: weights `w` of type `wty` with activations `a` of type `aty`,
-/// using [`current_dispatch`]. Native kernels: MXFP4 x Q8_0, Q8_0 x Q8_0, Q4_K x Q8_K,
-/// Q6_K x Q8_K; every other pair of decodable types falls back to dequantizing both sides and an
-/// f32 dot product (slow, but correct).
+/// using [`current_dispatch`]. Native kernels: MXFP4 x Q8_0, Q8_0 x Q8_0, Q4_0 x Q8_0,
+/// IQ4_NL x Q8_0, Q4_K x Q8_K, Q6_K x Q8_K; every other pair of decodable types falls back to
+/// dequantizing both sides and an f32 dot product (slow, but correct).
 pub fn vec_dot(
     wty: GgmlType,
     w: &[u8],
@@ -144,6 +144,21 @@ pub fn vec_dot_with(
             Dispatch::Avx2 => unsafe { x86::q8_0_q8_0_avx2(w, a, nb) },
             _ => scalar::q8_0_q8_0(w, a, nb),
         },
+        (Q4_0 | IQ4_NL, Q8_0) => {
+            let table = if wty == Q4_0 {
+                &scalar::Q4_0_LEVELS
+            } else {
+                &crate::tables::KVALUES_IQ4NL
+            };
+            match dispatch {
+                #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+                // SAFETY: AVX-512 availability implies AVX2 + F16C, which the kernel needs.
+                Dispatch::Avx512 | Dispatch::Avx2 => unsafe {
+                    x86::nib4_q8_0_avx2(table, w, a, nb)
+                },
+                _ => scalar::nib4_q8_0(table, w, a, nb),
+            }
+        }
         (Q4_K, Q8_K) => kquants::q4_k_q8_k(dispatch, w, a, nb),
         (Q6_K, Q8_K) => kquants::q6_k_q8_k(dispatch, w, a, nb),
         _ => generic(wty, w, aty, a, n)?,

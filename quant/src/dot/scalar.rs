@@ -69,3 +69,34 @@ pub(crate) fn q8_0_q8_0(w: &[u8], a: &[u8], nb: usize) -> f32 {
     }
     reduce8(acc)
 }
+
+/// Q4_0 as a level table (code - 8), for the shared 4-bit kernels.
+pub(crate) const Q4_0_LEVELS: [i8; 16] = [-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7];
+
+/// One 18-byte 4-bit block (f16 scale, codes j / j + 16 in the low / high nibble of byte j)
+/// with levels `table`, dotted with one Q8_0 block.
+#[inline(always)]
+pub(crate) fn nib4_q8_0_block(table: &[i8; 16], w: &[u8], a: &[u8]) -> f32 {
+    let mut s = 0i32;
+    for j in 0..16 {
+        let q = w[2 + j];
+        s += table[(q & 0x0f) as usize] as i32 * (a[2 + j] as i8) as i32;
+        s += table[(q >> 4) as usize] as i32 * (a[18 + j] as i8) as i32;
+    }
+    let d = rd_f16(w, 0) * rd_f16(a, 0);
+    d * s as f32
+}
+
+/// Q4_0 / IQ4_NL x Q8_0, in the MXFP4 kernels' lane order.
+pub(crate) fn nib4_q8_0(table: &[i8; 16], w: &[u8], a: &[u8], nb: usize) -> f32 {
+    let mut acc = [0.0f32; 8];
+    for (b, (wb, ab)) in w
+        .chunks_exact(18)
+        .zip(a.chunks_exact(34))
+        .take(nb)
+        .enumerate()
+    {
+        acc[MXFP4_LANE[b % 8]] += nib4_q8_0_block(table, wb, ab);
+    }
+    reduce8(acc)
+}

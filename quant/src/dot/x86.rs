@@ -88,7 +88,7 @@ fn load2x128(lo: &[u8], hi: &[u8]) -> __m256i {
 // One body for both instruction sets: the closures carry the instructions that differ.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn mxfp4_group_sums(
+fn mxfp4_group_sums<const WB: usize>(
     wg: &[u8],
     ag: &[u8],
     dot: impl Fn(__m256i, __m256i) -> __m256i,
@@ -101,9 +101,13 @@ fn mxfp4_group_sums(
 ) -> __m256i {
     let mut p = [None; 4];
     for (j, pj) in p.iter_mut().enumerate() {
-        let (w0, w1) = (&wg[34 * j..34 * j + 17], &wg[34 * j + 17..34 * j + 34]);
+        // WB-byte weight blocks (17 for MXFP4, 18 for Q4_0/IQ4_NL): scale first, 16 code bytes last.
+        let (w0, w1) = (
+            &wg[2 * WB * j..2 * WB * j + WB],
+            &wg[2 * WB * j + WB..2 * WB * j + 2 * WB],
+        );
         let (a0, a1) = (&ag[68 * j..68 * j + 34], &ag[68 * j + 34..68 * j + 68]);
-        let (lo, hi) = nibbles(load2(&w0[1..17], &w1[1..17]));
+        let (lo, hi) = nibbles(load2(&w0[WB - 16..WB], &w1[WB - 16..WB]));
         let al = load2(&a0[2..18], &a1[2..18]);
         let ah = load2(&a0[18..34], &a1[18..34]);
         *pj = Some(add(dot(abs(al), sign(lo, al)), dot(abs(ah), sign(hi, ah))));
@@ -155,7 +159,7 @@ pub(crate) fn mxfp4_q8_0_avx2(w: &[u8], a: &[u8], nb: usize) -> f32 {
         .take(groups)
     {
         // The closures inherit this function's target features.
-        let sums = mxfp4_group_sums(
+        let sums = mxfp4_group_sums::<17>(
             wg,
             ag,
             |u, s| _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), ones),
@@ -224,7 +228,7 @@ pub(crate) fn mxfp4_q8_0_avx512(w: &[u8], a: &[u8], nb: usize) -> f32 {
         .take(groups)
     {
         // The closures inherit this function's target features.
-        let sums = mxfp4_group_sums(
+        let sums = mxfp4_group_sums::<17>(
             wg,
             ag,
             |u, s| _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s),
@@ -334,4 +338,50 @@ pub(crate) fn f16_dequant_f16c(src: &[u8], dst: &mut [f32]) {
     for (y, b) in dst[done..].iter_mut().zip(src[done * 2..].chunks_exact(2)) {
         *y = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
     }
+}
+
+/// Q4_0 or IQ4_NL (18-byte blocks: f16 scale, 16 code bytes) x Q8_0 with AVX2: the MXFP4 kernel
+/// with the type's 16-entry level table (|level| <= 127, so moving the activation's sign onto
+/// it cannot overflow) and an f16 weight scale.
+#[target_feature(enable = "avx2,f16c")]
+pub(crate) fn nib4_q8_0_avx2(table: &[i8; 16], w: &[u8], a: &[u8], nb: usize) -> f32 {
+    let t = load128(&table.map(|v| v as u8));
+    let table_v = _mm256_broadcastsi128_si256(t);
+    let m4 = _mm256_set1_epi8(0x0f);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_ps();
+    let groups = nb / 8;
+    for (wg, ag) in w
+        .chunks_exact(8 * 18)
+        .zip(a.chunks_exact(8 * 34))
+        .take(groups)
+    {
+        // The closures inherit this function's target features.
+        let sums = mxfp4_group_sums::<18>(
+            wg,
+            ag,
+            |u, s| _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), ones),
+            |q| mxfp4_nibbles(table_v, m4, q),
+            |w, a| _mm256_sign_epi8(w, a),
+            |a| _mm256_abs_epi8(a),
+            |x, y| _mm256_add_epi32(x, y),
+            |x, y| _mm256_hadd_epi32(x, y),
+            |l, h| load2x128(l, h),
+        );
+        let mut dw = [0.0f32; 8];
+        for (b, &lane) in MXFP4_LANE.iter().enumerate() {
+            dw[lane] = half::f16::from_bits(rd_u16(wg, 18 * b)).to_f32();
+        }
+        let d = mxfp4_act_scales(set8(dw), ag);
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(d, _mm256_cvtepi32_ps(sums)));
+    }
+    finish(acc, |lanes| {
+        for b in groups * 8..nb {
+            lanes[MXFP4_LANE[b % 8]] += super::scalar::nib4_q8_0_block(
+                table,
+                &w[b * 18..b * 18 + 18],
+                &a[b * 34..b * 34 + 34],
+            );
+        }
+    })
 }
