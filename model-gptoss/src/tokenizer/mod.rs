@@ -121,7 +121,7 @@ pub struct Tokenizer {
     text_ends: Vec<u32>,
     token_types: Vec<i32>,
     /// Ordinary tokens by their bytes (the whole-piece shortcut).
-    by_bytes: FxHashMap<Box<[u8]>, u32>,
+    by_bytes: ByteIndex,
     /// Merge rules: (left, right) -> (priority, merged token).
     merges: FxHashMap<u64, (u32, u32)>,
     /// The single-byte token of every byte value.
@@ -260,16 +260,13 @@ impl Tokenizer {
         let mut bytes = Vec::with_capacity(total_len);
         let mut offsets = Vec::with_capacity(n + 1);
         offsets.push(0u32);
-        let mut by_bytes = FxHashMap::with_capacity_and_hasher(n, Default::default());
+        let mut by_bytes = ByteIndex::with_capacity(n);
         let mut specials = FxHashMap::default();
         for (id, (&text, &ty)) in spec.tokens.iter().zip(&token_types).enumerate() {
             let id = id as u32;
-            let start = bytes.len();
-            if ty == TOKEN_TYPE_NORMAL {
+            let normal = ty == TOKEN_TYPE_NORMAL;
+            if normal {
                 unmap_bytes(text, &mut bytes, &inverse);
-                by_bytes
-                    .entry(bytes[start..].to_vec().into_boxed_slice())
-                    .or_insert(id);
             } else {
                 // Control and added tokens are stored as plain text.
                 bytes.extend_from_slice(text.as_bytes());
@@ -282,13 +279,16 @@ impl Tokenizer {
                 detail: "the vocabulary's total size exceeds 4 GiB".into(),
             })?;
             offsets.push(end);
+            if normal {
+                by_bytes.insert_first(id, &bytes, &offsets);
+            }
         }
 
         let mut byte_tokens = [0u32; 256];
         for b in 0..=255u8 {
             byte_tokens[usize::from(b)] =
-                *by_bytes
-                    .get(&[b][..])
+                by_bytes
+                    .get(&[b][..], &bytes, &offsets)
                     .ok_or_else(|| TokenizerError::BadKey {
                         key: "tokenizer.ggml.tokens",
                         detail: format!(
@@ -315,14 +315,14 @@ impl Tokenizer {
             unmap_bytes(left, &mut scratch, &inverse);
             let split = scratch.len();
             unmap_bytes(right, &mut scratch, &inverse);
-            let l = *by_bytes
-                .get(&scratch[..split])
+            let l = by_bytes
+                .get(&scratch[..split], &bytes, &offsets)
                 .ok_or_else(|| bad(format!("{left:?} is not in the vocabulary")))?;
-            let r = *by_bytes
-                .get(&scratch[split..])
+            let r = by_bytes
+                .get(&scratch[split..], &bytes, &offsets)
                 .ok_or_else(|| bad(format!("{right:?} is not in the vocabulary")))?;
-            let merged = *by_bytes
-                .get(scratch.as_slice())
+            let merged = by_bytes
+                .get(&scratch, &bytes, &offsets)
                 .ok_or_else(|| bad(format!("{left}{right:?} is not in the vocabulary")))?;
             let priority = u32::try_from(index).unwrap_or(u32::MAX);
             merges.entry(pair_key(l, r)).or_insert((priority, merged));
@@ -402,7 +402,7 @@ impl Tokenizer {
 
     /// Encodes one pre-token.
     fn encode_piece(&self, piece: &[u8], out: &mut Vec<u32>) {
-        if let Some(&id) = self.by_bytes.get(piece) {
+        if let Some(id) = self.by_bytes.get(piece, &self.bytes, &self.offsets) {
             out.push(id);
         } else if piece.len() > HEAP_MERGE_THRESHOLD {
             self.merge_heap(piece, out);
@@ -573,10 +573,10 @@ impl Tokenizer {
     /// Finds a token by its text: a special token by its literal text (`"<|start|>"`), an
     /// ordinary one by the text it decodes to (`" hello"`).
     pub fn find_token(&self, text: &str) -> Option<u32> {
-        self.specials
-            .get(text)
-            .copied()
-            .or_else(|| self.by_bytes.get(text.as_bytes()).copied())
+        self.specials.get(text).copied().or_else(|| {
+            self.by_bytes
+                .get(text.as_bytes(), &self.bytes, &self.offsets)
+        })
     }
 
     /// The tokens that end generation: `<|return|>`, `<|call|>` and `<|endoftext|>` (those the
@@ -651,6 +651,47 @@ impl std::fmt::Debug for Tokenizer {
             .field("pad", &self.pad)
             .field("has_chat_template", &self.chat_template.is_some())
             .finish()
+    }
+}
+
+/// Ordinary tokens by their bytes: a hash table of ids whose keys live in the tokenizer's flat
+/// byte buffer, so that 200k tokens cost no allocation each and the table stays small.
+#[derive(Clone)]
+struct ByteIndex {
+    table: hashbrown::HashTable<u32>,
+}
+
+fn hash_bytes(b: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    rustc_hash::FxBuildHasher.hash_one(b)
+}
+
+impl ByteIndex {
+    fn with_capacity(n: usize) -> ByteIndex {
+        ByteIndex {
+            table: hashbrown::HashTable::with_capacity(n),
+        }
+    }
+
+    /// Adds token `id` (already in `bytes`/`offsets`) unless a token with the same bytes is
+    /// there: the first of duplicates wins.
+    fn insert_first(&mut self, id: u32, bytes: &[u8], offsets: &[u32]) {
+        let key = token_slice(bytes, offsets, id);
+        let hash = hash_bytes(key);
+        if self
+            .table
+            .find(hash, |&o| token_slice(bytes, offsets, o) == key)
+            .is_none()
+        {
+            self.table
+                .insert_unique(hash, id, |&o| hash_bytes(token_slice(bytes, offsets, o)));
+        }
+    }
+
+    fn get(&self, key: &[u8], bytes: &[u8], offsets: &[u32]) -> Option<u32> {
+        self.table
+            .find(hash_bytes(key), |&o| token_slice(bytes, offsets, o) == key)
+            .copied()
     }
 }
 
