@@ -147,11 +147,18 @@ fn main() {
     }
 
     // MoE of one 20b layer: 32 experts of 2880x2880 MXFP4, top-4.
-    let (d, dff, e) = if full {
+    let (d, dff, mut e) = if full {
         (2880, 2880, 32)
     } else {
         (2880, 2880, 8)
     };
+    // GPTOSS_BENCH_EXPERTS: stack size (same active work, different buffer size).
+    if let Some(n) = std::env::var("GPTOSS_BENCH_EXPERTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        e = n;
+    }
     let mw = MoeWeights {
         router: g.upload(&w("r", GgmlType::F32, &[d, e], 3)).unwrap(),
         router_bias: g.upload(&w("rb", GgmlType::F32, &[e], 4)).unwrap(),
