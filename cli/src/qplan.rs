@@ -238,7 +238,7 @@ fn tensor_type(
     let nx = t.ne[0];
     if name == "output.weight" || (!has_output && name == "token_embd.weight") {
         let qk = new_type.block_size() as u64;
-        if ftype == F::MXFP4_MOE || nx % qk != 0 {
+        if ftype == F::MXFP4_MOE || !nx.is_multiple_of(qk) {
             new_type = G::Q8_0;
         } else if new_type != G::Q8_0 {
             new_type = G::Q6_K;
@@ -284,13 +284,14 @@ fn tensor_type(
         } else if ftype == F::Q4_K_S && i_layer < n_layer / 8 {
             new_type = G::Q5_K;
         }
-    } else if name.contains("attn_output.weight") {
-        if facts.n_expert == 8 && matches!(ftype, F::IQ4_NL | F::Q4_K_S | F::Q4_K_M | F::IQ4_XS) {
-            new_type = G::Q5_K;
-        }
+    } else if name.contains("attn_output.weight")
+        && facts.n_expert == 8
+        && matches!(ftype, F::IQ4_NL | F::Q4_K_S | F::Q4_K_M | F::IQ4_XS)
+    {
+        new_type = G::Q5_K;
     }
     // Rows whose length is not a whole number of blocks take llama.cpp's fallback type.
-    if nx % new_type.block_size() as u64 != 0 {
+    if !nx.is_multiple_of(new_type.block_size() as u64) {
         new_type = match new_type {
             G::IQ4_XS | G::Q2_K | G::Q3_K => G::IQ4_NL,
             G::Q4_K => G::Q5_0,
@@ -298,7 +299,7 @@ fn tensor_type(
             G::Q6_K => G::Q8_0,
             other => other,
         };
-        if nx % new_type.block_size() as u64 != 0 {
+        if !nx.is_multiple_of(new_type.block_size() as u64) {
             new_type = G::F16;
         }
     }

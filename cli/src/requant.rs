@@ -10,7 +10,7 @@ use crate::qplan::{self, FileType, ModelFacts, TensorDesc};
 
 /// Encode rows of `n_per_row` f32 values as `ty` with ggml's reference quantizers.
 pub fn quantize_rows(ty: GgmlType, x: &[f32], n_per_row: usize) -> Result<Vec<u8>> {
-    if n_per_row == 0 || x.len() % n_per_row != 0 {
+    if n_per_row == 0 || !x.len().is_multiple_of(n_per_row) {
         bail!("{} values are not whole rows of {n_per_row}", x.len());
     }
     let n = gptoss_quant::row_size(ty, x.len())?;

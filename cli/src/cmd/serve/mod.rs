@@ -8,6 +8,10 @@
 //! - Requests queue on one model worker thread (a bounded channel: a full queue answers 503);
 //!   a client that disconnects stops its generation at the next token.
 
+// Handlers return early with a ready error `Response`; it is built once per failed request, so
+// its size on the stack does not matter.
+#![allow(clippy::result_large_err)]
+
 mod worker;
 
 use std::net::SocketAddr;
