@@ -40,7 +40,8 @@ fn row_of(j: u32, kvh: u32) -> vec2<u32> {
     if (j >= p.pos0) {
         return vec2<u32>((j - p.pos0) * p.n_kv * p.hd + kvh * p.hd, 1u);
     }
-    let slot = select(j, j % p.ring, p.ring != 0u);
+    var slot = j;
+    if (p.ring != 0u) { slot = j % p.ring; }
     return vec2<u32>((slot * p.n_kv + kvh) * p.hd, 0u);
 }
 

@@ -25,7 +25,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let row = p.first + g / p.width;
     let c = g % p.width;
     let pos = p.pos0 + row;
-    let slot = select(pos, pos % p.ring, p.ring != 0u);
+    var slot = pos;
+    if (p.ring != 0u) { slot = pos % p.ring; }
     KC[slot * p.width + c] = K[row * p.width + c];
     VC[slot * p.width + c] = V[row * p.width + c];
 }
