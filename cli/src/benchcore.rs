@@ -154,8 +154,13 @@ impl WithBackend for BenchJob<'_> {
     fn run<B: Backend>(self, backend: B) -> Result<Vec<Row>> {
         let (size_bytes, params) = model_size(self.path)?;
         let backend_name = backend.name();
+        let pb = crate::progress::spinner(
+            &format!("loading {} on {backend_name}", self.path.display()),
+            !self.plan.verbose,
+        );
         let model = Model::load(backend, self.path)
             .with_context(|| format!("loading {} on {backend_name}", self.path.display()))?;
+        pb.finish_and_clear();
         let vocab = model.vocab_size() as u32;
         let mut rng = SmallRng::seed_from_u64(42);
         let mut random_tokens =

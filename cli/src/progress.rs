@@ -19,3 +19,18 @@ pub fn bytes_bar(total: u64, msg: &str, quiet: bool) -> ProgressBar {
     pb.set_message(msg.to_string());
     pb
 }
+
+/// A spinner for steps of unknown length (loading a model), hidden when `quiet`.
+pub fn spinner(msg: &str, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new_spinner();
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    pb.set_message(msg.to_string());
+    pb.enable_steady_tick(std::time::Duration::from_millis(120));
+    pb
+}

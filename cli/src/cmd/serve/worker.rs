@@ -66,7 +66,11 @@ impl WithBackend for WorkerJob {
 
     fn run<B: Backend>(mut self, backend: B) -> Result<()> {
         let name = backend.name();
-        let model = match Model::load(backend, &self.path) {
+        let pb =
+            crate::progress::spinner(&format!("loading {} on {name}", self.path.display()), false);
+        let loaded = Model::load(backend, &self.path);
+        pb.finish_and_clear();
+        let model = match loaded {
             Ok(m) => m,
             Err(e) => {
                 let _ = self.ready.send(Err(format!("{e}")));
