@@ -1,12 +1,16 @@
 //! CPU backend operations at GPT-OSS-20b shapes, reference mode against fast mode.
 //!
 //! `cargo bench -p gptoss-backend --bench cpu_ops` (add `-- linear` etc. to pick a group).
+//! With `CPU_OPS_CLOCK=cpu` the measurement is the process's CPU time (all threads, from
+//! /proc/self/task/*/sched) instead of wall time: on a machine shared with other work, CPU time
+//! divided by the thread count estimates the wall time the same work takes on an idle machine.
 //! Weights are random bytes in their real formats (MXFP4 blocks with sane scales, Q8_0 with
 //! random codes); timings do not depend on the values.
 
 use std::hint::black_box;
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::{Measurement, ValueFormatter, WallTime};
+use criterion::{BenchmarkId, Criterion, Throughput};
 use gptoss_backend::{
     AttentionConfig, Backend, CpuBackend, GgmlType, HostBytes, KvCacheConfig, MoeConfig,
     MoeWeights, WeightData,
@@ -69,7 +73,7 @@ fn backends() -> [(&'static str, CpuBackend); 2] {
     ]
 }
 
-fn linear(c: &mut Criterion) {
+fn linear<M: Measurement + 'static>(c: &mut Criterion<M>) {
     let mut g = Gen(0x5eed);
     let mut group = c.benchmark_group("linear");
     group.sample_size(10);
@@ -94,7 +98,7 @@ fn linear(c: &mut Criterion) {
     group.finish();
 }
 
-fn moe(c: &mut Criterion) {
+fn moe<M: Measurement + 'static>(c: &mut Criterion<M>) {
     let mut g = Gen(0x0e0e);
     let (d, dff, ne, k) = (2880, 2880, 32, 4);
     let ws = [
@@ -136,7 +140,7 @@ fn moe(c: &mut Criterion) {
     group.finish();
 }
 
-fn attention(c: &mut Criterion) {
+fn attention<M: Measurement + 'static>(c: &mut Criterion<M>) {
     let mut g = Gen(0xa77e);
     let (nh, nkv, hd, ctx) = (64, 8, 64, 4096);
     let be = CpuBackend::new();
@@ -145,7 +149,11 @@ fn attention(c: &mut Criterion) {
     let sinks = be.upload(&weight(&mut g, GgmlType::F32, &[nh])).unwrap();
     let past_k = g.f32s(ctx * nkv * hd);
     let past_v = g.f32s(ctx * nkv * hd);
-    for (window, t) in [(None, 1usize), (Some(128), 1), (None, 64)] {
+    // Full attention over the context is benchmarked as a window of ctx + t positions: the same
+    // arithmetic over a preallocated ring, so that cloning the cache for each iteration does not
+    // leave the append to reallocate (a real full cache grows by doubling, amortized).
+    for (window, t) in [(ctx + 1, 1usize), (128, 1), (ctx + 64, 64)] {
+        let window = Some(window);
         let cfg = AttentionConfig {
             n_heads: nh,
             n_kv_heads: nkv,
@@ -190,7 +198,7 @@ fn attention(c: &mut Criterion) {
 
 /// One whole GPT-OSS-20b decoder layer (MXFP4 experts, Q8_0 attention matrices, as in the
 /// MXFP4_MOE files) at context 1024: times 24 plus the output matrix estimates a token.
-fn layer(c: &mut Criterion) {
+fn layer<M: Measurement + 'static>(c: &mut Criterion<M>) {
     let mut g = Gen(0x1a7e);
     let (d, nh, nkv, hd, dff, ne, ctx) = (2880, 64, 8, 64, 2880, 32, 1024);
     let f = GgmlType::F32;
@@ -248,14 +256,15 @@ fn layer(c: &mut Criterion) {
                 n_heads: nh,
                 n_kv_heads: nkv,
                 head_dim: hd,
-                window: None,
+                // A full layer, as a ring of ctx + t (see `attention`).
+                window: Some(ctx + t),
                 scale: 0.125,
             };
             let kv_cfg = KvCacheConfig {
                 n_kv_heads: nkv,
                 head_dim: hd,
                 max_positions: ctx + t,
-                window: None,
+                window: Some(ctx + t),
             };
             let mut base = be.new_kv_cache(&kv_cfg).unwrap();
             base.append(&past_k, &past_v, ctx).unwrap();
@@ -291,5 +300,107 @@ fn layer(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, linear, moe, attention, layer);
-criterion_main!(benches);
+/// Process CPU time in nanoseconds: the sum of `se.sum_exec_runtime` over this process's threads.
+struct CpuTime;
+
+fn cpu_time_ns() -> f64 {
+    let mut total = 0.0;
+    if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
+        for e in dir.flatten() {
+            let Ok(s) = std::fs::read_to_string(e.path().join("sched")) else {
+                continue;
+            };
+            if let Some(ms) = s
+                .lines()
+                .find(|l| l.starts_with("se.sum_exec_runtime"))
+                .and_then(|l| l.split(':').nth(1))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+            {
+                total += ms * 1e6;
+            }
+        }
+    }
+    total
+}
+
+impl Measurement for CpuTime {
+    type Intermediate = f64;
+    type Value = f64;
+    fn start(&self) -> f64 {
+        cpu_time_ns()
+    }
+    fn end(&self, i: f64) -> f64 {
+        cpu_time_ns() - i
+    }
+    fn add(&self, a: &f64, b: &f64) -> f64 {
+        a + b
+    }
+    fn zero(&self) -> f64 {
+        0.0
+    }
+    fn to_f64(&self, v: &f64) -> f64 {
+        *v
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        &CpuTimeFormatter
+    }
+}
+
+struct CpuTimeFormatter;
+
+impl CpuTimeFormatter {
+    fn scale(typical: f64, values: &mut [f64]) -> &'static str {
+        let (div, unit) = if typical < 1e3 {
+            (1.0, "ns cpu")
+        } else if typical < 1e6 {
+            (1e3, "us cpu")
+        } else if typical < 1e9 {
+            (1e6, "ms cpu")
+        } else {
+            (1e9, "s cpu")
+        };
+        values.iter_mut().for_each(|v| *v /= div);
+        unit
+    }
+}
+
+impl ValueFormatter for CpuTimeFormatter {
+    fn scale_values(&self, typical: f64, values: &mut [f64]) -> &'static str {
+        Self::scale(typical, values)
+    }
+    fn scale_throughputs(&self, _typical: f64, t: &Throughput, values: &mut [f64]) -> &'static str {
+        if let Throughput::Bytes(b) | Throughput::BytesDecimal(b) = t {
+            values.iter_mut().for_each(|v| *v = *b as f64 / *v);
+            "GB/cpu-s"
+        } else {
+            "per ns cpu"
+        }
+    }
+    fn scale_for_machines(&self, _values: &mut [f64]) -> &'static str {
+        "ns cpu"
+    }
+}
+
+fn run_all<M: Measurement + 'static>(mut c: Criterion<M>) {
+    linear(&mut c);
+    moe(&mut c);
+    attention(&mut c);
+    layer(&mut c);
+    c.final_summary();
+}
+
+fn main() {
+    if std::env::var("CPU_OPS_CLOCK").is_ok_and(|v| v == "cpu") {
+        run_all(
+            Criterion::default()
+                .with_measurement(CpuTime)
+                .configure_from_args(),
+        );
+    } else {
+        run_all(
+            Criterion::default()
+                .with_measurement(WallTime)
+                .configure_from_args(),
+        );
+    }
+}

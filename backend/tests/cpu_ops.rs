@@ -120,7 +120,7 @@ fn linear_matches_f64_for_every_type_and_shape() {
                 got.data(),
                 &want,
                 1e-10,
-                1e-4,
+                rel_abs(&want, 1e-5),
             );
         }
     }
@@ -718,7 +718,7 @@ fn moe_matches_f64_for_every_expert_type() {
                 &g,
                 &wv,
                 1e-10,
-                1e-4,
+                rel_abs(&wv, 1e-5),
             );
         }
     }
@@ -810,7 +810,7 @@ fn router_ties_prefer_lower_expert_ids() {
         got.data(),
         &want,
         1e-10,
-        1e-5,
+        rel_abs(&want, 1e-5),
     );
 }
 

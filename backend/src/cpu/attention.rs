@@ -5,14 +5,17 @@ use rayon::prelude::*;
 use super::linear::dot;
 use crate::{AttentionConfig, BackendError, KvCacheConfig, Result};
 
-/// One layer's KV cache on the CPU: f32 rows `[n_kv_heads * head_dim]` per position. A full layer
-/// grows up to `max_positions`; a sliding-window layer is a ring of `window` slots (position p in
-/// slot `p % window`).
+/// One layer's KV cache on the CPU, laid out head-major: `[n_kv_heads][cap][head_dim]` f32, so
+/// that a task attending with one kv head streams one contiguous block. A full layer grows (by
+/// doubling, up to `max_positions`); a sliding-window layer is a ring of `window` slots
+/// (position p in slot `p % window`), allocated whole.
 #[derive(Debug, Clone)]
 pub struct CpuKvCache {
     cfg: KvCacheConfig,
     k: Vec<f32>,
     v: Vec<f32>,
+    /// Slots per head.
+    cap: usize,
     /// Positions seen so far (the next position to store).
     len: usize,
 }
@@ -31,19 +34,22 @@ impl CpuKvCache {
                 detail: "a sliding window of 0 positions sees nothing".into(),
             });
         }
-        let width =
-            cfg.n_kv_heads
-                .checked_mul(cfg.head_dim)
-                .ok_or_else(|| BackendError::Shape {
-                    op: "new_kv_cache",
-                    detail: format!("{cfg:?} overflows"),
-                })?;
+        let overflow = || BackendError::Shape {
+            op: "new_kv_cache",
+            detail: format!("{cfg:?} overflows"),
+        };
+        let width = cfg
+            .n_kv_heads
+            .checked_mul(cfg.head_dim)
+            .ok_or_else(overflow)?;
+        width.checked_mul(cfg.max_positions).ok_or_else(overflow)?;
         // A ring is allocated whole (it is small); a full cache grows as positions arrive.
-        let slots = cfg.window.map_or(0, |w| w.min(cfg.max_positions));
+        let cap = cfg.window.map_or(0, |w| w.min(cfg.max_positions));
         Ok(CpuKvCache {
             cfg: *cfg,
-            k: vec![0f32; slots * width],
-            v: vec![0f32; slots * width],
+            k: vec![0f32; cap * width],
+            v: vec![0f32; cap * width],
+            cap,
             len: 0,
         })
     }
@@ -67,12 +73,14 @@ impl CpuKvCache {
         self.cfg.n_kv_heads * self.cfg.head_dim
     }
 
-    /// Row index of position `p` (which must be held).
-    fn slot(&self, p: usize) -> usize {
-        match self.cfg.window {
-            Some(w) => p % w.min(self.cfg.max_positions),
+    /// Offset of position `p` (which must be held) of kv head `h`.
+    #[inline]
+    fn offset(&self, h: usize, p: usize) -> usize {
+        let slot = match self.cfg.window {
+            Some(_) => p % self.cap,
             None => p,
-        }
+        };
+        (h * self.cap + slot) * self.cfg.head_dim
     }
 
     /// Store keys and values (`[t, n_kv_heads * head_dim]`, already roped) for the next `t`
@@ -95,22 +103,39 @@ impl CpuKvCache {
         Ok(())
     }
 
+    /// Make room for `need` positions in a full cache: double (at most to `max_positions`) and
+    /// move each head's block to its new place.
+    fn grow(&mut self, need: usize) {
+        let new_cap = need.max(self.cap * 2).max(16).min(self.cfg.max_positions);
+        let (hd, nkv, old) = (self.cfg.head_dim, self.cfg.n_kv_heads, self.cap);
+        for buf in [&mut self.k, &mut self.v] {
+            let mut nb = vec![0f32; nkv * new_cap * hd];
+            for h in 0..nkv {
+                let n = self.len.min(old) * hd;
+                nb[h * new_cap * hd..][..n].copy_from_slice(&buf[h * old * hd..][..n]);
+            }
+            *buf = nb;
+        }
+        self.cap = new_cap;
+    }
+
     /// Store rows of `k`/`v` (`[t, width]`) for positions `len..len + t` (checked by the caller).
     fn store(&mut self, k: &[f32], v: &[f32], t: usize) {
-        let width = self.width();
-        match self.cfg.window {
-            None => {
-                self.k.extend_from_slice(&k[..t * width]);
-                self.v.extend_from_slice(&v[..t * width]);
-            }
-            Some(_) => {
-                let ring = self.k.len() / width;
-                // Only the last `ring` positions survive.
-                for i in t.saturating_sub(ring)..t {
-                    let s = self.slot(self.len + i) * width;
-                    self.k[s..s + width].copy_from_slice(&k[i * width..(i + 1) * width]);
-                    self.v[s..s + width].copy_from_slice(&v[i * width..(i + 1) * width]);
-                }
+        let (hd, width) = (self.cfg.head_dim, self.width());
+        if self.cfg.window.is_none() && self.len + t > self.cap {
+            self.grow(self.len + t);
+        }
+        // A ring keeps only the last `cap` positions.
+        let first = match self.cfg.window {
+            Some(_) => t.saturating_sub(self.cap),
+            None => 0,
+        };
+        for i in first..t {
+            for h in 0..self.cfg.n_kv_heads {
+                let o = self.offset(h, self.len + i);
+                let src = i * width + h * hd;
+                self.k[o..o + hd].copy_from_slice(&k[src..src + hd]);
+                self.v[o..o + hd].copy_from_slice(&v[src..src + hd]);
             }
         }
         self.len += t;
@@ -179,55 +204,62 @@ pub(crate) fn attention(
     let scale = cfg.scale;
     let cache_ref = &*cache;
     let mut out = vec![0f32; t * nh * hd];
-    out.par_chunks_mut(hd).enumerate().for_each_init(
-        || (Vec::<f32>::new(), vec![0f32; hd]),
-        |(scores, acc), (idx, o)| {
-            let (tok, h) = (idx / nh, idx % nh);
-            let kvh = h / group;
+    // One task per (token, kv head): the `group` query heads sharing a kv head read each key and
+    // value row once between them. Their outputs are adjacent in the row.
+    out.par_chunks_mut(group * hd).enumerate().for_each_init(
+        Vec::<f32>::new,
+        |scores, (idx, o)| {
+            let (tok, kvh) = (idx / nkv, idx % nkv);
             let p = pos0 + tok;
             let lo = cfg.window.map_or(0, |w| (p + 1).saturating_sub(w));
-            let qh = &q[tok * nh * hd + h * hd..][..hd];
+            let len = p + 1 - lo;
+            let h0 = kvh * group;
+            let qg = &q[tok * nh * hd + h0 * hd..][..group * hd];
             // Key/value row of position j: the new rows for j >= pos0, else the cache.
-            let at = |j: usize| -> (bool, usize) {
-                if j >= pos0 {
-                    (true, (j - pos0) * width + kvh * hd)
+            let row = |j: usize| -> std::ops::Range<usize> {
+                let b = if j >= pos0 {
+                    (j - pos0) * width + kvh * hd
                 } else {
-                    (false, cache_ref.slot(j) * width + kvh * hd)
-                }
+                    cache_ref.offset(kvh, j)
+                };
+                b..b + hd
             };
+            // scores[g * len + jj]: head h0 + g, key position lo + jj.
             scores.clear();
-            let mut m = sinks[h];
-            for j in lo..=p {
-                let (is_new, b) = at(j);
-                let kr = if is_new {
-                    &k[b..b + hd]
-                } else {
-                    &cache_ref.k[b..b + hd]
-                };
-                let s = dot(qh, kr) * scale;
-                m = if s > m { s } else { m };
-                scores.push(s);
-            }
-            let mut denom = (sinks[h] - m).exp();
-            for s in scores.iter_mut() {
-                *s = (*s - m).exp();
-                denom += *s;
-            }
-            acc.fill(0.0);
-            for (j, &e) in (lo..=p).zip(scores.iter()) {
-                let (is_new, b) = at(j);
-                let vr = if is_new {
-                    &v[b..b + hd]
-                } else {
-                    &cache_ref.v[b..b + hd]
-                };
-                for (a, &x) in acc.iter_mut().zip(vr) {
-                    *a += e * x;
+            scores.resize(group * len, 0.0);
+            for (jj, j) in (lo..=p).enumerate() {
+                let r = row(j);
+                let kr = if j >= pos0 { &k[r] } else { &cache_ref.k[r] };
+                for (g, qh) in qg.chunks_exact(hd).enumerate() {
+                    scores[g * len + jj] = dot(qh, kr) * scale;
                 }
             }
-            let inv = 1.0 / denom;
-            for (y, a) in o.iter_mut().zip(acc.iter()) {
-                *y = a * inv;
+            let mut inv = vec![0f32; group];
+            for (g, sc) in scores.chunks_exact_mut(len.max(1)).enumerate().take(group) {
+                let sink = sinks[h0 + g];
+                let m = sc.iter().fold(sink, |m, &s| if s > m { s } else { m });
+                let mut denom = (sink - m).exp();
+                for s in sc.iter_mut() {
+                    *s = (*s - m).exp();
+                    denom += *s;
+                }
+                inv[g] = 1.0 / denom;
+            }
+            o.fill(0.0);
+            for (jj, j) in (lo..=p).enumerate() {
+                let r = row(j);
+                let vr = if j >= pos0 { &v[r] } else { &cache_ref.v[r] };
+                for (g, acc) in o.chunks_exact_mut(hd).enumerate() {
+                    let e = scores[g * len + jj];
+                    for (a, &x) in acc.iter_mut().zip(vr) {
+                        *a += e * x;
+                    }
+                }
+            }
+            for (acc, &iv) in o.chunks_exact_mut(hd).zip(inv.iter()) {
+                for a in acc.iter_mut() {
+                    *a *= iv;
+                }
             }
         },
     );

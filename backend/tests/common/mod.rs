@@ -76,6 +76,11 @@ pub fn check(what: &str, got: &[f32], want: &[f64], nmse_max: f64, abs_max: f64)
     );
 }
 
+/// A max-abs limit of `rel` times the reference's largest magnitude.
+pub fn rel_abs(want: &[f64], rel: f64) -> f64 {
+    rel * want.iter().fold(0f64, |m, v| m.max(v.abs()))
+}
+
 /// The E2M1 values of MXFP4 codes (OCP spec).
 const E2M1: [f64; 16] = [
     0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0,
