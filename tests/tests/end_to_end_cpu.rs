@@ -255,13 +255,7 @@ fn chunked_prefill_through_the_window_ring_matches() {
     for (name, ids, _) in sequences(&json) {
         let want = refs.f32(&format!("{name}.logits")).0;
         // Window 8 in the fixture: chunks of 3, 1, 11 (> window), 8 (= window), 5.
-        chunked_matches(
-            &model,
-            &ids,
-            want,
-            &[3, 1, window + 3, window, 5],
-            &format!("{name}"),
-        );
+        chunked_matches(&model, &ids, want, &[3, 1, window + 3, window, 5], &name);
     }
 }
 
