@@ -39,6 +39,7 @@ fuzz_target!(|data: &[u8]| {
     let opts = WriteOptions {
         version: h.version,
         endian: h.endian,
+        ..Default::default()
     };
     if let Ok(bytes) = to_bytes(&h.metadata, &h.tensors, &refs, opts) {
         let h2 = parse_header(&bytes).expect("re-encoded header must parse");

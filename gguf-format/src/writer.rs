@@ -19,6 +19,10 @@ pub struct WriteOptions {
     pub version: u32,
     /// Byte order; big-endian needs version 3.
     pub endian: Endian,
+    /// Pad a file without tensors up to the alignment after its metadata. Both forms exist:
+    /// gguf-py pads when `write_tensors_to_file` runs (even for zero tensors) and does not when a
+    /// vocab-only converter skips it (the o200k and llama-vocab fixtures). Default: no padding.
+    pub pad_empty_data_section: bool,
 }
 
 impl Default for WriteOptions {
@@ -26,6 +30,7 @@ impl Default for WriteOptions {
         WriteOptions {
             version: 3,
             endian: Endian::Little,
+            pad_empty_data_section: false,
         }
     }
 }
@@ -209,7 +214,7 @@ pub fn encode_header(
     let infos_end = buf.len() as u64;
     let data_offset =
         align_up(infos_end, alignment).ok_or_else(|| invalid(infos_end, "overflow".into()))?;
-    if !tensors.is_empty() {
+    if !tensors.is_empty() || opts.pad_empty_data_section {
         buf.resize(data_offset as usize, 0);
     }
     Ok((buf, data_offset))
@@ -423,6 +428,7 @@ pub fn rewrite(file: &GgufFile, out: impl AsRef<Path>) -> Result<u64, GgufError>
     let opts = WriteOptions {
         version: file.version(),
         endian: file.endian(),
+        pad_empty_data_section: file.tensors().is_empty() && file.len() > file.header().infos_end,
     };
     let mut w = GgufWriter::create(out, file.metadata(), file.tensors().to_vec(), opts)?;
     for t in file.tensors() {

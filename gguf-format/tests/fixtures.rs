@@ -6,7 +6,10 @@ use gguf_format::{GgmlType, GgufFile, GgufModel, Value};
 
 #[test]
 fn every_fixture_parses() {
-    for p in common::all_fixtures() {
+    for p in common::all_fixtures()
+        .into_iter()
+        .chain(common::gguf_py_written())
+    {
         let f = GgufFile::open(&p).unwrap_or_else(|e| panic!("{e}"));
         assert!(f.version() == 2 || f.version() == 3, "{}", p.display());
         for t in f.tensors() {
@@ -71,9 +74,28 @@ fn o200k_merges_are_compact() {
 
 #[test]
 fn every_fixture_validates_clean() {
-    for p in common::all_fixtures() {
+    for p in common::all_fixtures()
+        .into_iter()
+        .chain(common::gguf_py_written())
+    {
         let r = gguf_format::validate(&p);
-        assert!(r.findings.is_empty(), "{}: {:#?}", p.display(), r.findings);
+        if p.to_string_lossy().contains("fuzz/seeds") {
+            // The gguf-py-written seeds lack general.quantization_version (a warning), and their
+            // Q8_0 blocks are random bytes: s3's second block scale is 0xfe49 big-endian, a NaN
+            // (numpy agrees), which must be found; nothing structural may be.
+            for f in r.errors() {
+                assert!(f.message.contains("NaN/Inf scale"), "{}: {f}", p.display());
+            }
+            if p.ends_with("s3.gguf") {
+                assert!(
+                    r.errors().any(|f| f.tensor.as_deref() == Some("b")),
+                    "{:#?}",
+                    r.findings
+                );
+            }
+        } else {
+            assert!(r.findings.is_empty(), "{}: {:#?}", p.display(), r.findings);
+        }
         let f = GgufFile::open(&p).unwrap();
         assert_eq!(r.tensors_checked, f.tensors().len());
     }
@@ -82,7 +104,10 @@ fn every_fixture_validates_clean() {
 #[test]
 fn every_fixture_rewrites_byte_for_byte() {
     let dir = tempfile::tempdir().unwrap();
-    for p in common::all_fixtures() {
+    for p in common::all_fixtures()
+        .into_iter()
+        .chain(common::gguf_py_written())
+    {
         let f = GgufFile::open(&p).unwrap();
         let out = dir.path().join(p.file_name().unwrap());
         let n = gguf_format::rewrite(&f, &out).unwrap();
@@ -106,6 +131,7 @@ fn every_fixture_rewrites_byte_for_byte() {
             gguf_format::WriteOptions {
                 version: f.version(),
                 endian: f.endian(),
+                pad_empty_data_section: f.tensors().is_empty() && f.len() > f.header().infos_end,
             },
         )
         .unwrap();

@@ -251,6 +251,7 @@ fn big_endian_round_trip_and_detection() {
     let opts = WriteOptions {
         version: 3,
         endian: gguf_format::Endian::Big,
+        ..Default::default()
     };
     let be = to_bytes(&h.metadata, &h.tensors, &data, opts).unwrap();
     assert_eq!(&be[4..8], &[0, 0, 0, 3]);

@@ -60,7 +60,10 @@ json.dump(out, sys.stdout)
 #[test]
 fn inspect_json_agrees_with_gguf_py() {
     let py = common::oracle_python();
-    for p in common::all_fixtures() {
+    for p in common::all_fixtures()
+        .into_iter()
+        .chain(common::gguf_py_written())
+    {
         let out = Command::new(&py)
             .arg("-c")
             .arg(SCRIPT)

@@ -84,57 +84,64 @@ fn case() -> impl Strategy<Value = Case> {
             (2, Endian::Little),
             (3, Endian::Big),
         ]),
+        any::<bool>(),
     )
-        .prop_map(|(kvs, align_log2, specs, gaps, seed, (version, endian))| {
-            let mut md = Metadata::new();
-            md.insert("general.architecture", Value::String("proptest".into()));
-            if let Some(l) = align_log2 {
-                md.insert("general.alignment", Value::U32(1 << l));
-            }
-            for (k, v) in kvs {
-                if k != "general.alignment" && k != "general.architecture" {
-                    md.insert(k, v);
+        .prop_map(
+            |(kvs, align_log2, specs, gaps, seed, (version, endian), pad)| {
+                let mut md = Metadata::new();
+                md.insert("general.architecture", Value::String("proptest".into()));
+                if let Some(l) = align_log2 {
+                    md.insert("general.alignment", Value::U32(1 << l));
                 }
-            }
-            let mut tensors: Vec<TensorInfo> = specs
-                .into_iter()
-                .enumerate()
-                .map(|(i, (ggml_type, shape))| TensorInfo {
-                    name: format!("t{i}.weight"),
-                    ggml_type,
-                    shape,
-                    offset: 0,
-                })
-                .collect();
-            let a = md.alignment();
-            pack_offsets(&mut tensors, a).unwrap();
-            // Optional aligned gaps between tensors: legal, and must survive the round trip.
-            let mut shift = 0;
-            for (t, g) in tensors.iter_mut().zip(&gaps) {
-                shift += g * a;
-                t.offset += shift;
-            }
-            let mut x = seed | 1;
-            let data = tensors
-                .iter()
-                .map(|t| {
-                    (0..t.size_bytes())
-                        .map(|_| {
-                            x ^= x << 13;
-                            x ^= x >> 7;
-                            x ^= x << 17;
-                            x as u8
-                        })
-                        .collect()
-                })
-                .collect();
-            Case {
-                md,
-                tensors,
-                data,
-                opts: WriteOptions { version, endian },
-            }
-        })
+                for (k, v) in kvs {
+                    if k != "general.alignment" && k != "general.architecture" {
+                        md.insert(k, v);
+                    }
+                }
+                let mut tensors: Vec<TensorInfo> = specs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (ggml_type, shape))| TensorInfo {
+                        name: format!("t{i}.weight"),
+                        ggml_type,
+                        shape,
+                        offset: 0,
+                    })
+                    .collect();
+                let a = md.alignment();
+                pack_offsets(&mut tensors, a).unwrap();
+                // Optional aligned gaps between tensors: legal, and must survive the round trip.
+                let mut shift = 0;
+                for (t, g) in tensors.iter_mut().zip(&gaps) {
+                    shift += g * a;
+                    t.offset += shift;
+                }
+                let mut x = seed | 1;
+                let data = tensors
+                    .iter()
+                    .map(|t| {
+                        (0..t.size_bytes())
+                            .map(|_| {
+                                x ^= x << 13;
+                                x ^= x >> 7;
+                                x ^= x << 17;
+                                x as u8
+                            })
+                            .collect()
+                    })
+                    .collect();
+                Case {
+                    md,
+                    tensors,
+                    data,
+                    opts: WriteOptions {
+                        version,
+                        endian,
+                        pad_empty_data_section: pad,
+                    },
+                }
+            },
+        )
 }
 
 proptest! {

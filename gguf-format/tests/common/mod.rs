@@ -54,3 +54,17 @@ pub fn oracle_python() -> PathBuf {
     );
     venv
 }
+
+/// Small files written by gguf-py's GGUFWriter (fuzz seeds): every scalar type, arrays,
+/// F32/Q8_0/MXFP4 tensors, alignments 8/32/64, and one big-endian file.
+pub fn gguf_py_written() -> Vec<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
+    let v: Vec<PathBuf> = ["s1.gguf", "s2.gguf", "s3.gguf", "s4.gguf"]
+        .iter()
+        .map(|n| dir.join(n))
+        .collect();
+    for p in &v {
+        assert!(p.exists(), "missing {}", p.display());
+    }
+    v
+}
