@@ -472,7 +472,7 @@ fn parse_header(role: Option<String>, header: &str) -> HarmonyMessage {
         role: role.unwrap_or_default(),
         ..HarmonyMessage::default()
     };
-    let mut words = before.split_whitespace().peekable();
+
     let take_word = |word: &str, message: &mut HarmonyMessage, channel_part: bool| {
         if let Some(r) = word.strip_prefix("to=") {
             message.recipient = Some(r.to_string());
@@ -486,7 +486,7 @@ fn parse_header(role: Option<String>, header: &str) -> HarmonyMessage {
             message.content_type = Some(word.to_string());
         }
     };
-    while let Some(word) = words.next() {
+    for word in before.split_whitespace() {
         take_word(word, &mut message, false);
     }
     if let Some(after) = after {

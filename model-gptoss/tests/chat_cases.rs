@@ -173,13 +173,15 @@ fn typed_tool_call_and_reasoning_efforts() {
 fn date_is_injected_and_template_errors_are_reported() {
     let tok = load("gpt-oss-tiny/tiny-gptoss-mxfp4-bf16.gguf");
     let template = ChatTemplate::from_tokenizer(&tok).expect("template compiles");
-    let mut options = ChatOptions::default();
-    options.now = Some(
-        NaiveDate::from_ymd_opt(1999, 12, 31)
-            .expect("date")
-            .and_hms_opt(0, 0, 0)
-            .expect("time"),
-    );
+    let options = ChatOptions {
+        now: Some(
+            NaiveDate::from_ymd_opt(1999, 12, 31)
+                .expect("date")
+                .and_hms_opt(0, 0, 0)
+                .expect("time"),
+        ),
+        ..ChatOptions::default()
+    };
     let text = template
         .render(&[ChatMessage::user("x")], &options)
         .expect("renders");
