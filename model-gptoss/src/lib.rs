@@ -1,14 +1,14 @@
 //! GPT-OSS from GGUF: architecture, KV cache, sampling, tokenizer and Harmony chat.
 
+pub mod chat;
 pub mod config;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod harmony;
 pub mod model;
 pub mod sampling;
 pub mod tokenizer;
-pub mod chat;
-pub mod harmony;
 
 pub use config::ModelConfig;
 pub use error::{ModelError, Result};

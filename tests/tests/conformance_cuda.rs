@@ -236,52 +236,52 @@ fn linear_every_type_and_shape() {
     let Some(mut p) = pair() else { return };
     let mut r = rng();
     for int8 in [false, true] {
-    p.gpu.set_int8_activations(int8);
-    eprintln!("int8 activations: {int8}");
-    let shapes = [
-        (1, 2880, 4096),
-        (1, 4096, 2880),
-        (4, 2880, 512),
-        (8, 2880, 640),
-        (9, 2880, 520),
-        (100, 64, 96),
-        (3, 96, 37),
-        (70, 2880, 201),
-        (2, 64, 40000),
-        (1, 96, 33001),
-    ];
-    for dtype in [
-        GgmlType::F32,
-        GgmlType::F16,
-        GgmlType::BF16,
-        GgmlType::Q8_0,
-        GgmlType::MXFP4,
-    ] {
-        for &(t, k, n) in &shapes {
-            let w = random_weight(&mut r, "attn_q.weight", dtype, &[k, n], 0.05);
-            let b = random_weight(&mut r, "attn_q.bias", GgmlType::F32, &[n], 0.5);
-            let (cw, gw) = p.up(&w);
-            let (cb, gb) = p.up(&b);
-            let xv = randn(&mut r, t * k, 1.0);
-            let (cx, gx) = p.x(&xv, t, k);
-            for with_bias in [true, false] {
-                let (cbo, gbo) = if with_bias {
-                    (Some(&cb), Some(&gb))
-                } else {
-                    (None, None)
-                };
-                p.poison();
-                let c = p.cpu.linear(&cx, &cw, cbo).unwrap();
-                let g = p.gpu.linear(&gx, &gw, gbo).unwrap();
-                p.check(
-                    &format!("linear {dtype:?} t={t} k={k} n={n} bias={with_bias}"),
-                    &c,
-                    &g,
-                    MATMUL_NMSE,
-                );
+        p.gpu.set_int8_activations(int8);
+        eprintln!("int8 activations: {int8}");
+        let shapes = [
+            (1, 2880, 4096),
+            (1, 4096, 2880),
+            (4, 2880, 512),
+            (8, 2880, 640),
+            (9, 2880, 520),
+            (100, 64, 96),
+            (3, 96, 37),
+            (70, 2880, 201),
+            (2, 64, 40000),
+            (1, 96, 33001),
+        ];
+        for dtype in [
+            GgmlType::F32,
+            GgmlType::F16,
+            GgmlType::BF16,
+            GgmlType::Q8_0,
+            GgmlType::MXFP4,
+        ] {
+            for &(t, k, n) in &shapes {
+                let w = random_weight(&mut r, "attn_q.weight", dtype, &[k, n], 0.05);
+                let b = random_weight(&mut r, "attn_q.bias", GgmlType::F32, &[n], 0.5);
+                let (cw, gw) = p.up(&w);
+                let (cb, gb) = p.up(&b);
+                let xv = randn(&mut r, t * k, 1.0);
+                let (cx, gx) = p.x(&xv, t, k);
+                for with_bias in [true, false] {
+                    let (cbo, gbo) = if with_bias {
+                        (Some(&cb), Some(&gb))
+                    } else {
+                        (None, None)
+                    };
+                    p.poison();
+                    let c = p.cpu.linear(&cx, &cw, cbo).unwrap();
+                    let g = p.gpu.linear(&gx, &gw, gbo).unwrap();
+                    p.check(
+                        &format!("linear {dtype:?} t={t} k={k} n={n} bias={with_bias}"),
+                        &c,
+                        &g,
+                        MATMUL_NMSE,
+                    );
+                }
             }
         }
-    }
     }
     // Odd k for an unquantized type (no 32-multiple).
     let w = random_weight(&mut r, "odd.weight", GgmlType::F32, &[70, 33], 0.1);

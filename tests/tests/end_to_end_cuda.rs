@@ -33,18 +33,25 @@ fn load(gguf: &str) -> Option<Model<CudaBackend>> {
 }
 
 fn read_json(path: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
 }
 
 fn ids_of(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().expect("ids").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+    v.as_array()
+        .expect("ids")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
 }
 
 fn sequences(json: &serde_json::Value) -> Vec<(String, Vec<u32>, Vec<u32>)> {
     let seqs = json["sequences"].as_object().expect("sequences");
     assert!(!seqs.is_empty());
-    seqs.iter().map(|(n, s)| (n.clone(), ids_of(&s["ids"]), ids_of(&s["greedy_24"]))).collect()
+    seqs.iter()
+        .map(|(n, s)| (n.clone(), ids_of(&s["ids"]), ids_of(&s["greedy_24"])))
+        .collect()
 }
 
 fn check(label: &str, ours: &[f32], want: &[f32]) {
@@ -79,15 +86,24 @@ fn prefill_and_greedy(gguf: &str, reference: &str) {
             order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
             let gap = row[order[0]] - row[order[1]];
             let ours = model.backend().argmax(&logits).expect("argmax")[0];
-            assert_eq!(ours as usize, order[0], "{name} step {step}: device argmax vs host ranking");
+            assert_eq!(
+                ours as usize, order[0],
+                "{name} step {step}: device argmax vs host ranking"
+            );
             if gap > GAP {
-                assert_eq!(ours, want_id, "{gguf} {name}: greedy step {step} (gap {gap:.4})");
+                assert_eq!(
+                    ours, want_id,
+                    "{gguf} {name}: greedy step {step} (gap {gap:.4})"
+                );
                 compared += 1;
             }
             logits = model.forward(&mut s, &[want_id], false).expect("decode");
         }
         eprintln!("{gguf} {name}: {compared}/24 greedy steps compared and equal");
-        assert!(compared >= 18, "{gguf} {name}: too few separable steps ({compared})");
+        assert!(
+            compared >= 18,
+            "{gguf} {name}: too few separable steps ({compared})"
+        );
     }
 }
 
@@ -103,7 +119,9 @@ fn q8_0_gguf_matches_transformers() {
 
 #[test]
 fn chunked_prefill_through_the_window_ring() {
-    let Some(model) = load("tiny-gptoss-mxfp4-bf16.gguf") else { return };
+    let Some(model) = load("tiny-gptoss-mxfp4-bf16.gguf") else {
+        return;
+    };
     let json = read_json(&tiny("reference.json"));
     let refs = RefTensors::load(&tiny("reference.safetensors"));
     let vocab = model.vocab_size();
@@ -117,10 +135,16 @@ fn chunked_prefill_through_the_window_ring() {
                     break;
                 }
                 let n = n.min(ids.len() - at);
-                let logits = model.forward(&mut s, &ids[at..at + n], true).expect("chunk");
+                let logits = model
+                    .forward(&mut s, &ids[at..at + n], true)
+                    .expect("chunk");
                 let (ours, rows, _) = model.backend().to_host(&logits).expect("to_host");
                 assert_eq!(rows, n);
-                check(&format!("{name} chunk {at}..{}", at + n), &ours, &want[at * vocab..(at + n) * vocab]);
+                check(
+                    &format!("{name} chunk {at}..{}", at + n),
+                    &ours,
+                    &want[at * vocab..(at + n) * vocab],
+                );
                 at += n;
             }
         }

@@ -1,15 +1,15 @@
 //! One module per `gptoss` command.
+pub mod bench;
+pub mod chat;
+pub mod compare;
 pub mod convert;
 pub mod dequant;
+pub mod generate;
 pub mod inspect;
+pub mod logits;
 pub mod quantize;
-pub mod bench;
-pub mod compare;
+pub mod run;
 pub mod serve;
-pub mod chat;
 pub mod synth;
 pub mod tokenize;
 pub mod validate;
-pub mod generate;
-pub mod logits;
-pub mod run;
