@@ -97,3 +97,33 @@ pub fn check_topk(ours: &[f32], reference: &[f32], k: usize, eps: f64) -> Result
     }
     Ok(())
 }
+
+/// A file of the tiny GPT-OSS fixture (`../shared/fixtures/gpt-oss-tiny/FILE`).
+pub fn tiny(file: &str) -> std::path::PathBuf {
+    crate::fixtures_dir().join("gpt-oss-tiny").join(file)
+}
+
+/// Parse a JSON file, panicking with the path on failure (a missing fixture must fail the test).
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
+}
+
+/// A JSON array of token ids.
+pub fn ids_of(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .expect("an array of ids")
+        .iter()
+        .map(|x| x.as_u64().expect("an id") as u32)
+        .collect()
+}
+
+/// The sequences of a reference JSON: (name, prompt ids, greedy_24).
+pub fn sequences(json: &serde_json::Value) -> Vec<(String, Vec<u32>, Vec<u32>)> {
+    let seqs = json["sequences"].as_object().expect("sequences");
+    assert!(!seqs.is_empty(), "reference has no sequences");
+    seqs.iter()
+        .map(|(name, s)| (name.clone(), ids_of(&s["ids"]), ids_of(&s["greedy_24"])))
+        .collect()
+}

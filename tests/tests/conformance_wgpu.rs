@@ -5,42 +5,15 @@
 //! operation comparison against the CPU backend lives in `kernels-wgpu/tests/conformance.rs`.
 //! Without an adapter every test prints why and skips.
 
-use std::path::{Path, PathBuf};
-
 use gptoss_backend::Backend;
 use gptoss_kernels_wgpu::WgpuBackend;
 use gptoss_model::Model;
 use gptoss_tests::reference::{RefTensors, ranking};
-use gptoss_tests::{fixtures_dir, max_abs_diff, nmse};
+use gptoss_tests::reference::{read_json, sequences, tiny};
+use gptoss_tests::{max_abs_diff, nmse};
 
 const LOGITS_NMSE: f64 = 1e-4;
 const GAP: f64 = 1e-2;
-
-fn tiny(file: &str) -> PathBuf {
-    fixtures_dir().join("gpt-oss-tiny").join(file)
-}
-
-fn read_json(path: &Path) -> serde_json::Value {
-    let text =
-        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
-}
-
-fn ids_of(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .expect("an array of ids")
-        .iter()
-        .map(|x| x.as_u64().expect("an id") as u32)
-        .collect()
-}
-
-fn sequences(json: &serde_json::Value) -> Vec<(String, Vec<u32>, Vec<u32>)> {
-    let seqs = json["sequences"].as_object().expect("sequences");
-    assert!(!seqs.is_empty(), "reference has no sequences");
-    seqs.iter()
-        .map(|(name, s)| (name.clone(), ids_of(&s["ids"]), ids_of(&s["greedy_24"])))
-        .collect()
-}
 
 /// The model on the wgpu backend, or `None` (with the reason printed) without an adapter.
 fn load(gguf: &str) -> Option<Model<WgpuBackend>> {

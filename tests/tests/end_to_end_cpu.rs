@@ -12,40 +12,14 @@
 use gptoss_backend::{Backend, CpuBackend};
 use gptoss_model::{Model, ModelError, Session};
 use gptoss_tests::reference::{RefTensors, check_topk, ranking};
-use gptoss_tests::{fixtures_dir, max_abs_diff, nmse, oracle_python};
+use gptoss_tests::reference::{read_json, sequences, tiny};
+use gptoss_tests::{max_abs_diff, nmse, oracle_python};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Logit tolerances of the issue: NMSE and max |diff| against the reference.
 const NMSE_TOL: f64 = 1e-6;
 const MAX_TOL: f64 = 1e-3;
-
-fn tiny(file: &str) -> PathBuf {
-    fixtures_dir().join("gpt-oss-tiny").join(file)
-}
-
-fn read_json(path: &Path) -> serde_json::Value {
-    let text =
-        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
-}
-
-fn ids_of(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .expect("an array of ids")
-        .iter()
-        .map(|x| x.as_u64().expect("an id") as u32)
-        .collect()
-}
-
-/// The sequences of a reference JSON: (name, prompt ids, greedy_24).
-fn sequences(json: &serde_json::Value) -> Vec<(String, Vec<u32>, Vec<u32>)> {
-    let seqs = json["sequences"].as_object().expect("sequences");
-    assert!(!seqs.is_empty(), "reference has no sequences");
-    seqs.iter()
-        .map(|(name, s)| (name.clone(), ids_of(&s["ids"]), ids_of(&s["greedy_24"])))
-        .collect()
-}
 
 fn load(path: &Path) -> Model<CpuBackend> {
     Model::load(CpuBackend::new(), path)

@@ -9,15 +9,11 @@ use gptoss_backend::{Backend, BackendError};
 use gptoss_kernels_cuda::CudaBackend;
 use gptoss_model::Model;
 use gptoss_tests::reference::RefTensors;
-use gptoss_tests::{fixtures_dir, max_abs_diff, nmse};
-use std::path::{Path, PathBuf};
+use gptoss_tests::reference::{read_json, sequences, tiny};
+use gptoss_tests::{max_abs_diff, nmse};
 
 const NMSE_TOL: f64 = 1e-4;
 const GAP: f32 = 1e-2;
-
-fn tiny(file: &str) -> PathBuf {
-    fixtures_dir().join("gpt-oss-tiny").join(file)
-}
 
 fn load(gguf: &str) -> Option<Model<CudaBackend>> {
     let be = match CudaBackend::new(0) {
@@ -30,28 +26,6 @@ fn load(gguf: &str) -> Option<Model<CudaBackend>> {
     };
     let path = tiny(gguf);
     Some(Model::load(be, &path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display())))
-}
-
-fn read_json(path: &Path) -> serde_json::Value {
-    let text =
-        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
-}
-
-fn ids_of(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .expect("ids")
-        .iter()
-        .map(|x| x.as_u64().expect("id") as u32)
-        .collect()
-}
-
-fn sequences(json: &serde_json::Value) -> Vec<(String, Vec<u32>, Vec<u32>)> {
-    let seqs = json["sequences"].as_object().expect("sequences");
-    assert!(!seqs.is_empty());
-    seqs.iter()
-        .map(|(n, s)| (n.clone(), ids_of(&s["ids"]), ids_of(&s["greedy_24"])))
-        .collect()
 }
 
 fn check(label: &str, ours: &[f32], want: &[f32]) {
