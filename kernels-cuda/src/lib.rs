@@ -1263,100 +1263,62 @@ impl Backend for CudaBackend {
         let smem = d_model + d_model / 8;
         let smem_down = kk * n_ff + kk * n_ff / 8;
         let fits = smem <= 48 * 1024 && smem_down <= 48 * 1024;
-        if all_mxfp4
-            && d_model.is_multiple_of(32)
-            && n_ff.is_multiple_of(32)
-            && !self.int8_activations
-        {
+        let int8 = self.int8_activations;
+        if all_mxfp4 && d_model.is_multiple_of(32) && n_ff.is_multiple_of(32) && (!int8 || fits) {
+            // The MXFP4 kernels take the same arguments in both activation modes: f32 activations
+            // (default), or int8 activations staged in shared memory for dp4a.
             let h = self.scratch(pairs * n_ff * 4)?;
-            self.launch(
-                "moe_gate_up_mxfp4_f",
-                (n_ff.div_ceil(8) as u32, pairs as u32, 1),
-                256,
-                &[
-                    A::P(xp),
-                    A::I(d_model as i32),
-                    A::P(self.ptr(&w.gate.buf)),
-                    A::L(w.gate.nb),
-                    A::P(self.ptr(&w.up.buf)),
-                    A::L(w.up.nb),
-                    gb,
-                    gbt,
-                    ub,
-                    ubt,
-                    A::P(self.ptr(&ids)),
-                    A::I(kk as i32),
-                    A::I(n_ff as i32),
-                    A::P(h.ptr),
-                ],
-            )?;
-            // One warp per (output, slot) when k divides 8: k times the warps in flight.
-            let (kern, per) = if 8 % kk == 0 {
-                ("moe_down_mxfp4_fk", 8 / kk)
+            let gate_up_args = [
+                A::P(xp),
+                A::I(d_model as i32),
+                A::P(self.ptr(&w.gate.buf)),
+                A::L(w.gate.nb),
+                A::P(self.ptr(&w.up.buf)),
+                A::L(w.up.nb),
+                gb,
+                gbt,
+                ub,
+                ubt,
+                A::P(self.ptr(&ids)),
+                A::I(kk as i32),
+                A::I(n_ff as i32),
+                A::P(h.ptr),
+            ];
+            let down_args = [
+                A::P(h.ptr),
+                A::I(n_ff as i32),
+                A::P(self.ptr(&w.down.buf)),
+                A::L(w.down.nb),
+                db,
+                dbt,
+                A::P(self.ptr(&ids)),
+                A::P(self.ptr(&wts)),
+                A::I(kk as i32),
+                A::I(d_model as i32),
+                A::P(self.ptr(&y.buf)),
+            ];
+            let gate_up_grid = (n_ff.div_ceil(8) as u32, pairs as u32, 1);
+            if int8 {
+                self.launch_smem(
+                    "moe_gate_up_mxfp4",
+                    gate_up_grid,
+                    256,
+                    smem as u32,
+                    &gate_up_args,
+                )?;
+                let grid = (d_model.div_ceil(8) as u32, t as u32, 1);
+                self.launch_smem("moe_down_mxfp4", grid, 256, smem_down as u32, &down_args)?;
             } else {
-                ("moe_down_mxfp4_f", 8)
-            };
-            self.launch(
-                kern,
-                (d_model.div_ceil(per) as u32, t as u32, 1),
-                256,
-                &[
-                    A::P(h.ptr),
-                    A::I(n_ff as i32),
-                    A::P(self.ptr(&w.down.buf)),
-                    A::L(w.down.nb),
-                    db,
-                    dbt,
-                    A::P(self.ptr(&ids)),
-                    A::P(self.ptr(&wts)),
-                    A::I(kk as i32),
-                    A::I(d_model as i32),
-                    A::P(self.ptr(&y.buf)),
-                ],
-            )?;
-        } else if all_mxfp4 && d_model.is_multiple_of(32) && n_ff.is_multiple_of(32) && fits {
-            let h = self.scratch(pairs * n_ff * 4)?;
-            self.launch_smem(
-                "moe_gate_up_mxfp4",
-                (n_ff.div_ceil(8) as u32, pairs as u32, 1),
-                256,
-                smem as u32,
-                &[
-                    A::P(xp),
-                    A::I(d_model as i32),
-                    A::P(self.ptr(&w.gate.buf)),
-                    A::L(w.gate.nb),
-                    A::P(self.ptr(&w.up.buf)),
-                    A::L(w.up.nb),
-                    gb,
-                    gbt,
-                    ub,
-                    ubt,
-                    A::P(self.ptr(&ids)),
-                    A::I(kk as i32),
-                    A::I(n_ff as i32),
-                    A::P(h.ptr),
-                ],
-            )?;
-            self.launch_smem(
-                "moe_down_mxfp4",
-                (d_model.div_ceil(8) as u32, t as u32, 1),
-                256,
-                smem_down as u32,
-                &[
-                    A::P(h.ptr),
-                    A::I(n_ff as i32),
-                    A::P(self.ptr(&w.down.buf)),
-                    A::L(w.down.nb),
-                    db,
-                    dbt,
-                    A::P(self.ptr(&ids)),
-                    A::P(self.ptr(&wts)),
-                    A::I(kk as i32),
-                    A::I(d_model as i32),
-                    A::P(self.ptr(&y.buf)),
-                ],
-            )?;
+                self.launch("moe_gate_up_mxfp4_f", gate_up_grid, 256, &gate_up_args)?;
+                // One warp per (output, slot) when k divides 8: k times the warps in flight.
+                let (kern, per) = if 8 % kk == 0 {
+                    ("moe_down_mxfp4_fk", 8 / kk)
+                } else {
+                    ("moe_down_mxfp4_f", 8)
+                };
+                let grid = (d_model.div_ceil(per) as u32, t as u32, 1);
+                self.launch(kern, grid, 256, &down_args)?;
+            }
         } else {
             let h = self.scratch(pairs * n_ff * 4)?;
             self.launch(
