@@ -154,13 +154,10 @@ impl WithBackend for BenchJob<'_> {
     fn run<B: Backend>(self, backend: B) -> Result<Vec<Row>> {
         let (size_bytes, params) = model_size(self.path)?;
         let backend_name = backend.name();
-        let pb = crate::progress::spinner(
-            &format!("loading {} on {backend_name}", self.path.display()),
-            !self.plan.verbose,
-        );
-        let model = Model::load(backend, self.path)
-            .with_context(|| format!("loading {} on {backend_name}", self.path.display()))?;
-        pb.finish_and_clear();
+        let gguf = gptoss_model::open_gguf(self.path)?;
+        let label = self.path.display().to_string();
+        let model = crate::progress::load_model(backend, &gguf, &label, !self.plan.verbose)
+            .with_context(|| format!("loading {label} on {backend_name}"))?;
         let vocab = model.vocab_size() as u32;
         let mut rng = SmallRng::seed_from_u64(42);
         let mut random_tokens =

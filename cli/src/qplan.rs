@@ -177,6 +177,39 @@ fn layer_of(name: &str) -> Option<usize> {
     name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
 }
 
+/// Per-tensor choices given on the command line, as llama-quantize's `--tensor-type`,
+/// `--output-tensor-type` and `--token-embedding-type`.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `PATTERN=TYPE` pairs: the first pattern found (regex search) in a quantizable tensor's
+    /// name sets its type, replacing the file type's rules.
+    pub tensor_types: Vec<(regex::Regex, GgmlType)>,
+    /// Type of `output.weight`.
+    pub output: Option<GgmlType>,
+    /// Type of `token_embd.weight`.
+    pub token_embd: Option<GgmlType>,
+}
+
+impl Overrides {
+    /// Parse one `--tensor-type PATTERN=TYPE` argument (`ffn_.*_exps=mxfp4`).
+    pub fn parse_tensor_type(s: &str) -> Result<(regex::Regex, GgmlType), String> {
+        let (pat, ty) = s
+            .rsplit_once('=')
+            .ok_or_else(|| format!("'{s}': expected PATTERN=TYPE, e.g. ffn_.*_exps=mxfp4"))?;
+        let re = regex::Regex::new(pat).map_err(|e| format!("'{pat}': {e}"))?;
+        Ok((re, parse_ggml_type(ty)?))
+    }
+}
+
+/// A ggml tensor type by name (`q8_0`, `MXFP4`), limited to types the quantizer can write.
+pub fn parse_ggml_type(s: &str) -> Result<GgmlType, String> {
+    let ty = GgmlType::from_name(s).ok_or_else(|| format!("'{s}': unknown ggml type"))?;
+    if !gptoss_quant::can_quantize(ty) {
+        return Err(format!("'{s}': this tool cannot quantize to {ty}"));
+    }
+    Ok(ty)
+}
+
 /// The target type of every tensor, in the order given (which must be llama.cpp's processing
 /// order, see [`llama_order`], because the attn_v rule counts tensors as it goes).
 /// `current` is each tensor's present type: tensors that are not quantizable keep it.
@@ -185,6 +218,19 @@ pub fn choose_types(
     current: &[GgmlType],
     ftype: FileType,
     facts: ModelFacts,
+) -> Vec<GgmlType> {
+    choose_types_with(tensors, current, ftype, facts, &Overrides::default())
+}
+
+/// [`choose_types`] with command-line overrides, applied where llama-quantize applies them:
+/// embedding/output types first, then the first matching `--tensor-type` pattern (which skips
+/// the file type's rules), then the fallback for rows that are not whole blocks.
+pub fn choose_types_with(
+    tensors: &[TensorDesc<'_>],
+    current: &[GgmlType],
+    ftype: FileType,
+    facts: ModelFacts,
+    ov: &Overrides,
 ) -> Vec<GgmlType> {
     let default_type = ftype.default_type();
     let n_attention_wv = tensors
@@ -199,17 +245,29 @@ pub fn choose_types(
             out.push(cur);
             continue;
         }
+        if let (Some(ty), "token_embd.weight") = (ov.token_embd, t.name) {
+            out.push(ty);
+            continue;
+        }
+        if let (Some(ty), "output.weight") = (ov.output, t.name) {
+            out.push(ty);
+            continue;
+        }
         let mut ty = default_type;
         if default_type.is_quantized() {
-            ty = tensor_type(
-                t,
-                ty,
-                ftype,
-                facts,
-                has_output,
-                &mut i_attention_wv,
-                n_attention_wv,
-            );
+            let manual = ov.tensor_types.iter().find(|(re, _)| re.is_match(t.name));
+            ty = match manual {
+                Some(&(_, m)) => fallback(m, t.ne[0]),
+                None => tensor_type(
+                    t,
+                    ty,
+                    ftype,
+                    facts,
+                    has_output,
+                    &mut i_attention_wv,
+                    n_attention_wv,
+                ),
+            };
         }
         out.push(ty);
     }
@@ -290,7 +348,12 @@ fn tensor_type(
     {
         new_type = G::Q5_K;
     }
-    // Rows whose length is not a whole number of blocks take llama.cpp's fallback type.
+    fallback(new_type, nx)
+}
+
+/// Rows whose length is not a whole number of blocks take llama.cpp's fallback type.
+fn fallback(mut new_type: GgmlType, nx: u64) -> GgmlType {
+    use GgmlType as G;
     if !nx.is_multiple_of(new_type.block_size() as u64) {
         new_type = match new_type {
             G::IQ4_XS | G::Q2_K | G::Q3_K => G::IQ4_NL,

@@ -47,6 +47,11 @@ pub struct Plan {
 
 /// Plan `llama-quantize IN OUT ftype` for `model`.
 pub fn plan(model: &GgufModel, ftype: FileType) -> Result<Plan> {
+    plan_with(model, ftype, &qplan::Overrides::default())
+}
+
+/// [`plan`] with llama-quantize's per-tensor overrides (`--tensor-type` and friends).
+pub fn plan_with(model: &GgufModel, ftype: FileType, ov: &qplan::Overrides) -> Result<Plan> {
     let mut src: Vec<TensorInfo> = model.tensors().cloned().collect();
     src.sort_by(|a, b| qplan::llama_order(&a.name, &b.name));
     let descs: Vec<_> = src
@@ -57,7 +62,7 @@ pub fn plan(model: &GgufModel, ftype: FileType) -> Result<Plan> {
         })
         .collect();
     let cur: Vec<_> = src.iter().map(|t| t.ggml_type).collect();
-    let types = qplan::choose_types(&descs, &cur, ftype, facts(model.metadata())?);
+    let types = qplan::choose_types_with(&descs, &cur, ftype, facts(model.metadata())?, ov);
     let mut out = Vec::with_capacity(src.len());
     for (t, ty) in src.iter().zip(types) {
         if ty != t.ggml_type {

@@ -247,3 +247,82 @@ fn q8_0_requantizes_mxfp4_experts_from_their_exact_values() {
         );
     }
 }
+
+#[test]
+fn q8_0_keeping_mxfp4_experts_reproduces_reference_q8_0() {
+    // The Q8_0 GGUF people download (and the converter's `--outtype q8_0`, which
+    // reference-q8_0 ran) keeps the MXFP4 experts: llama-quantize's `--tensor-type` override
+    // with an unchanged type copies them bit for bit.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("q.gguf");
+    let src = tiny().join("tiny-gptoss-mxfp4-bf16.gguf");
+    gptoss(&[
+        "quantize",
+        s(&src),
+        s(&out),
+        "--type",
+        "q8_0",
+        "--tensor-type",
+        "_exps\\.weight$=mxfp4",
+        "-q",
+    ]);
+    assert_valid(&out);
+    let ours = GgufFile::open(&out).unwrap();
+    let reference = GgufFile::open(tiny().join("tiny-gptoss-mxfp4-q8_0.gguf")).unwrap();
+    for t in reference.tensors() {
+        let o = ours.tensor_info(&t.name).unwrap();
+        assert_eq!(o.ggml_type, t.ggml_type, "{}", t.name);
+        assert!(
+            ours.tensor_data(o).unwrap() == reference.tensor_data(t).unwrap(),
+            "{}: bytes differ from llama.cpp's Q8_0 conversion",
+            t.name
+        );
+    }
+    assert_eq!(ours.metadata().get_u32("general.file_type").unwrap(), 7);
+    let (ids, reference) = reference_q8();
+    let e = nmse(&logits_of(&out, &ids), &reference);
+    eprintln!("q8_0 + MXFP4 experts: logits NMSE vs reference-q8_0 = {e:.3e}");
+    assert!(e <= 1e-4, "NMSE {e} above 1e-4");
+}
+
+#[test]
+fn tensor_type_overrides_apply_and_bad_ones_fail_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = tiny().join("tiny-gptoss-mxfp4-bf16.gguf");
+    let out = dir.path().join("o.gguf");
+    gptoss(&[
+        "quantize",
+        s(&src),
+        s(&out),
+        "-t",
+        "q4_0",
+        "--tensor-type",
+        "attn_v=q8_0",
+        "--output-tensor-type",
+        "bf16",
+        "--token-embedding-type",
+        "q5_1",
+        "-q",
+    ]);
+    let f = GgufFile::open(&out).unwrap();
+    let ty = |n: &str| f.tensor_info(n).unwrap().ggml_type.to_string();
+    assert_eq!(ty("blk.1.attn_v.weight"), "Q8_0");
+    assert_eq!(ty("blk.1.attn_q.weight"), "Q4_0");
+    assert_eq!(ty("output.weight"), "BF16");
+    assert_eq!(ty("token_embd.weight"), "Q5_1");
+    for bad in ["attn_v", "attn_v=q9_9", "(=q8_0", "attn_v=iq2_xxs"] {
+        let out = gptoss_raw(&[
+            "quantize",
+            s(&src),
+            s(&dir.path().join("x.gguf")),
+            "-t",
+            "q8_0",
+            "--tensor-type",
+            bad,
+        ]);
+        assert!(!out.status.success(), "{bad} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--tensor-type"), "{bad}: {err}");
+        assert!(!dir.path().join("x.gguf").exists());
+    }
+}

@@ -13,7 +13,7 @@ use clap::Args as ClapArgs;
 use gptoss_backend::Backend;
 use gptoss_model::chat::{ChatMessage, ChatOptions, ChatTemplate, ReasoningEffort};
 use gptoss_model::harmony::{HarmonyEvent, HarmonyStreamParser};
-use gptoss_model::{GenerateOptions, Model, Sampler, SamplerConfig, Tokenizer};
+use gptoss_model::{GenerateOptions, Sampler, SamplerConfig, Tokenizer};
 
 use crate::backends::WithBackend;
 
@@ -78,8 +78,9 @@ impl WithBackend for ChatJob {
             template,
         } = self;
         let backend_name = backend.name();
-        let model = Model::load(backend, &args.model)
-            .with_context(|| format!("loading {}", args.model.display()))?;
+        let gguf = gptoss_model::open_gguf(&args.model)?;
+        let model =
+            crate::progress::load_model(backend, &gguf, &args.model.display().to_string(), false)?;
         let ctx = args.ctx_size.min(model.config().context_length);
         let mut effort_now = effort(&args.reasoning)?;
         let mut history: Vec<ChatMessage> = Vec::new();

@@ -8,8 +8,9 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 
-use crate::qplan::FileType;
+use crate::qplan::{FileType, Overrides, parse_ggml_type};
 use crate::requant;
+use gguf_format::GgmlType;
 
 /// Arguments of `gptoss quantize`.
 #[derive(ClapArgs, Debug)]
@@ -22,6 +23,18 @@ pub struct Args {
     /// iq4_nl, iq4_xs, bf16, f16, f32.
     #[arg(long = "type", short = 't', value_parser = FileType::parse)]
     pub ftype: FileType,
+    /// Per-tensor type, as llama-quantize's `--tensor-type`: `PATTERN=TYPE`, where the first
+    /// pattern (a regex) found in a quantizable tensor's name sets its type. Repeatable.
+    /// Example: `--type q8_0 --tensor-type exps=mxfp4` keeps MXFP4 experts as they are (an
+    /// unchanged type is copied bit for bit), as in the Q8_0 GGUF files people download.
+    #[arg(long = "tensor-type", value_parser = Overrides::parse_tensor_type)]
+    pub tensor_type: Vec<(regex::Regex, GgmlType)>,
+    /// Type of output.weight (as llama-quantize's `--output-tensor-type`).
+    #[arg(long, value_parser = parse_ggml_type)]
+    pub output_tensor_type: Option<GgmlType>,
+    /// Type of token_embd.weight (as llama-quantize's `--token-embedding-type`).
+    #[arg(long, value_parser = parse_ggml_type)]
+    pub token_embedding_type: Option<GgmlType>,
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
@@ -32,7 +45,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let t0 = Instant::now();
     let model = gguf_format::GgufModel::open(&args.input)
         .with_context(|| format!("opening {}", args.input.display()))?;
-    let plan = requant::plan(&model, args.ftype)?;
+    let overrides = Overrides {
+        tensor_types: args.tensor_type,
+        output: args.output_tensor_type,
+        token_embd: args.token_embedding_type,
+    };
+    let plan = requant::plan_with(&model, args.ftype, &overrides)?;
     let n_chunks: Vec<usize> = (0..plan.src.len())
         .map(|i| requant::n_chunks(&plan, i))
         .collect();

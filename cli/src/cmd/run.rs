@@ -11,7 +11,7 @@ use gptoss_backend::Backend;
 use gptoss_model::chat::{ChatMessage, ChatOptions, ChatTemplate, ReasoningEffort};
 use gptoss_model::tokenizer::{StreamDecoder, Tokenizer};
 use gptoss_model::{
-    GenerateOptions, Generation, Model, Sampler, SamplerConfig, StopReason, generate, open_gguf,
+    GenerateOptions, Generation, Sampler, SamplerConfig, StopReason, generate, open_gguf,
 };
 
 use crate::backends::{NAMES, WithBackend, with_backend};
@@ -78,6 +78,7 @@ struct Job<'a> {
     sampler: Sampler,
     opts: GenerateOptions,
     ctx: Option<usize>,
+    label: String,
 }
 
 impl WithBackend for Job<'_> {
@@ -85,7 +86,7 @@ impl WithBackend for Job<'_> {
     fn run<B: Backend>(mut self, backend: B) -> Result<Self::Out> {
         let name = backend.name();
         let t0 = std::time::Instant::now();
-        let model = Model::from_gguf(backend, self.gguf)?;
+        let model = crate::progress::load_model(backend, self.gguf, &self.label, false)?;
         tracing::info!("loaded on {name} in {:.2?}", t0.elapsed());
         let limit = model.config().context_length;
         let ctx = self
@@ -178,6 +179,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             stop_tokens: tokenizer.eog_tokens(),
         },
         ctx: args.ctx,
+        label: args.model.display().to_string(),
     };
     let (g, backend) = with_backend(&args.backend, job)?;
     let stop = match g.stop {

@@ -66,10 +66,10 @@ impl WithBackend for WorkerJob {
 
     fn run<B: Backend>(mut self, backend: B) -> Result<()> {
         let name = backend.name();
-        let pb =
-            crate::progress::spinner(&format!("loading {} on {name}", self.path.display()), false);
-        let loaded = Model::load(backend, &self.path);
-        pb.finish_and_clear();
+        let label = self.path.display().to_string();
+        let loaded = gptoss_model::open_gguf(&self.path)
+            .map_err(anyhow::Error::from)
+            .and_then(|g| crate::progress::load_model(backend, &g, &label, false));
         let model = match loaded {
             Ok(m) => m,
             Err(e) => {
