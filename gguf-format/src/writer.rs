@@ -228,6 +228,9 @@ pub struct GgufWriter {
     out: BufWriter<tempfile::NamedTempFile>,
     tensors: Vec<TensorInfo>,
     next: usize,
+    /// Bytes of tensor `next` given so far through [`GgufWriter::write_tensor_part`].
+    part: u64,
+    header_len: u64,
     pos: u64,
     data_offset: u64,
     alignment: u64,
@@ -275,12 +278,39 @@ impl GgufWriter {
             out: BufWriter::with_capacity(1 << 20, tmp),
             tensors,
             next: 0,
+            part: 0,
+            header_len: header.len() as u64,
             pos: 0,
             data_offset,
             alignment,
         };
         w.put(&header)?;
         Ok(w)
+    }
+
+    /// [`GgufWriter::create`] with the offsets packed as llama.cpp packs them (each tensor's
+    /// data aligned to the metadata's `general.alignment`, 32 by default).
+    pub fn create_packed(
+        path: impl AsRef<Path>,
+        metadata: &Metadata,
+        mut tensors: Vec<TensorInfo>,
+        opts: WriteOptions,
+    ) -> Result<GgufWriter, GgufError> {
+        let alignment = metadata_alignment(metadata).unwrap_or(DEFAULT_ALIGNMENT);
+        pack_offsets(&mut tensors, alignment)?;
+        GgufWriter::create(path, metadata, tensors, opts)
+    }
+
+    /// The size the file will have once every tensor is written.
+    pub fn file_size(&self) -> u64 {
+        self.tensors
+            .last()
+            .map(|t| {
+                let end = self.data_offset + t.offset + t.size_bytes();
+                align_up(end, self.alignment).unwrap_or(end)
+            })
+            // No tensors: the header is the whole file.
+            .unwrap_or(self.header_len)
     }
 
     fn put(&mut self, b: &[u8]) -> Result<(), GgufError> {
@@ -312,11 +342,70 @@ impl GgufWriter {
         self.write_tensor_chunks(std::iter::once(data))
     }
 
+    /// Append part of the data of the tensor due next; once exactly its `size_bytes` have been
+    /// given it is complete (and padded), and the next part starts the following tensor. For
+    /// producers that make a tensor in pieces over time. Tensors of zero bytes are skipped.
+    pub fn write_tensor_part(&mut self, part: &[u8]) -> Result<(), GgufError> {
+        if part.is_empty() {
+            return Ok(());
+        }
+        self.skip_empty_tensors()?;
+        let Some(t) = self.tensors.get(self.next) else {
+            return Err(GgufError::InvalidWrite {
+                path: self.path.clone(),
+                offset: self.pos,
+                detail: "more tensor data than tensor infos".into(),
+            });
+        };
+        let (start, size) = (self.data_offset + t.offset, t.size_bytes());
+        if self.part + part.len() as u64 > size {
+            return Err(GgufError::InvalidWrite {
+                path: self.path.clone(),
+                offset: self.pos,
+                detail: format!("tensor {:?}: more than its {size} bytes of data", t.name),
+            });
+        }
+        if self.part == 0 {
+            self.pad_to(start)?;
+        }
+        self.put(part)?;
+        self.part += part.len() as u64;
+        if self.part == size {
+            let padded = align_up(self.pos, self.alignment).unwrap_or(self.pos);
+            self.pad_to(padded)?;
+            self.next += 1;
+            self.part = 0;
+        }
+        Ok(())
+    }
+
+    /// Step over tensors of zero bytes due next (they need no data).
+    fn skip_empty_tensors(&mut self) -> Result<(), GgufError> {
+        while self.part == 0 {
+            match self.tensors.get(self.next) {
+                Some(t) if t.size_bytes() == 0 => {
+                    let start = self.data_offset + t.offset;
+                    self.pad_to(start)?;
+                    self.next += 1;
+                }
+                _ => break,
+            }
+        }
+        Ok(())
+    }
+
     /// Write the data of the next tensor from pieces (streaming: no need to hold it whole).
     pub fn write_tensor_chunks<'b>(
         &mut self,
         chunks: impl IntoIterator<Item = &'b [u8]>,
     ) -> Result<(), GgufError> {
+        if self.part != 0 {
+            return Err(GgufError::InvalidWrite {
+                path: self.path.clone(),
+                offset: self.pos,
+                detail: "a tensor given in parts is not complete".into(),
+            });
+        }
         let Some(t) = self.tensors.get(self.next) else {
             return Err(GgufError::InvalidWrite {
                 path: self.path.clone(),
@@ -354,6 +443,7 @@ impl GgufWriter {
 
     /// Check every tensor was written, flush, sync and rename into place. Returns the file size.
     pub fn finish(mut self) -> Result<u64, GgufError> {
+        self.skip_empty_tensors()?;
         if self.next != self.tensors.len() {
             return Err(GgufError::InvalidWrite {
                 path: self.path.clone(),

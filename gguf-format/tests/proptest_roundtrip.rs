@@ -191,4 +191,55 @@ proptest! {
             prop_assert_eq!(f.tensor_data(t).unwrap(), d.as_slice());
         }
     }
+
+    #[test]
+    fn parts_of_any_size_across_tensors_match_in_memory_encoder(
+        c in case(),
+        cuts in proptest::collection::vec(1usize..97, 1..8),
+    ) {
+        let data: Vec<&[u8]> = c.data.iter().map(|d| d.as_slice()).collect();
+        let bytes = to_bytes(&c.md, &c.tensors, &data, c.opts).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.gguf");
+        let mut w = gguf_format::GgufWriter::create(&p, &c.md, c.tensors.clone(), c.opts).unwrap();
+        prop_assert_eq!(w.file_size(), bytes.len() as u64);
+        // Each tensor in parts of varying sizes (zero-byte tensors get no call at all).
+        for d in &c.data {
+            let mut rest = d.as_slice();
+            let mut i = 0;
+            while !rest.is_empty() {
+                let n = cuts[i % cuts.len()].min(rest.len());
+                w.write_tensor_part(&rest[..n]).unwrap();
+                rest = &rest[n..];
+                i += 1;
+            }
+        }
+        prop_assert!(w.write_tensor_part(&[1]).is_err(), "data beyond the last tensor");
+        w.finish().unwrap();
+        prop_assert!(std::fs::read(&p).unwrap() == bytes);
+    }
+}
+
+#[test]
+fn a_part_too_long_or_an_unfinished_tensor_is_refused() {
+    use gguf_format::{GgufWriter, Metadata, TensorInfo};
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("y.gguf");
+    let t = |name: &str| TensorInfo {
+        name: name.into(),
+        ggml_type: GgmlType::F32,
+        shape: vec![3],
+        offset: 0,
+    };
+    let md = Metadata::new();
+    let mut w =
+        GgufWriter::create_packed(&p, &md, vec![t("a"), t("b")], Default::default()).unwrap();
+    w.write_tensor_part(&[7; 8]).unwrap();
+    let e = w.write_tensor_part(&[7; 8]).unwrap_err().to_string();
+    assert!(e.contains("\"a\"") && e.contains("12 bytes"), "{e}");
+    w.write_tensor_part(&[7; 4]).unwrap();
+    w.write_tensor_part(&[9; 5]).unwrap();
+    let e = w.finish().unwrap_err().to_string();
+    assert!(e.contains("1 of 2 tensors"), "{e}");
+    assert!(!p.exists(), "an unfinished file must not appear");
 }

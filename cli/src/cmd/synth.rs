@@ -67,7 +67,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         })
         .collect();
     if args.dry_run {
-        let (header, data) = crate::gguf_out::header_bytes(&meta, &out_tensors)?;
+        let total = crate::gguf_out::file_size(&meta, &out_tensors)?;
         for s in &specs {
             println!(
                 "{:<36} {:<6} {:?} {}",
@@ -77,7 +77,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 s.n_bytes()
             );
         }
-        let total = header.len() as u64 + data;
         println!(
             "{} tensors, {} metadata keys, {} bytes ({:.2} GiB)",
             specs.len(),
