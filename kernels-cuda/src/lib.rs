@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod compile;
+pub mod fp4;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -276,6 +277,8 @@ pub struct CudaBackend {
     counters: Mutex<[Option<CudaSlice<u32>>; 2]>,
     /// Quantize activations to int8 (dp4a kernels) in the few-row Q8_0/MXFP4 products.
     int8_activations: bool,
+    /// The Blackwell FP4 tensor-core MoE path: selection, kernels, self-check (see [`fp4`]).
+    fp4: fp4::run::Fp4State,
 }
 
 const TICKETS_ROUTER: usize = 0;
@@ -357,6 +360,7 @@ impl CudaBackend {
             rope_cache: Mutex::new(Vec::new()),
             counters: Mutex::new([None, None]),
             int8_activations: false,
+            fp4: fp4::run::Fp4State::new(major, minor),
         })
     }
 
@@ -759,7 +763,7 @@ impl Backend for CudaBackend {
     type KvCache = CudaKvCache;
 
     fn name(&self) -> String {
-        self.name.clone()
+        format!("{}, {}", self.name, self.fp4_status())
     }
 
     fn upload(&self, w: &WeightData) -> Result<CudaWeight> {
@@ -1260,6 +1264,10 @@ impl Backend for CudaBackend {
         let all_mxfp4 = [&w.gate, &w.up, &w.down]
             .iter()
             .all(|m| m.dtype == GgmlType::MXFP4);
+        // Blackwell: the FP4 tensor-core experts, when selected and self-checked (see `fp4`).
+        if all_mxfp4 && fp4::run::moe_hook(self, x, w, &ids, &wts, kk, e, n_ff, &y)? {
+            return Ok(y);
+        }
         let smem = d_model + d_model / 8;
         let smem_down = kk * n_ff + kk * n_ff / 8;
         let fits = smem <= 48 * 1024 && smem_down <= 48 * 1024;

@@ -1,0 +1,139 @@
+//! NVRTC for the FP4 kernels: their own program (`common.cuh`, then `fp4_moe.cu`), compiled only
+//! for the architectures that have the block-scaled `mma.sync` (or, with emulation, for any
+//! sm_89+ test device).
+
+use std::ffi::{CStr, CString};
+
+use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys};
+
+/// The FP4 program's sources, in order.
+pub const SOURCES: &[(&str, &str)] = &[
+    ("common.cuh", include_str!("../kernels/common.cuh")),
+    ("fp4_moe.cu", include_str!("../kernels/fp4_moe.cu")),
+];
+
+/// Every kernel of the FP4 program.
+pub const KERNEL_NAMES: &[&str] = &[
+    "fp4_group",
+    "fp4_quant_mxfp8",
+    "fp4_moe_gate_up",
+    "fp4_moe_down",
+    "fp4_moe_combine",
+];
+
+/// The architectures with a native FP4 kernel: consumer Blackwell (RTX 50xx, RTX PRO) and
+/// DGX Spark's GB10.
+pub const ARCHES: &[&str] = &["sm_120a", "sm_121a"];
+
+/// The text the PTX of a native (not emulated) build must contain.
+pub const MMA_PTX: &str =
+    "mma.sync.aligned.kind::mxf8f6f4.block_scale.scale_vec::1X.m16n8k32.row.col.f32.e2m1.e4m3.f32.ue8m0";
+
+fn source() -> String {
+    let mut s = String::new();
+    for (name, text) in SOURCES {
+        s.push_str(&format!("#line 1 \"{name}\"\n{text}\n"));
+    }
+    s
+}
+
+fn options(arch: &str, emulate: bool) -> Vec<String> {
+    let mut o = vec![
+        format!("--gpu-architecture={arch}"),
+        "--std=c++17".into(),
+        "--fmad=true".into(),
+    ];
+    if emulate {
+        o.push("-DGPTOSS_FP4_EMULATE".into());
+    }
+    o
+}
+
+/// What one compilation produced.
+pub enum Output {
+    /// A cubin (for `sm_XX[a]`).
+    Cubin,
+    /// PTX text (for `compute_XX[a]`).
+    Ptx,
+}
+
+/// Compile the FP4 program for `arch` (`sm_120a` for a cubin, `compute_120a` for PTX), with the
+/// MMA emulated in software if `emulate`. Errors carry NVRTC's log.
+pub fn compile(arch: &str, emulate: bool, what: Output) -> Result<Vec<u8>, String> {
+    if !crate::compile::nvrtc_available() {
+        return Err("libnvrtc not found (see compile::nvrtc_available)".into());
+    }
+    let src = CString::new(source()).map_err(|e| format!("FP4 kernel source has a NUL: {e}"))?;
+    let prog = nvrtc::create_program(&src, Some(c"gptoss_fp4.cu"))
+        .map_err(|e| format!("nvrtcCreateProgram: {e:?}"))?;
+    // SAFETY: `prog` was just created and is destroyed exactly once below; `src` outlives it.
+    let out = unsafe { build(prog, arch, emulate, what) };
+    // SAFETY: as above.
+    let _ = unsafe { nvrtc::destroy_program(prog) };
+    out
+}
+
+/// # Safety
+/// `prog` must be a live NVRTC program.
+unsafe fn build(
+    prog: nvrtc_sys::nvrtcProgram,
+    arch: &str,
+    emulate: bool,
+    what: Output,
+) -> Result<Vec<u8>, String> {
+    let opts = options(arch, emulate);
+    // SAFETY: guaranteed by the caller.
+    let compiled = unsafe { nvrtc::compile_program(prog, &opts) };
+    if let Err(e) = compiled {
+        // SAFETY: guaranteed by the caller.
+        let log = unsafe { nvrtc::get_program_log(prog) }
+            .map(|l| {
+                // SAFETY: NVRTC returns a NUL-terminated log.
+                unsafe { CStr::from_ptr(l.as_ptr()) }
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .unwrap_or_default();
+        return Err(format!(
+            "NVRTC failed to compile the FP4 kernels for {arch}: {e:?}\n{log}"
+        ));
+    }
+    let mut size = 0usize;
+    let mut bytes;
+    match what {
+        Output::Cubin => {
+            // SAFETY: guaranteed by the caller; `size` is a valid out-pointer.
+            unsafe { nvrtc_sys::nvrtcGetCUBINSize(prog, &mut size) }
+                .result()
+                .map_err(|e| format!("nvrtcGetCUBINSize for {arch}: {e:?}"))?;
+            bytes = vec![0u8; size];
+            if size > 0 {
+                // SAFETY: `bytes` has the size NVRTC asked for.
+                unsafe { nvrtc_sys::nvrtcGetCUBIN(prog, bytes.as_mut_ptr().cast()) }
+                    .result()
+                    .map_err(|e| format!("nvrtcGetCUBIN for {arch}: {e:?}"))?;
+            }
+        }
+        Output::Ptx => {
+            // SAFETY: guaranteed by the caller; `size` is a valid out-pointer.
+            unsafe { nvrtc_sys::nvrtcGetPTXSize(prog, &mut size) }
+                .result()
+                .map_err(|e| format!("nvrtcGetPTXSize for {arch}: {e:?}"))?;
+            bytes = vec![0u8; size];
+            if size > 0 {
+                // SAFETY: `bytes` has the size NVRTC asked for.
+                unsafe { nvrtc_sys::nvrtcGetPTX(prog, bytes.as_mut_ptr().cast()) }
+                    .result()
+                    .map_err(|e| format!("nvrtcGetPTX for {arch}: {e:?}"))?;
+            }
+            // Drop the terminating NUL.
+            while bytes.last() == Some(&0) {
+                bytes.pop();
+            }
+        }
+    }
+    if bytes.is_empty() {
+        return Err(format!("NVRTC produced nothing for {arch}"));
+    }
+    Ok(bytes)
+}
