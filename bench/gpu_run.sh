@@ -61,3 +61,23 @@ for _ in range(3): y.copy_(x)
 s=torch.cuda.Event(enable_timing=True); e=torch.cuda.Event(enable_timing=True)
 s.record(); [y.copy_(x) for _ in range(20)]; e.record(); torch.cuda.synchronize()
 print(f"device copy: {2*2**30*20/(s.elapsed_time(e)/1e3)/1e9:.0f} GB/s (read+write)")' | tee -a "$OUT/summary.txt"
+
+# FP4 path (issue 8), on a GPU without block-scaled FP4 MMA (Hopper): `auto` must pick the portable MoE,
+# `--fp4 on` must be refused naming the compute capability, and the FP4 kernels built with the MMA emulated
+# in software must pass their self-check and agree with the portable MoE (kernels-cuda/tests/fp4_device.rs).
+log "fp4: selection on this GPU, emulated FP4 kernels"
+fp4ok=1
+"$G" bench -m /tmp/m20.gguf --backend cuda -p 32 -n 0 -r 1 -o md > "$OUT/fp4_auto.txt" 2>&1 || fp4ok=0
+grep -m1 "backend:" "$OUT/fp4_auto.txt" | tee -a "$OUT/summary.txt"
+grep -q "moe: portable" "$OUT/fp4_auto.txt" || fp4ok=0
+if "$G" bench -m /tmp/m20.gguf --backend cuda --fp4 on -p 32 -n 0 -r 1 > "$OUT/fp4_on.txt" 2>&1; then fp4ok=0; fi
+grep -m1 "fp4 on" "$OUT/fp4_on.txt" | tee -a "$OUT/summary.txt"
+grep -q "compute capability" "$OUT/fp4_on.txt" || fp4ok=0
+if [ -x "$D/fp4_device" ]; then
+  "$D/fp4_device" --test-threads 1 --nocapture > "$OUT/fp4_device.log" 2>&1 || fp4ok=0
+  grep -E "auto ->|refused|self-check|NMSE|^test result" "$OUT/fp4_device.log" | tee -a "$OUT/summary.txt"
+else
+  echo "fp4_device test binary not staged" | tee -a "$OUT/summary.txt"; fp4ok=0
+fi
+if [ "$fp4ok" = 1 ]; then log "FP4 CHECK: PASS (auto -> portable, --fp4 on refused, emulated FP4 kernels agree)"
+else log "FP4 CHECK: FAIL (see fp4_auto.txt, fp4_on.txt, fp4_device.log)"; fi

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 T=${CARGO_TARGET_DIR:-target}
 cargo build --release -p gptoss-cli
-exes=$(cargo test --release --no-run -p gptoss-tests -p gptoss-kernels-wgpu --message-format=json 2>/dev/null |
+exes=$(cargo test --release --no-run -p gptoss-tests -p gptoss-kernels-wgpu -p gptoss-kernels-cuda --message-format=json 2>/dev/null |
   python3 -c 'import sys, json
 for l in sys.stdin:
     j = json.loads(l)
@@ -18,6 +18,7 @@ while read -r name crate exe; do
   case "$crate/$name" in
     tests/conformance_cuda|tests/end_to_end_cuda|tests/conformance_wgpu) cp "$exe" ".device/final/$name" ;;
     kernels-wgpu/conformance) cp "$exe" .device/final/wgpu_ops_conformance ;;
+    kernels-cuda/fp4_device) cp "$exe" .device/final/fp4_device ;;
   esac
 done <<< "$exes"
 find .device/final -maxdepth 1 -type f -exec strip {} +

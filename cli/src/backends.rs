@@ -15,6 +15,22 @@ pub trait WithBackend {
     fn run<B: Backend>(self, backend: B) -> Result<Self::Out>;
 }
 
+/// `--fp4` (global): the CUDA backend's MoE expert path, set once by `main`.
+static FP4_MODE: std::sync::OnceLock<gptoss_kernels_cuda::fp4::Fp4Mode> =
+    std::sync::OnceLock::new();
+
+/// Record `--fp4` for every backend opened later.
+pub fn set_fp4_mode(mode: gptoss_kernels_cuda::fp4::Fp4Mode) {
+    let _ = FP4_MODE.set(mode);
+}
+
+/// A CUDA backend on `ordinal` with `--fp4` applied (`on` is refused where the GPU lacks FP4 MMA).
+fn cuda(ordinal: usize) -> Result<gptoss_kernels_cuda::CudaBackend> {
+    let mut b = gptoss_kernels_cuda::CudaBackend::new(ordinal)?;
+    b.set_fp4(FP4_MODE.get().copied().unwrap_or_default())?;
+    Ok(b)
+}
+
 /// Backend names accepted by `--backend`.
 pub const NAMES: &str = "auto, cuda[:N], wgpu, cpu, cpu-ref";
 
@@ -22,13 +38,19 @@ pub const NAMES: &str = "auto, cuda[:N], wgpu, cpu, cpu-ref";
 /// adapter), then the fast CPU backend, and logs why each one it skipped was unavailable.
 pub fn with_backend<W: WithBackend>(spec: &str, job: W) -> Result<W::Out> {
     let spec = spec.to_ascii_lowercase();
+    let fp4_on = FP4_MODE.get() == Some(&gptoss_kernels_cuda::fp4::Fp4Mode::On);
+    if fp4_on && !(spec == "auto" || spec.starts_with("cuda")) {
+        bail!("--fp4 on needs the cuda backend (got --backend {spec})");
+    }
     match spec.as_str() {
         "cpu" => job.run(CpuBackend::new_fast()),
         "cpu-ref" | "cpu-reference" => job.run(CpuBackend::new()),
         "wgpu" => job.run(gptoss_kernels_wgpu::WgpuBackend::new()?),
         "auto" => {
-            match gptoss_kernels_cuda::CudaBackend::new(0) {
+            match cuda(0) {
                 Ok(b) => return job.run(b),
+                // `--fp4 on` must not quietly run elsewhere.
+                Err(e) if fp4_on => return Err(e),
                 Err(e) => tracing::info!("auto backend: cuda unavailable: {e}"),
             }
             match gptoss_kernels_wgpu::WgpuBackend::new() {
@@ -48,7 +70,7 @@ pub fn with_backend<W: WithBackend>(spec: &str, job: W) -> Result<W::Out> {
                     .map_err(|_| anyhow::anyhow!("bad CUDA device '{n}' in --backend {s}"))?,
                 None => 0,
             };
-            job.run(gptoss_kernels_cuda::CudaBackend::new(ordinal)?)
+            job.run(cuda(ordinal)?)
         }
         other => bail!("unknown backend '{other}' (expected one of: {NAMES})"),
     }

@@ -218,7 +218,8 @@ impl WithBackend for BenchJob<'_> {
                 model: name.clone(),
                 size_bytes,
                 params,
-                backend: backend_name.clone(),
+                // Named after the run: it says which kernels ran (the CUDA MoE path, say).
+                backend: model.backend().name(),
                 kind,
                 n_tokens: n,
                 depth,

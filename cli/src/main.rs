@@ -24,6 +24,10 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// CUDA MoE experts on Blackwell's FP4 tensor cores: auto (sm_120/121 after a self-check),
+    /// on (required; refused on other GPUs), off.
+    #[arg(long, global = true, default_value = "auto")]
+    fp4: gptoss_kernels_cuda::fp4::Fp4Mode,
 }
 
 #[derive(Subcommand)]
@@ -65,6 +69,7 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    backends::set_fp4_mode(cli.fp4);
     let result: anyhow::Result<std::process::ExitCode> = match cli.command {
         // Command::Name(args) => cmd::name::run(args),
         Command::Run(args) => cmd::run::run(args),

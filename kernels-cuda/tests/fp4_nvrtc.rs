@@ -15,7 +15,9 @@ fn nvrtc_or_skip() -> bool {
         !required,
         "GPTOSS_REQUIRE_NVRTC=1 but libnvrtc was not found on LD_LIBRARY_PATH"
     );
-    eprintln!("SKIPPED: libnvrtc not found (set LD_LIBRARY_PATH to the nvidia-cuda-nvrtc wheel's lib dir)");
+    eprintln!(
+        "SKIPPED: libnvrtc not found (set LD_LIBRARY_PATH to the nvidia-cuda-nvrtc wheel's lib dir)"
+    );
     false
 }
 
@@ -44,7 +46,10 @@ fn fp4_kernels_compile_for_blackwell_with_the_block_scaled_mma() {
         let ptx = String::from_utf8_lossy(&ptx);
         let n = ptx.matches(fp4::nvrtc::MMA_PTX).count();
         // gate_up issues two MMAs per column tile, down one: FP4_NT = 4 tiles unrolled each.
-        assert!(n >= 12, "{virt}: {n} block-scaled MMAs in the PTX, expected >= 12");
+        assert!(
+            n >= 12,
+            "{virt}: {n} block-scaled MMAs in the PTX, expected >= 12"
+        );
         assert!(
             ptx.contains("cvt.rn.satfinite.e4m3x2.f32"),
             "{virt}: no E4M3 conversion in the PTX"
@@ -71,7 +76,10 @@ fn fp4_kernels_are_refused_where_the_instruction_does_not_exist_and_emulate_ther
     let cubin = fp4::nvrtc::compile("sm_90a", true, fp4::nvrtc::Output::Cubin)
         .unwrap_or_else(|e| panic!("{e}"));
     for name in fp4::nvrtc::KERNEL_NAMES {
-        assert!(has_kernel(&cubin, name), "emulated sm_90a: kernel {name} missing");
+        assert!(
+            has_kernel(&cubin, name),
+            "emulated sm_90a: kernel {name} missing"
+        );
     }
     let ptx = fp4::nvrtc::compile("compute_90a", true, fp4::nvrtc::Output::Ptx)
         .unwrap_or_else(|e| panic!("{e}"));

@@ -138,11 +138,16 @@ mod tests {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
-            let amax = f32::from_bits(((seed >> 40) as u32 & 0x7f_ffff) | ((90 + (seed % 80) as u32) << 23));
+            let amax = f32::from_bits(
+                ((seed >> 40) as u32 & 0x7f_ffff) | ((90 + (seed % 80) as u32) << 23),
+            );
             let e = mxfp8_scale_byte(amax);
             let s = ue8m0_value(e).unwrap();
             assert!(amax as f64 <= 448.0 * s, "amax {amax} e {e}");
-            assert!(amax as f64 > 448.0 * s / 2.0, "amax {amax} e {e}: not the smallest");
+            assert!(
+                amax as f64 > 448.0 * s / 2.0,
+                "amax {amax} e {e}: not the smallest"
+            );
             assert_eq!(mxfp8_inverse_scale(e) as f64 * s, 1.0);
         }
         assert_eq!(mxfp8_scale_byte(448.0), 127);

@@ -46,7 +46,9 @@ impl std::str::FromStr for Fp4Mode {
             "auto" => Ok(Fp4Mode::Auto),
             "on" => Ok(Fp4Mode::On),
             "off" => Ok(Fp4Mode::Off),
-            o => Err(format!("unknown --fp4 mode '{o}' (expected auto, on or off)")),
+            o => Err(format!(
+                "unknown --fp4 mode '{o}' (expected auto, on or off)"
+            )),
         }
     }
 }

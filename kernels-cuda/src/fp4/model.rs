@@ -159,8 +159,8 @@ pub fn scaled_b(op: &WarpOperands) -> Result<[[f64; 8]; 32], ModelError> {
     for n in 0..8 {
         let s = ue8m0_value(sf[n]).ok_or_else(|| ModelError::Nan(format!("SF_B column {n}")))?;
         for k in 0..32 {
-            let v = e4m3_value(bytes[k][n])
-                .ok_or_else(|| ModelError::Nan(format!("B[{k}][{n}]")))?;
+            let v =
+                e4m3_value(bytes[k][n]).ok_or_else(|| ModelError::Nan(format!("B[{k}][{n}]")))?;
             out[k][n] = v * s;
         }
     }

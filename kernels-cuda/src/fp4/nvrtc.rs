@@ -26,8 +26,7 @@ pub const KERNEL_NAMES: &[&str] = &[
 pub const ARCHES: &[&str] = &["sm_120a", "sm_121a"];
 
 /// The text the PTX of a native (not emulated) build must contain.
-pub const MMA_PTX: &str =
-    "mma.sync.aligned.kind::mxf8f6f4.block_scale.scale_vec::1X.m16n8k32.row.col.f32.e2m1.e4m3.f32.ue8m0";
+pub const MMA_PTX: &str = "mma.sync.aligned.kind::mxf8f6f4.block_scale.scale_vec::1X.m16n8k32.row.col.f32.e2m1.e4m3.f32.ue8m0";
 
 fn source() -> String {
     let mut s = String::new();

@@ -101,7 +101,11 @@ pub struct Mxfp8Rows {
 /// The element error is at most `2^-4 |x|` (normal E4M3: 3 mantissa bits, round to nearest) or
 /// `2^-10 * 2^(E - 127)` (subnormal E4M3), whichever is larger; nothing saturates.
 pub fn quantize_mxfp8(x: &[f32], k: usize) -> Mxfp8Rows {
-    assert!(k % 32 == 0 && x.len() % k == 0, "quantize_mxfp8: {} values in rows of {k}", x.len());
+    assert!(
+        k.is_multiple_of(32) && x.len().is_multiple_of(k),
+        "quantize_mxfp8: {} values in rows of {k}",
+        x.len()
+    );
     let mut q = vec![0u8; x.len()];
     let mut s = vec![0u8; x.len() / 32];
     for (b, blk) in x.chunks_exact(32).enumerate() {
@@ -130,7 +134,8 @@ pub fn b_fragment(
     match cols[g] {
         Some(r) => {
             let o = r * act.k + kb * 32 + 4 * t;
-            let w = |o: usize| u32::from_le_bytes([act.q[o], act.q[o + 1], act.q[o + 2], act.q[o + 3]]);
+            let w =
+                |o: usize| u32::from_le_bytes([act.q[o], act.q[o + 1], act.q[o + 2], act.q[o + 3]]);
             ([w(o), w(o + 16)], act.s[r * (act.k / 32) + kb] as u32)
         }
         None => ([0, 0], 127),

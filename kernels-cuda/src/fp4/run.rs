@@ -85,7 +85,9 @@ impl std::fmt::Display for Fp4Status {
         match self {
             Fp4Status::Inactive(_) => write!(f, "moe: portable"),
             Fp4Status::Pending => write!(f, "moe: fp4 mma, self-check pending"),
-            Fp4Status::Active { emulated: false, .. } => write!(f, "moe: fp4 mma W4A8"),
+            Fp4Status::Active {
+                emulated: false, ..
+            } => write!(f, "moe: fp4 mma W4A8"),
             Fp4Status::Active { emulated: true, .. } => write!(f, "moe: fp4 W4A8, emulated mma"),
             Fp4Status::FellBack(_) => write!(f, "moe: portable, fp4 self-check failed"),
         }
@@ -105,10 +107,7 @@ impl CudaBackend {
         {
             return Err(BackendError::Unavailable {
                 backend: "cuda".into(),
-                reason: format!(
-                    "--fp4 on: {}: {why}; use --fp4 auto or off",
-                    self.name
-                ),
+                reason: format!("--fp4 on: {}: {why}; use --fp4 auto or off", self.name),
             });
         }
         self.fp4.mode = mode;
@@ -207,10 +206,7 @@ impl CudaBackend {
         };
         match (outcome, candidate) {
             (Ok(nmse), Some(k)) => {
-                *g = Inner::Ready {
-                    k: k.clone(),
-                    nmse,
-                };
+                *g = Inner::Ready { k: k.clone(), nmse };
                 eprintln!(
                     "gptoss: FP4 tensor-core MoE path ({arch}{}) active: self-check NMSE {nmse:.2e} \
                      against the portable kernels (limit {SELF_CHECK_NMSE:.0e})",
@@ -225,7 +221,9 @@ impl CudaBackend {
                 };
                 *g = Inner::Failed(why.clone());
                 if st.mode == Fp4Mode::On {
-                    Err(dev_err(format!("--fp4 on: the FP4 path failed its self-check: {why}")))
+                    Err(dev_err(format!(
+                        "--fp4 on: the FP4 path failed its self-check: {why}"
+                    )))
                 } else {
                     eprintln!(
                         "gptoss: warning: FP4 tensor-core MoE path disabled, using the portable \
@@ -293,7 +291,7 @@ impl CudaBackend {
                 den += (*b as f64).powi(2);
             }
             let nmse = if den > 0.0 { num / den } else { f64::INFINITY };
-            if !(nmse <= SELF_CHECK_NMSE) {
+            if nmse.is_nan() || nmse > SELF_CHECK_NMSE {
                 return Err(format!(
                     "{t}-token MoE: NMSE {nmse:.3e} against the portable kernels (limit {SELF_CHECK_NMSE:.0e})"
                 ));
@@ -349,7 +347,13 @@ impl CudaBackend {
         })
     }
 
-    fn launch_fp4(&self, f: &CudaFunction, grid: (u32, u32, u32), block: u32, args: &[A]) -> Result<()> {
+    fn launch_fp4(
+        &self,
+        f: &CudaFunction,
+        grid: (u32, u32, u32),
+        block: u32,
+        args: &[A],
+    ) -> Result<()> {
         let mut b = self.stream.launch_builder(f);
         for a in args {
             match a {
@@ -404,7 +408,13 @@ pub(crate) fn moe_hook(
         &k.group,
         (1, 1, 1),
         256,
-        &[p(ids), A::I(pairs as i32), A::I(n_exp as i32), p(&offs), p(&order)],
+        &[
+            p(ids),
+            A::I(pairs as i32),
+            A::I(n_exp as i32),
+            p(&offs),
+            p(&order),
+        ],
     )?;
     let quant = |src: u64, n: usize, q: &DevBuf, s: &DevBuf| {
         let nblk = n / 32;
@@ -477,7 +487,12 @@ pub(crate) fn moe_hook(
         &k.combine,
         (d_model.div_ceil(256) as u32, t as u32, 1),
         256,
-        &[p(&yp), A::I(kk as i32), A::I(d_model as i32), A::P(be.ptr(&y.buf))],
+        &[
+            p(&yp),
+            A::I(kk as i32),
+            A::I(d_model as i32),
+            A::P(be.ptr(&y.buf)),
+        ],
     )?;
     Ok(true)
 }
@@ -495,7 +510,9 @@ impl SplitMix {
     }
     /// Roughly normal: the sum of four uniforms, centred and scaled to unit variance.
     fn normal(&mut self) -> f32 {
-        let s: f64 = (0..4).map(|_| (self.next() >> 11) as f64 / (1u64 << 53) as f64).sum();
+        let s: f64 = (0..4)
+            .map(|_| (self.next() >> 11) as f64 / (1u64 << 53) as f64)
+            .sum();
         ((s - 2.0) * 3f64.sqrt()) as f32
     }
 }
