@@ -173,7 +173,7 @@ unsafe fn compile_and_get(prog: nvrtc_sys::nvrtcProgram, arch: &str) -> Result<V
 }
 
 /// FNV-1a, 64 bit: a cache key that stays the same across Rust versions.
-fn fnv1a(parts: &[&[u8]]) -> u64 {
+pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for p in parts {
         for &b in *p {
@@ -186,7 +186,7 @@ fn fnv1a(parts: &[&[u8]]) -> u64 {
     h
 }
 
-fn cache_dir() -> Option<PathBuf> {
+pub(crate) fn cache_dir() -> Option<PathBuf> {
     if let Ok(d) = std::env::var("GPTOSS_CACHE_DIR") {
         return Some(PathBuf::from(d));
     }

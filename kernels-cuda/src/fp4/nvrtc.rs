@@ -56,6 +56,40 @@ pub enum Output {
     Ptx,
 }
 
+/// The cubin for `arch` from the kernel cache (the directory of [`crate::compile::cached_cubin`]),
+/// or compiled and stored there; a cache that cannot be written is not an error.
+pub fn cached_cubin(arch: &str, emulate: bool) -> Result<Vec<u8>, String> {
+    let (major, minor) = crate::compile::nvrtc_version()?;
+    let src = source();
+    let opts = options(arch, emulate).join(" ");
+    let ver = format!("{major}.{minor}");
+    let key = crate::compile::fnv1a(&[
+        src.as_bytes(),
+        opts.as_bytes(),
+        ver.as_bytes(),
+        arch.as_bytes(),
+    ]);
+    let file =
+        crate::compile::cache_dir().map(|d| d.join(format!("cuda-fp4-{arch}-{key:016x}.cubin")));
+    if let Some(f) = &file
+        && let Ok(bytes) = std::fs::read(f)
+        && !bytes.is_empty()
+    {
+        return Ok(bytes);
+    }
+    let cubin = compile(arch, emulate, Output::Cubin)?;
+    if let Some(f) = &file
+        && let Some(dir) = f.parent()
+        && std::fs::create_dir_all(dir).is_ok()
+    {
+        let tmp = f.with_extension(format!("tmp{}", std::process::id()));
+        if std::fs::write(&tmp, &cubin).is_ok() && std::fs::rename(&tmp, f).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+    Ok(cubin)
+}
+
 /// Compile the FP4 program for `arch` (`sm_120a` for a cubin, `compute_120a` for PTX), with the
 /// MMA emulated in software if `emulate`. Errors carry NVRTC's log.
 pub fn compile(arch: &str, emulate: bool, what: Output) -> Result<Vec<u8>, String> {

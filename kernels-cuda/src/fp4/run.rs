@@ -236,7 +236,7 @@ impl CudaBackend {
     }
 
     fn fp4_build(&self, arch: &str, emulated: bool) -> std::result::Result<Kernels, String> {
-        let cubin = nvrtc::compile(arch, emulated, nvrtc::Output::Cubin)?;
+        let cubin = nvrtc::cached_cubin(arch, emulated)?;
         let module = self
             .ctx
             .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
