@@ -176,7 +176,7 @@ fn mxfp8_activations_stay_within_the_e4m3_rounding_bound() {
         *v = 0.0;
     }
     x[700] = 3.0e5; // one outlier in its block
-    let act = pack::quantize_mxfp8(&x, k);
+    let act = pack::quantize_mxfp8(&x, k).expect("whole rows");
     let nkb = k / 32;
     // Element bound first.
     for (i, &v) in x.iter().enumerate() {
@@ -230,7 +230,7 @@ fn a_wrongly_packed_fragment_is_caught() {
         k: 32,
     };
     let x: Vec<f32> = (0..8 * 32).map(|_| rng.random::<f32>() - 0.5).collect();
-    let act = pack::quantize_mxfp8(&x, 32);
+    let act = pack::quantize_mxfp8(&x, 32).expect("whole rows");
     let cols: [Option<usize>; 8] = std::array::from_fn(Some);
     let mut op = model::WarpOperands::default();
     for lane in 0..model::WARP {

@@ -88,6 +88,8 @@ pub enum ModelError {
     Nan(String),
     /// A selector outside its range.
     Selector(String),
+    /// Operands of the host-side packing whose sizes do not fit together.
+    Shape(String),
 }
 
 /// A (16 x 32) as E2M1 codes, decoded from the registers; errors on a malformed container.

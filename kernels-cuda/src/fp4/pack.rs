@@ -100,12 +100,13 @@ pub struct Mxfp8Rows {
 /// 32, E = [`mxfp8_scale_byte`]`(amax)`, each element `cvt.rn.satfinite.e4m3(x * 2^(127 - E))`.
 /// The element error is at most `2^-4 |x|` (normal E4M3: 3 mantissa bits, round to nearest) or
 /// `2^-10 * 2^(E - 127)` (subnormal E4M3), whichever is larger; nothing saturates.
-pub fn quantize_mxfp8(x: &[f32], k: usize) -> Mxfp8Rows {
-    assert!(
-        k.is_multiple_of(32) && x.len().is_multiple_of(k),
-        "quantize_mxfp8: {} values in rows of {k}",
-        x.len()
-    );
+pub fn quantize_mxfp8(x: &[f32], k: usize) -> Result<Mxfp8Rows, ModelError> {
+    if k == 0 || !k.is_multiple_of(32) || !x.len().is_multiple_of(k) {
+        return Err(ModelError::Shape(format!(
+            "quantize_mxfp8: {} values in rows of {k} (need whole rows, k a multiple of 32)",
+            x.len()
+        )));
+    }
     let mut q = vec![0u8; x.len()];
     let mut s = vec![0u8; x.len() / 32];
     for (b, blk) in x.chunks_exact(32).enumerate() {
@@ -117,7 +118,7 @@ pub fn quantize_mxfp8(x: &[f32], k: usize) -> Mxfp8Rows {
             q[b * 32 + i] = f32_to_e4m3(v * inv);
         }
     }
-    Mxfp8Rows { q, s, k }
+    Ok(Mxfp8Rows { q, s, k })
 }
 
 /// Lane `lane`'s B registers and scale-b-data for the 8 activation rows `cols` (`None`: an
@@ -151,7 +152,20 @@ pub fn gemm_model(
     act: &Mxfp8Rows,
     cols: &[usize],
 ) -> Result<Vec<f32>, ModelError> {
-    assert_eq!(w.k, act.k, "gemm_model: k mismatch");
+    let k_ok = w.k == act.k && w.k.is_multiple_of(32);
+    let w_ok = w.bytes.len() == w.rows * w.k / 32 * 17;
+    let x_ok =
+        act.q.len() == act.s.len() * 32 && cols.iter().all(|&c| (c + 1) * act.k <= act.q.len());
+    if !(k_ok && w_ok && x_ok) {
+        return Err(ModelError::Shape(format!(
+            "gemm_model: weights {} x {} ({} bytes), activations of {} ({} bytes), columns {cols:?}",
+            w.rows,
+            w.k,
+            w.bytes.len(),
+            act.k,
+            act.q.len()
+        )));
+    }
     let mut out = vec![0f32; cols.len() * w.rows];
     for c0 in (0..cols.len()).step_by(8) {
         let tile: [Option<usize>; 8] = std::array::from_fn(|i| cols.get(c0 + i).copied());
