@@ -85,3 +85,51 @@ fn fp4_kernels_are_refused_where_the_instruction_does_not_exist_and_emulate_ther
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(!String::from_utf8_lossy(&ptx).contains("block_scale"));
 }
+
+#[test]
+fn tcgen05_kernels_compile_for_data_center_blackwell() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    for arch in fp4::nvrtc::TCGEN05_ARCHES {
+        let t = std::time::Instant::now();
+        let cubin = fp4::nvrtc::compile(arch, false, fp4::nvrtc::Output::Cubin)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(&cubin[..4], b"\x7fELF", "{arch}: not an ELF cubin");
+        for name in fp4::nvrtc::KERNEL_NAMES {
+            assert!(has_kernel(&cubin, name), "{arch}: kernel {name} missing");
+        }
+        let virt = arch.replace("sm_", "compute_");
+        let ptx = fp4::nvrtc::compile(&virt, false, fp4::nvrtc::Output::Ptx)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let ptx = String::from_utf8_lossy(&ptx);
+        for want in fp4::nvrtc::TCGEN05_PTX {
+            assert!(ptx.contains(want), "{virt}: no `{want}` in the PTX");
+        }
+        assert!(ptx.contains("tcgen05.relinquish_alloc_permit"));
+        assert!(ptx.contains("tcgen05.wait::ld"));
+        // Gate/up issues the MMA for two weight matrices, down for one: two call sites at least
+        // (the K loop is not unrolled), and no warp-level mma.sync is left in this variant.
+        let n = ptx.matches("tcgen05.mma.").count();
+        assert!(n >= 2, "{virt}: {n} tcgen05.mma in the PTX");
+        assert!(
+            !ptx.contains("mma.sync"),
+            "{virt}: mma.sync in the tcgen05 build"
+        );
+        assert!(ptx.contains("cvt.rn.satfinite.e4m3x2.f32"));
+        // The descriptor constants the host encoders produced are in the code.
+        let cfg = fp4::tcgen05::Config::kernel().unwrap();
+        assert!(
+            ptx.contains(&format!("{}", cfg.idesc)) || ptx.contains(&format!("{:X}", cfg.idesc)),
+            "{virt}: instruction descriptor {:#x} not found",
+            cfg.idesc
+        );
+        eprintln!(
+            "{arch}: cubin {} bytes, {n} x tcgen05.mma in the PTX, {:.1} s",
+            cubin.len(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    // The tcgen05 build needs the real instruction set: no emulation, and not for Hopper.
+    assert!(fp4::nvrtc::compile("sm_100a", true, fp4::nvrtc::Output::Cubin).is_err());
+}

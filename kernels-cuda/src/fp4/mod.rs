@@ -23,6 +23,7 @@ pub mod model;
 pub mod nvrtc;
 pub mod pack;
 pub(crate) mod run;
+pub mod tcgen05;
 
 pub use run::Fp4Status;
 

@@ -90,6 +90,9 @@ pub enum ModelError {
     Selector(String),
     /// Operands of the host-side packing whose sizes do not fit together.
     Shape(String),
+    /// A tcgen05 instruction or shared-memory descriptor the model does not accept (a reserved
+    /// bit set, a wrong fixed field, or a format / shape this kernel does not use).
+    Descriptor(String),
 }
 
 /// A (16 x 32) as E2M1 codes, decoded from the registers; errors on a malformed container.

@@ -1,6 +1,8 @@
 //! NVRTC for the FP4 kernels: their own program (`common.cuh`, then `fp4_moe.cu`), compiled only
 //! for the architectures that have the block-scaled `mma.sync` (or, with emulation, for any
-//! sm_89+ test device).
+//! sm_89+ test device); for data-center Blackwell (sm_100a / sm_103a) the program adds
+//! `fp4_tcgen05.cu`, whose `tcgen05.mma` matmul kernels replace the `mma.sync` ones
+//! (`-DGPTOSS_FP4_TCGEN05`, descriptor constants from [`super::tcgen05::kernel_defines`]).
 
 use std::ffi::{CStr, CString};
 
@@ -12,7 +14,14 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("fp4_moe.cu", include_str!("../kernels/fp4_moe.cu")),
 ];
 
-/// Every kernel of the FP4 program.
+/// The tcgen05 program's sources, in order.
+pub const TCGEN05_SOURCES: &[(&str, &str)] = &[
+    ("common.cuh", include_str!("../kernels/common.cuh")),
+    ("fp4_moe.cu", include_str!("../kernels/fp4_moe.cu")),
+    ("fp4_tcgen05.cu", include_str!("../kernels/fp4_tcgen05.cu")),
+];
+
+/// Every kernel of the FP4 program (both variants define all of them).
 pub const KERNEL_NAMES: &[&str] = &[
     "fp4_group",
     "fp4_quant_mxfp8",
@@ -25,18 +34,42 @@ pub const KERNEL_NAMES: &[&str] = &[
 /// DGX Spark's GB10.
 pub const ARCHES: &[&str] = &["sm_120a", "sm_121a"];
 
+/// The architectures of the tcgen05 variant: data-center Blackwell (B200 / GB200, B300 / GB300).
+pub const TCGEN05_ARCHES: &[&str] = &["sm_100a", "sm_103a"];
+
+/// Texts the PTX of the tcgen05 variant must contain: the block-scaled MMA, the scale copy to
+/// tensor memory, allocation and the accumulator read-back.
+pub const TCGEN05_PTX: &[&str] = &[
+    "tcgen05.mma.cta_group::1.kind::mxf8f6f4.block_scale.scale_vec::1X",
+    "tcgen05.cp.cta_group::1.32x128b.warpx4",
+    "tcgen05.alloc.cta_group::1.sync.aligned.shared::cta.b32",
+    "tcgen05.dealloc.cta_group::1.sync.aligned.b32",
+    "tcgen05.commit.cta_group::1.mbarrier::arrive::one.shared::cluster.b64",
+    "tcgen05.ld.sync.aligned.32x32b.x8.b32",
+];
+
+/// Whether `arch` (`sm_100a`, `compute_103a`, ...) takes the tcgen05 variant.
+pub fn is_tcgen05(arch: &str) -> bool {
+    ["_100", "_101", "_103"].iter().any(|a| arch.contains(a))
+}
+
 /// The text the PTX of a native (not emulated) build must contain.
 pub const MMA_PTX: &str = "mma.sync.aligned.kind::mxf8f6f4.block_scale.scale_vec::1X.m16n8k32.row.col.f32.e2m1.e4m3.f32.ue8m0";
 
-fn source() -> String {
+fn source(arch: &str) -> String {
+    let srcs = if is_tcgen05(arch) {
+        TCGEN05_SOURCES
+    } else {
+        SOURCES
+    };
     let mut s = String::new();
-    for (name, text) in SOURCES {
+    for (name, text) in srcs {
         s.push_str(&format!("#line 1 \"{name}\"\n{text}\n"));
     }
     s
 }
 
-fn options(arch: &str, emulate: bool) -> Vec<String> {
+fn options(arch: &str, emulate: bool) -> Result<Vec<String>, String> {
     let mut o = vec![
         format!("--gpu-architecture={arch}"),
         "--std=c++17".into(),
@@ -45,7 +78,16 @@ fn options(arch: &str, emulate: bool) -> Vec<String> {
     if emulate {
         o.push("-DGPTOSS_FP4_EMULATE".into());
     }
-    o
+    if is_tcgen05(arch) {
+        if emulate {
+            return Err(format!(
+                "{arch}: the tcgen05 kernels have no emulated build (use the sm_120 emulation)"
+            ));
+        }
+        o.push("-DGPTOSS_FP4_TCGEN05".into());
+        o.extend(super::tcgen05::kernel_defines()?);
+    }
+    Ok(o)
 }
 
 /// What one compilation produced.
@@ -60,8 +102,8 @@ pub enum Output {
 /// or compiled and stored there; a cache that cannot be written is not an error.
 pub fn cached_cubin(arch: &str, emulate: bool) -> Result<Vec<u8>, String> {
     let (major, minor) = crate::compile::nvrtc_version()?;
-    let src = source();
-    let opts = options(arch, emulate).join(" ");
+    let src = source(arch);
+    let opts = options(arch, emulate)?.join(" ");
     let ver = format!("{major}.{minor}");
     let key = crate::compile::fnv1a(&[
         src.as_bytes(),
@@ -96,7 +138,8 @@ pub fn compile(arch: &str, emulate: bool, what: Output) -> Result<Vec<u8>, Strin
     if !crate::compile::nvrtc_available() {
         return Err("libnvrtc not found (see compile::nvrtc_available)".into());
     }
-    let src = CString::new(source()).map_err(|e| format!("FP4 kernel source has a NUL: {e}"))?;
+    let src =
+        CString::new(source(arch)).map_err(|e| format!("FP4 kernel source has a NUL: {e}"))?;
     let prog = nvrtc::create_program(&src, Some(c"gptoss_fp4.cu"))
         .map_err(|e| format!("nvrtcCreateProgram: {e:?}"))?;
     // SAFETY: `prog` was just created and is destroyed exactly once below; `src` outlives it.
@@ -114,7 +157,7 @@ unsafe fn build(
     emulate: bool,
     what: Output,
 ) -> Result<Vec<u8>, String> {
-    let opts = options(arch, emulate);
+    let opts = options(arch, emulate)?;
     // SAFETY: guaranteed by the caller.
     let compiled = unsafe { nvrtc::compile_program(prog, &opts) };
     if let Err(e) = compiled {

@@ -32,8 +32,13 @@ pub struct Mxfp4Device<'a> {
 }
 
 impl Mxfp4Device<'_> {
-    fn nb(&self) -> usize {
+    pub(crate) fn nb(&self) -> usize {
         self.rows * self.k / 32
+    }
+    /// The 16 ggml `qs` bytes of block `kb` of `row`.
+    pub(crate) fn block(&self, row: usize, kb: usize) -> [u8; 16] {
+        let o = (row * (self.k / 32) + kb) * 16;
+        std::array::from_fn(|i| self.bytes[o + i])
     }
     fn word(&self, row: usize, kb: usize, t: usize) -> u32 {
         let o = (row * (self.k / 32) + kb) * 16 + 4 * t;
@@ -44,7 +49,7 @@ impl Mxfp4Device<'_> {
             self.bytes[o + 3],
         ])
     }
-    fn scale(&self, row: usize, kb: usize) -> u8 {
+    pub(crate) fn scale(&self, row: usize, kb: usize) -> u8 {
         self.bytes[self.nb() * 16 + row * (self.k / 32) + kb]
     }
 }

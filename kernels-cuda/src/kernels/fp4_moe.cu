@@ -18,6 +18,7 @@ __device__ __forceinline__ float fp4_swiglu(float gate, float up) {
     return g / (1.0f + expf(-1.702f * g)) * (u + 1.0f);
 }
 
+#ifndef GPTOSS_FP4_TCGEN05  // the sm_100a program brings its own matmul kernels (fp4_tcgen05.cu)
 #ifdef GPTOSS_FP4_EMULATE
 __device__ __forceinline__ float fp4_e4m3_to_f32(u32 b) {
     u32 e = (b >> 3) & 15u, m = b & 7u;
@@ -103,6 +104,8 @@ __device__ __forceinline__ void fp4_load_b(const u8* xq, const u8* xs, int row, 
     }
 }
 
+#endif  // GPTOSS_FP4_TCGEN05
+
 // Pairs (token, slot) grouped by expert, each group in pair order: offs[e] .. offs[e + 1] of
 // `order`. grid 1, block 256 (n_exp <= 256).
 extern "C" __global__ void fp4_group(const int* ids, int pairs, int n_exp, int* offs, int* order) {
@@ -144,6 +147,7 @@ extern "C" __global__ void fp4_quant_mxfp8(const float* x, i64 nblk, u8* q, u8* 
     if (lane == 0) s[b] = (u8)e;
 }
 
+#ifndef GPTOSS_FP4_TCGEN05
 // Gate and up projections plus SwiGLU for every (token, slot) pair, grouped by expert: block
 // (x, e) covers features x * 64 .. + 64 of expert e (warp w: 16 of them) for all of e's pairs,
 // 32 at a time. xq/xs: the tokens' activations as MXFP8. h[pair][f].
@@ -241,6 +245,8 @@ extern "C" __global__ void __launch_bounds__(128) fp4_moe_down(
         }
     }
 }
+
+#endif  // GPTOSS_FP4_TCGEN05
 
 // y[row][d] = sum over the row's k slots of yp, in slot order. grid (ceil(d_model / 256), t), block 256.
 extern "C" __global__ void fp4_moe_combine(const float* yp, int k, int d_model, float* y) {
