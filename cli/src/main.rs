@@ -24,7 +24,7 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// CUDA MoE experts on Blackwell's FP4 tensor cores: auto (sm_120/121 after a self-check),
+    /// CUDA MoE experts on Blackwell's FP4 tensor cores: auto (sm_120/121, sm_100/103 after a self-check),
     /// on (required; refused on other GPUs), off.
     #[arg(long, global = true, default_value = "auto")]
     fp4: gptoss_kernels_cuda::fp4::Fp4Mode,

@@ -84,7 +84,9 @@ fn selection_follows_the_compute_capability() {
     let arch = be.arch().to_string();
     let status = be.fp4_self_check().expect("auto never errors");
     eprintln!("{}: auto -> {status:?}", be.name());
-    let native = arch.starts_with("sm_120") || arch.starts_with("sm_121");
+    let native = ["sm_120", "sm_121", "sm_100", "sm_103"]
+        .iter()
+        .any(|a| arch.starts_with(a));
     if native {
         assert!(
             matches!(

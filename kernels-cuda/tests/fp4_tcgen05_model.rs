@@ -242,15 +242,23 @@ fn tcgen05_model_catches_wrong_descriptors_and_packing() {
         };
         assert!(caught, "{what} was not caught");
     }
-    // Nibble order: packing the odd element low must be caught by the reading side.
-    let qs: [u8; 16] = std::array::from_fn(|j| (j as u8 * 7 + 3) & 0xff);
+    // Nibble order: the padded block read back gives ggml's values; with the nibbles of each
+    // byte swapped (the odd element low) it does not.
+    let block = random_mxfp4(&mut rng, 1, 32, 127, 127);
+    let want = dequant_ref(&block, 32);
+    let qs: [u8; 16] = block[1..17].try_into().unwrap();
     let p = tcgen05::e2m1_padded(&qs);
+    let value = |b: &[u8; 32], kk: usize| {
+        let c = tcgen05::e2m1_padded_code(b, kk);
+        gptoss_kernels_cuda::fp4::formats::e2m1_value(c) as f32
+    };
+    assert!((0..32).all(|kk| value(&p, kk) == want[kk]));
     let mut swapped_nibbles = p;
     for b in swapped_nibbles.iter_mut() {
         *b = b.rotate_left(4);
     }
-    let differs = (0..32).any(|kk| {
-        tcgen05::e2m1_padded_code(&swapped_nibbles, kk) != tcgen05::e2m1_padded_code(&p, kk)
-    });
-    assert!(differs);
+    assert!(
+        (0..32).any(|kk| value(&swapped_nibbles, kk) != want[kk]),
+        "a swapped nibble order was not caught"
+    );
 }

@@ -7,16 +7,21 @@
 //! E8M0 scale per 32): W4A8. The kernels are `kernels/fp4_moe.cu`, compiled by NVRTC for
 //! `sm_120a` / `sm_121a` only ([`nvrtc`]).
 //!
+//! On data-center Blackwell (sm_100 / sm_103: B200, GB200, B300) the same W4A8 product runs on
+//! `tcgen05.mma.cta_group::1.kind::mxf8f6f4.block_scale.scale_vec::1X` with operands staged in
+//! shared memory, scales and accumulators in tensor memory: `kernels/fp4_tcgen05.cu`, compiled
+//! for `sm_100a` / `sm_103a` ([`tcgen05`] has its descriptors, layouts and CPU model).
+//!
 //! - [`formats`]: the E2M1 / E4M3 / UE8M0 formats, decoded exactly and encoded as the kernels do.
-//! - [`model`]: a CPU model of the instruction: fragment layout and semantics, per the PTX ISA.
-//! - [`pack`]: how the kernels fill each lane's registers, mirrored on the host and tested
-//!   through the model.
+//! - [`model`]: a CPU model of the `mma.sync` instruction: fragment layout and semantics.
+//! - [`pack`]: how the sm_120 kernels fill each lane's registers, mirrored on the host and
+//!   tested through the model.
+//! - [`tcgen05`]: the sm_100 kernels' instruction / shared-memory descriptors, staging layouts,
+//!   tensor-memory scale layout and a CPU model of the block-scaled `tcgen05.mma`.
 //! - [`Fp4Mode`] and the run-time selection: [`crate::CudaBackend::set_fp4`].
 //!
-//! Not covered: data-center Blackwell (sm_100 / sm_103) needs `tcgen05.mma` with tensor memory;
-//! there is no kernel for it yet, so those devices take the portable path.
-//! The path is compile-checked and model-checked in CI and self-checked on the device at first
-//! use; it has not run on Blackwell hardware in this project's own testing.
+//! Both paths are compile-checked and model-checked in CI and self-checked on the device at
+//! first use; neither has run on Blackwell hardware in this project's own testing.
 
 pub mod formats;
 pub mod model;
@@ -30,8 +35,8 @@ pub use run::Fp4Status;
 /// `--fp4`: whether the MoE experts use the FP4 tensor-core path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Fp4Mode {
-    /// Where the device has a kernel for it (sm_120 / sm_121), after a self-check passes; else
-    /// the portable path.
+    /// Where the device has a kernel for it (sm_120 / sm_121, sm_100 / sm_103), after a
+    /// self-check passes; else the portable path.
     #[default]
     Auto,
     /// Required: refused on a device without the instruction; a failed self-check is an error.
@@ -60,13 +65,11 @@ pub fn fp4_arch(major: i32, minor: i32) -> Result<&'static str, String> {
     match (major, minor) {
         (12, 0) => Ok("sm_120a"),
         (12, 1) => Ok("sm_121a"),
-        (10, _) => Err(format!(
-            "compute capability {major}.{minor} (data-center Blackwell) needs a tcgen05.mma kernel, \
-             which gptoss does not have yet"
-        )),
+        (10, 0) => Ok("sm_100a"),
+        (10, 3) => Ok("sm_103a"),
         _ => Err(format!(
-            "compute capability {major}.{minor} has no block-scaled FP4 MMA \
-             (it needs sm_120 / sm_121)"
+            "compute capability {major}.{minor} has no block-scaled FP4 MMA kernel in gptoss \
+             (it needs sm_120 / sm_121, or tcgen05 on sm_100 / sm_103)"
         )),
     }
 }

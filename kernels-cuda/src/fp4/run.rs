@@ -23,6 +23,15 @@ pub(crate) struct Kernels {
     down: CudaFunction,
     combine: CudaFunction,
     emulated: bool,
+    /// The tcgen05 variant (sm_100a / sm_103a): 128 weight rows per CTA instead of 64.
+    tcgen05: bool,
+}
+
+impl Kernels {
+    /// Weight rows per CTA of the gate/up and down kernels (their grid's x extent divides by it).
+    fn tile_rows(&self) -> usize {
+        if self.tcgen05 { 128 } else { 64 }
+    }
 }
 
 enum Inner {
@@ -75,6 +84,8 @@ pub enum Fp4Status {
         nmse: f64,
         /// True when the MMA is the software emulation (a test build).
         emulated: bool,
+        /// True for the data-center Blackwell kernels (`tcgen05.mma`, sm_100 / sm_103).
+        tcgen05: bool,
     },
     /// The self-check failed or the kernels did not build: the portable path runs.
     FellBack(String),
@@ -86,8 +97,15 @@ impl std::fmt::Display for Fp4Status {
             Fp4Status::Inactive(_) => write!(f, "moe: portable"),
             Fp4Status::Pending => write!(f, "moe: fp4 mma, self-check pending"),
             Fp4Status::Active {
-                emulated: false, ..
+                emulated: false,
+                tcgen05: false,
+                ..
             } => write!(f, "moe: fp4 mma W4A8"),
+            Fp4Status::Active {
+                emulated: false,
+                tcgen05: true,
+                ..
+            } => write!(f, "moe: fp4 tcgen05 W4A8"),
             Fp4Status::Active { emulated: true, .. } => write!(f, "moe: fp4 W4A8, emulated mma"),
             Fp4Status::FellBack(_) => write!(f, "moe: portable, fp4 self-check failed"),
         }
@@ -96,7 +114,8 @@ impl std::fmt::Display for Fp4Status {
 
 impl CudaBackend {
     /// Choose the MoE expert path (`--fp4`). `Auto` (the default) uses the Blackwell FP4
-    /// tensor-core kernels where the device has them (compute capability 12.0 / 12.1) and their
+    /// tensor-core kernels where the device has them (compute capability 12.0 / 12.1:
+    /// `mma.sync`; 10.0 / 10.3: `tcgen05.mma`) and their
     /// first-use self-check passes, else the portable kernels. `On` requires them: it is refused
     /// here, with the device's compute capability in the message, on any other device, and a
     /// failed self-check is then an error instead of a fallback. `Off` never uses them.
@@ -150,6 +169,7 @@ impl CudaBackend {
             Ok(Inner::Ready { k, nmse }) => Fp4Status::Active {
                 nmse: *nmse,
                 emulated: k.emulated,
+                tcgen05: k.tcgen05,
             },
             Ok(Inner::Failed(why)) => Fp4Status::FellBack(why.clone()),
             Err(_) => Fp4Status::FellBack("state poisoned".into()),
@@ -208,9 +228,21 @@ impl CudaBackend {
             (Ok(nmse), Some(k)) => {
                 *g = Inner::Ready { k: k.clone(), nmse };
                 eprintln!(
-                    "gptoss: FP4 tensor-core MoE path ({arch}{}) active: self-check NMSE {nmse:.2e} \
-                     against the portable kernels (limit {SELF_CHECK_NMSE:.0e})",
-                    if emulated { ", emulated MMA" } else { "" }
+                    "gptoss: FP4 tensor-core MoE path ({arch}, {}) active: self-check NMSE {nmse:.2e} \
+                     against the portable kernels (limit {SELF_CHECK_NMSE:.0e}){}",
+                    if emulated {
+                        "emulated MMA"
+                    } else if k.tcgen05 {
+                        "tcgen05.mma"
+                    } else {
+                        "mma.sync"
+                    },
+                    if emulated {
+                        ""
+                    } else {
+                        "; note: this path is compile-checked and self-checked but has not run on \
+                         Blackwell hardware in gptoss's own testing"
+                    }
                 );
                 Ok(Some(k))
             }
@@ -254,6 +286,7 @@ impl CudaBackend {
             combine: f("fp4_moe_combine")?,
             _module: module,
             emulated,
+            tcgen05: nvrtc::is_tcgen05(arch),
         })
     }
 
@@ -369,7 +402,8 @@ impl CudaBackend {
             shared_mem_bytes: 0,
         };
         // SAFETY: each argument list in `moe_fp4` matches its kernel's signature in
-        // kernels/fp4_moe.cu, and every pointer is a live allocation sized from the checked
+        // kernels/fp4_moe.cu (fp4_tcgen05.cu defines the matmul kernels with the same
+        // signatures), the tcgen05 kernels' shared memory is static (under 48 KiB), and every pointer is a live allocation sized from the checked
         // shapes of the MoE call.
         unsafe { b.launch(cfg) }.map_err(dev_err)?;
         Ok(())
@@ -439,7 +473,7 @@ pub(crate) fn moe_hook(
     let h = be.scratch(pairs * n_ff * 4)?;
     be.launch_fp4(
         &k.gate_up,
-        (n_ff.div_ceil(64) as u32, n_exp as u32, 1),
+        (n_ff.div_ceil(k.tile_rows()) as u32, n_exp as u32, 1),
         128,
         &[
             p(&xq),
@@ -466,7 +500,7 @@ pub(crate) fn moe_hook(
     let yp = be.scratch(pairs * d_model * 4)?;
     be.launch_fp4(
         &k.down,
-        (d_model.div_ceil(64) as u32, n_exp as u32, 1),
+        (d_model.div_ceil(k.tile_rows()) as u32, n_exp as u32, 1),
         128,
         &[
             p(&hq),

@@ -376,7 +376,11 @@ pub fn e2m1_padded(qs: &[u8; 16]) -> [u8; 32] {
 /// The E2M1 code of element `k` (0..32) of a padded block ([`e2m1_padded`]): the reading side.
 pub fn e2m1_padded_code(block: &[u8], k: usize) -> u8 {
     let b = block[(k / 16) * 16 + (k % 16) / 2];
-    if k % 2 == 0 { b & 0x0f } else { b >> 4 }
+    if k.is_multiple_of(2) {
+        b & 0x0f
+    } else {
+        b >> 4
+    }
 }
 
 /// Index (u32 word) of the scale word of row / column `i` (0..128) in the 32 x 16-byte source
@@ -966,14 +970,9 @@ mod tests {
                 (seed >> 56) as u8
             });
             let p = e2m1_padded(&qs);
-            for j in 0..16 {
-                assert_eq!(e2m1_padded_code(&p, j), qs[j] & 15, "element {j}");
-                assert_eq!(
-                    e2m1_padded_code(&p, 16 + j),
-                    qs[j] >> 4,
-                    "element {}",
-                    16 + j
-                );
+            for (j, &q) in qs.iter().enumerate() {
+                assert_eq!(e2m1_padded_code(&p, j), q & 15, "element {j}");
+                assert_eq!(e2m1_padded_code(&p, 16 + j), q >> 4, "element {}", 16 + j);
             }
             assert!(p[8..16].iter().chain(&p[24..32]).all(|&b| b == 0));
         }

@@ -9,6 +9,8 @@
 //
 // Every device function here has a host mirror in fp4/pack.rs, tested through the CPU model
 // of the instruction (fp4/model.rs).
+// For sm_100a / sm_103a the program is compiled with GPTOSS_FP4_TCGEN05 defined: the mma.sync
+// matmul kernels drop out and fp4_tcgen05.cu supplies tcgen05.mma ones under the same names.
 
 #define FP4_NT 4  // 8-column MMA tiles per warp pass (32 token slots)
 
