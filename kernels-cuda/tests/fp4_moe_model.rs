@@ -2,7 +2,8 @@
 //! MXFP8, gate/up block-scaled MMAs + bias + SwiGLU per pair, h quantized to MXFP8, down MMAs +
 //! bias times the router weight, slot sum) run on the host through the packing and the CPU
 //! model of the instruction, against the CPU reference backend's MoE on fresh random weights:
-//! NMSE <= 2e-2 (the device self-check's bound; W4A8 lands near 1e-3).
+//! NMSE <= 2e-2 (the device self-check's bound; W4A8 lands near 1e-3). Run twice: with the
+//! sm_120 `mma.sync` fragment model and with the sm_100 `tcgen05` staging/descriptor model.
 
 use gptoss_backend::cpu::CpuBackend;
 use gptoss_backend::{Backend, GgmlType, HostBytes, MoeConfig, MoeWeights, WeightData};
@@ -24,8 +25,26 @@ fn swiglu(gate: f32, up: f32) -> f32 {
     g / (1.0 + (-1.702 * g).exp()) * (u + 1.0)
 }
 
+type Gemm<'a> = &'a dyn Fn(&pack::Mxfp4Device, &pack::Mxfp8Rows, &[usize]) -> Vec<f32>;
+
 #[test]
 fn fp4_moe_algorithm_matches_the_cpu_reference_moe() {
+    moe_algorithm_matches_the_cpu_reference("mma.sync", &|w, x, cols| {
+        pack::gemm_model(w, x, cols).unwrap()
+    });
+}
+
+/// The same algorithm with the matmuls of the sm_100a kernels: staging, descriptors, scale copy
+/// and block-scaled `tcgen05.mma` through their CPU model (`fp4::tcgen05`).
+#[test]
+fn fp4_moe_algorithm_through_the_tcgen05_model_matches_the_cpu_reference_moe() {
+    let cfg = gptoss_kernels_cuda::fp4::tcgen05::Config::kernel().unwrap();
+    moe_algorithm_matches_the_cpu_reference("tcgen05", &|w, x, cols| {
+        gptoss_kernels_cuda::fp4::tcgen05::gemm_model(w, x, cols, &cfg).unwrap()
+    });
+}
+
+fn moe_algorithm_matches_the_cpu_reference(path: &str, gemm: Gemm) {
     let mut r = StdRng::seed_from_u64(0x00f4_0005);
     let (d, f, e, k) = (128usize, 96usize, 8usize, 4usize);
     let mx = |r: &mut StdRng, rows: usize, cols: usize| -> Vec<u8> {
@@ -121,7 +140,7 @@ fn fp4_moe_algorithm_matches_the_cpu_reference_moe() {
             }
             let toks: Vec<usize> = pairs.iter().map(|p| p / k).collect();
             let (g_dev, u_dev) = (expert(&gate, ex, f, d), expert(&up, ex, f, d));
-            let gm = pack::gemm_model(
+            let gm = gemm(
                 &pack::Mxfp4Device {
                     bytes: &g_dev,
                     rows: f,
@@ -129,9 +148,8 @@ fn fp4_moe_algorithm_matches_the_cpu_reference_moe() {
                 },
                 &xq,
                 &toks,
-            )
-            .unwrap();
-            let um = pack::gemm_model(
+            );
+            let um = gemm(
                 &pack::Mxfp4Device {
                     bytes: &u_dev,
                     rows: f,
@@ -139,8 +157,7 @@ fn fp4_moe_algorithm_matches_the_cpu_reference_moe() {
                 },
                 &xq,
                 &toks,
-            )
-            .unwrap();
+            );
             for (c, &p) in pairs.iter().enumerate() {
                 for ff in 0..f {
                     h[p * f + ff] = swiglu(
@@ -158,7 +175,7 @@ fn fp4_moe_algorithm_matches_the_cpu_reference_moe() {
                 continue;
             }
             let d_dev = expert(&down, ex, d, f);
-            let dm = pack::gemm_model(
+            let dm = gemm(
                 &pack::Mxfp4Device {
                     bytes: &d_dev,
                     rows: d,
@@ -166,8 +183,7 @@ fn fp4_moe_algorithm_matches_the_cpu_reference_moe() {
                 },
                 &hq,
                 pairs,
-            )
-            .unwrap();
+            );
             for (c, &p) in pairs.iter().enumerate() {
                 for dd in 0..d {
                     yp[p * d + dd] = wts[p] * (dm[c * d + dd] + db[ex * d + dd]);
@@ -184,7 +200,7 @@ fn fp4_moe_algorithm_matches_the_cpu_reference_moe() {
         }
         let nmse = num / den;
         eprintln!(
-            "{t} tokens: FP4 MoE algorithm (CPU model) vs CPU reference MoE: NMSE {nmse:.2e}"
+            "{t} tokens: FP4 MoE algorithm ({path} CPU model) vs CPU reference MoE: NMSE {nmse:.2e}"
         );
         assert!(den > 0.0 && nmse <= 2e-2, "NMSE {nmse}");
     }

@@ -40,7 +40,7 @@ __device__ __forceinline__ int fp4t_off(int row, int kbyte) {
 // One MXFP4 block's 16 ggml bytes (element j in the low nibble of byte j, element 16 + j in the
 // high nibble) as kind::mxf8f6f4 wants E2M1 in shared memory: 16 elements packed two to a byte
 // (even element in the low nibble) in 8 bytes, then 8 bytes of padding; twice. Mirror:
-// tcgen05::e2m1_padded.
+// tcgen05::e2m1_padded_words (tested equal to tcgen05::e2m1_padded).
 __device__ __forceinline__ void fp4t_pack_e2m1(uint4 q, uint4& lo, uint4& hi) {
     u32 w[4] = {q.x, q.y, q.z, q.w};
     u32 l[2], h[2];
