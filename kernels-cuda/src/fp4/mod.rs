@@ -73,3 +73,24 @@ pub fn fp4_arch(major: i32, minor: i32) -> Result<&'static str, String> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fp4_arch_by_compute_capability() {
+        assert_eq!(fp4_arch(12, 0), Ok("sm_120a"));
+        assert_eq!(fp4_arch(12, 1), Ok("sm_121a"));
+        assert_eq!(fp4_arch(10, 0), Ok("sm_100a"));
+        assert_eq!(fp4_arch(10, 3), Ok("sm_103a"));
+        for (ma, mi) in [(9, 0), (8, 9), (10, 1), (11, 0)] {
+            let e = fp4_arch(ma, mi).unwrap_err();
+            assert!(e.contains(&format!("compute capability {ma}.{mi}")), "{e}");
+        }
+        // The tcgen05 program goes with exactly the sm_100 / sm_103 architectures.
+        assert!(nvrtc::TCGEN05_ARCHES.iter().all(|a| nvrtc::is_tcgen05(a)));
+        assert!(nvrtc::ARCHES.iter().all(|a| !nvrtc::is_tcgen05(a)));
+        assert!(!nvrtc::is_tcgen05("sm_90a"));
+    }
+}

@@ -50,7 +50,7 @@ pub const TCGEN05_PTX: &[&str] = &[
 
 /// Whether `arch` (`sm_100a`, `compute_103a`, ...) takes the tcgen05 variant.
 pub fn is_tcgen05(arch: &str) -> bool {
-    ["_100", "_101", "_103"].iter().any(|a| arch.contains(a))
+    ["_100", "_103"].iter().any(|a| arch.contains(a))
 }
 
 /// The text the PTX of a native (not emulated) build must contain.

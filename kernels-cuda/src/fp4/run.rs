@@ -290,11 +290,14 @@ impl CudaBackend {
         })
     }
 
-    /// The self-check: small random MoE problems (a decode row and a 37-token batch, 8 experts,
-    /// top 4, widths that leave partial tiles) through the portable kernels and the candidate
-    /// FP4 kernels; returns the worst NMSE, or why it is over [`SELF_CHECK_NMSE`].
+    /// The self-check: small random MoE problems (a decode row, a 37-token and a 100-token
+    /// batch, 8 experts, top 4) through the portable kernels and the candidate FP4 kernels;
+    /// returns the worst NMSE, or why it is over [`SELF_CHECK_NMSE`]. The widths leave partial
+    /// row tiles in both variants (160 = 128 + 32 and 96 of 128 rows for tcgen05, 64-row tiles
+    /// for mma.sync), K runs over several chunks (5 blocks: 4 + 1), and the 100-token batch gives
+    /// experts more than 32 pairs, so the kernels' pair loops take several passes.
     fn fp4_compare(&self) -> std::result::Result<f64, String> {
-        let (d_model, n_ff, n_exp, top_k) = (96usize, 96usize, 8usize, 4usize);
+        let (d_model, n_ff, n_exp, top_k) = (160usize, 96usize, 8usize, 4usize);
         let mut rng = SplitMix(0x6770_746f_7373_6670);
         let w = self
             .fp4_random_moe(&mut rng, d_model, n_ff, n_exp)
@@ -304,7 +307,7 @@ impl CudaBackend {
             top_k,
         };
         let mut worst = 0f64;
-        for t in [1usize, 37] {
+        for t in [1usize, 37, 100] {
             let x: Vec<f32> = (0..t * d_model).map(|_| rng.normal()).collect();
             let xt = self.from_host(&x, t, d_model).map_err(|e| e.to_string())?;
             let run = |fp4: bool| -> Result<Vec<f32>> {

@@ -245,7 +245,7 @@ extern "C" __global__ void __launch_bounds__(128) fp4_moe_gate_up(
     if (p0 == p1 || f0 >= n_ff) return;  // uniform over the CTA
     int rows_left = n_ff - f0;
     i64 row0 = (i64)e * n_ff + f0;
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int warp = threadIdx.x >> 5;
     int m = threadIdx.x;  // this thread's accumulator row (TMEM lane)
     fp4t_begin(s);
     u32 phase = 0;
@@ -269,7 +269,6 @@ extern "C" __global__ void __launch_bounds__(128) fp4_moe_gate_up(
                     h[(i64)order[c] * n_ff + f0 + m] = fp4_swiglu(g[i] + bgv, u[i] + buv);
             }
         }
-        (void)lane;
         // The next pass overwrites D and s.rows: every warp's reads must be done.
         fp4t_fence_before();
         __syncthreads();
