@@ -96,14 +96,28 @@ __device__ __forceinline__ void fp4t_wait_ld() { asm volatile("tcgen05.wait::ld.
 __device__ __forceinline__ void fp4t_fence_before() { asm volatile("tcgen05.fence::before_thread_sync;" ::: "memory"); }
 __device__ __forceinline__ void fp4t_fence_after() { asm volatile("tcgen05.fence::after_thread_sync;" ::: "memory"); }
 
+// Wait for the mbarrier's phase `parity` to complete. Bounded: if the tensor core never signals
+// (a misread of the PTX ISA that only Blackwell hardware could show), trap after 10 s of
+// %globaltimer instead of hanging, so that the first-use self-check fails loudly.
 __device__ __forceinline__ void fp4t_wait(u32 bar, u32 parity) {
-    asm volatile(
-        "{\n\t.reg .pred done;\n"
-        "FP4T_WAIT_%=:\n\t"
-        "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n\t"
-        "@!done bra FP4T_WAIT_%=;\n\t}\n" ::"r"(bar),
-        "r"(parity)
-        : "memory");
+    u64 t0 = 0;
+    for (;;) {
+        u32 done;
+        asm volatile(
+            "{\n\t.reg .pred p;\n\t"
+            "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n\t"
+            "selp.u32 %0, 1, 0, p;\n\t}\n"
+            : "=r"(done)
+            : "r"(bar), "r"(parity)
+            : "memory");
+        if (done) return;
+        u64 t;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+        if (t0 == 0)
+            t0 = t;
+        else if (t - t0 > 10000000000ull)
+            asm volatile("trap;");
+    }
 }
 
 // The shared state of one CTA.
