@@ -124,6 +124,12 @@ pub(crate) struct Caps {
     pub(crate) f16: bool,
     /// The device has subgroup operations.
     pub(crate) subgroups: bool,
+    /// Lanes that cooperate on one row in the row kernels (a power of two). With subgroups it
+    /// is at most the adapter's smallest subgroup size, so that a row's lanes always lie in one
+    /// subgroup and reduce with shuffles; without, 32 lanes reduce through workgroup memory.
+    pub(crate) lanes: u32,
+    /// Workgroup size of the lane-group kernels (a few lane groups).
+    pub(crate) lane_wg: u32,
 }
 
 pub(crate) struct Ctx {
@@ -150,6 +156,10 @@ pub(crate) struct Pick {
     pub(crate) backends: Option<String>,
     pub(crate) adapter: Option<String>,
     pub(crate) max_binding: Option<u64>,
+    /// Leave `shader-f16` unused even where the adapter offers it.
+    pub(crate) no_f16: bool,
+    /// Leave subgroup operations unused even where the adapter offers them.
+    pub(crate) no_subgroups: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -221,7 +231,16 @@ impl Ctx {
         let info = adapter.get_info();
         let limits = adapter.limits();
         let offered = adapter.features();
-        let wanted = wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
+        let mut wanted = wgpu::Features::empty();
+        if !pick.no_f16 {
+            wanted |= wgpu::Features::SHADER_F16;
+        }
+        // Subgroup sizes outside 4..=128 or not powers of two would break the lane groups.
+        let sg_ok =
+            info.subgroup_min_size.is_power_of_two() && (4..=128).contains(&info.subgroup_min_size);
+        if !pick.no_subgroups && sg_ok {
+            wanted |= wgpu::Features::SUBGROUP;
+        }
         let features = offered & wanted;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("gptoss"),
@@ -269,6 +288,14 @@ impl Ctx {
                 info.name
             )));
         }
+        let subgroups = features.contains(wgpu::Features::SUBGROUP);
+        let lanes = if subgroups {
+            info.subgroup_min_size.min(32)
+        } else {
+            32
+        }
+        .min(inv);
+        let lane_wg = (lanes * 4).min(inv).max(lanes);
         let caps = Caps {
             max_binding,
             max_weight_part,
@@ -276,7 +303,9 @@ impl Ctx {
             wg,
             tiled: inv >= 256 && limits.max_compute_workgroup_storage_size >= 8192,
             f16: features.contains(wgpu::Features::SHADER_F16),
-            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            subgroups,
+            lanes,
+            lane_wg,
         };
         let mem = Arc::new(MemCounter::default());
         let arena = device.create_buffer(&wgpu::BufferDescriptor {

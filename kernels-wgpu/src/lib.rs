@@ -40,18 +40,27 @@ pub struct WgpuOptions {
     /// Fill every fresh output buffer with NaN before a kernel writes it, so that an element a
     /// kernel forgets to write shows up in a comparison (conformance tests).
     pub poison_outputs: bool,
+    /// Leave `shader-f16` unused (f32 KV cache) even where the adapter offers it.
+    pub no_f16: bool,
+    /// Leave subgroup operations unused (workgroup-memory reductions) even where the adapter
+    /// offers them.
+    pub no_subgroups: bool,
 }
 
 impl WgpuOptions {
     /// Options from `GPTOSS_WGPU_BACKEND`, `GPTOSS_WGPU_ADAPTER` / `WGPU_ADAPTER_NAME` and
-    /// `GPTOSS_WGPU_MAX_BINDING` (bytes).
+    /// `GPTOSS_WGPU_MAX_BINDING` (bytes); `GPTOSS_WGPU_NO_F16=1` and `GPTOSS_WGPU_NO_SUBGROUPS=1`
+    /// turn those features off.
     pub fn from_env() -> WgpuOptions {
         let var = |k: &str| std::env::var(k).ok().filter(|s| !s.trim().is_empty());
+        let on = |k: &str| var(k).is_some_and(|v| !matches!(v.trim(), "0" | "false" | "no"));
         WgpuOptions {
             backends: var("GPTOSS_WGPU_BACKEND"),
             adapter: var("GPTOSS_WGPU_ADAPTER").or_else(|| var("WGPU_ADAPTER_NAME")),
             max_binding_bytes: var("GPTOSS_WGPU_MAX_BINDING").and_then(|s| s.trim().parse().ok()),
             poison_outputs: false,
+            no_f16: on("GPTOSS_WGPU_NO_F16"),
+            no_subgroups: on("GPTOSS_WGPU_NO_SUBGROUPS"),
         }
     }
 }
@@ -142,6 +151,8 @@ fn u32_of(op: &'static str, what: &str, v: usize) -> Result<u32> {
 }
 
 const TOKENS_PER_GEMV: usize = 8;
+/// Rows one lane group of the lane kernels computes (sharing the activation loads).
+const ROWS_PER_GROUP: usize = 2;
 /// Largest head dimension the attention kernel holds (its workgroup array).
 const MAX_HEAD_DIM: usize = 256;
 /// Workgroups an attention call aims for (split-K over keys when rows x heads are fewer).
@@ -162,6 +173,8 @@ impl WgpuBackend {
             backends: opts.backends.clone(),
             adapter: opts.adapter.clone(),
             max_binding: opts.max_binding_bytes,
+            no_f16: opts.no_f16,
+            no_subgroups: opts.no_subgroups,
         };
         // wgpu reports some driver failures by panicking; keep the promise of an error.
         let ctx = std::panic::catch_unwind(|| Ctx::new(&pick)).map_err(|p| {
@@ -187,7 +200,7 @@ impl WgpuBackend {
         let i = &self.ctx.info;
         let c = &self.ctx.caps;
         format!(
-            "{} ({:?}, {:?}, driver '{} {}'); max binding {} MiB, workgroup {}, tiled matmul {}, shader-f16 {}, subgroups {}",
+            "{} ({:?}, {:?}, driver '{} {}'); max binding {} MiB, workgroup {}, tiled matmul {}, shader-f16 {}, subgroups {} (lanes per row {})",
             i.name,
             i.backend,
             i.device_type,
@@ -197,7 +210,8 @@ impl WgpuBackend {
             c.wg,
             c.tiled,
             c.f16,
-            c.subgroups
+            c.subgroups,
+            c.lanes
         )
     }
 
@@ -211,8 +225,44 @@ impl WgpuBackend {
         self.ctx.check()
     }
 
+    /// What every kernel starts with: the enable directives, the workgroup and lane-group
+    /// sizes, and `lane_sum` (a sum over the LANES lanes of a lane group, by subgroup shuffles;
+    /// without subgroups the kernels reduce through workgroup memory and never call it).
     fn header(&self) -> String {
-        format!("const WG: u32 = {}u;\n", self.ctx.caps.wg)
+        let c = &self.ctx.caps;
+        let mut h = String::new();
+        if c.f16 {
+            h.push_str("enable f16;\n");
+        }
+        // Naga 30 takes subgroup built-ins without `enable subgroups;` (and rejects the
+        // directive); the device feature is what allows them.
+        h.push_str(&format!(
+            "const WG: u32 = {}u;\nconst LANES: u32 = {}u;\nconst LWG: u32 = {}u;\nconst SG: bool = {};\n",
+            c.wg, c.lanes, c.lane_wg, c.subgroups
+        ));
+        if c.subgroups {
+            // LANES is at most the smallest subgroup size, so a lane group lies in one subgroup
+            // and the xor shuffles stay inside it.
+            h.push_str(
+                "fn lane_sum(v: f32) -> f32 {\n    var s = v;\n    for (var o = LANES / 2u; o > 0u; o >>= 1u) { s += subgroupShuffleXor(s, o); }\n    return s;\n}\n\
+                 fn lane_max(v: f32) -> f32 {\n    var s = v;\n    for (var o = LANES / 2u; o > 0u; o >>= 1u) { s = max(s, subgroupShuffleXor(s, o)); }\n    return s;\n}\n",
+            );
+        } else {
+            h.push_str("fn lane_sum(v: f32) -> f32 { return v; }\nfn lane_max(v: f32) -> f32 { return v; }\n");
+        }
+        h
+    }
+
+    /// Header constants of a lane-group kernel: rows per group, tokens, and the size of its
+    /// workgroup-memory reduction array (`per_lane` values per invocation without subgroups).
+    fn lanes_consts(&self, r: usize, t: usize, per_lane: usize) -> String {
+        let c = &self.ctx.caps;
+        let red_n = if c.subgroups {
+            1
+        } else {
+            per_lane * c.lane_wg as usize
+        };
+        format!("const R: u32 = {r}u;\nconst T: u32 = {t}u;\nconst RED_N: u32 = {red_n}u;\n")
     }
 
     fn weight_src(fmt: Fmt, suffix: &str, binding: u32) -> String {
@@ -252,6 +302,19 @@ impl WgpuBackend {
                 self.header(),
                 Self::weight_src(fmt, "", 0),
                 include_str!("shaders/linear_gemv.wgsl")
+            )
+        })
+    }
+
+    /// The lane-group GEMV for a quantized format, `t` tokens.
+    fn gemv_lanes_pipeline(&self, fmt: Fmt, t: usize) -> Result<Arc<wgpu::ComputePipeline>> {
+        self.ctx.pipeline(&format!("gemv_lanes/{fmt:?}/{t}"), || {
+            format!(
+                "{}{}{}\n{}",
+                self.header(),
+                self.lanes_consts(ROWS_PER_GROUP, t, ROWS_PER_GROUP * t),
+                Self::weight_src(fmt, "", 0),
+                include_str!("shaders/gemv_lanes.wgsl")
             )
         })
     }
@@ -313,9 +376,15 @@ impl WgpuBackend {
             return Ok(());
         }
         let mut t0 = 0;
+        let lanes = w.fmt.lane_words();
+        let per_wg = ROWS_PER_GROUP * (self.ctx.caps.lane_wg / self.ctx.caps.lanes) as usize;
         while t0 < t {
             let tt = TOKENS_PER_GEMV.min(t - t0);
-            let pipe = self.gemv_pipeline(w.fmt, tt)?;
+            let pipe = if lanes {
+                self.gemv_lanes_pipeline(w.fmt, tt)?
+            } else {
+                self.gemv_pipeline(w.fmt, tt)?
+            };
             for part in &w.parts {
                 let params = [
                     k,
@@ -332,7 +401,11 @@ impl WgpuBackend {
                     &[(0, &part.buf.buf), (1, &x.buf.buf), (2, bias_buf), (3, out)],
                     4,
                     &params,
-                    part.rows as u64,
+                    if lanes {
+                        part.rows.div_ceil(per_wg) as u64
+                    } else {
+                        part.rows as u64
+                    },
                 )?;
             }
             t0 += tt;
@@ -841,17 +914,36 @@ impl Backend for WgpuBackend {
         )?;
 
         let h = self.ctx.storage((slots * dff * 4) as u64, "moe hidden")?;
+        let caps = &self.ctx.caps;
+        let per_wg = ROWS_PER_GROUP * (caps.lane_wg / caps.lanes) as usize;
         let fmt = w.gate.fmt;
-        let pipe = self.ctx.pipeline(&format!("moe_gate_up/{fmt:?}"), || {
-            format!(
-                "{}{}\n{}\n{}",
-                self.header(),
-                Self::weight_src(fmt, "", 0),
-                Self::weight_src(fmt, "u", 1),
-                include_str!("shaders/moe_gate_up.wgsl")
-            )
-        })?;
         u32_of("moe", "rows", dff * n_exp)?;
+        let (pipe, groups) = if fmt.lane_words() {
+            let pipe = self
+                .ctx
+                .pipeline(&format!("moe_gate_up_lanes/{fmt:?}"), || {
+                    format!(
+                        "{}{}{}\n{}\n{}",
+                        self.header(),
+                        self.lanes_consts(ROWS_PER_GROUP, 1, 2 * ROWS_PER_GROUP),
+                        Self::weight_src(fmt, "", 0),
+                        Self::weight_src(fmt, "u", 1),
+                        include_str!("shaders/moe_gate_up_lanes.wgsl")
+                    )
+                })?;
+            (pipe, (dff.div_ceil(per_wg) * slots) as u64)
+        } else {
+            let pipe = self.ctx.pipeline(&format!("moe_gate_up/{fmt:?}"), || {
+                format!(
+                    "{}{}\n{}\n{}",
+                    self.header(),
+                    Self::weight_src(fmt, "", 0),
+                    Self::weight_src(fmt, "u", 1),
+                    include_str!("shaders/moe_gate_up.wgsl")
+                )
+            })?;
+            (pipe, (dff * slots) as u64)
+        };
         for (gp, up) in w.gate.parts.iter().zip(&w.up.parts) {
             debug_assert_eq!((gp.row0, gp.rows, gp.soff), (up.row0, up.rows, up.soff));
             let params = [
@@ -876,11 +968,51 @@ impl Backend for WgpuBackend {
                 ],
                 7,
                 &params,
-                (dff * slots) as u64,
+                groups,
             )?;
         }
 
         let fmt = w.down.fmt;
+        u32_of("moe", "rows", d * n_exp)?;
+        if fmt.lane_words() {
+            // Down projections, biases and the routing-weighted sum in one kernel per part.
+            let pipe = self.ctx.pipeline(&format!("moe_down_lanes/{fmt:?}"), || {
+                format!(
+                    "{}{}{}\n{}",
+                    self.header(),
+                    self.lanes_consts(ROWS_PER_GROUP, 1, ROWS_PER_GROUP),
+                    Self::weight_src(fmt, "", 0),
+                    include_str!("shaders/moe_down_lanes.wgsl")
+                )
+            })?;
+            for (i, p) in w.down.parts.iter().enumerate() {
+                let params = [
+                    dff as u32,
+                    d as u32,
+                    t as u32,
+                    top_k as u32,
+                    p.row0 as u32,
+                    p.rows as u32,
+                    p.soff,
+                    (i > 0) as u32,
+                ];
+                self.ctx.dispatch(
+                    &pipe,
+                    &[
+                        (0, &p.buf.buf),
+                        (1, &h.buf),
+                        (2, &ids.buf),
+                        (3, &wts.buf),
+                        (4, db),
+                        (5, &y.buf),
+                    ],
+                    6,
+                    &params,
+                    (d.div_ceil(per_wg) * t) as u64,
+                )?;
+            }
+            return Ok(self.tensor(y, t, d));
+        }
         let pipe = self.ctx.pipeline(&format!("moe_down/{fmt:?}"), || {
             format!(
                 "{}{}\n{}",
@@ -889,7 +1021,6 @@ impl Backend for WgpuBackend {
                 include_str!("shaders/moe_down.wgsl")
             )
         })?;
-        u32_of("moe", "rows", d * n_exp)?;
         let ys = self
             .ctx
             .storage((slots * d * 4) as u64, "moe expert outputs")?;

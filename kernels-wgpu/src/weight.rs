@@ -56,6 +56,11 @@ impl Fmt {
         }
     }
 
+    /// The lane-group kernels (`wdec`, word by word) read this format.
+    pub(crate) fn lane_words(self) -> bool {
+        matches!(self, Fmt::Q8_0 | Fmt::Mxfp4)
+    }
+
     /// Bytes of `rows` rows of `k` elements, as uploaded.
     fn part_bytes(self, k: usize, rows: usize) -> usize {
         let n = k * rows;

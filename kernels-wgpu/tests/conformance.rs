@@ -18,35 +18,59 @@ use rand::{Rng, SeedableRng};
 const MATMUL_NMSE: f64 = 5e-4;
 const EXACT_NMSE: f64 = 1e-6;
 
-/// The backend under test (poisoned outputs), and one whose bindings are capped at 4 KiB so
+/// The backends under test, in two modes: `FULL` uses what the adapter offers (subgroups,
+/// shader-f16), `PLAIN` turns both off (workgroup-memory reductions, f32 KV cache), so that both
+/// code paths are checked on every adapter that offers the features (lavapipe does). Each mode
+/// has the backend under test (poisoned outputs) and one whose bindings are capped at 4 KiB so
 /// that weights are split into several buffers even at test sizes.
-fn gpus() -> Option<&'static (WgpuBackend, WgpuBackend)> {
-    static B: OnceLock<Option<(WgpuBackend, WgpuBackend)>> = OnceLock::new();
+const FULL: usize = 0;
+const PLAIN: usize = 1;
+
+type Pair = (WgpuBackend, WgpuBackend);
+
+fn gpus(mode: usize) -> Option<&'static Pair> {
+    static B: OnceLock<Option<[Pair; 2]>> = OnceLock::new();
     B.get_or_init(|| {
-        let mut o = WgpuOptions::from_env();
-        o.poison_outputs = true;
-        let a = match WgpuBackend::with_options(&o) {
-            Ok(b) => b,
-            Err(e) => {
-                println!("no wgpu adapter: {e}; skipping the wgpu conformance tests");
-                return None;
+        let open = |plain: bool| -> Result<Pair, String> {
+            let mut o = WgpuOptions::from_env();
+            o.poison_outputs = true;
+            if plain {
+                o.no_f16 = true;
+                o.no_subgroups = true;
             }
+            let a = WgpuBackend::with_options(&o).map_err(|e| e.to_string())?;
+            println!("wgpu adapter: {}", a.adapter_info());
+            o.max_binding_bytes = Some(4096);
+            let b = WgpuBackend::with_options(&o).expect("the same adapter, opened a second time");
+            Ok((a, b))
         };
-        println!("wgpu adapter: {}", a.adapter_info());
-        o.max_binding_bytes = Some(4096);
-        let b = WgpuBackend::with_options(&o).expect("the same adapter, opened a second time");
-        Some((a, b))
+        match (open(false), open(true)) {
+            (Ok(full), Ok(plain)) => Some([full, plain]),
+            (Err(e), _) | (_, Err(e)) => {
+                println!("no wgpu adapter: {e}; skipping the wgpu conformance tests");
+                None
+            }
+        }
     })
     .as_ref()
+    .map(|b| &b[mode])
 }
 
-macro_rules! gpu_or_skip {
-    () => {
-        match gpus() {
-            Some(g) => g,
-            None => {
-                println!("no wgpu adapter: skipped");
-                return;
+/// One `#[test]` per mode for each check `name_with(gpu, split)`.
+macro_rules! in_both_modes {
+    ($check:ident, $full:ident, $plain:ident) => {
+        #[test]
+        fn $full() {
+            match gpus(FULL) {
+                Some((gpu, split)) => $check(gpu, split),
+                None => println!("no wgpu adapter: skipped"),
+            }
+        }
+        #[test]
+        fn $plain() {
+            match gpus(PLAIN) {
+                Some((gpu, split)) => $check(gpu, split),
+                None => println!("no wgpu adapter: skipped"),
             }
         }
     };
@@ -168,9 +192,13 @@ fn gpu_host(g: &WgpuBackend, t: &<WgpuBackend as Backend>::Tensor) -> Vec<f32> {
     g.to_host(t).unwrap().0
 }
 
-#[test]
-fn linear_every_type_and_shape() {
-    let (gpu, split) = gpu_or_skip!();
+in_both_modes!(
+    linear_every_type_and_shape_with,
+    linear_every_type_and_shape,
+    linear_every_type_and_shape_plain
+);
+
+fn linear_every_type_and_shape_with(gpu: &WgpuBackend, split: &WgpuBackend) {
     let cpu = CpuBackend::new();
     let mut r = rng("linear");
     let cases: &[(GgmlType, usize, usize, &[usize])] = &[
@@ -213,9 +241,13 @@ fn linear_every_type_and_shape() {
     }
 }
 
-#[test]
-fn gptoss_sized_gemv() {
-    let (gpu, _) = gpu_or_skip!();
+in_both_modes!(
+    gptoss_sized_gemv_with,
+    gptoss_sized_gemv,
+    gptoss_sized_gemv_plain
+);
+
+fn gptoss_sized_gemv_with(gpu: &WgpuBackend, _: &WgpuBackend) {
     let cpu = CpuBackend::new();
     let mut r = rng("gemv 2880");
     for dtype in [GgmlType::MXFP4, GgmlType::Q8_0] {
@@ -241,9 +273,13 @@ fn gptoss_sized_gemv() {
     }
 }
 
-#[test]
-fn embed_every_type() {
-    let (gpu, split) = gpu_or_skip!();
+in_both_modes!(
+    embed_every_type_with,
+    embed_every_type,
+    embed_every_type_plain
+);
+
+fn embed_every_type_with(gpu: &WgpuBackend, split: &WgpuBackend) {
     let cpu = CpuBackend::new();
     let mut r = rng("embed");
     for dtype in [
@@ -273,9 +309,13 @@ fn embed_every_type() {
     }
 }
 
-#[test]
-fn rms_norm_add_argmax_last_row() {
-    let (gpu, _) = gpu_or_skip!();
+in_both_modes!(
+    rms_norm_add_argmax_last_row_with,
+    rms_norm_add_argmax_last_row,
+    rms_norm_add_argmax_last_row_plain
+);
+
+fn rms_norm_add_argmax_last_row_with(gpu: &WgpuBackend, _: &WgpuBackend) {
     let cpu = CpuBackend::new();
     let mut r = rng("elementwise");
     for (t, d) in [(1, 64), (7, 2880), (3, 1000)] {
@@ -345,9 +385,13 @@ fn rms_norm_add_argmax_last_row() {
     );
 }
 
-#[test]
-fn rope_with_and_without_yarn_at_far_positions() {
-    let (gpu, _) = gpu_or_skip!();
+in_both_modes!(
+    rope_with_and_without_yarn_at_far_positions_with,
+    rope_with_and_without_yarn_at_far_positions,
+    rope_with_and_without_yarn_at_far_positions_plain
+);
+
+fn rope_with_and_without_yarn_at_far_positions_with(gpu: &WgpuBackend, _: &WgpuBackend) {
     let cpu = CpuBackend::new();
     let mut r = rng("rope");
     for (factor, hd, nh, t, pos0) in [
@@ -443,9 +487,13 @@ fn attention_case(
     );
 }
 
-#[test]
-fn attention_gqa_windows_sinks_ring_prefill() {
-    let (gpu, _) = gpu_or_skip!();
+in_both_modes!(
+    attention_gqa_windows_sinks_ring_prefill_with,
+    attention_gqa_windows_sinks_ring_prefill,
+    attention_gqa_windows_sinks_ring_prefill_plain
+);
+
+fn attention_gqa_windows_sinks_ring_prefill_with(gpu: &WgpuBackend, _: &WgpuBackend) {
     let mut r = rng("attention");
     let cfg = |n_heads, n_kv_heads, head_dim, window| AttentionConfig {
         n_heads,
@@ -528,9 +576,13 @@ fn moe_case(
     }
 }
 
-#[test]
-fn moe_every_expert_type_and_split_stacks() {
-    let (gpu, split) = gpu_or_skip!();
+in_both_modes!(
+    moe_every_expert_type_and_split_stacks_with,
+    moe_every_expert_type_and_split_stacks,
+    moe_every_expert_type_and_split_stacks_plain
+);
+
+fn moe_every_expert_type_and_split_stacks_with(gpu: &WgpuBackend, split: &WgpuBackend) {
     let mut r = rng("moe");
     for dtype in [
         GgmlType::MXFP4,
@@ -547,9 +599,13 @@ fn moe_every_expert_type_and_split_stacks() {
     moe_case(gpu, &mut r, GgmlType::MXFP4, 2880, 2880, 32, 4, &[1]);
 }
 
-#[test]
-fn bad_shapes_are_errors_not_panics() {
-    let (gpu, _) = gpu_or_skip!();
+in_both_modes!(
+    bad_shapes_are_errors_not_panics_with,
+    bad_shapes_are_errors_not_panics,
+    bad_shapes_are_errors_not_panics_plain
+);
+
+fn bad_shapes_are_errors_not_panics_with(gpu: &WgpuBackend, _: &WgpuBackend) {
     let mut r = rng("errors");
     let w = gpu
         .upload(&weight(&mut r, "w", GgmlType::F32, &[8, 4], 1.0))

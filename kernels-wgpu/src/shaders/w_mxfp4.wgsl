@@ -23,3 +23,19 @@ fn w4$(row: u32, c: u32, k: u32, soff: u32) -> vec4<f32> {
     let s = e8m0$((W$[soff + (b >> 2u)] >> ((b & 3u) * 8u)) & 0xffu);
     return vec4<f32>(e2m1$(q & 15u), e2m1$((q >> 8u) & 15u), e2m1$((q >> 16u) & 15u), e2m1$((q >> 24u) & 15u)) * s;
 }
+
+// Lane kernels: word w of a row holds elements 4(w%4)..+3 (low nibbles) and 16 + 4(w%4)..+3
+// (high nibbles) of block w/4; `wdec` returns both quadruples scaled.
+const EPW$: u32 = 8u;
+const HAS_HI$: bool = true;
+fn xoff$(w: u32) -> u32 {
+    return (w >> 2u) * 32u + (w & 3u) * 4u;
+}
+fn wdec$(row: u32, w: u32, k: u32, soff: u32) -> array<vec4<f32>, 2> {
+    let q = W$[row * (k / 8u) + w];
+    let b = row * (k / 32u) + (w >> 2u);
+    let s = e8m0$((W$[soff + (b >> 2u)] >> ((b & 3u) * 8u)) & 0xffu);
+    let lo = vec4<f32>(e2m1$(q & 15u), e2m1$((q >> 8u) & 15u), e2m1$((q >> 16u) & 15u), e2m1$((q >> 24u) & 15u));
+    let hi = vec4<f32>(e2m1$((q >> 4u) & 15u), e2m1$((q >> 12u) & 15u), e2m1$((q >> 20u) & 15u), e2m1$(q >> 28u));
+    return array<vec4<f32>, 2>(lo * s, hi * s);
+}
