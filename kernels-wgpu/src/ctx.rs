@@ -54,7 +54,24 @@ pub(crate) struct GpuBuf {
     mem: Arc<MemCounter>,
     /// Where the buffer goes back when dropped (activations); `None`: freed (weights).
     pool: Option<Arc<Pool>>,
+    /// The bind-group cache, purged of this buffer when it is freed (weights).
+    cache: Option<Arc<BgCache>>,
 }
+
+/// What a bind group binds: the pipeline, its storage buffers, and the parameter slot.
+#[derive(PartialEq, Eq, Hash)]
+struct BgKey {
+    pipeline: wgpu::ComputePipeline,
+    binds: Vec<(u32, wgpu::Buffer)>,
+    param_off: u64,
+}
+
+/// Bind groups by what they bind: a decode step records the same dispatches on the same
+/// (pooled) buffers token after token, and creating a bind group is most of what recording a
+/// dispatch costs on the host.
+type BgCache = Mutex<HashMap<BgKey, wgpu::BindGroup>>;
+/// Entries kept at most (the cache is cleared beyond).
+const BG_CACHE_MAX: usize = 16384;
 
 impl Drop for GpuBuf {
     fn drop(&mut self) {
@@ -66,7 +83,12 @@ impl Drop for GpuBuf {
                 .or_default()
                 .push(self.buf.clone()),
             // wgpu keeps the buffer alive until recorded work that uses it has finished.
-            None => self.mem.sub(self.bytes),
+            None => {
+                if let Some(cache) = &self.cache {
+                    lock(cache).retain(|k, _| !k.binds.iter().any(|(_, b)| *b == self.buf));
+                }
+                self.mem.sub(self.bytes)
+            }
         }
     }
 }
@@ -130,6 +152,11 @@ pub(crate) struct Caps {
     pub(crate) lanes: u32,
     /// Workgroup size of the lane-group kernels (a few lane groups).
     pub(crate) lane_wg: u32,
+    /// Rows one lane group computes, sharing the activation loads (`GPTOSS_WGPU_ROWS`, 1..=8).
+    pub(crate) rows: usize,
+    /// The lane-group kernels are used for MXFP4/Q8_0 (`GPTOSS_WGPU_LANES=0`: the older
+    /// row-per-workgroup kernels, for comparison).
+    pub(crate) lane_kernels: bool,
 }
 
 pub(crate) struct Ctx {
@@ -144,6 +171,14 @@ pub(crate) struct Ctx {
     pool: Arc<Pool>,
     arena: wgpu::Buffer,
     dummy: GpuBuf,
+    /// `None`: a fresh bind group per dispatch (`GPTOSS_WGPU_BG_CACHE=0`).
+    bg_cache: Arc<BgCache>,
+    bg_cache_on: bool,
+    /// Dispatches recorded before the pending work is submitted, so that the device starts
+    /// on a forward pass while the host still records the rest (`GPTOSS_WGPU_FLUSH`; 0: only
+    /// when a result is read back or the parameter arena is full).
+    flush_every: usize,
+    recorded: std::sync::atomic::AtomicUsize,
     /// Runtime checks dropped from the kernels (`GPTOSS_WGPU_TRUSTED`): 0 none, 1 (default)
     /// wgpu's loop bounding and division guards, 2 also its buffer bounds checks. Level 1
     /// made the Q8_0 GEMVs ~20 % and decode attention ~25 % faster on H100 (Vulkan).
@@ -160,6 +195,13 @@ pub(crate) struct Pick {
     pub(crate) no_f16: bool,
     /// Leave subgroup operations unused even where the adapter offers them.
     pub(crate) no_subgroups: bool,
+}
+
+/// Dispatches per submission by default: a decode step of the 20b model records ~400.
+const DEFAULT_FLUSH: usize = 64;
+
+fn env_u64(key: &str) -> Option<u64> {
+    std::env::var(key).ok().and_then(|v| v.trim().parse().ok())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -295,7 +337,11 @@ impl Ctx {
             32
         }
         .min(inv);
-        let lane_wg = (lanes * 4).min(inv).max(lanes);
+        // wg_sum/wg_max reduce whole lane groups of a WG-sized workgroup.
+        let lanes = lanes.min(wg);
+        let lane_wg = (lanes * env_u64("GPTOSS_WGPU_GROUPS").map_or(4, |v| v.clamp(1, 32) as u32))
+            .min(inv)
+            .max(lanes);
         let caps = Caps {
             max_binding,
             max_weight_part,
@@ -306,6 +352,8 @@ impl Ctx {
             subgroups,
             lanes,
             lane_wg,
+            rows: env_u64("GPTOSS_WGPU_ROWS").map_or(2, |v| v.clamp(1, 8) as usize),
+            lane_kernels: env_u64("GPTOSS_WGPU_LANES").is_none_or(|v| v != 0),
         };
         let mem = Arc::new(MemCounter::default());
         let arena = device.create_buffer(&wgpu::BufferDescriptor {
@@ -326,6 +374,7 @@ impl Ctx {
             bytes: 16,
             mem: mem.clone(),
             pool: None,
+            cache: None,
         };
         Ok(Ctx {
             device,
@@ -343,6 +392,10 @@ impl Ctx {
             pool: Arc::new(Mutex::new(HashMap::new())),
             arena,
             dummy,
+            bg_cache: Arc::new(Mutex::new(HashMap::new())),
+            bg_cache_on: env_u64("GPTOSS_WGPU_BG_CACHE").is_none_or(|v| v != 0),
+            flush_every: env_u64("GPTOSS_WGPU_FLUSH").map_or(DEFAULT_FLUSH, |v| v as usize),
+            recorded: std::sync::atomic::AtomicUsize::new(0),
             trusted: std::env::var("GPTOSS_WGPU_TRUSTED")
                 .ok()
                 .and_then(|v| v.trim().parse::<u8>().ok())
@@ -386,6 +439,7 @@ impl Ctx {
                 bytes: size,
                 mem: self.mem.clone(),
                 pool: Some(self.pool.clone()),
+                cache: None,
             }));
         }
         let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -402,6 +456,7 @@ impl Ctx {
             bytes: size,
             mem: self.mem.clone(),
             pool: Some(self.pool.clone()),
+            cache: None,
         }))
     }
 
@@ -446,6 +501,7 @@ impl Ctx {
             bytes: size,
             mem: self.mem.clone(),
             pool: None,
+            cache: Some(self.bg_cache.clone()),
         }))
     }
 
@@ -546,30 +602,57 @@ impl Ctx {
             bytes[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
         }
         pend.params.extend_from_slice(&bytes);
-        let mut entries: Vec<wgpu::BindGroupEntry<'_>> = binds
-            .iter()
-            .map(|&(binding, buf)| wgpu::BindGroupEntry {
-                binding,
-                resource: buf.as_entire_binding(),
+        let make = || {
+            let mut entries: Vec<wgpu::BindGroupEntry<'_>> = binds
+                .iter()
+                .map(|&(binding, buf)| wgpu::BindGroupEntry {
+                    binding,
+                    resource: buf.as_entire_binding(),
+                })
+                .collect();
+            entries.push(wgpu::BindGroupEntry {
+                binding: param_binding,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &self.arena,
+                    offset: off as u64,
+                    size: wgpu::BufferSize::new(SLOT as u64),
+                }),
+            });
+            self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &entries,
             })
-            .collect();
-        entries.push(wgpu::BindGroupEntry {
-            binding: param_binding,
-            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer: &self.arena,
-                offset: off as u64,
-                size: wgpu::BufferSize::new(SLOT as u64),
-            }),
-        });
-        let bg = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &entries,
-        });
+        };
+        let bg = if self.bg_cache_on {
+            let key = BgKey {
+                pipeline: pipeline.clone(),
+                binds: binds.iter().map(|&(i, b)| (i, b.clone())).collect(),
+                param_off: off as u64,
+            };
+            let mut cache = lock(&self.bg_cache);
+            match cache.get(&key) {
+                Some(bg) => bg.clone(),
+                None => {
+                    if cache.len() >= BG_CACHE_MAX {
+                        cache.clear();
+                    }
+                    let bg = make();
+                    cache.insert(key, bg.clone());
+                    bg
+                }
+            }
+        } else {
+            make()
+        };
         let pass = pend.pass(&self.device);
         pass.set_pipeline(pipeline);
         pass.set_bind_group(0, &bg, &[]);
         pass.dispatch_workgroups(x, y, 1);
+        let n = self.recorded.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.flush_every > 0 && n >= self.flush_every {
+            self.flush_locked(&mut pend);
+        }
         Ok(())
     }
 
@@ -591,6 +674,7 @@ impl Ctx {
     }
 
     fn flush_locked(&self, pend: &mut Pending) {
+        self.recorded.store(0, Ordering::Relaxed);
         pend.pass = None;
         if !pend.params.is_empty() {
             // Staged writes run before the command buffers of the next submit, and after

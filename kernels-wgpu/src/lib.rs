@@ -104,7 +104,8 @@ impl std::fmt::Debug for WgpuTensor {
     }
 }
 
-/// One layer's KV cache in device memory (f32 rows of `n_kv_heads * head_dim` per position).
+/// One layer's KV cache in device memory (rows of `n_kv_heads * head_dim` per position, f16
+/// where the adapter has `shader-f16` and the row width is even, else f32).
 /// A full layer's cache grows as positions arrive (doubling, up to `max_positions`); a
 /// sliding-window layer's is a ring of `window` slots.
 pub struct WgpuKvCache {
@@ -114,6 +115,9 @@ pub struct WgpuKvCache {
     slots: usize,
     ring: bool,
     len: usize,
+    /// Keys and values stored as f16 (the adapter has `shader-f16`): half the bytes attention
+    /// reads; else f32.
+    half: bool,
 }
 
 impl WgpuKvCache {
@@ -151,8 +155,6 @@ fn u32_of(op: &'static str, what: &str, v: usize) -> Result<u32> {
 }
 
 const TOKENS_PER_GEMV: usize = 8;
-/// Rows one lane group of the lane kernels computes (sharing the activation loads).
-const ROWS_PER_GROUP: usize = 2;
 /// Largest head dimension the attention kernel holds (its workgroup array).
 const MAX_HEAD_DIM: usize = 256;
 /// Workgroups an attention call aims for (split-K over keys when rows x heads are fewer).
@@ -226,8 +228,9 @@ impl WgpuBackend {
     }
 
     /// What every kernel starts with: the enable directives, the workgroup and lane-group
-    /// sizes, and `lane_sum` (a sum over the LANES lanes of a lane group, by subgroup shuffles;
-    /// without subgroups the kernels reduce through workgroup memory and never call it).
+    /// sizes, and `lane_sum`/`lane_max` (over the LANES lanes of a lane group, by subgroup
+    /// shuffles; without subgroups the kernels reduce through workgroup memory and never call
+    /// them).
     fn header(&self) -> String {
         let c = &self.ctx.caps;
         let mut h = String::new();
@@ -240,16 +243,23 @@ impl WgpuBackend {
             "const WG: u32 = {}u;\nconst LANES: u32 = {}u;\nconst LWG: u32 = {}u;\nconst SG: bool = {};\n",
             c.wg, c.lanes, c.lane_wg, c.subgroups
         ));
+        // LANES is at most the smallest subgroup size, so a lane group lies in one subgroup and
+        // the xor shuffles stay inside it. Without subgroups the stubs are never called.
         if c.subgroups {
-            // LANES is at most the smallest subgroup size, so a lane group lies in one subgroup
-            // and the xor shuffles stay inside it.
             h.push_str(
-                "fn lane_sum(v: f32) -> f32 {\n    var s = v;\n    for (var o = LANES / 2u; o > 0u; o >>= 1u) { s += subgroupShuffleXor(s, o); }\n    return s;\n}\n\
-                 fn lane_max(v: f32) -> f32 {\n    var s = v;\n    for (var o = LANES / 2u; o > 0u; o >>= 1u) { s = max(s, subgroupShuffleXor(s, o)); }\n    return s;\n}\n",
+                "fn sg_xor_f(v: f32, o: u32) -> f32 { return subgroupShuffleXor(v, o); }\n\
+                 fn sg_xor_u(v: u32, o: u32) -> u32 { return subgroupShuffleXor(v, o); }\n",
             );
         } else {
-            h.push_str("fn lane_sum(v: f32) -> f32 { return v; }\nfn lane_max(v: f32) -> f32 { return v; }\n");
+            h.push_str(
+                "fn sg_xor_f(v: f32, o: u32) -> f32 { return v; }\n\
+                 fn sg_xor_u(v: u32, o: u32) -> u32 { return v; }\n",
+            );
         }
+        h.push_str(
+            "fn lane_sum(v: f32) -> f32 {\n    var s = v;\n    for (var o = LANES / 2u; o > 0u; o >>= 1u) { s += sg_xor_f(s, o); }\n    return s;\n}\n\
+             fn lane_max(v: f32) -> f32 {\n    var s = v;\n    for (var o = LANES / 2u; o > 0u; o >>= 1u) { s = max(s, sg_xor_f(s, o)); }\n    return s;\n}\n",
+        );
         h
     }
 
@@ -312,7 +322,7 @@ impl WgpuBackend {
             format!(
                 "{}{}{}\n{}",
                 self.header(),
-                self.lanes_consts(ROWS_PER_GROUP, t, ROWS_PER_GROUP * t),
+                self.lanes_consts(self.ctx.caps.rows, t, self.ctx.caps.rows * t),
                 Self::weight_src(fmt, "", 0),
                 include_str!("shaders/gemv_lanes.wgsl")
             )
@@ -376,8 +386,8 @@ impl WgpuBackend {
             return Ok(());
         }
         let mut t0 = 0;
-        let lanes = w.fmt.lane_words();
-        let per_wg = ROWS_PER_GROUP * (self.ctx.caps.lane_wg / self.ctx.caps.lanes) as usize;
+        let lanes = w.fmt.lane_words() && self.ctx.caps.lane_kernels;
+        let per_wg = self.ctx.caps.rows * (self.ctx.caps.lane_wg / self.ctx.caps.lanes) as usize;
         while t0 < t {
             let tt = TOKENS_PER_GEMV.min(t - t0);
             let pipe = if lanes {
@@ -418,11 +428,12 @@ impl WgpuBackend {
             return Ok(());
         }
         let width = cache.cfg.n_kv_heads * cache.cfg.head_dim;
+        let elem = if cache.half { 2 } else { 4 };
         let slots = need.max(cache.slots * 2).min(cache.cfg.max_positions);
-        let bytes = (slots * width * 4) as u64;
+        let bytes = (slots * width * elem) as u64;
         let k = self.ctx.storage(bytes, "KV cache")?;
         let v = self.ctx.storage(bytes, "KV cache")?;
-        let old = (cache.len.min(cache.slots) * width * 4) as u64;
+        let old = (cache.len.min(cache.slots) * width * elem) as u64;
         self.ctx.copy(&cache.k.buf, 0, &k.buf, 0, old);
         self.ctx.copy(&cache.v.buf, 0, &v.buf, 0, old);
         cache.k = k;
@@ -521,7 +532,11 @@ impl Backend for WgpuBackend {
         weight.expect_shape("rms_norm", &[d])?;
         let wbuf = weight.dense("rms_norm")?;
         let out = self.output(x.rows * d, "rms_norm")?;
-        let pipe = self.simple("rms_norm", include_str!("shaders/rms_norm.wgsl"), "")?;
+        let pipe = self.simple(
+            "rms_norm",
+            include_str!("shaders/rms_norm.wgsl"),
+            include_str!("shaders/reduce.wgsl"),
+        )?;
         let params = [u32_of("rms_norm", "d", d)?, x.rows as u32, eps.to_bits(), 0];
         self.ctx.dispatch(
             &pipe,
@@ -654,8 +669,10 @@ impl Backend for WgpuBackend {
             // A full cache starts small and doubles as positions arrive.
             None => (cfg.max_positions.min(256), false),
         };
+        // f16 rows only when a row is whole words (copies move multiples of 4 bytes).
+        let half = self.ctx.caps.f16 && width.is_multiple_of(2);
         let bytes = slots
-            .checked_mul(width * 4)
+            .checked_mul(width * if half { 2 } else { 4 })
             .ok_or_else(|| shape("new_kv_cache", format!("{cfg:?} overflows")))?
             as u64;
         Ok(WgpuKvCache {
@@ -665,6 +682,7 @@ impl Backend for WgpuBackend {
             slots,
             ring,
             len: 0,
+            half,
         })
     }
 
@@ -745,12 +763,17 @@ impl Backend for WgpuBackend {
             self.grow_cache(cache, pos0 + t)?;
         }
         let ring_slots = if cache.ring { cache.slots as u32 } else { 0 };
-        let kv_header = "alias KV_ELEM = f32;\n";
+        let (kv_key, kv_header) = if cache.half {
+            ("f16", "alias KV_ELEM = f16;\n")
+        } else {
+            ("f32", "alias KV_ELEM = f32;\n")
+        };
         let pipe = self.simple(
-            "attention/f32",
+            &format!("attention/{kv_key}"),
             include_str!("shaders/attention.wgsl"),
             &format!(
-                "{kv_header}fn kv_load_k(i: u32) -> f32 {{ return KC[i]; }}\nfn kv_load_v(i: u32) -> f32 {{ return VC[i]; }}\n"
+                "{}{kv_header}fn kv_load_k(i: u32) -> f32 {{ return f32(KC[i]); }}\nfn kv_load_v(i: u32) -> f32 {{ return f32(VC[i]); }}\n",
+                include_str!("shaders/reduce.wgsl")
             ),
         )?;
         // Split the keys of a row over several workgroups when rows x heads alone would leave
@@ -825,7 +848,7 @@ impl Backend for WgpuBackend {
             0
         };
         let pipe = self.simple(
-            "kv_append/f32",
+            &format!("kv_append/{kv_key}"),
             include_str!("shaders/kv_append.wgsl"),
             kv_header,
         )?;
@@ -915,17 +938,17 @@ impl Backend for WgpuBackend {
 
         let h = self.ctx.storage((slots * dff * 4) as u64, "moe hidden")?;
         let caps = &self.ctx.caps;
-        let per_wg = ROWS_PER_GROUP * (caps.lane_wg / caps.lanes) as usize;
+        let per_wg = self.ctx.caps.rows * (caps.lane_wg / caps.lanes) as usize;
         let fmt = w.gate.fmt;
         u32_of("moe", "rows", dff * n_exp)?;
-        let (pipe, groups) = if fmt.lane_words() {
+        let (pipe, groups) = if fmt.lane_words() && self.ctx.caps.lane_kernels {
             let pipe = self
                 .ctx
                 .pipeline(&format!("moe_gate_up_lanes/{fmt:?}"), || {
                     format!(
                         "{}{}{}\n{}\n{}",
                         self.header(),
-                        self.lanes_consts(ROWS_PER_GROUP, 1, 2 * ROWS_PER_GROUP),
+                        self.lanes_consts(self.ctx.caps.rows, 1, 2 * self.ctx.caps.rows),
                         Self::weight_src(fmt, "", 0),
                         Self::weight_src(fmt, "u", 1),
                         include_str!("shaders/moe_gate_up_lanes.wgsl")
@@ -974,13 +997,13 @@ impl Backend for WgpuBackend {
 
         let fmt = w.down.fmt;
         u32_of("moe", "rows", d * n_exp)?;
-        if fmt.lane_words() {
+        if fmt.lane_words() && self.ctx.caps.lane_kernels {
             // Down projections, biases and the routing-weighted sum in one kernel per part.
             let pipe = self.ctx.pipeline(&format!("moe_down_lanes/{fmt:?}"), || {
                 format!(
                     "{}{}{}\n{}",
                     self.header(),
-                    self.lanes_consts(ROWS_PER_GROUP, 1, ROWS_PER_GROUP),
+                    self.lanes_consts(self.ctx.caps.rows, 1, self.ctx.caps.rows),
                     Self::weight_src(fmt, "", 0),
                     include_str!("shaders/moe_down_lanes.wgsl")
                 )

@@ -6,7 +6,7 @@
 //! Without an adapter every test prints why and skips.
 
 use gptoss_backend::Backend;
-use gptoss_kernels_wgpu::WgpuBackend;
+use gptoss_kernels_wgpu::{WgpuBackend, WgpuOptions};
 use gptoss_model::Model;
 use gptoss_tests::reference::{RefTensors, ranking};
 use gptoss_tests::reference::{read_json, sequences, tiny};
@@ -16,8 +16,15 @@ const LOGITS_NMSE: f64 = 1e-4;
 const GAP: f64 = 1e-2;
 
 /// The model on the wgpu backend, or `None` (with the reason printed) without an adapter.
-fn load(gguf: &str) -> Option<Model<WgpuBackend>> {
-    let backend = match WgpuBackend::new() {
+/// `plain`: with shader-f16 and subgroups turned off (f32 KV cache, workgroup-memory
+/// reductions), the path of adapters that lack them.
+fn load(gguf: &str, plain: bool) -> Option<Model<WgpuBackend>> {
+    let mut opts = WgpuOptions::from_env();
+    if plain {
+        opts.no_f16 = true;
+        opts.no_subgroups = true;
+    }
+    let backend = match WgpuBackend::with_options(&opts) {
         Ok(b) => b,
         Err(e) => {
             println!("no wgpu adapter: {e}; skipped");
@@ -47,8 +54,10 @@ fn check_logits(label: &str, ours: &[f32], reference: &[f32]) {
     );
 }
 
-fn prefill_matches(gguf: &str, reference: &str) {
-    let Some(model) = load(gguf) else { return };
+fn prefill_matches(gguf: &str, reference: &str, plain: bool) {
+    let Some(model) = load(gguf, plain) else {
+        return;
+    };
     let json = read_json(&tiny(&format!("{reference}.json")));
     let refs = RefTensors::load(&tiny(&format!("{reference}.safetensors")));
     let vocab = model.vocab_size();
@@ -65,20 +74,34 @@ fn prefill_matches(gguf: &str, reference: &str) {
 
 #[test]
 fn wgpu_bf16_prefill_logits_match_transformers() {
-    prefill_matches("tiny-gptoss-mxfp4-bf16.gguf", "reference");
+    prefill_matches("tiny-gptoss-mxfp4-bf16.gguf", "reference", false);
+}
+
+/// The same without shader-f16 and subgroups.
+#[test]
+fn wgpu_bf16_prefill_logits_match_transformers_plain() {
+    prefill_matches("tiny-gptoss-mxfp4-bf16.gguf", "reference", true);
 }
 
 #[test]
 fn wgpu_q8_0_prefill_logits_match_transformers() {
-    prefill_matches("tiny-gptoss-mxfp4-q8_0.gguf", "reference-q8_0");
+    prefill_matches("tiny-gptoss-mxfp4-q8_0.gguf", "reference-q8_0", false);
+}
+
+/// The same without shader-f16 and subgroups.
+#[test]
+fn wgpu_q8_0_prefill_logits_match_transformers_plain() {
+    prefill_matches("tiny-gptoss-mxfp4-q8_0.gguf", "reference-q8_0", true);
 }
 
 /// Greedy decoding on the device: at every step where the top-1/top-2 gap (the reference's
 /// own when it ships step logits, else ours) exceeds 1e-2, our argmax must be the reference's
 /// `greedy_24` token. The reference's token is fed back, so a near-tie that is not compared
 /// cannot derail the later steps.
-fn greedy_matches(gguf: &str, reference: &str) {
-    let Some(model) = load(gguf) else { return };
+fn greedy_matches(gguf: &str, reference: &str, plain: bool) {
+    let Some(model) = load(gguf, plain) else {
+        return;
+    };
     let json = read_json(&tiny(&format!("{reference}.json")));
     let refs = RefTensors::load(&tiny(&format!("{reference}.safetensors")));
     for (name, ids, greedy) in sequences(&json) {
@@ -124,19 +147,31 @@ fn greedy_matches(gguf: &str, reference: &str) {
 
 #[test]
 fn wgpu_bf16_greedy_24() {
-    greedy_matches("tiny-gptoss-mxfp4-bf16.gguf", "reference");
+    greedy_matches("tiny-gptoss-mxfp4-bf16.gguf", "reference", false);
+}
+
+/// The same without shader-f16 and subgroups.
+#[test]
+fn wgpu_bf16_greedy_24_plain() {
+    greedy_matches("tiny-gptoss-mxfp4-bf16.gguf", "reference", true);
 }
 
 #[test]
 fn wgpu_q8_0_greedy_24() {
-    greedy_matches("tiny-gptoss-mxfp4-q8_0.gguf", "reference-q8_0");
+    greedy_matches("tiny-gptoss-mxfp4-q8_0.gguf", "reference-q8_0", false);
+}
+
+/// The same without shader-f16 and subgroups.
+#[test]
+fn wgpu_q8_0_greedy_24_plain() {
+    greedy_matches("tiny-gptoss-mxfp4-q8_0.gguf", "reference-q8_0", true);
 }
 
 /// Uneven chunks, some longer than the sliding window: the ring cache must give what one
 /// long prefill gives.
 #[test]
 fn wgpu_chunked_prefill_through_the_window_ring() {
-    let Some(model) = load("tiny-gptoss-mxfp4-bf16.gguf") else {
+    let Some(model) = load("tiny-gptoss-mxfp4-bf16.gguf", false) else {
         return;
     };
     let json = read_json(&tiny("reference.json"));

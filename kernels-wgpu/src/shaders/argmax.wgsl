@@ -24,19 +24,48 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         // Strictly greater: each thread scans ascending, so it keeps its first maximum.
         if (v > best || idx == 0xffffffffu) { best = v; idx = i; }
     }
+    if (SG) {
+        // Within each lane group by shuffles, then the group winners through workgroup memory.
+        for (var o = LANES / 2u; o > 0u; o >>= 1u) {
+            let ov = sg_xor_f(best, o);
+            let oi = sg_xor_u(idx, o);
+            if (better(ov, oi, best, idx)) {
+                best = ov;
+                idx = oi;
+            }
+        }
+        if (li % LANES == 0u) {
+            bv[li / LANES] = best;
+            bi[li / LANES] = idx;
+        }
+        workgroupBarrier();
+        if (li == 0u) {
+            for (var i = 1u; i < WG / LANES; i++) {
+                if (better(bv[i], bi[i], best, idx)) {
+                    best = bv[i];
+                    idx = bi[i];
+                }
+            }
+            OUT[r] = select(idx, 0u, idx == 0xffffffffu);
+        }
+        return;
+    }
     bv[li] = best;
     bi[li] = idx;
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s >>= 1u) {
         if (li < s) {
-            let ov = bv[li + s];
-            let oi = bi[li + s];
-            if (oi != 0xffffffffu && (bi[li] == 0xffffffffu || ov > bv[li] || (ov == bv[li] && oi < bi[li]))) {
-                bv[li] = ov;
-                bi[li] = oi;
+            if (better(bv[li + s], bi[li + s], bv[li], bi[li])) {
+                bv[li] = bv[li + s];
+                bi[li] = bi[li + s];
             }
         }
         workgroupBarrier();
     }
     if (li == 0u) { OUT[r] = select(bi[0], 0u, bi[0] == 0xffffffffu); }
+}
+
+// (ov, oi) beats (v, i): a real candidate that is larger, or equal with a lower index.
+fn better(ov: f32, oi: u32, v: f32, i: u32) -> bool {
+    return oi != 0xffffffffu && (i == 0xffffffffu || ov > v || (ov == v && oi < i));
 }

@@ -33,7 +33,6 @@ const NEG: f32 = -3.4028235e38;
 var<workgroup> qs: array<f32, DMAX>;
 var<workgroup> ps: array<f32, WG>;
 var<workgroup> rb: array<u32, WG>;   // row base of each key of the chunk (new rows: + 1 flag)
-var<workgroup> red: array<f32, WG>;
 
 // Element offset of position j's row for kv head kvh, and whether it is a new row.
 fn row_of(j: u32, kvh: u32) -> vec2<u32> {
@@ -43,25 +42,6 @@ fn row_of(j: u32, kvh: u32) -> vec2<u32> {
     var slot = j;
     if (p.ring != 0u) { slot = j % p.ring; }
     return vec2<u32>((slot * p.n_kv + kvh) * p.hd, 0u);
-}
-
-fn reduce_max(li: u32) -> f32 {
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (li < s) { red[li] = max(red[li], red[li + s]); }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
-fn reduce_sum(li: u32) -> f32 {
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (li < s) { red[li] += red[li + s]; }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
 }
 
 @compute @workgroup_size(WG)
@@ -105,15 +85,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             s = dotv * p.scale;
             rb[li] = r.x * 2u + r.y;
         }
-        red[li] = s;
-        workgroupBarrier();
-        let m_new = max(m, reduce_max(li));
+        // wg_max/wg_sum (reduce.wgsl): subgroup shuffles where the adapter has them.
+        let m_new = max(m, wg_max(s, li));
         var e = 0.0;
         if (j < k1) { e = exp(s - m_new); }
         ps[li] = e;
-        red[li] = e;
-        workgroupBarrier();
-        let sum = reduce_sum(li);
+        let sum = wg_sum(e, li);
         let alpha = exp(m - m_new);
         l = l * alpha + sum;
         let n = min(WG, k1 - base);

@@ -27,6 +27,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let pos = p.pos0 + row;
     var slot = pos;
     if (p.ring != 0u) { slot = pos % p.ring; }
-    KC[slot * p.width + c] = K[row * p.width + c];
-    VC[slot * p.width + c] = V[row * p.width + c];
+    KC[slot * p.width + c] = KV_ELEM(K[row * p.width + c]);
+    VC[slot * p.width + c] = KV_ELEM(V[row * p.width + c]);
 }

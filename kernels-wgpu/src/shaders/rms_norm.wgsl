@@ -10,8 +10,6 @@ struct P {
 @group(0) @binding(2) var<storage, read_write> Y: array<f32>;
 @group(0) @binding(3) var<uniform> p: P;
 
-var<workgroup> red: array<f32, WG>;
-
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) li: u32) {
@@ -23,13 +21,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         let v = X[base + i];
         ss += v * v;
     }
-    red[li] = ss;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (li < s) { red[li] += red[li + s]; }
-        workgroupBarrier();
-    }
-    let inv = 1.0 / sqrt(red[0] / f32(p.d) + p.eps);
+    // wg_sum (reduce.wgsl): subgroup shuffles where the adapter has them.
+    let inv = 1.0 / sqrt(wg_sum(ss, li) / f32(p.d) + p.eps);
     for (var i = li; i < p.d; i += WG) {
         Y[base + i] = WT[i] * (X[base + i] * inv);
     }
