@@ -58,6 +58,48 @@ pub(crate) struct GpuBuf {
     cache: Option<Arc<BgCache>>,
 }
 
+/// Timestamp queries around every dispatch (each in its own compute pass), resolved at every
+/// submission and summed by kernel.
+pub(crate) struct Profile {
+    set: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    readback: wgpu::Buffer,
+    /// Kernel of each recorded pair of queries.
+    labels: Mutex<Vec<String>>,
+    /// Kernel -> (dispatches, nanoseconds).
+    totals: Mutex<HashMap<String, (u64, f64)>>,
+}
+
+/// Query pairs per submission while profiling (the arena's slot count bounds it anyway).
+const PROFILE_PAIRS: usize = ARENA_SLOTS;
+
+impl Profile {
+    fn new(device: &wgpu::Device) -> Profile {
+        let n = (PROFILE_PAIRS * 2) as u32;
+        Profile {
+            set: device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("profile"),
+                ty: wgpu::QueryType::Timestamp,
+                count: n,
+            }),
+            resolve: device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("profile resolve"),
+                size: n as u64 * 8,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            }),
+            readback: device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("profile readback"),
+                size: n as u64 * 8,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+            labels: Mutex::new(Vec::new()),
+            totals: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
 /// What a bind group binds: the pipeline, its storage buffers, and the parameter slot.
 #[derive(PartialEq, Eq, Hash)]
 struct BgKey {
@@ -165,6 +207,8 @@ pub(crate) struct Ctx {
     pub(crate) info: wgpu::AdapterInfo,
     pub(crate) caps: Caps,
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+    /// The key of each pipeline (profile labels).
+    keys: Mutex<HashMap<wgpu::ComputePipeline, String>>,
     pending: Mutex<Pending>,
     error: Arc<Mutex<Option<String>>>,
     pub(crate) mem: Arc<MemCounter>,
@@ -179,6 +223,9 @@ pub(crate) struct Ctx {
     /// when a result is read back or the parameter arena is full).
     flush_every: usize,
     recorded: std::sync::atomic::AtomicUsize,
+    /// Per-kernel device time from timestamp queries (`GPTOSS_WGPU_PROFILE=1` on an adapter
+    /// with `timestamp-query`), printed when the backend is dropped.
+    profile: Option<Profile>,
     /// Runtime checks dropped from the kernels (`GPTOSS_WGPU_TRUSTED`): 0 none, 1 (default)
     /// wgpu's loop bounding and division guards, 2 also its buffer bounds checks. Level 1
     /// made the Q8_0 GEMVs ~20 % and decode attention ~25 % faster on H100 (Vulkan).
@@ -208,6 +255,33 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding one of these locks cannot leave the data half-updated in a way
     // that matters more than the panic itself.
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        let Some(prof) = &self.profile else { return };
+        self.flush();
+        let totals = lock(&prof.totals);
+        let all: f64 = totals.values().map(|v| v.1).sum();
+        let mut rows: Vec<_> = totals.iter().collect();
+        rows.sort_by(|a, b| b.1.1.total_cmp(&a.1.1));
+        eprintln!(
+            "wgpu profile (timestamp queries, one pass per dispatch): {:.3} ms of kernels in all",
+            all / 1e6
+        );
+        eprintln!(
+            "{:>10} {:>10} {:>10} {:>6}  kernel",
+            "calls", "total ms", "mean us", "%"
+        );
+        for (k, (n, ns)) in rows {
+            eprintln!(
+                "{n:>10} {:>10.3} {:>10.2} {:>6.1}  {k}",
+                ns / 1e6,
+                ns / 1e3 / *n as f64,
+                100.0 * ns / all.max(1.0)
+            );
+        }
+    }
 }
 
 impl Ctx {
@@ -283,6 +357,10 @@ impl Ctx {
         if !pick.no_subgroups && sg_ok {
             wanted |= wgpu::Features::SUBGROUP;
         }
+        let profile_wanted = env_u64("GPTOSS_WGPU_PROFILE").is_some_and(|v| v != 0);
+        if profile_wanted {
+            wanted |= wgpu::Features::TIMESTAMP_QUERY;
+        }
         let features = offered & wanted;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("gptoss"),
@@ -355,6 +433,8 @@ impl Ctx {
             rows: env_u64("GPTOSS_WGPU_ROWS").map_or(2, |v| v.clamp(1, 8) as usize),
             lane_kernels: env_u64("GPTOSS_WGPU_LANES").is_none_or(|v| v != 0),
         };
+        let profile = (profile_wanted && features.contains(wgpu::Features::TIMESTAMP_QUERY))
+            .then(|| Profile::new(&device));
         let mem = Arc::new(MemCounter::default());
         let arena = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("params"),
@@ -382,6 +462,7 @@ impl Ctx {
             info,
             caps,
             pipelines: Mutex::new(HashMap::new()),
+            keys: Mutex::new(HashMap::new()),
             pending: Mutex::new(Pending {
                 enc: None,
                 pass: None,
@@ -396,6 +477,7 @@ impl Ctx {
             bg_cache_on: env_u64("GPTOSS_WGPU_BG_CACHE").is_none_or(|v| v != 0),
             flush_every: env_u64("GPTOSS_WGPU_FLUSH").map_or(DEFAULT_FLUSH, |v| v as usize),
             recorded: std::sync::atomic::AtomicUsize::new(0),
+            profile,
             trusted: std::env::var("GPTOSS_WGPU_TRUSTED")
                 .ok()
                 .and_then(|v| v.trim().parse::<u8>().ok())
@@ -550,6 +632,7 @@ impl Ctx {
         }
         let p = Arc::new(pipeline);
         lock(&self.pipelines).insert(key.to_string(), p.clone());
+        lock(&self.keys).insert((*p).clone(), key.to_string());
         Ok(p)
     }
 
@@ -645,6 +728,32 @@ impl Ctx {
         } else {
             make()
         };
+        if let Some(prof) = &self.profile {
+            let mut labels = lock(&prof.labels);
+            if labels.len() >= PROFILE_PAIRS {
+                drop(labels);
+                self.flush_locked(&mut pend);
+                labels = lock(&prof.labels);
+            }
+            let q = (labels.len() * 2) as u32;
+            labels.push(lock(&self.keys).get(pipeline).cloned().unwrap_or_default());
+            pend.pass = None;
+            let enc = pend.enc.get_or_insert_with(|| {
+                self.device
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
+            });
+            let pass = enc
+                .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: None,
+                    timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                        query_set: &prof.set,
+                        beginning_of_pass_write_index: Some(q),
+                        end_of_pass_write_index: Some(q + 1),
+                    }),
+                })
+                .forget_lifetime();
+            pend.pass = Some(pass);
+        }
         let pass = pend.pass(&self.device);
         pass.set_pipeline(pipeline);
         pass.set_bind_group(0, &bg, &[]);
@@ -682,9 +791,51 @@ impl Ctx {
             self.queue.write_buffer(&self.arena, 0, &pend.params);
             pend.params.clear();
         }
+        let n_prof = self
+            .profile
+            .as_ref()
+            .map_or(0, |p| lock(&p.labels).len() as u64);
+        if let (Some(prof), Some(enc)) = (&self.profile, pend.enc.as_mut())
+            && n_prof > 0
+        {
+            enc.resolve_query_set(&prof.set, 0..(n_prof * 2) as u32, &prof.resolve, 0);
+            enc.copy_buffer_to_buffer(&prof.resolve, 0, &prof.readback, 0, n_prof * 16);
+        }
         if let Some(enc) = pend.enc.take() {
             self.queue.submit(Some(enc.finish()));
         }
+        if let Some(prof) = &self.profile
+            && n_prof > 0
+        {
+            self.collect_profile(prof, n_prof);
+        }
+    }
+
+    /// Wait for the submitted work and add its query pairs to the per-kernel totals.
+    fn collect_profile(&self, prof: &Profile, n: u64) {
+        let slice = prof.readback.slice(..n * 16);
+        slice.map_async(wgpu::MapMode::Read, |_| {});
+        if self
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .is_err()
+        {
+            return;
+        }
+        let period = self.queue.get_timestamp_period() as f64;
+        let mut labels = lock(&prof.labels);
+        if let Ok(view) = slice.get_mapped_range() {
+            let ticks: &[u64] = bytemuck::cast_slice(&view);
+            let mut totals = lock(&prof.totals);
+            for (i, label) in labels.iter().enumerate() {
+                let dt = ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period;
+                let e = totals.entry(label.clone()).or_insert((0, 0.0));
+                e.0 += 1;
+                e.1 += dt;
+            }
+        }
+        prof.readback.unmap();
+        labels.clear();
     }
 
     /// Submit everything recorded so far.
