@@ -265,14 +265,16 @@ impl WgpuBackend {
 
     /// Header constants of a lane-group kernel: rows per group, tokens, and the size of its
     /// workgroup-memory reduction array (`per_lane` values per invocation without subgroups).
-    fn lanes_consts(&self, r: usize, t: usize, per_lane: usize) -> String {
+    fn lanes_consts(&self, r: usize, t: usize, per_lane: usize, unroll: usize) -> String {
         let c = &self.ctx.caps;
         let red_n = if c.subgroups {
             1
         } else {
             per_lane * c.lane_wg as usize
         };
-        format!("const R: u32 = {r}u;\nconst T: u32 = {t}u;\nconst RED_N: u32 = {red_n}u;\n")
+        format!(
+            "const R: u32 = {r}u;\nconst T: u32 = {t}u;\nconst RED_N: u32 = {red_n}u;\nconst U: u32 = {unroll}u;\n"
+        )
     }
 
     fn weight_src(fmt: Fmt, suffix: &str, binding: u32) -> String {
@@ -322,7 +324,7 @@ impl WgpuBackend {
             format!(
                 "{}{}{}\n{}",
                 self.header(),
-                self.lanes_consts(self.ctx.caps.rows, t, self.ctx.caps.rows * t),
+                self.lanes_consts(self.ctx.caps.rows, t, self.ctx.caps.rows * t, 4),
                 Self::weight_src(fmt, "", 0),
                 include_str!("shaders/gemv_lanes.wgsl")
             )
@@ -948,7 +950,7 @@ impl Backend for WgpuBackend {
                     format!(
                         "{}{}{}\n{}\n{}",
                         self.header(),
-                        self.lanes_consts(self.ctx.caps.rows, 1, 2 * self.ctx.caps.rows),
+                        self.lanes_consts(self.ctx.caps.rows, 1, 2 * self.ctx.caps.rows, 2),
                         Self::weight_src(fmt, "", 0),
                         Self::weight_src(fmt, "u", 1),
                         include_str!("shaders/moe_gate_up_lanes.wgsl")
@@ -1003,7 +1005,7 @@ impl Backend for WgpuBackend {
                 format!(
                     "{}{}{}\n{}",
                     self.header(),
-                    self.lanes_consts(self.ctx.caps.rows, 1, self.ctx.caps.rows),
+                    self.lanes_consts(self.ctx.caps.rows, 1, self.ctx.caps.rows, 1),
                     Self::weight_src(fmt, "", 0),
                     include_str!("shaders/moe_down_lanes.wgsl")
                 )
@@ -1031,7 +1033,7 @@ impl Backend for WgpuBackend {
                     ],
                     6,
                     &params,
-                    (d.div_ceil(per_wg) * t) as u64,
+                    (d.div_ceil(self.ctx.caps.rows) * t) as u64,
                 )?;
             }
             return Ok(self.tensor(y, t, d));

@@ -36,21 +36,26 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let k4 = p.k / 4u;
     // No early exit: every lane reaches the reductions below (groups past the end compute a
     // clamped row and write nothing).
-    for (var w = lane; w < nw; w += LANES) {
-        let xo = xoff(w) / 4u;
-        var xa: array<vec4<f32>, T>;
-        var xb: array<vec4<f32>, T>;
-        for (var t = 0u; t < T; t++) {
-            let b = (p.t0 + t) * k4 + xo;
-            xa[t] = X[b];
-            if (HAS_HI) { xb[t] = X[b + 4u]; }
-        }
-        for (var r = 0u; r < R; r++) {
-            let d = wdec(rows[r], w, p.k, p.soff);
+    // U steps per iteration: independent loads in flight (the u loop has a constant bound).
+    for (var w0 = lane; w0 < nw; w0 += LANES * U) {
+        for (var u = 0u; u < U; u++) {
+            let w = w0 + u * LANES;
+            if (w >= nw) { break; }
+            let xo = xoff(w) / 4u;
+            var xa: array<vec4<f32>, T>;
+            var xb: array<vec4<f32>, T>;
             for (var t = 0u; t < T; t++) {
-                var v = dot(d[0], xa[t]);
-                if (HAS_HI) { v += dot(d[1], xb[t]); }
-                acc[r * T + t] += v;
+                let b = (p.t0 + t) * k4 + xo;
+                xa[t] = X[b];
+                if (HAS_HI) { xb[t] = X[b + 4u]; }
+            }
+            for (var r = 0u; r < R; r++) {
+                let d = wdec(rows[r], w, p.k, p.soff);
+                for (var t = 0u; t < T; t++) {
+                    var v = dot(d[0], xa[t]);
+                    if (HAS_HI) { v += dot(d[1], xb[t]); }
+                    acc[r * T + t] += v;
+                }
             }
         }
     }

@@ -1,8 +1,10 @@
 // y[t, j] = sum over the token's slots s of w_s * (down_e[j] . h[s] + bd[e, j]): the expert
-// down projections, their biases and the routing-weighted sum in one kernel. A group of LANES
-// lanes computes R rows j of one token (lanes read neighbouring words, like gemv_lanes.wgsl);
-// a workgroup covers GROUPS * R rows. Over a split stack, the first part writes y and later
-// parts add to it (p.accumulate), each summing only the slots whose rows it holds.
+// down projections, their biases and the routing-weighted sum in one kernel. A workgroup
+// computes R rows j of one token; its lane groups take the token's slots in turn (all top-k
+// experts' rows are read at once), each group of LANES lanes reading neighbouring words of a
+// row like gemv_lanes.wgsl, and the groups' sums meet in workgroup memory. Over a split stack,
+// the first part writes y and later parts add to it (p.accumulate), each summing only the slots
+// whose rows it holds.
 struct P {
     k: u32,        // dff (the row length of down)
     d: u32,        // d_model (rows per expert)
@@ -22,26 +24,22 @@ struct P {
 
 const GROUPS: u32 = LWG / LANES;
 var<workgroup> red: array<f32, RED_N>;
+var<workgroup> gsum: array<f32, GROUPS * R>;
 
 @compute @workgroup_size(LWG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) li: u32) {
     let lane = li % LANES;
     let grp = li / LANES;
-    let per_wg = GROUPS * R;
-    let blocks = (p.d + per_wg - 1u) / per_wg;
+    let blocks = (p.d + R - 1u) / R;
     let g = wid.x + wid.y * nwg.x;
     let live = g < blocks * p.t;
     let tok = min(g / blocks, p.t - 1u);
-    let j0 = (g % blocks) * per_wg + grp * R;
+    let j0 = (g % blocks) * R;
     var acc: array<f32, R>;
-    var bias: array<f32, R>;
-    for (var r = 0u; r < R; r++) {
-        acc[r] = 0.0;
-        bias[r] = 0.0;
-    }
+    for (var r = 0u; r < R; r++) { acc[r] = 0.0; }
     let nw = p.k / EPW;
-    for (var s = 0u; s < p.top_k; s++) {
+    for (var s = grp; s < p.top_k; s += GROUPS) {
         let slot = tok * p.top_k + s;
         let e = IDS[slot];
         let wt = WTS[slot];
@@ -52,7 +50,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             let grow = e * p.d + j0 + r;
             ok[r] = live && j0 + r < p.d && grow >= p.row0 && grow < p.row0 + p.n_rows;
             rows[r] = select(0u, grow - p.row0, ok[r]);
-            if (ok[r]) { bias[r] += wt * BD[grow]; }
+            // The bias once per slot: in lane 0, before the lanes are summed.
+            if (ok[r] && lane == 0u) { acc[r] += wt * BD[grow]; }
             any = any || ok[r];
         }
         // Uniform within the lane group; no barrier inside.
@@ -89,11 +88,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
         for (var r = 0u; r < R; r++) { acc[r] = red[r * LWG + grp * LANES]; }
     }
-    if (lane == 0u && live) {
+    if (lane == 0u) {
+        for (var r = 0u; r < R; r++) { gsum[grp * R + r] = acc[r]; }
+    }
+    workgroupBarrier();
+    if (li == 0u && live) {
         for (var r = 0u; r < R; r++) {
             if (j0 + r < p.d) {
+                var v = 0.0;
+                for (var q = 0u; q < GROUPS; q++) { v += gsum[q * R + r]; }
                 let i = tok * p.d + j0 + r;
-                let v = acc[r] + bias[r];
                 if (p.accumulate != 0u) { Y[i] += v; } else { Y[i] = v; }
             }
         }

@@ -49,22 +49,27 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     for (var i = 0u; i < 2u * R; i++) { acc[i] = 0.0; }
     let nw = p.k / EPW;
     let xbase = tok * (p.k / 4u);
-    for (var w = lane; w < nw; w += LANES) {
-        let xo = xbase + xoff(w) / 4u;
-        let xa = X[xo];
-        var xb = vec4<f32>(0.0);
-        if (HAS_HI) { xb = X[xo + 4u]; }
-        for (var r = 0u; r < R; r++) {
-            let dg = wdec(rows[r], w, p.k, p.soff);
-            let du = wdecu(rows[r], w, p.k, p.soff);
-            var vg = dot(dg[0], xa);
-            var vu = dot(du[0], xa);
-            if (HAS_HI) {
-                vg += dot(dg[1], xb);
-                vu += dot(du[1], xb);
+    // U steps per iteration: independent loads in flight (the u loop has a constant bound).
+    for (var w0 = lane; w0 < nw; w0 += LANES * U) {
+        for (var u = 0u; u < U; u++) {
+            let w = w0 + u * LANES;
+            if (w >= nw) { break; }
+            let xo = xbase + xoff(w) / 4u;
+            let xa = X[xo];
+            var xb = vec4<f32>(0.0);
+            if (HAS_HI) { xb = X[xo + 4u]; }
+            for (var r = 0u; r < R; r++) {
+                let dg = wdec(rows[r], w, p.k, p.soff);
+                let du = wdecu(rows[r], w, p.k, p.soff);
+                var vg = dot(dg[0], xa);
+                var vu = dot(du[0], xa);
+                if (HAS_HI) {
+                    vg += dot(dg[1], xb);
+                    vu += dot(du[1], xb);
+                }
+                acc[2u * r] += vg;
+                acc[2u * r + 1u] += vu;
             }
-            acc[2u * r] += vg;
-            acc[2u * r + 1u] += vu;
         }
     }
     if (SG) {
