@@ -14,6 +14,8 @@ pub const KERNEL_SOURCES: &[(&str, &str)] = &[
     ("linear.cu", include_str!("kernels/linear.cu")),
     ("attention.cu", include_str!("kernels/attention.cu")),
     ("moe.cu", include_str!("kernels/moe.cu")),
+    ("gemm_tc.cu", include_str!("kernels/gemm_tc.cu")),
+    ("flash_tc.cu", include_str!("kernels/flash_tc.cu")),
 ];
 
 /// Every kernel the backend launches (checked to exist after each compilation).
@@ -57,6 +59,18 @@ pub const KERNEL_NAMES: &[&str] = &[
     "moe_down_mxfp4",
     "moe_gate_up_any",
     "moe_down_any",
+    "gemm_tc_q8_0",
+    "gemm_tc_mxfp4",
+    "gemm_tc_f16",
+    "gemm_tc_bf16",
+    "gemm_tc_f32",
+    "moe_tc_group",
+    "moe_tc_gate_up",
+    "moe_tc_down",
+    "moe_sum_slots",
+    "flash_attn_tc_d32",
+    "flash_attn_tc_d64",
+    "flash_attn_tc_d128",
 ];
 
 /// The architectures CI compiles for: Ampere, Hopper (with its `a` features), consumer Blackwell.

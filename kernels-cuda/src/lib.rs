@@ -16,6 +16,9 @@
 
 pub mod compile;
 pub mod fp4;
+mod prefill;
+
+pub use prefill::tc_min_rows;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -598,6 +601,10 @@ impl CudaBackend {
             Some(b) => (self.ptr(&b.buf), b.dtype.id() as i32),
             None => (0, 0),
         };
+        // Many rows: the tensor-core GEMM (prefill.rs) where the type and k allow it.
+        if let Some(r) = self.linear_tc(x, t, k, w, bias, y, n) {
+            return r;
+        }
         let wp = self.ptr(&w.buf);
         let wt = w.dtype.id() as i32;
         let smem = t * k + t * k / 8;
@@ -1081,6 +1088,11 @@ impl Backend for CudaBackend {
         if t == 0 {
             return Ok(out);
         }
+        // Many rows: flash attention on tensor cores (prefill.rs); it also fills the ring.
+        if let Some(r) = self.attention_tc(q, k, v, cache, pos0, sinks, cfg, &out) {
+            r?;
+            return Ok(out);
+        }
         let window = cfg.window.unwrap_or(0);
         let max_keys = match cfg.window {
             Some(w) => w.min(pos0 + t),
@@ -1266,6 +1278,12 @@ impl Backend for CudaBackend {
             .all(|m| m.dtype == GgmlType::MXFP4);
         // Blackwell: the FP4 tensor-core experts, when selected and self-checked (see `fp4`).
         if all_mxfp4 && fp4::run::moe_hook(self, x, w, &ids, &wts, kk, e, n_ff, &y)? {
+            return Ok(y);
+        }
+        // Many rows: grouped tensor-core GEMMs (prefill.rs), unless the FP4 path took it.
+        let yp = self.ptr(&y.buf);
+        if let Some(r) = self.moe_tc(xp, t, d_model, n_ff, w, e, kk, &ids, &wts, yp) {
+            r?;
             return Ok(y);
         }
         let smem = d_model + d_model / 8;

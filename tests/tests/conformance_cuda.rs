@@ -557,3 +557,94 @@ fn moe_matches() {
     moe_case(&p, &mut r, 64, 96, 8, 4, GgmlType::Q8_0, &[1, 5]);
     moe_case(&p, &mut r, 64, 64, 16, 2, GgmlType::BF16, &[1, 9]);
 }
+
+/// The tensor-core prefill paths (kernels-cuda/src/prefill.rs): every weight type at the
+/// threshold edge (8 rows: matrix-vector kernels, 9: tensor cores), tile edges (128, 129 rows,
+/// outputs not a multiple of the 128-wide tile) and prefill-sized products.
+#[test]
+fn linear_prefill_tensor_cores() {
+    let Some(p) = pair() else { return };
+    let mut r = rng();
+    eprintln!(
+        "tensor cores from {} rows",
+        gptoss_kernels_cuda::tc_min_rows()
+    );
+    let shapes = [
+        (8, 64, 96),
+        (9, 64, 96),
+        (16, 2880, 512),
+        (129, 2880, 201),
+        (128, 96, 130),
+        (300, 4096, 2880),
+        (2048, 2880, 640),
+        (513, 32, 33),
+    ];
+    for dtype in [
+        GgmlType::Q8_0,
+        GgmlType::MXFP4,
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::F32,
+    ] {
+        for &(t, k, n) in &shapes {
+            let w = random_weight(&mut r, "attn_q.weight", dtype, &[k, n], 0.05);
+            let b = random_weight(&mut r, "attn_q.bias", GgmlType::F32, &[n], 0.5);
+            let (cw, gw) = p.up(&w);
+            let (cb, gb) = p.up(&b);
+            let xv = randn(&mut r, t * k, 1.0);
+            let (cx, gx) = p.x(&xv, t, k);
+            for with_bias in [true, false] {
+                let (cbo, gbo) = if with_bias {
+                    (Some(&cb), Some(&gb))
+                } else {
+                    (None, None)
+                };
+                p.poison();
+                let c = p.cpu.linear(&cx, &cw, cbo).unwrap();
+                let g = p.gpu.linear(&gx, &gw, gbo).unwrap();
+                p.check(
+                    &format!("prefill linear {dtype:?} t={t} k={k} n={n} bias={with_bias}"),
+                    &c,
+                    &g,
+                    MATMUL_NMSE,
+                );
+            }
+        }
+    }
+}
+
+/// The grouped tensor-core MoE: GPT-OSS shapes at 16, 64 and 300 tokens, the tiny model's
+/// shapes up to 2048 tokens, and odd shapes (ff not a multiple of the 64-wide gate/up tile,
+/// d_model not a multiple of 128, top-3 of 5, experts that get no token).
+#[test]
+fn moe_prefill_tensor_cores() {
+    let Some(p) = pair() else { return };
+    let mut r = rng();
+    moe_case(
+        &p,
+        &mut r,
+        2880,
+        2880,
+        32,
+        4,
+        GgmlType::MXFP4,
+        &[9, 16, 64, 300],
+    );
+    moe_case(&p, &mut r, 64, 96, 8, 4, GgmlType::MXFP4, &[9, 97, 2048]);
+    moe_case(&p, &mut r, 96, 160, 5, 3, GgmlType::MXFP4, &[10, 129, 257]);
+    moe_case(&p, &mut r, 64, 32, 64, 1, GgmlType::MXFP4, &[33, 200]);
+}
+
+/// Prefill-sized attention through the tensor-core flash kernel (from `tc_min_rows` rows on):
+/// a 2048-row prompt with the GPT-OSS window, chunks that start past the ring's wrap, the
+/// 8/9-row threshold edge, a full-attention layer with a long second chunk, and head dims 32
+/// and 128.
+#[test]
+fn attention_prefill_tensor_cores() {
+    let Some(p) = pair() else { return };
+    let mut r = rng();
+    attention_case(&p, &mut r, 64, 8, 64, Some(128), &[2048, 1, 300, 9, 8, 1]);
+    attention_case(&p, &mut r, 64, 8, 64, None, &[1000, 300, 1, 64, 9]);
+    attention_case(&p, &mut r, 4, 2, 32, Some(8), &[97, 1, 33]);
+    attention_case(&p, &mut r, 8, 2, 128, None, &[129, 2, 65]);
+}

@@ -1,0 +1,183 @@
+// Flash attention for prefill on tensor cores (mma.sync m16n8k16, f16 inputs, f32 sums and
+// softmax), with the semantics of attn_partial_t in attention.cu: query i sits at position
+// pos0 + i and sees keys lo..pos0 + i (lo = pos0 + i - window + 1 for a sliding window, else 0);
+// keys before pos0 come from the f16 ring (position j in slot j % cap), this call's keys from
+// the f32 inputs; the head's sink logit joins the softmax denominator. kv_append stores the new
+// rows in the ring afterwards.
+//
+// Block: one head, 64 query rows; 4 warps of 16 rows each. Keys go through shared memory 64 at
+// a time: K as [key][d] (the mma's column-major B for S = Q K^T), V transposed as [d][key] (B
+// for O += P V). S stays in registers: its accumulator layout is the A fragment layout of P.
+// grid (ceil(t / 64), n_heads), block 128. HD (head_dim) is 32, 64 or 128.
+
+template <int HD>
+__device__ __forceinline__ void flash_attn_t(const float* q, const float* knew, const float* vnew,
+                                             const u16* kc, const u16* vc, int t, int pos0,
+                                             int n_heads, int n_kv, int cap, int window,
+                                             float scale, const u8* sinks, int sink_type,
+                                             float* out) {
+    constexpr int KS = HD + 8;  // row strides (16-bit units) chosen for conflict-free fragments
+    constexpr int VS = 64 + 8;
+    constexpr int NC = HD / 8;  // 8-element chunks per row
+    __shared__ __align__(16) u16 ks_[64 * KS];
+    __shared__ __align__(16) u16 vt_[HD * VS];
+    int h = blockIdx.y, i0 = blockIdx.x * 64;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, qd = lane & 3;
+    int kh = h / (n_heads / n_kv);
+    int rr[2] = {i0 + warp * 16 + g, i0 + warp * 16 + g + 8};
+
+    // Q fragments for the warp's 16 rows, all of head_dim (rows past t are zeros, never stored).
+    u32 qa[HD / 16][4];
+#pragma unroll
+    for (int s = 0; s < HD / 16; ++s) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+#pragma unroll
+            for (int rw = 0; rw < 2; ++rw) {
+                float2 v = make_float2(0.f, 0.f);
+                if (rr[rw] < t)
+                    v = *(const float2*)(q + ((i64)rr[rw] * n_heads + h) * HD + s * 16 + half * 8 +
+                                         2 * qd);
+                qa[s][half * 2 + rw] = pack_f16(v.x, v.y);
+            }
+        }
+    }
+    float o[HD / 8][4];
+#pragma unroll
+    for (int nb = 0; nb < HD / 8; ++nb)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) o[nb][c] = 0.f;
+    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
+
+    int last = min(i0 + 63, t - 1);
+    int p_lo = pos0 + i0, p_hi = pos0 + last;
+    int klo = window > 0 ? max(0, p_lo - window + 1) : 0;
+    for (int k0 = klo; k0 <= p_hi; k0 += 64) {
+        // Stage keys k0..k0+63 (past p_hi: zeros). Item it: key k0 + (it & 63), chunk it >> 6,
+        // so a warp's transposed V stores land on consecutive addresses.
+        for (int it = threadIdx.x; it < 64 * NC; it += 128) {
+            int kr = it & 63, c = it >> 6;
+            int j = k0 + kr;
+            uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
+            if (j <= p_hi) {
+                if (j < pos0) {
+                    i64 off = ((i64)(j % cap) * n_kv + kh) * HD + c * 8;
+                    kv = *(const uint4*)(kc + off);
+                    vv = *(const uint4*)(vc + off);
+                } else {
+                    i64 off = ((i64)(j - pos0) * n_kv + kh) * HD + c * 8;
+                    float4 a = *(const float4*)(knew + off), b = *(const float4*)(knew + off + 4);
+                    kv = make_uint4(pack_f16(a.x, a.y), pack_f16(a.z, a.w), pack_f16(b.x, b.y),
+                                    pack_f16(b.z, b.w));
+                    a = *(const float4*)(vnew + off);
+                    b = *(const float4*)(vnew + off + 4);
+                    vv = make_uint4(pack_f16(a.x, a.y), pack_f16(a.z, a.w), pack_f16(b.x, b.y),
+                                    pack_f16(b.z, b.w));
+                }
+            }
+            *(uint4*)(ks_ + kr * KS + c * 8) = kv;
+            const u16* ve = (const u16*)&vv;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) vt_[(c * 8 + e) * VS + kr] = ve[e];
+        }
+        __syncthreads();
+
+        // S = Q K^T for the warp's 16 rows x 64 keys.
+        float s[8][4];
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) s[j][c] = 0.f;
+#pragma unroll
+        for (int st = 0; st < HD / 16; ++st) {
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                const u16* p = ks_ + (j * 8 + g) * KS + st * 16 + 2 * qd;
+                u32 b[2] = {*(const u32*)p, *(const u32*)(p + 8)};
+                mma16816<false>(s[j], qa[st], b);
+            }
+        }
+        // Mask (causal, window, rows past t), scale, row maxima over the 4 lanes of a row.
+        float mx[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                int rw = c >> 1;
+                int key = k0 + j * 8 + 2 * qd + (c & 1);
+                int p = pos0 + rr[rw];
+                bool ok = rr[rw] < t && key <= p && (window <= 0 || key > p - window);
+                s[j][c] = ok ? s[j][c] * scale : NEG_INF;
+                mx[rw] = fmaxf(mx[rw], s[j][c]);
+            }
+        }
+        float base[2];
+#pragma unroll
+        for (int rw = 0; rw < 2; ++rw) {
+            mx[rw] = fmaxf(mx[rw], __shfl_xor_sync(0xffffffffu, mx[rw], 1));
+            mx[rw] = fmaxf(mx[rw], __shfl_xor_sync(0xffffffffu, mx[rw], 2));
+            float mnew = fmaxf(m[rw], mx[rw]);
+            // A row with no key yet keeps everything at zero (no inf - inf).
+            base[rw] = mnew == NEG_INF ? 0.f : mnew;
+            float corr = __expf(m[rw] - base[rw]);
+            m[rw] = mnew;
+            l[rw] *= corr;
+#pragma unroll
+            for (int nb = 0; nb < HD / 8; ++nb) {
+                o[nb][2 * rw] *= corr;
+                o[nb][2 * rw + 1] *= corr;
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                int rw = c >> 1;
+                s[j][c] = __expf(s[j][c] - base[rw]);
+                l[rw] += s[j][c];
+            }
+        }
+        // O += P V: the S accumulators of key tiles 2kk, 2kk+1 are the A fragment of P.
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+            u32 a[4] = {pack_f16(s[2 * kk][0], s[2 * kk][1]), pack_f16(s[2 * kk][2], s[2 * kk][3]),
+                        pack_f16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                        pack_f16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int nb = 0; nb < HD / 8; ++nb) {
+                const u16* p = vt_ + (nb * 8 + g) * VS + kk * 16 + 2 * qd;
+                u32 b[2] = {*(const u32*)p, *(const u32*)(p + 8)};
+                mma16816<false>(o[nb], a, b);
+            }
+        }
+        __syncthreads();
+    }
+    // Row sums over the 4 lanes, the sink, normalize, store.
+    float sink = wload(sinks, sink_type, 0, h);
+#pragma unroll
+    for (int rw = 0; rw < 2; ++rw) {
+        l[rw] += __shfl_xor_sync(0xffffffffu, l[rw], 1);
+        l[rw] += __shfl_xor_sync(0xffffffffu, l[rw], 2);
+        if (rr[rw] >= t) continue;
+        float M = fmaxf(m[rw], sink);
+        float f = __expf(m[rw] - M);
+        float L = l[rw] * f + __expf(sink - M);
+        f /= L;
+        float* orow = out + ((i64)rr[rw] * n_heads + h) * HD;
+#pragma unroll
+        for (int nb = 0; nb < HD / 8; ++nb)
+            *(float2*)(orow + nb * 8 + 2 * qd) = make_float2(o[nb][2 * rw] * f, o[nb][2 * rw + 1] * f);
+    }
+}
+
+#define FLASH_ENTRY(NAME, HD)                                                                    \
+    extern "C" __global__ void __launch_bounds__(128) NAME(                                     \
+        const float* q, const float* knew, const float* vnew, const u16* kc, const u16* vc,     \
+        int t, int pos0, int n_heads, int n_kv, int cap, int window, float scale,               \
+        const u8* sinks, int sink_type, float* out) {                                           \
+        flash_attn_t<HD>(q, knew, vnew, kc, vc, t, pos0, n_heads, n_kv, cap, window, scale,     \
+                         sinks, sink_type, out);                                                \
+    }
+FLASH_ENTRY(flash_attn_tc_d32, 32)
+FLASH_ENTRY(flash_attn_tc_d64, 64)
+FLASH_ENTRY(flash_attn_tc_d128, 128)
