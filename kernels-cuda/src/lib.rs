@@ -18,7 +18,7 @@ pub mod compile;
 pub mod fp4;
 mod prefill;
 
-pub use prefill::tc_min_rows;
+pub use prefill::{set_tc_min_width, tc_min_rows, tc_min_width};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -7,10 +7,18 @@
 //! to the same type; the MXFP4 MoE groups its (token, slot) pairs by expert on the GPU and runs
 //! grouped GEMMs: gate and up with SwiGLU-OAI and biases fused, h kept in bf16, then down with
 //! the bias and routing weight into one f32 row per pair, summed over the slots in slot order
-//! (deterministic). Accuracy: bf16/f16 inputs with f32 sums give an NMSE of about 1e-6 per
+//! (deterministic); attention runs a flash kernel (f16 Q, K, V and probabilities, f32 scores
+//! and softmax). Accuracy: bf16/f16 inputs with f32 sums give an NMSE of about 1e-6 per
 //! product, well inside the 5e-4 matmul limit.
+//!
+//! Small models keep the f32-accurate kernels: the paths above are taken only where the model
+//! width (k of a linear, d_model of the MoE, heads x head_dim of attention) is at least
+//! [`tc_min_width`] (default 1024). The tiny random test model (width 64) amplifies per-product
+//! errors of ~1e-6 about a hundredfold through its 4 layers and would miss the 1e-4 logits
+//! limit against transformers; GPT-OSS widths are 2880 and up.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{A, CudaBackend, CudaKvCache, CudaTensor, CudaWeight, DevBuf, MAX_GEMV_ROWS, Result};
 use gptoss_backend::{AttentionConfig, GgmlType, MoeWeights};
@@ -35,6 +43,44 @@ pub fn tc_min_rows() -> usize {
     })
 }
 
+/// Set by [`set_tc_min_width`]; `usize::MAX` = not set (the environment or the default rules).
+static MIN_WIDTH_OVERRIDE: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// The model width from which the tensor-core paths are taken (see the module docs):
+/// [`set_tc_min_width`] if called, else `GPTOSS_CUDA_TC_MIN_WIDTH`, else 1024.
+pub fn tc_min_width() -> usize {
+    let o = MIN_WIDTH_OVERRIDE.load(Ordering::Relaxed);
+    if o != usize::MAX {
+        return o;
+    }
+    static V: OnceLock<usize> = OnceLock::new();
+    *V.get_or_init(|| {
+        std::env::var("GPTOSS_CUDA_TC_MIN_WIDTH")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1024)
+    })
+}
+
+/// Override [`tc_min_width`] for the whole process (tests use 0 to run the tensor-core kernels
+/// on small odd shapes too).
+pub fn set_tc_min_width(width: usize) {
+    MIN_WIDTH_OVERRIDE.store(width, Ordering::Relaxed);
+}
+
+/// Which tensor-core paths are on: all, unless `GPTOSS_CUDA_TC_OFF` lists some of `linear`,
+/// `moe`, `attention` (comma-separated), to measure what each one brings.
+fn path_on(name: &str) -> bool {
+    static OFF: OnceLock<Vec<String>> = OnceLock::new();
+    !OFF.get_or_init(|| {
+        std::env::var("GPTOSS_CUDA_TC_OFF")
+            .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
+            .unwrap_or_default()
+    })
+    .iter()
+    .any(|s| s == name)
+}
+
 impl CudaBackend {
     /// `y = x W^T + b` on tensor cores when `t` is at least [`tc_min_rows`] and the weight type
     /// and `k` (a multiple of 32) allow it; `None` leaves the product to the other kernels.
@@ -49,7 +95,14 @@ impl CudaBackend {
         y: u64,
         n: usize,
     ) -> Option<Result<()>> {
-        if t < tc_min_rows() || t == 0 || n == 0 || k == 0 || !k.is_multiple_of(32) {
+        if t < tc_min_rows()
+            || t == 0
+            || n == 0
+            || k == 0
+            || !k.is_multiple_of(32)
+            || k < tc_min_width()
+            || !path_on("linear")
+        {
             return None;
         }
         let kern = match w.dtype {
@@ -104,6 +157,8 @@ impl CudaBackend {
             .all(|m| m.dtype == GgmlType::MXFP4);
         if t < tc_min_rows()
             || t == 0
+            || d_model < tc_min_width()
+            || !path_on("moe")
             || !all_mxfp4
             || d_model == 0
             || n_ff == 0
@@ -231,7 +286,11 @@ impl CudaBackend {
             128 => "flash_attn_tc_d128",
             _ => return None,
         };
-        if t < tc_min_rows() || t == 0 {
+        if t < tc_min_rows()
+            || t == 0
+            || cfg.n_heads * cfg.head_dim < tc_min_width()
+            || !path_on("attention")
+        {
             return None;
         }
         Some(self.attention_tc_run(kern, q, k, v, cache, pos0, sinks, cfg, out))

@@ -564,6 +564,8 @@ fn moe_matches() {
 #[test]
 fn linear_prefill_tensor_cores() {
     let Some(p) = pair() else { return };
+    // The tensor-core kernels at every width here, small odd shapes included.
+    gptoss_kernels_cuda::set_tc_min_width(0);
     let mut r = rng();
     eprintln!(
         "tensor cores from {} rows",
@@ -619,6 +621,8 @@ fn linear_prefill_tensor_cores() {
 #[test]
 fn moe_prefill_tensor_cores() {
     let Some(p) = pair() else { return };
+    // The tensor-core kernels at every width here, small odd shapes included.
+    gptoss_kernels_cuda::set_tc_min_width(0);
     let mut r = rng();
     moe_case(
         &p,
@@ -642,6 +646,8 @@ fn moe_prefill_tensor_cores() {
 #[test]
 fn attention_prefill_tensor_cores() {
     let Some(p) = pair() else { return };
+    // The tensor-core kernels at every width here, small odd shapes included.
+    gptoss_kernels_cuda::set_tc_min_width(0);
     let mut r = rng();
     attention_case(&p, &mut r, 64, 8, 64, Some(128), &[2048, 1, 300, 9, 8, 1]);
     attention_case(&p, &mut r, 64, 8, 64, None, &[1000, 300, 1, 64, 9]);
