@@ -16,6 +16,7 @@ pub const KERNEL_SOURCES: &[(&str, &str)] = &[
     ("moe.cu", include_str!("kernels/moe.cu")),
     ("gemm_tc.cu", include_str!("kernels/gemm_tc.cu")),
     ("flash_tc.cu", include_str!("kernels/flash_tc.cu")),
+    ("quants.cu", include_str!("kernels/quants.cu")),
 ];
 
 /// Every kernel the backend launches (checked to exist after each compilation).

@@ -17,6 +17,7 @@
 pub mod compile;
 pub mod fp4;
 mod prefill;
+pub mod quants;
 
 pub use prefill::{set_tc_min_width, tc_min_rows, tc_min_width};
 
@@ -337,7 +338,7 @@ impl CudaBackend {
             .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
             .map_err(dev_err)?;
         let mut funcs = HashMap::new();
-        for &n in compile::KERNEL_NAMES {
+        for &n in compile::KERNEL_NAMES.iter().chain(quants::KERNEL_NAMES) {
             funcs.insert(n, module.load_function(n).map_err(dev_err)?);
         }
         // SAFETY: the backend uses one stream, so cudarc's per-allocation events (for ordering
@@ -594,6 +595,9 @@ impl CudaBackend {
         y: u64,
         n: usize,
     ) -> Result<()> {
+        if quants::supported(w.dtype) {
+            return self.q_linear(x, t, k, w, bias, y, n);
+        }
         if t == 0 || n == 0 {
             return Ok(());
         }
@@ -760,6 +764,7 @@ fn relayout(dtype: GgmlType, bytes: &[u8]) -> Vec<u8> {
             }
             out
         }
+        t if quants::supported(t) => quants::relayout(t, bytes),
         _ => bytes.to_vec(),
     }
 }
@@ -777,7 +782,8 @@ impl Backend for CudaBackend {
         if !matches!(
             w.dtype,
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0 | GgmlType::MXFP4
-        ) {
+        ) && !quants::supported(w.dtype)
+        {
             return Err(BackendError::UnsupportedType {
                 op: "upload",
                 name: w.name.clone(),
@@ -860,6 +866,10 @@ impl Backend for CudaBackend {
         }
         let idb = self.scratch(ids.len() * 4)?;
         self.htod(&idb, ids)?;
+        if quants::supported(table.dtype) {
+            self.q_embed(table, &idb, ids.len(), vocab, self.ptr(&out.buf), d)?;
+            return Ok(out);
+        }
         self.launch(
             "embed",
             (d.div_ceil(256) as u32, ids.len() as u32, 1),
@@ -1268,6 +1278,11 @@ impl Backend for CudaBackend {
                 A::P(self.ptr(&wts)),
             ],
         )?;
+        if Self::q_moe_wanted(w) {
+            let (ip, wp, yp) = (self.ptr(&ids), self.ptr(&wts), self.ptr(&y.buf));
+            self.q_moe_experts(xp, t, kk, d_model, n_ff, w, ip, wp, yp)?;
+            return Ok(y);
+        }
         let pairs = t * kk;
         let bp = |b: &CudaWeight| (A::P(self.ptr(&b.buf)), A::I(b.dtype.id() as i32));
         let (gb, gbt) = bp(&w.gate_bias);

@@ -25,7 +25,10 @@ fn every_kernel_compiles_for_every_supported_architecture() {
         let cubin = compile::compile_cubin(arch).unwrap_or_else(|e| panic!("{e}"));
         // An ELF image holding every kernel by name.
         assert_eq!(&cubin[..4], b"\x7fELF", "{arch}: not an ELF cubin");
-        for name in compile::KERNEL_NAMES {
+        for name in compile::KERNEL_NAMES
+            .iter()
+            .chain(gptoss_kernels_cuda::quants::KERNEL_NAMES)
+        {
             let found = cubin
                 .windows(name.len() + 1)
                 .any(|w| &w[..name.len()] == name.as_bytes() && w[name.len()] == 0);

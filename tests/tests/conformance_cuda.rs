@@ -109,7 +109,7 @@ fn random_weight(
             }
             out
         }
-        other => panic!("no generator for {other:?}"),
+        other => random_requant_blocks(r, other, n, scale),
     };
     WeightData {
         name: name.into(),
@@ -117,6 +117,81 @@ fn random_weight(
         shape: shape.to_vec(),
         bytes: HostBytes::from_vec(bytes),
     }
+}
+
+/// The llama.cpp re-quantization types the CUDA backend runs in `quants.rs`.
+const REQUANT_TYPES: [GgmlType; 9] = [
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::IQ4_NL,
+    GgmlType::IQ4_XS,
+];
+
+/// Random blocks of a re-quantization type: every code, high bit and packed scale byte random,
+/// the f16 block scales chosen so elements have an RMS of about `scale` (a quantizer would
+/// be far too slow for the MoE tensors, and random codes reach every bit of the layouts).
+fn random_requant_blocks(r: &mut StdRng, dtype: GgmlType, n: usize, scale: f32) -> Vec<u8> {
+    let h = |v: f32| half::f16::from_f32(v).to_le_bytes();
+    let nblk = n / dtype.block_size();
+    let mut out = Vec::with_capacity(nblk * dtype.type_size());
+    for _ in 0..nblk {
+        let jitter: f32 = r.random_range(0.5f32..1.5);
+        let mut rand_bytes =
+            |out: &mut Vec<u8>, k: usize| out.extend((0..k).map(|_| r.random::<u8>()));
+        match dtype {
+            GgmlType::Q4_0 => {
+                out.extend(h(scale / 4.6 * jitter));
+                rand_bytes(&mut out, 16);
+            }
+            GgmlType::Q4_1 => {
+                let d = scale / 4.6 * jitter;
+                out.extend(h(d));
+                out.extend(h(-7.5 * d));
+                rand_bytes(&mut out, 16);
+            }
+            GgmlType::Q5_0 => {
+                out.extend(h(scale / 9.2 * jitter));
+                rand_bytes(&mut out, 20);
+            }
+            GgmlType::Q5_1 => {
+                let d = scale / 9.2 * jitter;
+                out.extend(h(d));
+                out.extend(h(-15.5 * d));
+                rand_bytes(&mut out, 20);
+            }
+            GgmlType::Q4_K => {
+                let d = scale / (31.0 * 4.6) * jitter;
+                out.extend(h(d));
+                out.extend(h(7.5 * d));
+                rand_bytes(&mut out, 12 + 128);
+            }
+            GgmlType::Q5_K => {
+                let d = scale / (31.0 * 9.2) * jitter;
+                out.extend(h(d));
+                out.extend(h(15.5 * d));
+                rand_bytes(&mut out, 12 + 32 + 128);
+            }
+            GgmlType::Q6_K => {
+                rand_bytes(&mut out, 128 + 64 + 16);
+                out.extend(h(scale / (74.0 * 18.5) * jitter));
+            }
+            GgmlType::IQ4_NL => {
+                out.extend(h(scale / 65.0 * jitter));
+                rand_bytes(&mut out, 16);
+            }
+            GgmlType::IQ4_XS => {
+                out.extend(h(scale / (18.5 * 65.0) * jitter));
+                rand_bytes(&mut out, 2 + 4 + 128);
+            }
+            other => panic!("no generator for {other:?}"),
+        }
+    }
+    out
 }
 
 struct Pair {
@@ -188,6 +263,15 @@ fn embed_rms_norm_add() {
         (GgmlType::BF16, 2880, 1000),
         (GgmlType::Q8_0, 2880, 999),
         (GgmlType::MXFP4, 96, 50),
+        (GgmlType::Q4_0, 2880, 300),
+        (GgmlType::Q4_1, 96, 50),
+        (GgmlType::Q5_0, 2880, 999),
+        (GgmlType::Q5_1, 2880, 77),
+        (GgmlType::Q4_K, 4096, 40),
+        (GgmlType::Q5_K, 256, 33),
+        (GgmlType::Q6_K, 512, 20),
+        (GgmlType::IQ4_NL, 2880, 100),
+        (GgmlType::IQ4_XS, 4096, 30),
     ] {
         let w = random_weight(&mut r, "token_embd.weight", dtype, &[d, vocab], 1.0);
         let (cw, gw) = p.up(&w);
@@ -307,6 +391,66 @@ fn linear_every_type_and_shape() {
         p.gpu.linear(&gx, &gw, None),
         Err(BackendError::Shape { .. })
     ));
+}
+
+#[test]
+fn linear_requantized_types() {
+    let Some(p) = pair() else { return };
+    let mut r = rng();
+    for dtype in REQUANT_TYPES {
+        // GPT-OSS's widths: 2880 takes the 32-element types, 4096 (attn_output) the 256 ones.
+        let (kb, ks) = if dtype.block_size() == 32 {
+            (2880, 64)
+        } else {
+            (4096, 256)
+        };
+        let shapes = [
+            (1, kb, 2880),
+            (2, kb, 37),
+            (4, kb, 512),
+            (5, kb, 100),
+            (8, kb, 640),
+            (9, kb, 520),
+            (17, kb, 64),
+            (70, ks, 201),
+            (1, ks, 33001),
+        ];
+        for &(t, k, n) in &shapes {
+            let w = random_weight(&mut r, "attn_q.weight", dtype, &[k, n], 0.05);
+            let b = random_weight(&mut r, "attn_q.bias", GgmlType::F32, &[n], 0.5);
+            let (cw, gw) = p.up(&w);
+            let (cb, gb) = p.up(&b);
+            let xv = randn(&mut r, t * k, 1.0);
+            let (cx, gx) = p.x(&xv, t, k);
+            for with_bias in [true, false] {
+                let (cbo, gbo) = if with_bias {
+                    (Some(&cb), Some(&gb))
+                } else {
+                    (None, None)
+                };
+                p.poison();
+                let c = p.cpu.linear(&cx, &cw, cbo).unwrap();
+                let g = p.gpu.linear(&gx, &gw, gbo).unwrap();
+                p.check(
+                    &format!("linear {dtype:?} t={t} k={k} n={n} bias={with_bias}"),
+                    &c,
+                    &g,
+                    MATMUL_NMSE,
+                );
+            }
+        }
+        // A row that is not a whole number of blocks is refused at upload.
+        let bad = WeightData {
+            name: "bad.weight".into(),
+            dtype,
+            shape: vec![dtype.block_size() + 32, 2],
+            bytes: HostBytes::from_vec(vec![0u8; 2 * dtype.type_size()]),
+        };
+        assert!(
+            p.gpu.upload(&bad).is_err(),
+            "{dtype:?}: ragged rows accepted"
+        );
+    }
 }
 
 #[test]
@@ -463,6 +607,23 @@ fn moe_case(
     expert_type: GgmlType,
     ts: &[usize],
 ) {
+    moe_case_types(p, r, d_model, n_ff, e, k, expert_type, expert_type, ts);
+}
+
+/// A MoE block with gate/up of `expert_type` and down of `down_type` (re-quantized files mix
+/// them: q4_k_m's down projection is Q8_0 in some layers, Q5_0 in others).
+#[allow(clippy::too_many_arguments)]
+fn moe_case_types(
+    p: &Pair,
+    r: &mut StdRng,
+    d_model: usize,
+    n_ff: usize,
+    e: usize,
+    k: usize,
+    expert_type: GgmlType,
+    down_type: GgmlType,
+    ts: &[usize],
+) {
     let w = MoeWeights {
         router: random_weight(r, "ffn_gate_inp.weight", GgmlType::F32, &[d_model, e], 0.05),
         router_bias: random_weight(r, "ffn_gate_inp.bias", GgmlType::F32, &[e], 0.5),
@@ -485,7 +646,7 @@ fn moe_case(
         down: random_weight(
             r,
             "ffn_down_exps.weight",
-            expert_type,
+            down_type,
             &[n_ff, d_model, e],
             0.05,
         ),
@@ -531,7 +692,7 @@ fn moe_case(
         let c = p.cpu.moe(&cx, &cw, &cfg).unwrap();
         let g = p.gpu.moe(&gx, &gw, &cfg).unwrap();
         p.check(
-            &format!("moe {expert_type:?} d={d_model} ff={n_ff} E={e} k={k} t={t}"),
+            &format!("moe {expert_type:?}/{down_type:?} d={d_model} ff={n_ff} E={e} k={k} t={t}"),
             &c,
             &g,
             MATMUL_NMSE,
@@ -653,4 +814,77 @@ fn attention_prefill_tensor_cores() {
     attention_case(&p, &mut r, 64, 8, 64, None, &[1000, 300, 1, 64, 9]);
     attention_case(&p, &mut r, 4, 2, 32, Some(8), &[97, 1, 33]);
     attention_case(&p, &mut r, 8, 2, 128, None, &[129, 2, 65]);
+}
+
+#[test]
+fn moe_requantized_types() {
+    let Some(p) = pair() else { return };
+    let mut r = rng();
+    // Every type on a small block (256-wide for the K-quants), then what the re-quantized
+    // gpt-oss-20b files hold: q4_k_m (Q5_0 gate/up, Q5_0 or Q8_0 down), q5_k_m (Q5_1, Q8_0),
+    // iq4_xs (IQ4_NL, Q5_1 down in the first layers), q4_0.
+    for dtype in REQUANT_TYPES {
+        moe_case(&p, &mut r, 256, 512, 8, 4, dtype, &[1, 3, 9]);
+    }
+    moe_case_types(
+        &p,
+        &mut r,
+        2880,
+        2880,
+        32,
+        4,
+        GgmlType::Q5_0,
+        GgmlType::Q8_0,
+        &[1, 2, 8, 33],
+    );
+    moe_case(&p, &mut r, 2880, 2880, 32, 4, GgmlType::Q5_0, &[1, 5]);
+    moe_case_types(
+        &p,
+        &mut r,
+        2880,
+        2880,
+        16,
+        4,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        &[1, 4],
+    );
+    moe_case_types(
+        &p,
+        &mut r,
+        2880,
+        2880,
+        16,
+        4,
+        GgmlType::IQ4_NL,
+        GgmlType::Q5_1,
+        &[1, 7],
+    );
+    moe_case(&p, &mut r, 2880, 2880, 16, 4, GgmlType::Q4_0, &[1, 3]);
+    // Gate and up of different types are refused cleanly (one kernel reads both).
+    let mk = |r: &mut StdRng, name: &str, t, shape: &[usize]| {
+        p.gpu
+            .upload(&random_weight(r, name, t, shape, 0.05))
+            .unwrap()
+    };
+    let (d, ff, e) = (64, 64, 4);
+    let w = MoeWeights {
+        router: mk(&mut r, "r", GgmlType::F32, &[d, e]),
+        router_bias: mk(&mut r, "rb", GgmlType::F32, &[e]),
+        gate: mk(&mut r, "g", GgmlType::Q5_0, &[d, ff, e]),
+        gate_bias: mk(&mut r, "gb", GgmlType::F32, &[ff, e]),
+        up: mk(&mut r, "u", GgmlType::Q4_0, &[d, ff, e]),
+        up_bias: mk(&mut r, "ub", GgmlType::F32, &[ff, e]),
+        down: mk(&mut r, "d", GgmlType::Q5_0, &[ff, d, e]),
+        down_bias: mk(&mut r, "db", GgmlType::F32, &[d, e]),
+    };
+    let x = p.gpu.from_host(&randn(&mut r, 2 * d, 1.0), 2, d).unwrap();
+    let cfg = MoeConfig {
+        n_experts: e,
+        top_k: 2,
+    };
+    assert!(matches!(
+        p.gpu.moe(&x, &w, &cfg),
+        Err(BackendError::UnsupportedType { .. })
+    ));
 }
