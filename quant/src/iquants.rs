@@ -221,17 +221,14 @@ fn best_index_int8(values: &[i8; 16], x: f32) -> u8 {
     if x >= values[15] as f32 {
         return 15;
     }
-    // ggml bisects for mu, the first level above x (values[mu - 1] <= x < values[mu]); the
-    // levels are strictly increasing, so mu is the count of levels <= x. Counting without
-    // branches finds the same mu several times faster (the bisection's branches mispredict on
-    // every call, and the IQ4 quantizers call this ~17 times per element).
-    let mut mu = 0usize;
-    for &v in values {
-        mu += (v as f32 <= x) as usize;
-    }
-    if mu == 0 {
-        // Only a NaN compares false with every level; ggml's bisection ends on the last one.
-        return 15;
+    let (mut ml, mut mu) = (0usize, 15usize);
+    while mu - ml > 1 {
+        let mav = (ml + mu) / 2;
+        if x < values[mav] as f32 {
+            mu = mav
+        } else {
+            ml = mav
+        }
     }
     if x - (values[mu - 1] as f32) < values[mu] as f32 - x {
         (mu - 1) as u8
