@@ -237,6 +237,38 @@ fn best_index_int8(values: &[i8; 16], x: f32) -> u8 {
     }
 }
 
+/// [`best_index_int8`] of `scale * xb[j]` for the 32 values of a group, with the same result
+/// for every input (NaN included), written so the compiler vectorizes it: the bisection's mu
+/// (the first level above x) is the number of levels <= x, since the levels strictly increase,
+/// and counting them over 32 values at once is branch-free SIMD. The IQ4 quantizers call this
+/// 17 times per group, which made them ~160 ns per element with the scalar bisection.
+#[inline(always)]
+fn best_index_int8_32(values: &[i8; 16], scale: f32, xb: &[f32], out: &mut [u8]) {
+    let mut lv = [0.0f32; 16];
+    for (l, &v) in lv.iter_mut().zip(values) {
+        *l = v as f32;
+    }
+    let mut x = [0.0f32; 32];
+    for (xj, &b) in x.iter_mut().zip(&xb[..32]) {
+        *xj = scale * b;
+    }
+    let mut cnt = [0u8; 32];
+    for &l in &lv {
+        for (c, &xj) in cnt.iter_mut().zip(&x) {
+            *c += (l <= xj) as u8;
+        }
+    }
+    // The choice between the two neighbours is a coin flip for the branch predictor: computed
+    // as selects, not branches.
+    for ((o, &xj), &c) in out[..32].iter_mut().zip(&x).zip(&cnt) {
+        let mu = (c as usize).clamp(1, 15);
+        let r = mu as u8 - (xj - lv[mu - 1] < lv[mu] - xj) as u8;
+        // c == 0 only for NaN, where the bisection ends on the last level.
+        let r = if xj >= lv[15] || c == 0 { 15 } else { r };
+        *o = if xj <= lv[0] { 0 } else { r };
+    }
+}
+
 const GROUP_MAX_EPS: f32 = 1e-15;
 
 /// ggml's `quantize_row_iq4_nl_impl` without an importance matrix (weights x^2), with `ntry`
@@ -271,9 +303,9 @@ fn iq4_impl(x: &[f32], ntry: i32, l: &mut [u8], scales_l: &mut [u8], scales_h: &
         let mut d = if ntry > 0 { -max / v0 } else { max / v0 };
         let mut id = 1.0 / d;
         let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
+        best_index_int8_32(values, id, xb, lb);
         for j in 0..32 {
-            let li = best_index_int8(values, id * xb[j]);
-            lb[j] = li;
+            let li = lb[j];
             let q = values[li as usize] as f32;
             let w = weight[j];
             sumqx += w * q * xb[j];
@@ -285,8 +317,10 @@ fn iq4_impl(x: &[f32], ntry: i32, l: &mut [u8], scales_l: &mut [u8], scales_h: &
             id = (itry + values[0] as i32) as f32 / max;
             sumqx = 0.0;
             sumq2 = 0.0;
+            let mut li32 = [0u8; 32];
+            best_index_int8_32(values, id, xb, &mut li32);
             for j in 0..32 {
-                let li = best_index_int8(values, id * xb[j]);
+                let li = li32[j];
                 let q = values[li as usize] as f32;
                 let w = weight[j];
                 sumqx += w * q * xb[j];
@@ -313,9 +347,7 @@ fn iq4_impl(x: &[f32], ntry: i32, l: &mut [u8], scales_l: &mut [u8], scales_h: &
             let dl = d * li as f32;
             let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
             let xb = &x[32 * ib..32 * ib + 32];
-            for j in 0..32 {
-                l[32 * ib + j] = best_index_int8(values, idl * xb[j]);
-            }
+            best_index_int8_32(values, idl, xb, &mut l[32 * ib..32 * ib + 32]);
             let li = (li + 32) as u8;
             if ib % 2 == 0 {
                 scales_l[ib / 2] = li & 0x0f;
@@ -369,4 +401,47 @@ pub(crate) fn q_iq4_xs(x: &[f32], b: &mut [u8]) {
     b[2..4].copy_from_slice(&scales_h.to_le_bytes());
     b[4..8].copy_from_slice(&scales_l);
     pack_nibbles(&l, &mut b[8..136]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vectorized_level_search_equals_the_bisection() {
+        // Every level, every midpoint (a tie), values just around them, the ends, outside,
+        // infinities and NaN, then a sweep.
+        let mut xs = vec![
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -1000.0,
+            1000.0,
+            0.0,
+        ];
+        for w in KVALUES_IQ4NL.windows(2) {
+            let (a, b) = (w[0] as f32, w[1] as f32);
+            let mid = 0.5 * (a + b);
+            for v in [a, b, mid] {
+                xs.extend([
+                    v,
+                    f32::from_bits(v.to_bits() + 1),
+                    f32::from_bits(v.to_bits() - 1),
+                ]);
+            }
+        }
+        xs.extend((0..4000).map(|i| -140.0 + i as f32 * 0.0667));
+        let mut xb = vec![0.0f32; xs.len().div_ceil(32) * 32];
+        xb[..xs.len()].copy_from_slice(&xs);
+        for scale in [1.0f32, 0.5, -1.0] {
+            for chunk in xb.chunks_exact(32) {
+                let mut got = [0u8; 32];
+                best_index_int8_32(&KVALUES_IQ4NL, scale, chunk, &mut got);
+                for (j, &v) in chunk.iter().enumerate() {
+                    let want = best_index_int8(&KVALUES_IQ4NL, scale * v);
+                    assert_eq!(got[j], want, "x = {v} * {scale}");
+                }
+            }
+        }
+    }
 }
