@@ -250,4 +250,12 @@ pub trait Backend {
     fn peak_memory_bytes(&self) -> Option<u64> {
         None
     }
+
+    /// Make this backend's device the calling thread's current one. A caller that drives
+    /// several backends from one thread (the split backend of gptoss-parallel: one backend per
+    /// GPU) calls it before each backend's operations, so that driver calls which act on the
+    /// thread's current device reach the right one. Default: nothing to do.
+    fn make_current(&self) -> Result<()> {
+        Ok(())
+    }
 }

@@ -16,6 +16,7 @@
 
 pub mod compile;
 pub mod fp4;
+pub mod nccl;
 mod prefill;
 pub mod quants;
 
@@ -1457,6 +1458,12 @@ impl Backend for CudaBackend {
 
     fn peak_memory_bytes(&self) -> Option<u64> {
         Some(self.mem.peak.load(Ordering::Relaxed))
+    }
+
+    fn make_current(&self) -> Result<()> {
+        // Some calls (raw async copies) act on the thread's current context: one thread may
+        // drive several GPUs (gptoss-parallel), so bind ours first.
+        self.ctx.bind_to_thread().map_err(dev_err)
     }
 }
 

@@ -1,0 +1,729 @@
+//! Tensor parallelism for gptoss-rs: [`SplitBackend`] is one [`Backend`] made of several ranks
+//! (one backend per GPU), so `gptoss_model::Model` runs on it unchanged.
+//!
+//! How the network is split over R ranks (Megatron-style, two all-reduces per layer):
+//! - attention by heads: each rank holds `n_heads/R` query heads and `n_kv_heads/R` key/value
+//!   heads (their rows of `attn_q/k/v`, their biases and sinks, and a KV cache of only those
+//!   heads); `attn_output` is split by its input columns, so each rank's product is a partial
+//!   sum; the partial sums are added by the [`Collective`], with the output bias added once (on
+//!   rank 0).
+//! - the MoE by expert width: each rank holds every expert, but only a block-aligned share of
+//!   `d_ff` (rows of gate/up and their biases, input columns of down); the SwiGLU-style
+//!   activation is elementwise in `d_ff`, so each rank's MoE output is an exact partial sum of
+//!   the full one. The router is replicated (every rank picks the same experts), the down bias
+//!   lives on rank 0 only (the others get zeros), and the partial outputs are all-reduced.
+//!   This needs nothing new from the backends' `moe`.
+//! - embedding, norms, router and output matrix are replicated; the residual stream is
+//!   replicated, so every rank runs the replicated operations on identical inputs.
+//!
+//! Each rank receives only its share of each split weight: the bytes are cut on the host before
+//! upload ([`shard`]).
+#![warn(missing_docs)]
+
+pub mod collective;
+pub mod shard;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use gptoss_backend::{
+    AttentionConfig, Backend, BackendError, KvCacheConfig, MoeConfig, MoeWeights, Result, Rope,
+    WeightData,
+};
+
+pub use collective::{Collective, HostCollective};
+
+/// The ggml block width every split of `d_ff` is aligned to (MXFP4 and Q8_0 blocks are 32
+/// wide), so that `ffn_down_exps`' input columns are cut on block boundaries.
+pub const FF_ALIGN: usize = 32;
+
+/// How a split weight is distributed over the ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Every rank holds the whole tensor.
+    Replicated,
+    /// Rank r holds the r-th share of the output features (rows; for a vector, its elements).
+    Rows,
+    /// Rank r holds the r-th share of the input features (columns): products are partial sums.
+    Cols,
+    /// A piece of a layer's MoE block: the parts live in the layer's [`MoeSlot`].
+    Moe,
+}
+
+/// How an activation is distributed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// Every rank holds the same whole matrix.
+    Replicated,
+    /// Rank r holds the r-th share of the columns (its heads).
+    Heads,
+}
+
+/// A weight of a [`SplitBackend`]: one part per rank.
+pub struct SplitWeight<W> {
+    parts: Vec<W>,
+    role: Role,
+    moe: Option<Arc<MoeSlot<W>>>,
+}
+
+/// The GGUF names of the eight MoE tensors of a layer, in [`MoeWeights`] field order.
+const MOE_PIECES: [&str; 8] = [
+    "ffn_gate_inp.weight",
+    "ffn_gate_inp.bias",
+    "ffn_gate_exps.weight",
+    "ffn_gate_exps.bias",
+    "ffn_up_exps.weight",
+    "ffn_up_exps.bias",
+    "ffn_down_exps.weight",
+    "ffn_down_exps.bias",
+];
+
+/// One layer's MoE weights as each rank's backend needs them: `moe` takes a whole
+/// `MoeWeights<W>`, so the eight pieces are gathered here as they are uploaded, and each of the
+/// eight [`SplitWeight`]s the model holds points at the same slot.
+struct MoeSlot<W> {
+    layer: String,
+    ready: OnceLock<Vec<MoeWeights<W>>>,
+}
+
+/// The pieces of a layer's MoE block uploaded so far.
+struct PendingMoe<W> {
+    slot: Arc<MoeSlot<W>>,
+    pieces: [Option<Vec<W>>; 8],
+}
+
+/// An activation of a [`SplitBackend`]: one part per rank.
+pub struct SplitTensor<T> {
+    parts: Vec<T>,
+    layout: Layout,
+}
+
+impl<T> SplitTensor<T> {
+    /// The per-rank parts (the whole matrix on each rank, or each rank's columns).
+    pub fn parts(&self) -> &[T] {
+        &self.parts
+    }
+}
+
+/// A layer's KV cache: each rank's cache of its own key/value heads.
+pub struct SplitKvCache<K> {
+    parts: Vec<K>,
+}
+
+/// Row counts of a layer's `attn_q` / `attn_k`, kept until its sinks reveal the head count.
+#[derive(Default, Clone, Copy)]
+struct LayerRows {
+    q: Option<usize>,
+    k: Option<usize>,
+}
+
+/// One [`Backend`] spread over several ranks (see the crate documentation for the split).
+pub struct SplitBackend<B: Backend, C: Collective<B>> {
+    ranks: Arc<Vec<B>>,
+    collective: C,
+    rows: Mutex<HashMap<String, LayerRows>>,
+    pending_moe: Mutex<HashMap<String, PendingMoe<B::Weight>>>,
+}
+
+fn shape_err(op: &'static str, detail: String) -> BackendError {
+    BackendError::Shape { op, detail }
+}
+
+/// Per-rank peak memory of a [`SplitBackend`]'s ranks, readable after the backend itself was
+/// handed to a model (and even after the model is gone).
+pub struct RankMemory<B>(Arc<Vec<B>>);
+
+impl<B: Backend> RankMemory<B> {
+    /// `(rank name, peak bytes)` for each rank.
+    pub fn peaks(&self) -> Vec<(String, Option<u64>)> {
+        self.0
+            .iter()
+            .map(|b| (b.name(), b.peak_memory_bytes()))
+            .collect()
+    }
+}
+
+impl<B: Backend, C: Collective<B>> SplitBackend<B, C> {
+    /// Spread over `ranks` (at least one), combining partial sums with `collective`.
+    pub fn new(ranks: Vec<B>, collective: C) -> Result<Self> {
+        if ranks.is_empty() {
+            return Err(BackendError::Unavailable {
+                backend: "split".into(),
+                reason: "no ranks given".into(),
+            });
+        }
+        Ok(SplitBackend {
+            ranks: Arc::new(ranks),
+            collective,
+            rows: Mutex::new(HashMap::new()),
+            pending_moe: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Number of ranks.
+    pub fn world_size(&self) -> usize {
+        self.ranks.len()
+    }
+
+    /// The ranks' backends.
+    pub fn ranks(&self) -> &[B] {
+        &self.ranks
+    }
+
+    /// A handle on the ranks' peak memory that outlives the hand-over of this backend.
+    pub fn memory(&self) -> RankMemory<B> {
+        RankMemory(self.ranks.clone())
+    }
+
+    /// Run `f` on every rank (its device made current first), collecting the results.
+    fn each<T>(&self, mut f: impl FnMut(usize, &B) -> Result<T>) -> Result<Vec<T>> {
+        self.ranks
+            .iter()
+            .enumerate()
+            .map(|(r, b)| {
+                b.make_current()?;
+                f(r, b)
+            })
+            .collect()
+    }
+
+    fn replicate(&self, w: &WeightData) -> Result<SplitWeight<B::Weight>> {
+        Ok(SplitWeight {
+            parts: self.each(|_, b| b.upload(w))?,
+            role: Role::Replicated,
+            moe: None,
+        })
+    }
+
+    /// Upload rank r's share `cut(w, r)`.
+    fn scatter(
+        &self,
+        role: Role,
+        mut cut: impl FnMut(usize) -> Result<WeightData>,
+    ) -> Result<SplitWeight<B::Weight>> {
+        Ok(SplitWeight {
+            parts: self.each(|r, b| b.upload(&cut(r)?))?,
+            role,
+            moe: None,
+        })
+    }
+
+    /// Equal shares of `n`, each a multiple of `align`, or an error naming the tensor.
+    fn equal_shares(
+        &self,
+        w: &WeightData,
+        n: usize,
+        align: usize,
+        what: &str,
+    ) -> Result<Vec<std::ops::Range<usize>>> {
+        let r = self.world_size();
+        if !n.is_multiple_of(r) || !(n / r).is_multiple_of(align) {
+            return Err(shape_err(
+                "split upload",
+                format!(
+                    "{}: {n} {what} cannot be split evenly over {r} ranks{}",
+                    w.name,
+                    if align > 1 {
+                        format!(" in whole blocks of {align}")
+                    } else {
+                        String::new()
+                    }
+                ),
+            ));
+        }
+        Ok((0..r).map(|i| i * n / r..(i + 1) * n / r).collect())
+    }
+
+    /// The `d_ff` shares of an MoE tensor whose `d_ff` is `ff`.
+    fn ff_shares(&self, w: &WeightData, ff: usize) -> Result<Vec<std::ops::Range<usize>>> {
+        let r = self.world_size();
+        shard::split_aligned(ff, FF_ALIGN, r).ok_or_else(|| {
+            shape_err(
+                "split upload",
+                format!(
+                    "{}: expert width {ff} cannot be split over {r} ranks in whole blocks of \
+                     {FF_ALIGN} (needs a multiple of {FF_ALIGN} with at least {r} blocks)",
+                    w.name
+                ),
+            )
+        })
+    }
+
+    /// Upload each rank's share of one MoE tensor (`what` is its name within the layer).
+    fn upload_moe_piece(&self, w: &WeightData, what: &str) -> Result<Vec<B::Weight>> {
+        let dims = w.shape.len();
+        let split = self.world_size() > 1;
+        let parts = match what {
+            "ffn_gate_exps.weight" | "ffn_up_exps.weight" if split && dims == 3 => {
+                let s = self.ff_shares(w, w.shape[1])?;
+                self.scatter(Role::Moe, |r| shard::slice_ne1(w, s[r].clone()))?
+            }
+            "ffn_gate_exps.bias" | "ffn_up_exps.bias" if split && dims == 2 => {
+                let s = self.ff_shares(w, w.shape[0])?;
+                self.scatter(Role::Moe, |r| shard::slice_ne0(w, s[r].clone()))?
+            }
+            "ffn_down_exps.weight" if split && dims == 3 => {
+                let s = self.ff_shares(w, w.shape[0])?;
+                self.scatter(Role::Moe, |r| shard::slice_ne0(w, s[r].clone()))?
+            }
+            "ffn_down_exps.bias" if split => {
+                // Each rank's MoE output is a partial sum: the bias must enter it once.
+                let zeros = shard::zeros_like(w);
+                self.scatter(Role::Moe, |r| {
+                    Ok(if r == 0 { w.clone() } else { zeros.clone() })
+                })?
+            }
+            // The router (and everything when there is one rank) is replicated.
+            _ => self.replicate(w)?,
+        };
+        Ok(parts.parts)
+    }
+
+    /// File one MoE piece in its layer's slot; the eighth completes the slot.
+    fn file_moe_piece(
+        &self,
+        w: &WeightData,
+        layer: &str,
+        piece: usize,
+        parts: Vec<B::Weight>,
+    ) -> Result<SplitWeight<B::Weight>> {
+        let mut pending = self
+            .pending_moe
+            .lock()
+            .map_err(|_| shape_err("split upload", "MoE bookkeeping poisoned".into()))?;
+        let entry = pending
+            .entry(layer.to_string())
+            .or_insert_with(|| PendingMoe {
+                slot: Arc::new(MoeSlot {
+                    layer: layer.to_string(),
+                    ready: OnceLock::new(),
+                }),
+                pieces: Default::default(),
+            });
+        if entry.pieces[piece].is_some() || entry.slot.ready.get().is_some() {
+            return Err(shape_err(
+                "split upload",
+                format!("{}: uploaded twice", w.name),
+            ));
+        }
+        entry.pieces[piece] = Some(parts);
+        let slot = entry.slot.clone();
+        if entry.pieces.iter().all(Option::is_some) {
+            let done = pending.remove(layer).expect("entry exists: just filled");
+            let mut iters: Vec<_> = done
+                .pieces
+                .into_iter()
+                .map(|p| p.expect("all present: checked").into_iter())
+                .collect();
+            let mut per_rank = Vec::with_capacity(self.world_size());
+            for _ in 0..self.world_size() {
+                let mut next = || {
+                    iters
+                        .iter_mut()
+                        .map(|i| i.next())
+                        .collect::<Option<Vec<_>>>()
+                };
+                let Some(mut v) = next() else {
+                    return Err(shape_err("split upload", "a piece lacks a rank".into()));
+                };
+                let mut take = || v.remove(0);
+                per_rank.push(MoeWeights {
+                    router: take(),
+                    router_bias: take(),
+                    gate: take(),
+                    gate_bias: take(),
+                    up: take(),
+                    up_bias: take(),
+                    down: take(),
+                    down_bias: take(),
+                });
+            }
+            // Cannot fail: the slot was checked empty above, under the same lock.
+            let _ = slot.ready.set(per_rank);
+        }
+        Ok(SplitWeight {
+            parts: Vec::new(),
+            role: Role::Moe,
+            moe: Some(slot),
+        })
+    }
+
+    /// Remember a layer's q/k rows; at its sinks, check that heads divide over the ranks.
+    fn note_rows(&self, layer: &str, q: Option<usize>, k: Option<usize>) -> Result<LayerRows> {
+        let mut map = self
+            .rows
+            .lock()
+            .map_err(|_| shape_err("split upload", "head bookkeeping poisoned".into()))?;
+        let e = map.entry(layer.to_string()).or_default();
+        e.q = q.or(e.q);
+        e.k = k.or(e.k);
+        Ok(*e)
+    }
+
+    fn check_heads(&self, w: &WeightData, layer: &str, n_heads: usize) -> Result<()> {
+        let r = self.world_size();
+        let fail = |d: String| Err(shape_err("split upload", format!("{}: {d}", w.name)));
+        if n_heads == 0 || !n_heads.is_multiple_of(r) {
+            return fail(format!(
+                "{n_heads} attention heads cannot be split evenly over {r} ranks"
+            ));
+        }
+        let rows = self.note_rows(layer, None, None)?;
+        if let (Some(q), Some(k)) = (rows.q, rows.k) {
+            if !q.is_multiple_of(n_heads) {
+                return fail(format!("{q} query rows are not {n_heads} whole heads"));
+            }
+            let hd = q / n_heads;
+            if hd == 0 || !k.is_multiple_of(hd) {
+                return fail(format!("{k} key rows are not whole heads of {hd}"));
+            }
+            let n_kv = k / hd;
+            if n_kv == 0 || !n_kv.is_multiple_of(r) {
+                return fail(format!(
+                    "{n_kv} key/value heads cannot be split evenly over {r} ranks"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn heads_per_rank(&self, op: &'static str, n: usize, what: &str) -> Result<usize> {
+        let r = self.world_size();
+        if n == 0 || !n.is_multiple_of(r) {
+            return Err(shape_err(
+                op,
+                format!("{n} {what} cannot be split evenly over {r} ranks"),
+            ));
+        }
+        Ok(n / r)
+    }
+
+    fn expect_layout(op: &'static str, t: &SplitTensor<B::Tensor>, want: Layout) -> Result<()> {
+        if t.layout != want {
+            return Err(shape_err(
+                op,
+                format!("input is split as {:?}, expected {want:?}", t.layout),
+            ));
+        }
+        Ok(())
+    }
+
+    fn expect_role(op: &'static str, w: &SplitWeight<B::Weight>, want: Role) -> Result<()> {
+        if w.role != want {
+            return Err(shape_err(
+                op,
+                format!("weight is split as {:?}, expected {want:?}", w.role),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `blk.N.` prefix and the rest of a tensor name, if it is a layer tensor.
+fn layer_of(name: &str) -> Option<(&str, &str)> {
+    let rest = name.strip_prefix("blk.")?;
+    let dot = rest.find('.')?;
+    rest[..dot].parse::<usize>().ok()?;
+    Some((&name[..4 + dot + 1], &rest[dot + 1..]))
+}
+
+impl<B: Backend, C: Collective<B>> Backend for SplitBackend<B, C> {
+    type Tensor = SplitTensor<B::Tensor>;
+    type Weight = SplitWeight<B::Weight>;
+    type KvCache = SplitKvCache<B::KvCache>;
+
+    fn name(&self) -> String {
+        let names: Vec<String> = self.ranks.iter().map(|b| b.name()).collect();
+        format!(
+            "split x{} ({}; {})",
+            self.world_size(),
+            names.join(", "),
+            self.collective.name()
+        )
+    }
+
+    fn upload(&self, w: &WeightData) -> Result<Self::Weight> {
+        let Some((layer, what)) = layer_of(&w.name) else {
+            return self.replicate(w);
+        };
+        if let Some(piece) = MOE_PIECES.iter().position(|p| *p == what) {
+            let parts = self.upload_moe_piece(w, what)?;
+            return self.file_moe_piece(w, layer, piece, parts);
+        }
+        let dims = w.shape.len();
+        match what {
+            "attn_q.weight" | "attn_k.weight" | "attn_v.weight" if dims == 2 => {
+                let n = w.shape[1];
+                if what == "attn_q.weight" {
+                    self.note_rows(layer, Some(n), None)?;
+                } else if what == "attn_k.weight" {
+                    self.note_rows(layer, None, Some(n))?;
+                }
+                let s = self.equal_shares(w, n, 1, "output rows")?;
+                self.scatter(Role::Rows, |r| shard::slice_ne1(w, s[r].clone()))
+            }
+            "attn_q.bias" | "attn_k.bias" | "attn_v.bias" | "attn_sinks.weight" if dims == 1 => {
+                let n = w.shape[0];
+                if what == "attn_sinks.weight" {
+                    self.check_heads(w, layer, n)?;
+                }
+                let s = self.equal_shares(w, n, w.dtype.block_size(), "values")?;
+                self.scatter(Role::Rows, |r| shard::slice_ne0(w, s[r].clone()))
+            }
+            "attn_output.weight" if dims == 2 => {
+                let s = self.equal_shares(w, w.shape[0], w.dtype.block_size(), "input columns")?;
+                self.scatter(Role::Cols, |r| shard::slice_ne0(w, s[r].clone()))
+            }
+            _ => self.replicate(w),
+        }
+    }
+
+    fn from_host(&self, data: &[f32], rows: usize, cols: usize) -> Result<Self::Tensor> {
+        Ok(SplitTensor {
+            parts: self.each(|_, b| b.from_host(data, rows, cols))?,
+            layout: Layout::Replicated,
+        })
+    }
+
+    fn to_host(&self, t: &Self::Tensor) -> Result<(Vec<f32>, usize, usize)> {
+        match t.layout {
+            Layout::Replicated => {
+                self.ranks[0].make_current()?;
+                self.ranks[0].to_host(&t.parts[0])
+            }
+            Layout::Heads => {
+                // Gather the column shares (debugging and tests; the model never needs it).
+                let parts = self.each(|r, b| b.to_host(&t.parts[r]))?;
+                let rows = parts[0].1;
+                let cols: usize = parts.iter().map(|p| p.2).sum();
+                let mut out = Vec::with_capacity(rows * cols);
+                for i in 0..rows {
+                    for (d, _, c) in &parts {
+                        out.extend_from_slice(&d[i * c..(i + 1) * c]);
+                    }
+                }
+                Ok((out, rows, cols))
+            }
+        }
+    }
+
+    fn embed(&self, table: &Self::Weight, ids: &[u32]) -> Result<Self::Tensor> {
+        Self::expect_role("embed", table, Role::Replicated)?;
+        Ok(SplitTensor {
+            parts: self.each(|r, b| b.embed(&table.parts[r], ids))?,
+            layout: Layout::Replicated,
+        })
+    }
+
+    fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Weight, eps: f32) -> Result<Self::Tensor> {
+        Self::expect_layout("rms_norm", x, Layout::Replicated)?;
+        Self::expect_role("rms_norm", weight, Role::Replicated)?;
+        Ok(SplitTensor {
+            parts: self.each(|r, b| b.rms_norm(&x.parts[r], &weight.parts[r], eps))?,
+            layout: Layout::Replicated,
+        })
+    }
+
+    fn linear(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Weight,
+        bias: Option<&Self::Weight>,
+    ) -> Result<Self::Tensor> {
+        let bias_role = bias.map(|b| b.role);
+        match (x.layout, w.role) {
+            (Layout::Replicated, Role::Replicated | Role::Rows) => {
+                if bias_role.is_some_and(|r| r != w.role) {
+                    return Err(shape_err(
+                        "linear",
+                        format!("bias split as {bias_role:?}, weight as {:?}", w.role),
+                    ));
+                }
+                let parts = self
+                    .each(|r, b| b.linear(&x.parts[r], &w.parts[r], bias.map(|bb| &bb.parts[r])))?;
+                let layout = if w.role == Role::Rows {
+                    Layout::Heads
+                } else {
+                    Layout::Replicated
+                };
+                Ok(SplitTensor { parts, layout })
+            }
+            (Layout::Heads, Role::Cols) => {
+                if bias_role.is_some_and(|r| r != Role::Replicated) {
+                    return Err(shape_err(
+                        "linear",
+                        format!("bias of a column-split product split as {bias_role:?}"),
+                    ));
+                }
+                // Partial products over each rank's input columns; the bias joins rank 0's
+                // part only, so the sum holds it once.
+                let mut parts = self.each(|r, b| {
+                    let bb = if r == 0 {
+                        bias.map(|bb| &bb.parts[0])
+                    } else {
+                        None
+                    };
+                    b.linear(&x.parts[r], &w.parts[r], bb)
+                })?;
+                if self.world_size() > 1 {
+                    self.collective.all_reduce_sum(&self.ranks, &mut parts)?;
+                }
+                Ok(SplitTensor {
+                    parts,
+                    layout: Layout::Replicated,
+                })
+            }
+            (l, r) => Err(shape_err(
+                "linear",
+                format!("no split product for an input split as {l:?} and a weight split as {r:?}"),
+            )),
+        }
+    }
+
+    fn add_assign(&self, x: &mut Self::Tensor, y: &Self::Tensor) -> Result<()> {
+        Self::expect_layout("add_assign", y, x.layout)?;
+        for (r, b) in self.ranks.iter().enumerate() {
+            b.make_current()?;
+            b.add_assign(&mut x.parts[r], &y.parts[r])?;
+        }
+        Ok(())
+    }
+
+    fn rope(&self, x: &mut Self::Tensor, n_heads: usize, pos0: usize, rope: &Rope) -> Result<()> {
+        let n = match x.layout {
+            Layout::Replicated => n_heads,
+            Layout::Heads => self.heads_per_rank("rope", n_heads, "heads")?,
+        };
+        for (r, b) in self.ranks.iter().enumerate() {
+            b.make_current()?;
+            b.rope(&mut x.parts[r], n, pos0, rope)?;
+        }
+        Ok(())
+    }
+
+    fn new_kv_cache(&self, cfg: &KvCacheConfig) -> Result<Self::KvCache> {
+        let n_kv = self.heads_per_rank("new_kv_cache", cfg.n_kv_heads, "key/value heads")?;
+        let local = KvCacheConfig {
+            n_kv_heads: n_kv,
+            ..*cfg
+        };
+        Ok(SplitKvCache {
+            parts: self.each(|_, b| b.new_kv_cache(&local))?,
+        })
+    }
+
+    fn attention(
+        &self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        cache: &mut Self::KvCache,
+        pos0: usize,
+        sinks: &Self::Weight,
+        cfg: &AttentionConfig,
+    ) -> Result<Self::Tensor> {
+        for t in [q, k, v] {
+            Self::expect_layout("attention", t, Layout::Heads)?;
+        }
+        Self::expect_role("attention", sinks, Role::Rows)?;
+        let local = AttentionConfig {
+            n_heads: self.heads_per_rank("attention", cfg.n_heads, "heads")?,
+            n_kv_heads: self.heads_per_rank("attention", cfg.n_kv_heads, "key/value heads")?,
+            ..*cfg
+        };
+        if cache.parts.len() != self.world_size() {
+            return Err(shape_err(
+                "attention",
+                format!(
+                    "cache has {} parts for {} ranks",
+                    cache.parts.len(),
+                    self.world_size()
+                ),
+            ));
+        }
+        let mut parts = Vec::with_capacity(self.world_size());
+        for (r, b) in self.ranks.iter().enumerate() {
+            b.make_current()?;
+            parts.push(b.attention(
+                &q.parts[r],
+                &k.parts[r],
+                &v.parts[r],
+                &mut cache.parts[r],
+                pos0,
+                &sinks.parts[r],
+                &local,
+            )?);
+        }
+        Ok(SplitTensor {
+            parts,
+            layout: Layout::Heads,
+        })
+    }
+
+    fn moe(
+        &self,
+        x: &Self::Tensor,
+        w: &MoeWeights<Self::Weight>,
+        cfg: &MoeConfig,
+    ) -> Result<Self::Tensor> {
+        Self::expect_layout("moe", x, Layout::Replicated)?;
+        let Some(slot) = w.router.moe.as_ref() else {
+            return Err(shape_err(
+                "moe",
+                "router was not uploaded as an MoE tensor (ffn_gate_inp.weight)".into(),
+            ));
+        };
+        let same = [
+            &w.router_bias,
+            &w.gate,
+            &w.gate_bias,
+            &w.up,
+            &w.up_bias,
+            &w.down,
+            &w.down_bias,
+        ]
+        .iter()
+        .all(|m| m.moe.as_ref().is_some_and(|s| Arc::ptr_eq(s, slot)));
+        if !same {
+            return Err(shape_err(
+                "moe",
+                format!("weights of {} mixed with another layer's", slot.layer),
+            ));
+        }
+        let Some(local) = slot.ready.get() else {
+            return Err(shape_err(
+                "moe",
+                format!("{} MoE weights are incomplete", slot.layer),
+            ));
+        };
+        let mut parts = self.each(|r, b| b.moe(&x.parts[r], &local[r], cfg))?;
+        if self.world_size() > 1 {
+            self.collective.all_reduce_sum(&self.ranks, &mut parts)?;
+        }
+        Ok(SplitTensor {
+            parts,
+            layout: Layout::Replicated,
+        })
+    }
+
+    fn argmax(&self, x: &Self::Tensor) -> Result<Vec<u32>> {
+        Self::expect_layout("argmax", x, Layout::Replicated)?;
+        self.ranks[0].make_current()?;
+        self.ranks[0].argmax(&x.parts[0])
+    }
+
+    fn last_row(&self, x: &Self::Tensor) -> Result<Self::Tensor> {
+        Ok(SplitTensor {
+            parts: self.each(|r, b| b.last_row(&x.parts[r]))?,
+            layout: x.layout,
+        })
+    }
+
+    fn peak_memory_bytes(&self) -> Option<u64> {
+        // Per-device peak: the largest rank's (see [`SplitBackend::memory`] for each one).
+        self.ranks
+            .iter()
+            .filter_map(|b| b.peak_memory_bytes())
+            .max()
+    }
+}
