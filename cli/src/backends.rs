@@ -6,6 +6,7 @@
 use anyhow::{Result, bail};
 use gptoss_backend::Backend;
 use gptoss_backend::cpu::CpuBackend;
+use gptoss_parallel::{Collective, HostCollective, SplitBackend};
 
 /// A job that runs on whichever backend [`with_backend`] opens.
 pub trait WithBackend {
@@ -29,6 +30,83 @@ fn cuda(ordinal: usize) -> Result<gptoss_kernels_cuda::CudaBackend> {
     let mut b = gptoss_kernels_cuda::CudaBackend::new(ordinal)?;
     b.set_fp4(FP4_MODE.get().copied().unwrap_or_default())?;
     Ok(b)
+}
+
+/// Parse `--gpus 0,1`: GPU ordinals, comma-separated.
+pub fn parse_gpus(s: &str) -> std::result::Result<usize, String> {
+    s.trim()
+        .parse::<usize>()
+        .map_err(|_| format!("'{s}' is not a GPU number (expected e.g. --gpus 0,1)"))
+}
+
+/// [`with_backend`], or, with `gpus`, a tensor-parallel split over those GPUs
+/// (gptoss-parallel): attention split by heads, the MoE by expert width, partial sums added by
+/// NCCL. `--backend cuda --gpus 0,1` is the real thing; a GPU listed twice (`--gpus 0,0`) runs
+/// two ranks on one GPU with the host collective; `--backend cpu --gpus 0,1` runs two CPU ranks
+/// with the host collective (for checking the split without GPUs). Per-rank peak memory is
+/// printed to stderr when the job ends.
+pub fn with_backend_gpus<W: WithBackend>(
+    spec: &str,
+    gpus: Option<&[usize]>,
+    job: W,
+) -> Result<W::Out> {
+    let Some(gpus) = gpus else {
+        return with_backend(spec, job);
+    };
+    if gpus.is_empty() {
+        bail!("--gpus needs at least one GPU number");
+    }
+    let spec = spec.to_ascii_lowercase();
+    match spec.as_str() {
+        "cuda" | "auto" => {
+            let ranks = gpus
+                .iter()
+                .map(|&g| cuda(g))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let distinct = gpus.iter().enumerate().all(|(i, g)| !gpus[..i].contains(g));
+            if distinct {
+                let coll = gptoss_kernels_cuda::nccl::NcclCollective::new(&ranks)?;
+                run_split(SplitBackend::new(ranks, coll)?, job)
+            } else {
+                tracing::warn!("a GPU is listed twice in --gpus: using the host collective");
+                run_split(SplitBackend::new(ranks, HostCollective)?, job)
+            }
+        }
+        "cpu" | "cpu-ref" | "cpu-reference" => {
+            let ranks = gpus
+                .iter()
+                .map(|_| {
+                    if spec == "cpu" {
+                        CpuBackend::new_fast()
+                    } else {
+                        CpuBackend::new()
+                    }
+                })
+                .collect();
+            run_split(SplitBackend::new(ranks, HostCollective)?, job)
+        }
+        other => bail!(
+            "--gpus works with --backend cuda (or cpu/cpu-ref, to simulate the split), not '{other}'"
+        ),
+    }
+}
+
+fn run_split<B: Backend, C: Collective<B>, W: WithBackend>(
+    split: SplitBackend<B, C>,
+    job: W,
+) -> Result<W::Out> {
+    let memory = split.memory();
+    let out = job.run(split);
+    let peaks: Vec<String> = memory
+        .peaks()
+        .into_iter()
+        .map(|(name, peak)| match peak {
+            Some(b) => format!("{name}: {:.1} MiB", b as f64 / (1024.0 * 1024.0)),
+            None => format!("{name}: n/a"),
+        })
+        .collect();
+    eprintln!("per-rank peak memory: {}", peaks.join("; "));
+    out
 }
 
 /// Backend names accepted by `--backend`.

@@ -28,6 +28,10 @@ pub struct Args {
     /// Backend: auto, cuda[:N], wgpu, cpu (fast), cpu-ref.
     #[arg(long, default_value = "auto")]
     pub backend: String,
+    /// Split the model over these GPUs (tensor parallel through NCCL), e.g. `--gpus 0,1` with
+    /// `--backend cuda`; with `--backend cpu` it simulates the split on CPU ranks.
+    #[arg(long, value_delimiter = ',', value_parser = crate::backends::parse_gpus)]
+    pub gpus: Option<Vec<usize>>,
     /// Prompt lengths of the prefill tests (0 for none).
     #[arg(short = 'p', long = "n-prompt", default_value = "512", value_parser = list)]
     pub prompt: Vec<Vec<usize>>,
@@ -68,8 +72,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     };
     let mut rows = Vec::new();
     for m in &args.models {
-        rows.extend(backends::with_backend(
+        rows.extend(backends::with_backend_gpus(
             &args.backend,
+            args.gpus.as_deref(),
             BenchJob {
                 path: m,
                 plan: &plan,

@@ -9,7 +9,7 @@ use gptoss_backend::Backend;
 use gptoss_model::tokenizer::Tokenizer;
 use gptoss_model::{GenerateOptions, Model, Sampler, SamplerConfig, generate, open_gguf};
 
-use crate::backends::{NAMES, WithBackend, with_backend};
+use crate::backends::{NAMES, WithBackend};
 
 /// Arguments of `gptoss generate`.
 #[derive(clap::Args, Debug)]
@@ -51,6 +51,10 @@ pub struct Args {
     /// Compute backend (default: the exact CPU reference).
     #[arg(long, default_value = "cpu-ref", help = format!("Compute backend: {NAMES}"))]
     pub backend: String,
+    /// Split the model over these GPUs (tensor parallel through NCCL), e.g. `--gpus 0,1` with
+    /// `--backend cuda`; with `--backend cpu` it simulates the split on CPU ranks.
+    #[arg(long, value_delimiter = ',', value_parser = crate::backends::parse_gpus)]
+    pub gpus: Option<Vec<usize>>,
 }
 
 /// Parse `1,2,3` (spaces allowed) into token ids.
@@ -122,7 +126,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             stop_tokens,
         },
     };
-    let ids = with_backend(&args.backend, job)?;
+    let ids = crate::backends::with_backend_gpus(&args.backend, args.gpus.as_deref(), job)?;
     if args.json {
         println!("{}", serde_json::to_string(&ids)?);
     } else {

@@ -9,7 +9,7 @@ use gptoss_backend::Backend;
 use gptoss_model::{Model, open_gguf};
 use safetensors::{Dtype, tensor::TensorView};
 
-use crate::backends::{NAMES, WithBackend, with_backend};
+use crate::backends::{NAMES, WithBackend};
 use crate::cmd::generate::parse_tokens;
 
 /// Arguments of `gptoss logits`.
@@ -28,6 +28,10 @@ pub struct Args {
     /// produce numbers to compare.
     #[arg(long, default_value = "cpu-ref", help = format!("Compute backend: {NAMES}"))]
     pub backend: String,
+    /// Split the model over these GPUs (tensor parallel through NCCL), e.g. `--gpus 0,1` with
+    /// `--backend cuda`; with `--backend cpu` it simulates the split on CPU ranks.
+    #[arg(long, value_delimiter = ',', value_parser = crate::backends::parse_gpus)]
+    pub gpus: Option<Vec<usize>>,
 }
 
 struct Job<'a> {
@@ -51,8 +55,9 @@ impl WithBackend for Job<'_> {
 pub fn run(args: Args) -> Result<ExitCode> {
     let tokens = parse_tokens(&args.tokens)?;
     let gguf = open_gguf(&args.model)?;
-    let (data, rows, cols, backend) = with_backend(
+    let (data, rows, cols, backend) = crate::backends::with_backend_gpus(
         &args.backend,
+        args.gpus.as_deref(),
         Job {
             gguf: &gguf,
             tokens,

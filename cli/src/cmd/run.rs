@@ -14,7 +14,7 @@ use gptoss_model::{
     GenerateOptions, Generation, Sampler, SamplerConfig, StopReason, generate, open_gguf,
 };
 
-use crate::backends::{NAMES, WithBackend, with_backend};
+use crate::backends::{NAMES, WithBackend};
 
 /// Harmony reasoning effort.
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -66,6 +66,10 @@ pub struct Args {
     /// Compute backend.
     #[arg(long, default_value = "auto", help = format!("Compute backend: {NAMES}"))]
     pub backend: String,
+    /// Split the model over these GPUs (tensor parallel through NCCL), e.g. `--gpus 0,1` with
+    /// `--backend cuda`; with `--backend cpu` it simulates the split on CPU ranks.
+    #[arg(long, value_delimiter = ',', value_parser = crate::backends::parse_gpus)]
+    pub gpus: Option<Vec<usize>>,
     /// Context size in tokens (default: prompt + N, at most the model's context length).
     #[arg(long)]
     pub ctx: Option<usize>,
@@ -181,7 +185,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         ctx: args.ctx,
         label: args.model.display().to_string(),
     };
-    let (g, backend) = with_backend(&args.backend, job)?;
+    let (g, backend) =
+        crate::backends::with_backend_gpus(&args.backend, args.gpus.as_deref(), job)?;
     let stop = match g.stop {
         StopReason::EndOfGeneration(id) => format!(
             "end of generation ({})",

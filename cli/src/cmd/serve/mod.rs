@@ -55,6 +55,10 @@ pub struct Args {
     /// Backend: auto, cuda[:N], wgpu, cpu, cpu-ref.
     #[arg(long, default_value = "auto")]
     pub backend: String,
+    /// Split the model over these GPUs (tensor parallel through NCCL), e.g. `--gpus 0,1` with
+    /// `--backend cuda`; with `--backend cpu` it simulates the split on CPU ranks.
+    #[arg(long, value_delimiter = ',', value_parser = crate::backends::parse_gpus)]
+    pub gpus: Option<Vec<usize>>,
     /// Context size per request (prompt + generated tokens).
     #[arg(short = 'c', long, default_value_t = 4096)]
     pub ctx_size: usize,
@@ -731,6 +735,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let (jobs_tx, jobs_rx) = mpsc::channel(args.queue);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (path, backend) = (args.model.clone(), args.backend.clone());
+    let gpus = args.gpus.clone();
     std::thread::Builder::new()
         .name("model-worker".into())
         .spawn(move || {
@@ -739,7 +744,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 jobs: jobs_rx,
                 ready: ready_tx.clone(),
             };
-            if let Err(e) = crate::backends::with_backend(&backend, job) {
+            if let Err(e) = crate::backends::with_backend_gpus(&backend, gpus.as_deref(), job) {
                 let _ = ready_tx.send(Err(format!("{e:#}")));
             }
         })?;
