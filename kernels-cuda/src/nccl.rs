@@ -48,9 +48,10 @@ impl NcclCollective {
         // SAFETY: only tries to open the library; no symbol is called.
         if !unsafe { sys::is_culib_present() } {
             return Err(unavailable(
-                "the NCCL library (libnccl.so.2) was not found: install NCCL (the libnccl2 \
-                 package, or `pip install nvidia-nccl-cu13` and put its lib folder on \
-                 LD_LIBRARY_PATH), or run on one GPU"
+                "the NCCL library was not found under the names cudarc opens (libnccl.so, \
+                 libnccl.so.1, ...): install NCCL with its development link (libnccl-dev), or \
+                 link a libnccl.so.2 (e.g. from `pip install nvidia-nccl-cu13`) as libnccl.so \
+                 in a folder on LD_LIBRARY_PATH; or run on one GPU"
                     .into(),
             ));
         }
