@@ -47,7 +47,7 @@ fn greedy<B: Backend>(m: &Model<B>, ids: &[u32], steps: usize) -> Vec<u32> {
 
 fn run<B: Backend>(split: Model<B>, gguf: &str, reference: &str) {
     eprintln!("{}", split.backend().name());
-    let one = Model::load(gpu(0).expect("GPU 0"), &tiny(gguf)).expect("unsplit load");
+    let one = Model::load(gpu(0).expect("GPU 0"), tiny(gguf)).expect("unsplit load");
     let json = read_json(&tiny(&format!("{reference}.json")));
     let refs = RefTensors::load(&tiny(&format!("{reference}.safetensors")));
     for (name, ids, want_greedy) in sequences(&json) {
