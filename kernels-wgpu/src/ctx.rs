@@ -226,6 +226,10 @@ pub(crate) struct Ctx {
     /// Per-kernel device time from timestamp queries (`GPTOSS_WGPU_PROFILE=1` on an adapter
     /// with `timestamp-query`), printed when the backend is dropped.
     profile: Option<Profile>,
+    /// Host time spent recording dispatches and submitting (`GPTOSS_WGPU_HOST_TIMING=1`):
+    /// [dispatches, ns recording, submissions, ns submitting (all), ns in queue.submit alone],
+    /// printed when dropped.
+    host_timing: Option<[AtomicU64; 5]>,
     /// Runtime checks dropped from the kernels (`GPTOSS_WGPU_TRUSTED`): 0 none, 1 (default)
     /// wgpu's loop bounding and division guards, 2 also its buffer bounds checks. Level 1
     /// made the Q8_0 GEMVs ~20 % and decode attention ~25 % faster on H100 (Vulkan).
@@ -259,6 +263,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Drop for Ctx {
     fn drop(&mut self) {
+        if let Some(ht) = &self.host_timing {
+            let v: Vec<u64> = ht.iter().map(|a| a.load(Ordering::Relaxed)).collect();
+            eprintln!(
+                "wgpu host time: {} dispatches recorded in {:.3} ms ({:.2} us each), {} submissions in {:.3} ms ({:.1} us each; \
+                 ending the pass and finishing the encoder included, queue.submit alone {:.3} ms)",
+                v[0],
+                v[1] as f64 / 1e6,
+                v[1] as f64 / 1e3 / v[0].max(1) as f64,
+                v[2],
+                v[3] as f64 / 1e6,
+                v[3] as f64 / 1e3 / v[2].max(1) as f64,
+                v[4] as f64 / 1e6
+            );
+        }
         let Some(prof) = &self.profile else { return };
         self.flush();
         let totals = lock(&prof.totals);
@@ -478,6 +496,9 @@ impl Ctx {
             flush_every: env_u64("GPTOSS_WGPU_FLUSH").map_or(DEFAULT_FLUSH, |v| v as usize),
             recorded: std::sync::atomic::AtomicUsize::new(0),
             profile,
+            host_timing: env_u64("GPTOSS_WGPU_HOST_TIMING")
+                .is_some_and(|v| v != 0)
+                .then(Default::default),
             trusted: std::env::var("GPTOSS_WGPU_TRUSTED")
                 .ok()
                 .and_then(|v| v.trim().parse::<u8>().ok())
@@ -670,6 +691,28 @@ impl Ctx {
         binds: &[Bind<'_>],
         param_binding: u32,
         params: &[u32],
+        xy: (u32, u32),
+    ) -> Result<()> {
+        let Some(ht) = &self.host_timing else {
+            return self.record(pipeline, binds, param_binding, params, xy);
+        };
+        let submit0 = ht[3].load(Ordering::Relaxed);
+        let t = std::time::Instant::now();
+        let r = self.record(pipeline, binds, param_binding, params, xy);
+        let ns = t.elapsed().as_nanos() as u64;
+        // Submissions this dispatch triggered are counted on their own.
+        let submit = ht[3].load(Ordering::Relaxed) - submit0;
+        ht[0].fetch_add(1, Ordering::Relaxed);
+        ht[1].fetch_add(ns.saturating_sub(submit), Ordering::Relaxed);
+        r
+    }
+
+    fn record(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        binds: &[Bind<'_>],
+        param_binding: u32,
+        params: &[u32],
         (x, y): (u32, u32),
     ) -> Result<()> {
         if x == 0 || y == 0 {
@@ -783,7 +826,9 @@ impl Ctx {
     }
 
     fn flush_locked(&self, pend: &mut Pending) {
+        let t0 = std::time::Instant::now();
         self.recorded.store(0, Ordering::Relaxed);
+        // Ending the pass is where wgpu-core validates and encodes its commands.
         pend.pass = None;
         if !pend.params.is_empty() {
             // Staged writes run before the command buffers of the next submit, and after
@@ -802,7 +847,14 @@ impl Ctx {
             enc.copy_buffer_to_buffer(&prof.resolve, 0, &prof.readback, 0, n_prof * 16);
         }
         if let Some(enc) = pend.enc.take() {
-            self.queue.submit(Some(enc.finish()));
+            let cb = enc.finish();
+            let t = std::time::Instant::now();
+            self.queue.submit(Some(cb));
+            if let Some(ht) = &self.host_timing {
+                ht[2].fetch_add(1, Ordering::Relaxed);
+                ht[3].fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                ht[4].fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            }
         }
         if let Some(prof) = &self.profile
             && n_prof > 0

@@ -9,6 +9,20 @@
 //! Adapter choice: the high-performance adapter by default; `GPTOSS_WGPU_BACKEND`
 //! (`vulkan`, `metal`, `dx12`, comma-separated) restricts the APIs and `GPTOSS_WGPU_ADAPTER`
 //! (or `WGPU_ADAPTER_NAME`) picks the first adapter whose name contains the given text.
+//!
+//! Features: `shader-f16` (an f16 KV cache) and subgroups (shuffle reductions; lane groups of
+//! at most the smallest subgroup size) are used where the adapter offers them;
+//! `GPTOSS_WGPU_NO_F16=1` / `GPTOSS_WGPU_NO_SUBGROUPS=1` (or [`WgpuOptions`]) turn them off, and
+//! the conformance tests run both ways. MXFP4 and Q8_0 weights go through the lane-group
+//! kernels (a group of lanes per row, one 32-bit word per lane and step).
+//!
+//! Tuning and diagnosis: `GPTOSS_WGPU_FLUSH` (dispatches per submission, default 64; 0: submit
+//! only on read-back), `GPTOSS_WGPU_BG_CACHE=0` (a fresh bind group per dispatch),
+//! `GPTOSS_WGPU_ROWS` / `GPTOSS_WGPU_GROUPS` (rows per lane group, lane groups per workgroup),
+//! `GPTOSS_WGPU_LANES=0` (the older row-per-workgroup kernels), `GPTOSS_WGPU_WG` (workgroup
+//! size of the other kernels), `GPTOSS_WGPU_TRUSTED` (see `ctx.rs`), `GPTOSS_WGPU_PROFILE=1`
+//! (per-kernel device time from timestamp queries) and `GPTOSS_WGPU_HOST_TIMING=1` (host time
+//! recording and submitting), both printed to stderr when the backend is dropped.
 #![warn(missing_docs)]
 
 mod ctx;
@@ -790,6 +804,11 @@ impl Backend for WgpuBackend {
             let seg = max_keys.div_ceil(want).max(wg).div_ceil(wg) * wg;
             (max_keys.div_ceil(seg), seg)
         };
+        // The attention kernel stores the new rows itself where no query of this call can read
+        // a slot they overwrite: a full cache (new rows go past the old ones), or a single row
+        // into a ring (it evicts position pos - ring, outside the window). Else a separate
+        // kv_append after attending.
+        let fused_append = !cache.ring || t == 1;
         let part = if n_split > 1 {
             Some(self.ctx.storage(
                 (rows_heads * n_split * (hd + 2) * 4) as u64,
@@ -809,6 +828,7 @@ impl Backend for WgpuBackend {
             cfg.scale.to_bits(),
             n_split as u32,
             seg as u32,
+            fused_append as u32,
         ];
         let part_buf = part.as_ref().map_or(self.ctx.dummy(), |p| &p.buf);
         self.ctx.dispatch(
@@ -840,6 +860,10 @@ impl Backend for WgpuBackend {
                 &[rows_heads as u32, nh as u32, hd as u32, n_split as u32],
                 rows_heads as u64,
             )?;
+        }
+        if fused_append {
+            cache.len += t;
+            return Ok(self.tensor(out, t, nh * hd));
         }
         // Append after attending: a ring shorter than the prompt would otherwise lose keys the
         // earlier queries of this call still need.

@@ -16,12 +16,13 @@ struct P {
     scale: f32,
     n_split: u32,
     seg: u32,
+    append: u32,   // 1: also store the new k/v rows in the cache (see below)
 }
 @group(0) @binding(0) var<storage, read> Q: array<f32>;
 @group(0) @binding(1) var<storage, read> K: array<f32>;
 @group(0) @binding(2) var<storage, read> V: array<f32>;
-@group(0) @binding(3) var<storage, read> KC: array<KV_ELEM>;
-@group(0) @binding(4) var<storage, read> VC: array<KV_ELEM>;
+@group(0) @binding(3) var<storage, read_write> KC: array<KV_ELEM>;
+@group(0) @binding(4) var<storage, read_write> VC: array<KV_ELEM>;
 @group(0) @binding(5) var<storage, read> SINKS: array<f32>;
 @group(0) @binding(6) var<storage, read_write> O: array<f32>;
 @group(0) @binding(7) var<uniform> p: P;
@@ -59,6 +60,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (p.window != 0u && pos + 1u > p.window) { lo = pos + 1u - p.window; }
     let k0 = lo + sp * p.seg;
     let k1 = min(k0 + p.seg, pos + 1u);  // exclusive; k0 >= k1: nothing to see
+    // The append in the same dispatch (one dispatch less per layer): the first workgroup of
+    // each (row, kv head) stores the new row. The host asks for it only where no query of the
+    // call reads the slot it overwrites (a full cache, or one row into a ring: the slot held
+    // position pos - ring, outside the window).
+    if (p.append != 0u && sp == 0u && h % (p.n_heads / p.n_kv) == 0u) {
+        var slot = pos;
+        if (p.ring != 0u) { slot = pos % p.ring; }
+        let src = (tok * p.n_kv + kvh) * p.hd;
+        let dst = (slot * p.n_kv + kvh) * p.hd;
+        for (var d = li; d < p.hd; d += WG) {
+            KC[dst + d] = KV_ELEM(K[src + d]);
+            VC[dst + d] = KV_ELEM(V[src + d]);
+        }
+    }
     let qb = tok * p.n_heads * p.hd + h * p.hd;
     for (var d = li; d < p.hd; d += WG) { qs[d] = Q[qb + d]; }
     workgroupBarrier();
