@@ -141,3 +141,56 @@ fn fast_moe_is_within_tolerance_of_reference() {
         }
     }
 }
+
+/// Prefill (t > 1, the tiled kernels) gives exactly what decoding the same rows one at a time
+/// (t = 1, the single-pair kernels) gives, for linear and the MoE block.
+#[test]
+fn fast_prefill_equals_one_token_at_a_time_exactly() {
+    let mut rng = rng("fast_prefill_exact");
+    let fb = CpuBackend::new_fast();
+    for ty in [GgmlType::MXFP4, GgmlType::Q8_0] {
+        // k = 96: fewer than 8 blocks (the pair-by-pair fallback); 2880: 11 groups + a tail.
+        for (t, k, n) in [(64, 2880, 67), (5, 96, 33), (3, 4096, 10)] {
+            let (x, _) = acts(&mut rng, t * k, 1.0);
+            let (w, _) = weight(&mut rng, "w", ty, &[k, n], 0.1);
+            let (b, _) = weight(&mut rng, "b", GgmlType::F32, &[n], 0.5);
+            let (wf, bf) = (fb.upload(&w).unwrap(), fb.upload(&b).unwrap());
+            let all = fb
+                .linear(&fb.from_host(&x, t, k).unwrap(), &wf, Some(&bf))
+                .unwrap();
+            for i in 0..t {
+                let one = fb
+                    .linear(
+                        &fb.from_host(&x[i * k..(i + 1) * k], 1, k).unwrap(),
+                        &wf,
+                        Some(&bf),
+                    )
+                    .unwrap();
+                assert_eq!(
+                    one.data(),
+                    &all.data()[i * n..(i + 1) * n],
+                    "linear {ty} t={t} k={k} n={n} row {i}"
+                );
+            }
+        }
+        for (t, d, dff, ne, k) in [(64, 256, 192, 32, 4), (9, 320, 288, 8, 4)] {
+            let [_, wf] = moe_case(&mut rng, &[&fb, &fb], ty, d, dff, ne);
+            let (x, _) = acts(&mut rng, t * d, 2.0);
+            let cfg = MoeConfig {
+                n_experts: ne,
+                top_k: k,
+            };
+            let all = fb.moe(&fb.from_host(&x, t, d).unwrap(), &wf, &cfg).unwrap();
+            for i in 0..t {
+                let one = fb
+                    .moe(&fb.from_host(&x[i * d..(i + 1) * d], 1, d).unwrap(), &wf, &cfg)
+                    .unwrap();
+                assert_eq!(
+                    one.data(),
+                    &all.data()[i * d..(i + 1) * d],
+                    "moe {ty} t={t} d={d} row {i}"
+                );
+            }
+        }
+    }
+}

@@ -15,7 +15,8 @@ use candle_core::quantized::k_quants::{
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use gptoss_quant::{
-    Dispatch, GgmlType, dequantize, quantize, row_size, vec_dot_type, vec_dot_with,
+    Dispatch, GgmlType, dequantize, quantize, row_size, vec_dot_tile_with, vec_dot_type,
+    vec_dot_with,
 };
 
 fn data(n: usize) -> Vec<f32> {
@@ -223,9 +224,56 @@ fn bench_quantize_activation(c: &mut Criterion) {
     g.finish();
 }
 
+/// The prefill product: 256 weight rows of k = 2880 (in L2) times t activation rows, pair by
+/// pair (`vec_dot`, what one-token-at-a-time prefill does) against the tiled `vec_dot_tile`.
+/// Throughput counts multiply-adds.
+fn bench_gemm(c: &mut Criterion) {
+    let (k, rows) = (2880, 256);
+    let mut g = c.benchmark_group("gemm");
+    for wty in [GgmlType::MXFP4, GgmlType::Q8_0] {
+        let aty = vec_dot_type(wty);
+        let row = row_size(wty, k).unwrap();
+        let one = random_codes(wty, k);
+        let w: Vec<u8> = one.iter().copied().cycle().take(row * rows).collect();
+        for t in [8usize, 64] {
+            let acts: Vec<Vec<u8>> = (0..t)
+                .map(|i| {
+                    let x: Vec<f32> = data(k + i).split_off(i);
+                    let mut a = vec![0u8; row_size(aty, k).unwrap()];
+                    quantize(aty, &x, &mut a).unwrap();
+                    a
+                })
+                .collect();
+            let refs: Vec<&[u8]> = acts.iter().map(|a| a.as_slice()).collect();
+            let mut out = vec![0.0f32; rows * t];
+            g.throughput(Throughput::Elements((rows * t * k) as u64));
+            for d in Dispatch::ALL.into_iter().filter(|d| d.is_available()) {
+                let name = format!("{}/t{t}", wty.name());
+                g.bench_function(BenchmarkId::new(format!("pairs-{d:?}"), &name), |b| {
+                    b.iter(|| {
+                        for (r, o) in w.chunks_exact(row).zip(out.chunks_exact_mut(t)) {
+                            for (y, a) in o.iter_mut().zip(&refs) {
+                                *y = vec_dot_with(d, wty, r, aty, a, k).unwrap();
+                            }
+                        }
+                        black_box(&out);
+                    })
+                });
+                g.bench_function(BenchmarkId::new(format!("tile-{d:?}"), &name), |b| {
+                    b.iter(|| {
+                        vec_dot_tile_with(d, wty, &w, rows, aty, &refs, k, &mut out).unwrap();
+                        black_box(&out);
+                    })
+                });
+            }
+        }
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_memory, bench_dequant, bench_gemv, bench_quantize_activation
+    targets = bench_memory, bench_dequant, bench_gemv, bench_gemm, bench_quantize_activation
 }
 criterion_main!(benches);

@@ -22,7 +22,10 @@ pub mod tables;
 mod ternary;
 mod util;
 
-pub use dot::{Dispatch, current_dispatch, set_simd_enabled, vec_dot, vec_dot_type, vec_dot_with};
+pub use dot::{
+    Dispatch, current_dispatch, set_simd_enabled, vec_dot, vec_dot_tile, vec_dot_tile_with,
+    vec_dot_type, vec_dot_with,
+};
 pub use error::QuantError;
 pub use gguf_format::GgmlType;
 pub use half::{bf16, f16};

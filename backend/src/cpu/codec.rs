@@ -49,3 +49,20 @@ pub(crate) fn quantize(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<()> 
 pub(crate) fn vec_dot(wty: GgmlType, w: &[u8], aty: GgmlType, a: &[u8], n: usize) -> Result<f32> {
     gptoss_quant::vec_dot(wty, w, aty, a, n).map_err(|e| err("vec_dot", e))
 }
+
+/// Dot products of `n_rows` consecutive weight rows (`w`) with every row of `acts`:
+/// `out[r * acts.len() + t]`, equal bit for bit to [`vec_dot`] on each pair (tiled: each weight
+/// row is unpacked once for all activation rows).
+#[inline]
+pub(crate) fn vec_dot_tile(
+    wty: GgmlType,
+    w: &[u8],
+    n_rows: usize,
+    aty: GgmlType,
+    acts: &[&[u8]],
+    n: usize,
+    out: &mut [f32],
+) -> Result<()> {
+    gptoss_quant::vec_dot_tile(wty, w, n_rows, aty, acts, n, out)
+        .map_err(|e| err("vec_dot_tile", e))
+}

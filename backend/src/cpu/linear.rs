@@ -174,6 +174,21 @@ pub(crate) fn rows_dot(
             ..
         } => {
             let wty = w.dtype();
+            if nt > 1 {
+                // Several activation rows: the tiled kernels read and unpack each weight row once.
+                let n_rows = out.len() / nt;
+                let acts: Vec<&[u8]> = toks
+                    .iter()
+                    .map(|&tok| &data[tok * row_bytes..(tok + 1) * row_bytes])
+                    .collect();
+                codec::vec_dot_tile(wty, w.row_bytes(row0, n_rows), n_rows, *ty, &acts, k, out)?;
+                // `+ 0.0` without a bias too, as the one-token path does (turns -0 into +0).
+                for (r, o) in out.chunks_exact_mut(nt).enumerate() {
+                    let b = bias.map_or(0.0, |b| b[r]);
+                    o.iter_mut().for_each(|y| *y += b);
+                }
+                return Ok(());
+            }
             for (r, o) in out.chunks_exact_mut(nt).enumerate() {
                 let wr = w.row_bytes(row0 + r, 1);
                 let b = bias.map_or(0.0, |b| b[r]);

@@ -1,8 +1,8 @@
 //! Q4_K x Q8_K and Q6_K x Q8_K. The weight codes of a super-block are unpacked into an i8
 //! array, and the integer sums (per 32- or 16-element sub-block, times the sub-block scale) are
 //! computed exactly; the float work per super-block is the same few operations in every
-//! dispatch. The integer loops are written so LLVM vectorizes them, and the same body is
-//! compiled again with AVX2 / AVX-512 enabled and chosen at run time.
+//! dispatch. These portable bodies are the scalar dispatch; on x86-64 the AVX2 and AVX-512
+//! dispatches run the hand-written kernels of `x86_kquants.rs`, which give the same results.
 
 use super::Dispatch;
 use crate::kquants::scale_min_k4;
@@ -85,53 +85,24 @@ fn q6_k_body(w: &[u8], a: &[u8], nb: usize) -> f32 {
     acc
 }
 
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q4_k_avx2(w: &[u8], a: &[u8], nb: usize) -> f32 {
-    q4_k_body(w, a, nb)
-}
-
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn q4_k_avx512(w: &[u8], a: &[u8], nb: usize) -> f32 {
-    q4_k_body(w, a, nb)
-}
-
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q6_k_avx2(w: &[u8], a: &[u8], nb: usize) -> f32 {
-    q6_k_body(w, a, nb)
-}
-
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn q6_k_avx512(w: &[u8], a: &[u8], nb: usize) -> f32 {
-    q6_k_body(w, a, nb)
-}
-
-// Rust never contracts a * b + c into an FMA on its own, so enabling "fma" above cannot change
-// the float results; it only lets LLVM use the newer encodings.
-
 pub(crate) fn q4_k_q8_k(dispatch: Dispatch, w: &[u8], a: &[u8], nb: usize) -> f32 {
     match dispatch {
-        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-        // SAFETY: the caller checked `dispatch.is_available()`.
-        Dispatch::Avx512 => unsafe { q4_k_avx512(w, a, nb) },
-        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-        // SAFETY: as above.
-        Dispatch::Avx2 => unsafe { q4_k_avx2(w, a, nb) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the caller checked `dispatch.is_available()` (AVX-512 implies AVX2 + F16C).
+        Dispatch::Avx512 | Dispatch::Avx2 => unsafe {
+            super::x86_kquants::q4_k_q8_k_avx2(w, a, nb)
+        },
         _ => q4_k_body(w, a, nb),
     }
 }
 
 pub(crate) fn q6_k_q8_k(dispatch: Dispatch, w: &[u8], a: &[u8], nb: usize) -> f32 {
     match dispatch {
-        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-        // SAFETY: the caller checked `dispatch.is_available()`.
-        Dispatch::Avx512 => unsafe { q6_k_avx512(w, a, nb) },
-        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-        // SAFETY: as above.
-        Dispatch::Avx2 => unsafe { q6_k_avx2(w, a, nb) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the caller checked `dispatch.is_available()` (AVX-512 implies AVX2 + F16C).
+        Dispatch::Avx512 | Dispatch::Avx2 => unsafe {
+            super::x86_kquants::q6_k_q8_k_avx2(w, a, nb)
+        },
         _ => q6_k_body(w, a, nb),
     }
 }

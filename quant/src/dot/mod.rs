@@ -6,8 +6,15 @@
 
 pub(crate) mod kquants;
 pub(crate) mod scalar;
+mod tile;
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 pub(crate) mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_kquants;
+#[cfg(target_arch = "x86_64")]
+mod x86_tile;
+
+pub use tile::{vec_dot_tile, vec_dot_tile_with};
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
