@@ -183,7 +183,11 @@ fn fast_prefill_equals_one_token_at_a_time_exactly() {
             let all = fb.moe(&fb.from_host(&x, t, d).unwrap(), &wf, &cfg).unwrap();
             for i in 0..t {
                 let one = fb
-                    .moe(&fb.from_host(&x[i * d..(i + 1) * d], 1, d).unwrap(), &wf, &cfg)
+                    .moe(
+                        &fb.from_host(&x[i * d..(i + 1) * d], 1, d).unwrap(),
+                        &wf,
+                        &cfg,
+                    )
                     .unwrap();
                 assert_eq!(
                     one.data(),

@@ -1,13 +1,16 @@
 //! Tiled MXFP4 x Q8_0 and Q8_0 x Q8_0 kernels (AVX2, AVX-512 VNNI) for [`super::vec_dot_tile`].
 //!
-//! Both sides are first laid out as plain 32-byte blocks ("slots"), the weights unpacked to
-//! unsigned bytes once per call (MXFP4: doubled E2M1 value + 12; Q8_0 with VNNI: value + 128),
-//! the activations copied with their per-block code sums. A block's exact integer sum is then
-//! `dot(w_unsigned, a) - bias * sum(a)`, one `vpdpbusd` (or `pmaddubsw` + `pmaddwd`) per block
-//! pair. Slots are placed in the lane order of the single-pair kernels (block b of a group of 8
-//! in lane `MXFP4_LANE[b]` for MXFP4, lane b for Q8_0), so that after the same float operations
-//! (scale product, times the sum, added to that lane, [`reduce8`]) the results are the single-pair
-//! kernels' bit for bit. A register tile of 2 rows x 2 activation rows shares every load.
+//! Both sides are first laid out once per call as groups of 8 blocks ("slots") of 32 bytes: the
+//! weights unpacked to unsigned bytes (MXFP4: doubled E2M1 value + 12; Q8_0 with VNNI: value +
+//! 128), the activations copied with their per-block code sums. Each group is interleaved by
+//! 4-byte words (step s = bytes 4s..4s+4 of slot 0, of slot 1, ..., of slot 7), so one
+//! `vpdpbusd` (or `pmaddubsw` + `pmaddwd`) per step adds four products of each block to that
+//! block's own i32 lane, and after 8 steps the lanes hold the 8 block sums with no horizontal
+//! adds. A block's exact integer sum is `dot(w_unsigned, a) - bias * sum(a)`. Slots are placed in
+//! the lane order of the single-pair kernels (block b of a group in lane `MXFP4_LANE[b]` for
+//! MXFP4, lane b for Q8_0), so after the same float operations (scale product, times the sum,
+//! added to that lane, [`reduce8`]) the results are the single-pair kernels' bit for bit.
+//! A register tile of up to 2 weight rows x 4 activation rows shares every load.
 
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -141,8 +144,8 @@ fn block_of(kind: Kind, l: usize) -> usize {
     (0..8).find(|&b| kind.lane(b) == l).unwrap_or(l)
 }
 
-/// 8 x 8 transpose of 4-byte words: word `s` of result `l`... result `s` holds word `s` of every
-/// input, input 0 first. With one slot per input, the results are the interleaved steps: step `s`
+/// 8 x 8 transpose of 4-byte words: result `s` holds word `s` of every input, input 0 first.
+/// With one slot per input, the results are the interleaved steps: step `s`
 /// holds bytes `4s..4s + 4` of slot 0, then of slot 1, ..., slot 7, so that one `vpdpbusd` per
 /// step adds each slot's next four products to its own i32 lane, and a group's 8 block sums come
 /// out in lane order with no horizontal adds.
