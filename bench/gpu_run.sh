@@ -1,58 +1,88 @@
 #!/usr/bin/env bash
 # One call on the GPU machine that checks and times everything there:
-#   conformance (CUDA and wgpu against the CPU reference), both tiny GGUFs end to end,
-#   a synthetic gpt-oss-20b (MXFP4_MOE layout, real o200k vocabulary): CUDA vs CPU logits on a
-#   100-token prompt and 64 greedy steps, then `gptoss bench` on CUDA and on wgpu (Vulkan).
-# Usage (from the repo root, binaries staged by bench/stage_gpu_run.sh):  bench/gpu_run.sh .device/final
+#   conformance (CUDA and wgpu against the CPU reference), both tiny GGUFs end to end, the FP4 path's
+#   selection on this GPU, the split over 2 GPUs (when the machine has 2), a synthetic gpt-oss-20b
+#   (MXFP4_MOE layout, real o200k vocabulary): CUDA vs CPU logits on a 100-token prompt and 64 greedy
+#   steps, `gptoss bench` on CUDA (against a baseline binary in the same call when one is staged) and on
+#   wgpu (Vulkan), 1 GPU vs 2 GPUs, and the device's copy bandwidth.
+# Usage (from the repo root, staged by bench/stage_gpu_run.sh, carry [".device/final", ".gl"]):
+#   bench/gpu_run.sh .device/final            (or: bash .device/final/gpu_run.sh .device/final)
+# The staged binaries travel as one xz archive (the carry limit is 64 MiB); it is unpacked first.
 set -uo pipefail
 D=${1:-.device/final}
 OUT=${OUT:-/tmp/gpu_run_out}
-mkdir -p "$OUT"
+# At most 8 files come back from a device call: summary.txt goes to $OUT as it grows, every other log
+# to $L, packed into $OUT/logs.tgz on exit.
+L=/tmp/gpu_logs
+mkdir -p "$OUT" "$L"
+trap 'tar -czf "$OUT/logs.tgz" -C "$L" . 2>/dev/null' EXIT
+if [ -f "$D/staged.tar.xz" ] && [ ! -x "$D/gptoss" ]; then tar -xJf "$D/staged.tar.xz" -C "$D"; fi
 G=$D/gptoss
-log() { echo "== $*" | tee -a "$OUT/summary.txt"; }
+log() { echo "== $(date +%T) [$SECONDS s] $*" | tee -a "$OUT/summary.txt"; }
 
 # Vulkan loader for wgpu (the NVIDIA ICD is on the machine; the loader is carried in .gl).
 if [ -d .gl ]; then for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig; fi
-nv=$(python3 -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "cu13", "lib"))' 2>/dev/null || true)
-export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${nv}:${LD_LIBRARY_PATH:-}"
-export GPTOSS_FIXTURES=$D/fixtures
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+nv=$(python3 -c 'import nvidia, os; print(nvidia.__path__[0])' 2>/dev/null || true)
+export LD_LIBRARY_PATH="/usr/local/cuda/lib64:$nv/cu13/lib:$nv/nccl/lib:${LD_LIBRARY_PATH:-}"
+# cudarc opens libnccl.so; the pip wheel ships only libnccl.so.2.
+n2=$( (find "$nv" -name "libnccl.so.2*"; ls /usr/lib/x86_64-linux-gnu/libnccl.so.2) 2>/dev/null | head -1)
+if [ -n "$n2" ]; then mkdir -p /tmp/ncclink; ln -sf "$n2" /tmp/ncclink/libnccl.so; export LD_LIBRARY_PATH="/tmp/ncclink:$LD_LIBRARY_PATH"; fi
+export GPTOSS_FIXTURES=$D/fixtures NCCL_DEBUG=WARN NCCL_NVLS_ENABLE=0
+nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader | tee "$L/gpu.txt"
+n_gpu=$(nvidia-smi -L | wc -l)
+git_rev=$(cat "$D/COMMIT" 2>/dev/null || echo unknown)
+log "commit $git_rev, $n_gpu GPU(s)"
 
-for t in conformance_cuda end_to_end_cuda conformance_wgpu wgpu_ops_conformance; do
+# The 20b model is made while the tests run (CPU-bound there, GPU-bound here).
+( /usr/bin/time -f "synth %e s" "$G" synth --preset 20b --vocab "$D/o200k_harmony-vocab.gguf" -q /tmp/m20.gguf > "$L/synth.log" 2>&1 ) &
+synth=$!
+
+tests="conformance_cuda end_to_end_cuda conformance_wgpu wgpu_ops_conformance"
+[ "$n_gpu" -ge 2 ] && tests="$tests split_cuda"
+for t in $tests; do
+  [ -x "$D/$t" ] || { log "test $t: not staged"; continue; }
   log "test $t"
-  "$D/$t" --test-threads 1 > "$OUT/$t.log" 2>&1; echo "exit $?" >> "$OUT/$t.log"
-  grep -E "^test result|^exit" "$OUT/$t.log" | tee -a "$OUT/summary.txt"
+  timeout 240 "$D/$t" --test-threads 1 > "$L/$t.log" 2>&1; echo "exit $?" >> "$L/$t.log"
+  grep -E "^test result|^exit|FAILED|panicked" "$L/$t.log" | head -8 | tee -a "$OUT/summary.txt"
 done
-
-log "synth 20b"
-/usr/bin/time -f "%e s" "$G" synth --preset 20b --vocab "$D/o200k_harmony-vocab.gguf" -q /tmp/m20.gguf 2>&1 | tee -a "$OUT/summary.txt"
+wait $synth; tail -1 "$L/synth.log" | tee -a "$OUT/summary.txt"
 
 # 100 random prompt ids (fixed seed) below the vocabulary size.
 ids=$(python3 -c 'import random; r=random.Random(7); print(",".join(str(r.randrange(1000, 199000)) for _ in range(100)))')
-log "CUDA vs CPU logits, 100-token prompt"
-"$G" logits -m /tmp/m20.gguf --tokens "$ids" --backend cuda --out /tmp/l_cuda.safetensors
-"$G" logits -m /tmp/m20.gguf --tokens "$ids" --backend cpu-ref --out /tmp/l_cpu.safetensors
-python3 - <<'PY' 2>&1 | tee -a "$OUT/summary.txt"
+cmp_logits() {  # cmp_logits A B LABEL
+python3 - "$1" "$2" "$3" <<'PY' 2>&1 | tee -a "$OUT/summary.txt"
+import sys
 from safetensors.numpy import load_file
 import numpy as np
-a = load_file("/tmp/l_cuda.safetensors")["logits"].astype(np.float64)
-b = load_file("/tmp/l_cpu.safetensors")["logits"].astype(np.float64)
-print(f"logits {a.shape}: NMSE {((a-b)**2).sum()/(b**2).sum():.3e}, max|diff| {np.abs(a-b).max():.3e}, "
+a = load_file(sys.argv[1])["logits"].astype(np.float64)
+b = load_file(sys.argv[2])["logits"].astype(np.float64)
+print(f"{sys.argv[3]} {a.shape}: NMSE {((a-b)**2).sum()/(b**2).sum():.3e}, max|diff| {np.abs(a-b).max():.3e}, "
       f"argmax agree {(a.argmax(1)==b.argmax(1)).mean()*100:.1f}%")
 PY
-log "64 greedy steps, CUDA vs CPU"
-"$G" generate -m /tmp/m20.gguf --tokens "$ids" -n 64 --json --backend cuda > /tmp/g_cuda.json
-"$G" generate -m /tmp/m20.gguf --tokens "$ids" -n 64 --json --backend cpu-ref > /tmp/g_cpu.json
+}
+cmp_greedy() {  # cmp_greedy A B LABEL
 python3 -c '
-import json; a=json.load(open("/tmp/g_cuda.json")); b=json.load(open("/tmp/g_cpu.json"))
+import json, sys; a=json.load(open(sys.argv[1])); b=json.load(open(sys.argv[2]))
 n=next((i for i,(x,y) in enumerate(zip(a,b)) if x!=y), len(a))
-print(f"greedy: {n} of {len(a)} steps identical before the first difference")' | tee -a "$OUT/summary.txt"
+print(f"{sys.argv[3]}: {n} of {len(a)} steps identical before the first difference")' "$1" "$2" "$3" 2>&1 | tee -a "$OUT/summary.txt"
+}
+log "CUDA vs CPU-reference logits, 100-token prompt; 64 greedy steps"
+"$G" logits -m /tmp/m20.gguf --tokens "$ids" --backend cuda --out /tmp/l_cuda.safetensors 2>>"$L/check.err"
+"$G" logits -m /tmp/m20.gguf --tokens "$ids" --backend cpu-ref --out /tmp/l_cpu.safetensors 2>>"$L/check.err"
+cmp_logits /tmp/l_cuda.safetensors /tmp/l_cpu.safetensors "CUDA vs CPU logits"
+"$G" generate -m /tmp/m20.gguf --tokens "$ids" -n 64 --json --backend cuda > /tmp/g_cuda.json 2>>"$L/check.err"
+"$G" generate -m /tmp/m20.gguf --tokens "$ids" -n 64 --json --backend cpu-ref > /tmp/g_cpu.json 2>>"$L/check.err"
+cmp_greedy /tmp/g_cuda.json /tmp/g_cpu.json "greedy CUDA vs CPU"
 
 log "bench cuda"
-"$G" bench -m /tmp/m20.gguf --backend cuda -p 512,2048 -n 128 -r 3 -o md 2>"$OUT/bench_cuda.err" | tee -a "$OUT/summary.txt"
-"$G" bench -m /tmp/m20.gguf --backend cuda -p 0 -n 128 -d 4096,16384 -r 2 -o md 2>>"$OUT/bench_cuda.err" | tee -a "$OUT/summary.txt"
+"$G" bench -m /tmp/m20.gguf --backend cuda -p 512,2048 -n 128 -r 3 -o md 2>"$L/bench_cuda.err" | tee -a "$OUT/summary.txt"
+"$G" bench -m /tmp/m20.gguf --backend cuda -p 0 -n 128 -d 4096,16384 -r 2 -o md 2>>"$L/bench_cuda.err" | tee -a "$OUT/summary.txt"
+if [ -x "$D/baseline/gptoss" ]; then
+  log "bench cuda, baseline binary ($(cat "$D/baseline/COMMIT" 2>/dev/null))"
+  "$D/baseline/gptoss" bench -m /tmp/m20.gguf --backend cuda -p 512,2048 -n 128 -r 2 -o md 2>"$L/bench_base.err" | tee -a "$OUT/summary.txt"
+fi
 log "bench wgpu"
-"$G" bench -m /tmp/m20.gguf --backend wgpu -p 512 -n 128 -r 2 -o md 2>"$OUT/bench_wgpu.err" | tee -a "$OUT/summary.txt"
+"$G" bench -m /tmp/m20.gguf --backend wgpu -p 512 -n 128 -r 2 -o md 2>"$L/bench_wgpu.err" | tee -a "$OUT/summary.txt"
 log "copy bandwidth"
 python3 -c '
 import torch
@@ -62,22 +92,33 @@ s=torch.cuda.Event(enable_timing=True); e=torch.cuda.Event(enable_timing=True)
 s.record(); [y.copy_(x) for _ in range(20)]; e.record(); torch.cuda.synchronize()
 print(f"device copy: {2*2**30*20/(s.elapsed_time(e)/1e3)/1e9:.0f} GB/s (read+write)")' | tee -a "$OUT/summary.txt"
 
+if [ "$n_gpu" -ge 2 ]; then
+  log "2 GPUs (NCCL) vs 1 GPU: logits, greedy, bench"
+  "$G" logits -m /tmp/m20.gguf --tokens "$ids" --backend cuda --gpus 0,1 --out /tmp/l_2gpu.safetensors 2>>"$L/split.err"
+  cmp_logits /tmp/l_2gpu.safetensors /tmp/l_cuda.safetensors "2 GPUs vs 1 GPU logits"
+  "$G" generate -m /tmp/m20.gguf --tokens "$ids" -n 64 --json --backend cuda --gpus 0,1 > /tmp/g_2gpu.json 2>>"$L/split.err"
+  cmp_greedy /tmp/g_2gpu.json /tmp/g_cuda.json "greedy 2 GPUs vs 1 GPU"
+  "$G" bench -m /tmp/m20.gguf --backend cuda --gpus 0,1 -p 512,2048 -n 128 -r 2 -o md 2>"$L/bench_2gpu.err" | tee -a "$OUT/summary.txt"
+  grep -i "per-rank" "$L/bench_2gpu.err" | tail -2 | tee -a "$OUT/summary.txt"
+fi
+
 # FP4 path (issue 8), on a GPU without block-scaled FP4 MMA (Hopper): `auto` must pick the portable MoE,
 # `--fp4 on` must be refused naming the compute capability, and the FP4 kernels built with the MMA emulated
 # in software must pass their self-check and agree with the portable MoE (kernels-cuda/tests/fp4_device.rs).
 log "fp4: selection on this GPU, emulated FP4 kernels"
 fp4ok=1
-"$G" bench -m /tmp/m20.gguf --backend cuda -p 32 -n 0 -r 1 -o md > "$OUT/fp4_auto.txt" 2>&1 || fp4ok=0
-grep -m1 "backend:" "$OUT/fp4_auto.txt" | tee -a "$OUT/summary.txt"
-grep -q "moe: portable" "$OUT/fp4_auto.txt" || fp4ok=0
-if "$G" bench -m /tmp/m20.gguf --backend cuda --fp4 on -p 32 -n 0 -r 1 > "$OUT/fp4_on.txt" 2>&1; then fp4ok=0; fi
-grep -m1 "fp4 on" "$OUT/fp4_on.txt" | tee -a "$OUT/summary.txt"
-grep -q "compute capability" "$OUT/fp4_on.txt" || fp4ok=0
+"$G" bench -m /tmp/m20.gguf --backend cuda -p 32 -n 0 -r 1 -o md > "$L/fp4_auto.txt" 2>&1 || fp4ok=0
+grep -m1 "backend:" "$L/fp4_auto.txt" | tee -a "$OUT/summary.txt"
+grep -q "moe: portable" "$L/fp4_auto.txt" || fp4ok=0
+if "$G" bench -m /tmp/m20.gguf --backend cuda --fp4 on -p 32 -n 0 -r 1 > "$L/fp4_on.txt" 2>&1; then fp4ok=0; fi
+grep -m1 "fp4 on" "$L/fp4_on.txt" | tee -a "$OUT/summary.txt"
+grep -q "compute capability" "$L/fp4_on.txt" || fp4ok=0
 if [ -x "$D/fp4_device" ]; then
-  "$D/fp4_device" --test-threads 1 --nocapture > "$OUT/fp4_device.log" 2>&1 || fp4ok=0
-  grep -E "auto ->|refused|self-check|NMSE|^test result" "$OUT/fp4_device.log" | tee -a "$OUT/summary.txt"
+  timeout 120 "$D/fp4_device" --test-threads 1 --nocapture > "$L/fp4_device.log" 2>&1 || fp4ok=0
+  grep -E "auto ->|refused|self-check|NMSE|^test result" "$L/fp4_device.log" | tee -a "$OUT/summary.txt"
 else
   echo "fp4_device test binary not staged" | tee -a "$OUT/summary.txt"; fp4ok=0
 fi
 if [ "$fp4ok" = 1 ]; then log "FP4 CHECK: PASS (auto -> portable, --fp4 on refused, emulated FP4 kernels agree)"
 else log "FP4 CHECK: FAIL (see fp4_auto.txt, fp4_on.txt, fp4_device.log)"; fi
+log done
