@@ -200,6 +200,17 @@ pub trait Backend {
         bias: Option<&Self::Weight>,
     ) -> Result<Self::Tensor>;
 
+    /// Several products of the same input, `[x @ W_i^T + bias_i]` (the q, k and v projections):
+    /// the same as calling [`Backend::linear`] for each, which is what this default does; a
+    /// backend may run them in one launch.
+    fn linear_many(
+        &self,
+        x: &Self::Tensor,
+        ws: &[(&Self::Weight, Option<&Self::Weight>)],
+    ) -> Result<Vec<Self::Tensor>> {
+        ws.iter().map(|(w, b)| self.linear(x, w, *b)).collect()
+    }
+
     /// `x += y`, elementwise; same shapes.
     fn add_assign(&self, x: &mut Self::Tensor, y: &Self::Tensor) -> Result<()>;
 

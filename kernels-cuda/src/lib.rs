@@ -284,6 +284,10 @@ pub struct CudaBackend {
     int8_activations: bool,
     /// The Blackwell FP4 tensor-core MoE path: selection, kernels, self-check (see [`fp4`]).
     fp4: fp4::run::Fp4State,
+    /// Rows per warp of the MXFP4 MoE kernels (gate+up, down): 1, 2 or 4.
+    moe_rows: (usize, usize),
+    /// Decode attention (t = 1) with each GQA group's query heads in one block.
+    grouped_decode: bool,
 }
 
 const TICKETS_ROUTER: usize = 0;
@@ -366,6 +370,10 @@ impl CudaBackend {
             counters: Mutex::new([None, None]),
             int8_activations: false,
             fp4: fp4::run::Fp4State::new(major, minor),
+            // The fastest pair measured on an H100 (bench_decode, 2026-11-26): 53.5 us per
+            // MoE layer against 54.4 for (1, 1) and 56.3 for (2, 2).
+            moe_rows: (1, 2),
+            grouped_decode: false,
         })
     }
 
@@ -375,6 +383,27 @@ impl CudaBackend {
     /// compounds through layers: the tiny fixture model's logits then miss the 1e-4 limit.
     pub fn set_int8_activations(&mut self, on: bool) {
         self.int8_activations = on;
+    }
+
+    /// Rows each warp of the MXFP4 MoE kernels computes, for gate+up and for down (1, 2 or 4
+    /// each; other values round to one of those). More rows per warp put more loads in flight
+    /// per warp and reuse each activation load, fewer give more warps. Default (1, 2).
+    pub fn set_moe_rows_per_warp(&mut self, gate_up: usize, down: usize) {
+        let pick = |r: usize| match r {
+            0 | 1 => 1,
+            2 | 3 => 2,
+            _ => 4,
+        };
+        self.moe_rows = (pick(gate_up), pick(down));
+    }
+
+    /// Decode attention (one query row) with the query heads of each GQA group in one block,
+    /// so that each cached key/value row is read once per group instead of once per head. Off
+    /// by default: on an H100 it measured 37 us against 47 per full layer at depth 4096, but
+    /// 27 against 10-14 at depth ~100 (a per-key dependent load chain at the chunk holding the
+    /// new key), and its depth-16384 run did not finish within the benchmark's time limit.
+    pub fn set_grouped_decode_attention(&mut self, on: bool) {
+        self.grouped_decode = on;
     }
 
     /// The architecture the kernels were compiled for (`sm_90a`, ...).
@@ -584,6 +613,89 @@ impl CudaBackend {
         Ok(p)
     }
 
+    /// One decode row (t = 1) of attention with the query heads of each GQA group in one block
+    /// (each cached key/value row read once per group), split over the keys so that long
+    /// contexts fill the GPU; the kernel also appends the new key/value row to the cache.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_decode(
+        &self,
+        q: &CudaTensor,
+        k: &CudaTensor,
+        v: &CudaTensor,
+        cache: &mut CudaKvCache,
+        pos0: usize,
+        cfg: &AttentionConfig,
+        max_keys: usize,
+        sink_args: [A; 2],
+        out: CudaTensor,
+    ) -> Result<CudaTensor> {
+        let (h, kvh, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
+        // About four blocks per SM of an H100, chunks of at least 128 keys (one 32-key step
+        // for each of a block's four warps).
+        let mut splits = 1usize;
+        while kvh * splits < 512 && max_keys.div_ceil(splits * 2) >= 128 {
+            splits *= 2;
+        }
+        let chunk = max_keys.div_ceil(splits);
+        let part = self.scratch(if splits > 1 {
+            h * splits * (hd + 2) * 4
+        } else {
+            4
+        })?;
+        const DECODE: [&str; 8] = [
+            "attn_decode_d1",
+            "attn_decode_d2",
+            "attn_decode_d3",
+            "attn_decode_d4",
+            "attn_decode_d5",
+            "attn_decode_d6",
+            "attn_decode_d7",
+            "attn_decode_d8",
+        ];
+        self.launch(
+            DECODE[hd / 32 - 1],
+            (kvh as u32, splits as u32, 1),
+            128,
+            &[
+                A::P(self.ptr(&q.buf)),
+                A::P(self.ptr(&k.buf)),
+                A::P(self.ptr(&v.buf)),
+                A::P(self.ptr(&cache.k)),
+                A::P(self.ptr(&cache.v)),
+                A::I(pos0 as i32),
+                A::I(h as i32),
+                A::I(kvh as i32),
+                A::I(hd as i32),
+                A::I(cache.cap as i32),
+                A::I(cfg.window.unwrap_or(0) as i32),
+                A::F(cfg.scale),
+                A::I(chunk as i32),
+                A::P(self.ptr(&part)),
+                sink_args[0],
+                sink_args[1],
+                A::P(self.ptr(&out.buf)),
+            ],
+        )?;
+        if splits > 1 {
+            self.launch(
+                "attn_combine",
+                (1, h as u32, 1),
+                hd as u32,
+                &[
+                    A::P(self.ptr(&part)),
+                    A::I(h as i32),
+                    A::I(hd as i32),
+                    A::I(splits as i32),
+                    sink_args[0],
+                    sink_args[1],
+                    A::P(self.ptr(&out.buf)),
+                ],
+            )?;
+        }
+        cache.len = pos0 + 1;
+        Ok(out)
+    }
+
     /// `y = x W^T + b` into an existing buffer `y` `[t, n]`.
     #[allow(clippy::too_many_arguments)]
     fn linear_into(
@@ -740,6 +852,38 @@ fn matrix_dims(w: &CudaWeight) -> (usize, usize) {
     let k = w.shape.first().copied().unwrap_or(0);
     let n = w.shape.iter().skip(1).product::<usize>();
     (k, n)
+}
+
+/// Checks `x @ W^T + bias` shapes; returns (k, n).
+fn check_linear(
+    x: &CudaTensor,
+    w: &CudaWeight,
+    bias: Option<&CudaWeight>,
+) -> Result<(usize, usize)> {
+    let (k, n) = matrix_dims(w);
+    if x.cols != k {
+        return Err(shape_err(
+            "linear",
+            format!(
+                "x is [{}, {}] but {} is {:?} (k = {k})",
+                x.rows, x.cols, w.name, w.shape
+            ),
+        ));
+    }
+    if let Some(b) = bias
+        && (b.numel() != n || b.dtype.is_quantized())
+    {
+        return Err(shape_err(
+            "linear",
+            format!(
+                "bias {} is {:?} {} for {n} outputs",
+                b.name,
+                b.shape,
+                b.dtype.name()
+            ),
+        ));
+    }
+    Ok((k, n))
 }
 
 /// Same-bits re-layout of quantized blocks: all values first, then all scales.
@@ -927,32 +1071,67 @@ impl Backend for CudaBackend {
         w: &CudaWeight,
         bias: Option<&CudaWeight>,
     ) -> Result<CudaTensor> {
-        let (k, n) = matrix_dims(w);
-        if x.cols != k {
-            return Err(shape_err(
-                "linear",
-                format!(
-                    "x is [{}, {}] but {} is {:?} (k = {k})",
-                    x.rows, x.cols, w.name, w.shape
-                ),
-            ));
-        }
-        if let Some(b) = bias
-            && (b.numel() != n || b.dtype.is_quantized())
-        {
-            return Err(shape_err(
-                "linear",
-                format!(
-                    "bias {} is {:?} {} for {n} outputs",
-                    b.name,
-                    b.shape,
-                    b.dtype.name()
-                ),
-            ));
-        }
+        let (k, n) = check_linear(x, w, bias)?;
         let y = self.tensor(x.rows, n)?;
         self.linear_into(self.ptr(&x.buf), x.rows, k, w, bias, self.ptr(&y.buf), n)?;
         Ok(y)
+    }
+
+    fn linear_many(
+        &self,
+        x: &CudaTensor,
+        ws: &[(&CudaWeight, Option<&CudaWeight>)],
+    ) -> Result<Vec<CudaTensor>> {
+        let dims = ws
+            .iter()
+            .map(|(w, b)| check_linear(x, w, *b))
+            .collect::<Result<Vec<_>>>()?;
+        let t = x.rows;
+        let fused = (1..=3).contains(&ws.len())
+            && (1..=MAX_GEMV_ROWS).contains(&t)
+            && !self.int8_activations
+            && matches!(ws[0].0.dtype, GgmlType::Q8_0 | GgmlType::MXFP4)
+            && ws.iter().all(|(w, _)| w.dtype == ws[0].0.dtype)
+            && dims.iter().all(|&(_, n)| n > 0);
+        if !fused {
+            return ws.iter().map(|(w, b)| self.linear(x, w, *b)).collect();
+        }
+        let k = dims[0].0;
+        let outs = dims
+            .iter()
+            .map(|&(_, n)| self.tensor(t, n))
+            .collect::<Result<Vec<_>>>()?;
+        let mut args = vec![A::P(self.ptr(&x.buf)), A::I(t as i32), A::I(k as i32)];
+        let mut blocks = 0usize;
+        for i in 0..3 {
+            // Unused slots repeat the last matrix with zero blocks (never reached).
+            let j = i.min(ws.len() - 1);
+            let (w, b) = ws[j];
+            let n = dims[j].1;
+            let nblk = if i < ws.len() { n.div_ceil(8) } else { 0 };
+            blocks += nblk;
+            let (bp, bt) = match b {
+                Some(b) => (self.ptr(&b.buf), b.dtype.id() as i32),
+                None => (0, 0),
+            };
+            args.extend([
+                A::P(self.ptr(&w.buf)),
+                A::L(w.nb),
+                A::P(bp),
+                A::I(bt),
+                A::P(self.ptr(&outs[j].buf)),
+                A::I(n as i32),
+                A::I(nblk as i32),
+            ]);
+        }
+        let kern = match (ws[0].0.dtype == GgmlType::Q8_0, t == 1) {
+            (true, true) => "gemvf3_q8_0_r1",
+            (true, false) => "gemvf3_q8_0",
+            (false, true) => "gemvf3_mxfp4_r1",
+            (false, false) => "gemvf3_mxfp4",
+        };
+        self.launch(kern, (blocks as u32, 1, 1), 256, &args)?;
+        Ok(outs)
     }
 
     fn add_assign(&self, x: &mut CudaTensor, y: &CudaTensor) -> Result<()> {
@@ -1110,6 +1289,11 @@ impl Backend for CudaBackend {
             None => pos0 + t,
         }
         .max(1);
+        let (kc, vc) = (self.ptr(&cache.k), self.ptr(&cache.v));
+        let sink_args = [A::P(self.ptr(&sinks.buf)), A::I(sinks.dtype.id() as i32)];
+        if self.grouped_decode && t == 1 && h / kvh <= 8 {
+            return self.attention_decode(q, k, v, cache, pos0, cfg, max_keys, sink_args, out);
+        }
         // Enough blocks to keep every SM busy with several (~16 per SM of an H100), chunks of
         // at least 128 keys (a chunk's warps then have one or more 32-key steps each).
         let blocks = t * h;
@@ -1125,8 +1309,6 @@ impl Backend for CudaBackend {
         } else {
             4
         })?;
-        let (kc, vc) = (self.ptr(&cache.k), self.ptr(&cache.v));
-        let sink_args = [A::P(self.ptr(&sinks.buf)), A::I(sinks.dtype.id() as i32)];
         const PARTIAL: [&str; 8] = [
             "attn_partial_d1",
             "attn_partial_d2",
@@ -1339,8 +1521,8 @@ impl Backend for CudaBackend {
                 A::I(d_model as i32),
                 A::P(self.ptr(&y.buf)),
             ];
-            let gate_up_grid = (n_ff.div_ceil(8) as u32, pairs as u32, 1);
             if int8 {
+                let gate_up_grid = (n_ff.div_ceil(8) as u32, pairs as u32, 1);
                 self.launch_smem(
                     "moe_gate_up_mxfp4",
                     gate_up_grid,
@@ -1351,15 +1533,27 @@ impl Backend for CudaBackend {
                 let grid = (d_model.div_ceil(8) as u32, t as u32, 1);
                 self.launch_smem("moe_down_mxfp4", grid, 256, smem_down as u32, &down_args)?;
             } else {
-                self.launch("moe_gate_up_mxfp4_f", gate_up_grid, 256, &gate_up_args)?;
-                // One warp per (output, slot) when k divides 8: k times the warps in flight.
-                let (kern, per) = if 8 % kk == 0 {
-                    ("moe_down_mxfp4_fk", 8 / kk)
-                } else {
-                    ("moe_down_mxfp4_f", 8)
+                let (rg, rd) = self.moe_rows;
+                let gu = match rg {
+                    1 => "moe_gate_up_mxfp4_r1",
+                    2 => "moe_gate_up_mxfp4_r2",
+                    _ => "moe_gate_up_mxfp4_r4",
                 };
-                let grid = (d_model.div_ceil(per) as u32, t as u32, 1);
-                self.launch(kern, grid, 256, &down_args)?;
+                let grid = (n_ff.div_ceil(8 * rg) as u32, pairs as u32, 1);
+                self.launch(gu, grid, 256, &gate_up_args)?;
+                // One warp per (rows, slot) when k divides 8: k times the warps in flight.
+                if 8 % kk == 0 {
+                    let kern = match rd {
+                        1 => "moe_down_mxfp4_r1",
+                        2 => "moe_down_mxfp4_r2",
+                        _ => "moe_down_mxfp4_r4",
+                    };
+                    let grid = (d_model.div_ceil(rd * 8 / kk) as u32, t as u32, 1);
+                    self.launch(kern, grid, 256, &down_args)?;
+                } else {
+                    let grid = (d_model.div_ceil(8) as u32, t as u32, 1);
+                    self.launch("moe_down_mxfp4_f", grid, 256, &down_args)?;
+                }
             }
         } else {
             let h = self.scratch(pairs * n_ff * 4)?;

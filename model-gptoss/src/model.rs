@@ -269,9 +269,21 @@ impl<B: Backend> Model<B> {
             .enumerate()
         {
             let x = be.rms_norm(&h, &l.attn_norm, c.rms_eps)?;
-            let mut q = be.linear(&x, &l.wq, Some(&l.bq))?;
-            let mut k = be.linear(&x, &l.wk, Some(&l.bk))?;
-            let v = be.linear(&x, &l.wv, Some(&l.bv))?;
+            let mut qkv = be
+                .linear_many(
+                    &x,
+                    &[
+                        (&l.wq, Some(&l.bq)),
+                        (&l.wk, Some(&l.bk)),
+                        (&l.wv, Some(&l.bv)),
+                    ],
+                )?
+                .into_iter();
+            let (Some(mut q), Some(mut k), Some(v)) = (qkv.next(), qkv.next(), qkv.next()) else {
+                return Err(ModelError::InvalidInput(
+                    "linear_many returned fewer than 3 outputs".into(),
+                ));
+            };
             be.rope(&mut q, c.n_heads, pos0, &self.rope)?;
             be.rope(&mut k, c.n_kv_heads, pos0, &self.rope)?;
             let a = be.attention(&q, &k, &v, cache, pos0, &l.sinks, &c.attention(il))?;

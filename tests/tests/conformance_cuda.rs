@@ -393,6 +393,70 @@ fn linear_every_type_and_shape() {
     ));
 }
 
+/// `linear_many` (one launch for up to three matrices of one type on the decode path) against
+/// the CPU's `linear` of each matrix, for t = 1..9, odd row counts, one to four matrices, with
+/// and without biases; a matrix of another k is a shape error.
+#[test]
+fn linear_many_matches_linear() {
+    let Some(p) = pair() else { return };
+    let mut r = rng();
+    let cases: [(usize, &[usize]); 4] = [
+        (2880, &[4096, 512, 512]),
+        (96, &[37, 8, 65]),
+        (64, &[33, 200]),
+        (128, &[40, 41, 42, 43]),
+    ];
+    for dtype in [GgmlType::Q8_0, GgmlType::MXFP4, GgmlType::F32] {
+        for &(k, ns) in &cases {
+            let ws: Vec<_> = ns
+                .iter()
+                .map(|&n| p.up(&random_weight(&mut r, "w", dtype, &[k, n], 0.05)))
+                .collect();
+            let bs: Vec<_> = ns
+                .iter()
+                .map(|&n| p.up(&random_weight(&mut r, "b", GgmlType::F32, &[n], 0.5)))
+                .collect();
+            for t in [1usize, 2, 3, 5, 8, 9] {
+                let xv = randn(&mut r, t * k, 1.0);
+                let (cx, gx) = p.x(&xv, t, k);
+                // Every other matrix without a bias.
+                let cw: Vec<_> = ws
+                    .iter()
+                    .zip(&bs)
+                    .enumerate()
+                    .map(|(i, (w, b))| (&w.0, (i % 2 == 0).then_some(&b.0)))
+                    .collect();
+                let gw: Vec<_> = ws
+                    .iter()
+                    .zip(&bs)
+                    .enumerate()
+                    .map(|(i, (w, b))| (&w.1, (i % 2 == 0).then_some(&b.1)))
+                    .collect();
+                p.poison();
+                let g = p.gpu.linear_many(&gx, &gw).unwrap();
+                assert_eq!(g.len(), ns.len());
+                for (i, gi) in g.iter().enumerate() {
+                    let c = p.cpu.linear(&cx, cw[i].0, cw[i].1).unwrap();
+                    p.check(
+                        &format!("linear_many {dtype:?} t={t} k={k} n={:?} #{i}", ns),
+                        &c,
+                        gi,
+                        MATMUL_NMSE,
+                    );
+                }
+            }
+        }
+    }
+    let a = p.up(&random_weight(&mut r, "a", GgmlType::Q8_0, &[64, 32], 0.05));
+    let b = p.up(&random_weight(&mut r, "b", GgmlType::Q8_0, &[96, 32], 0.05));
+    let xv = randn(&mut r, 64, 1.0);
+    let (_, gx) = p.x(&xv, 1, 64);
+    assert!(matches!(
+        p.gpu.linear_many(&gx, &[(&a.1, None), (&b.1, None)]),
+        Err(BackendError::Shape { .. })
+    ));
+}
+
 #[test]
 fn linear_requantized_types() {
     let Some(p) = pair() else { return };
@@ -566,34 +630,32 @@ fn attention_case(
 
 #[test]
 fn attention_prefill_decode_window_sinks() {
-    let Some(p) = pair() else { return };
+    let Some(mut p) = pair() else { return };
     let mut r = rng();
+    for grouped in [false, true] {
+        p.gpu.set_grouped_decode_attention(grouped);
+        eprintln!("grouped decode attention: {grouped}");
+        attention_cases(&p, &mut r);
+    }
+}
+
+fn attention_cases(p: &Pair, r: &mut StdRng) {
     // GPT-OSS shapes: prefill longer than the window, decode steps, a second chunk.
-    attention_case(
-        &p,
-        &mut r,
-        64,
-        8,
-        64,
-        Some(128),
-        &[200, 1, 1, 1, 37, 1, 130, 1],
-    );
-    attention_case(&p, &mut r, 64, 8, 64, None, &[200, 1, 1, 37, 1]);
+    attention_case(p, r, 64, 8, 64, Some(128), &[200, 1, 1, 1, 37, 1, 130, 1]);
+    attention_case(p, r, 64, 8, 64, None, &[200, 1, 1, 37, 1]);
     // Tiny-model shapes.
-    attention_case(
-        &p,
-        &mut r,
-        4,
-        2,
-        32,
-        Some(8),
-        &[5, 1, 1, 1, 1, 1, 9, 1, 20, 1],
-    );
-    attention_case(&p, &mut r, 4, 2, 32, None, &[13, 1, 1, 7, 1]);
+    attention_case(p, r, 4, 2, 32, Some(8), &[5, 1, 1, 1, 1, 1, 9, 1, 20, 1]);
+    attention_case(p, r, 4, 2, 32, None, &[13, 1, 1, 7, 1]);
     // A long context: decode over 5000 cached keys (split-K).
-    attention_case(&p, &mut r, 64, 8, 64, None, &[5000, 1, 1, 3]);
+    attention_case(p, r, 64, 8, 64, None, &[5000, 1, 1, 3]);
     // Odd head count per group, head_dim 128.
-    attention_case(&p, &mut r, 12, 4, 128, Some(16), &[40, 1, 2]);
+    attention_case(p, r, 12, 4, 128, Some(16), &[40, 1, 2]);
+    // The grouped decode kernel at its limits: 8 heads per group with head_dim 256 over a
+    // split context, one head per group with an odd dims-per-lane (96) through a wrapping
+    // window, and 16 heads per group (the per-head kernel).
+    attention_case(p, r, 16, 2, 256, None, &[700, 1, 1]);
+    attention_case(p, r, 8, 8, 96, Some(50), &[70, 1, 1, 1, 33, 1]);
+    attention_case(p, r, 32, 2, 64, None, &[40, 1, 1]);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -887,4 +949,21 @@ fn moe_requantized_types() {
         p.gpu.moe(&x, &w, &cfg),
         Err(BackendError::UnsupportedType { .. })
     ));
+}
+
+/// The decode MoE kernels with 1, 2 and 4 rows per warp, on row counts that leave partial
+/// warps (n_ff 160, d_model 96 / 224), more experts than a warp has lanes (top-k over 40 and
+/// 256), k not dividing 8 (the other down kernel) and k = 8, for t = 1..8.
+#[test]
+fn moe_rows_per_warp_variants() {
+    let Some(mut p) = pair() else { return };
+    let mut r = rng();
+    for (rg, rd) in [(1, 1), (1, 2), (2, 2), (4, 4), (4, 1), (1, 4)] {
+        p.gpu.set_moe_rows_per_warp(rg, rd);
+        eprintln!("rows per warp: gate+up {rg}, down {rd}");
+        moe_case(&p, &mut r, 96, 160, 40, 4, GgmlType::MXFP4, &[1, 2, 7]);
+        moe_case(&p, &mut r, 224, 96, 256, 8, GgmlType::MXFP4, &[1, 8]);
+        moe_case(&p, &mut r, 64, 160, 9, 3, GgmlType::MXFP4, &[1, 5]);
+        moe_case(&p, &mut r, 2880, 2880, 32, 4, GgmlType::MXFP4, &[1, 4]);
+    }
 }

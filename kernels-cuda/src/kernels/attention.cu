@@ -204,3 +204,246 @@ extern "C" __global__ void kv_append(const float* knew, const float* vnew, u16* 
     kc[dst] = f2h(knew[src]);
     vc[dst] = f2h(vnew[src]);
 }
+
+// ---- Decode (t == 1) with the query heads of a GQA group together ----
+// Block (kv head, chunk s of S) reads each cached key and value row of its chunk once for all
+// gq (<= ATT_MAX_G) query heads of the group, where attn_partial reads them once per query head
+// (8x the traffic for GPT-OSS). Each warp takes 32 keys per step, lane = key for the scores;
+// then lane = DPL contiguous dims for the values. Partial results as attn_partial (combined by
+// attn_combine when S > 1); S == 1 finishes with the sink. The block (kv head, 0) also stores
+// the new key/value row in the ring (no block reads that slot: see attn_partial).
+// grid (n_kv, S), block 128.
+#define ATT_MAX_G 8
+
+template <int DPL>
+__device__ __forceinline__ void load_halves(const u16* p, float* out) {
+    if (DPL % 8 == 0) {
+#pragma unroll
+        for (int i = 0; i < DPL / 8; ++i) {
+            uint4 v = ((const uint4*)p)[i];
+            u32 w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                out[8 * i + 2 * e] = h2f((u16)(w[e] & 0xffffu));
+                out[8 * i + 2 * e + 1] = h2f((u16)(w[e] >> 16));
+            }
+        }
+    } else if (DPL % 4 == 0) {
+#pragma unroll
+        for (int i = 0; i < DPL / 4; ++i) {
+            uint2 v = ((const uint2*)p)[i];
+            out[4 * i] = h2f((u16)(v.x & 0xffffu));
+            out[4 * i + 1] = h2f((u16)(v.x >> 16));
+            out[4 * i + 2] = h2f((u16)(v.y & 0xffffu));
+            out[4 * i + 3] = h2f((u16)(v.y >> 16));
+        }
+    } else if (DPL % 2 == 0) {
+#pragma unroll
+        for (int i = 0; i < DPL / 2; ++i) {
+            u32 v = ((const u32*)p)[i];
+            out[2 * i] = h2f((u16)(v & 0xffffu));
+            out[2 * i + 1] = h2f((u16)(v >> 16));
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < DPL; ++i) out[i] = h2f(p[i]);
+    }
+}
+
+template <int DPL>
+__device__ __forceinline__ void attn_decode_t(const float* q, const float* knew, const float* vnew,
+                                              u16* kc, u16* vc, int pos0, int n_heads, int n_kv,
+                                              int hd, int cap, int window, float scale,
+                                              int chunk, float* part, const u8* sinks,
+                                              int sink_type, float* out) {
+    constexpr int HD = DPL * 32;
+    __shared__ float qs[ATT_MAX_G][HD];
+    __shared__ float wm[4][ATT_MAX_G], wl[4][ATT_MAX_G];
+    __shared__ float wacc[4][ATT_MAX_G][HD];
+    int kh = blockIdx.x, s = blockIdx.y, S = gridDim.y;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int gq = n_heads / n_kv;
+    int h0 = kh * gq;
+    int p = pos0;
+    int lo = window > 0 ? max(0, p - window + 1) : 0;
+    int start = lo + s * chunk;
+    int end = min(p + 1, start + chunk);
+    for (int i = threadIdx.x; i < gq * HD; i += blockDim.x) qs[i / HD][i % HD] = q[(i64)h0 * HD + i];
+    __syncthreads();
+    float m[ATT_MAX_G], l[ATT_MAX_G], acc[ATT_MAX_G][DPL];
+#pragma unroll
+    for (int g = 0; g < ATT_MAX_G; ++g) {
+        m[g] = NEG_INF;
+        l[g] = 0.f;
+#pragma unroll
+        for (int dd = 0; dd < DPL; ++dd) acc[g][dd] = 0.f;
+    }
+    for (int j0 = start + warp * 32; j0 < end; j0 += 128) {
+        int j = j0 + lane;
+        float sc[ATT_MAX_G];
+#pragma unroll
+        for (int g = 0; g < ATT_MAX_G; ++g) sc[g] = 0.f;
+        if (j < end) {
+            if (j < pos0) {
+                const uint4* kr = (const uint4*)(kc + ((i64)(j % cap) * n_kv + kh) * HD);
+                uint4 kv[HD / 8];
+#pragma unroll
+                for (int c = 0; c < HD / 8; ++c) kv[c] = kr[c];
+#pragma unroll
+                for (int c = 0; c < HD / 8; ++c) {
+                    u32 w[4] = {kv[c].x, kv[c].y, kv[c].z, kv[c].w};
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        float k0 = h2f((u16)(w[e] & 0xffffu)), k1 = h2f((u16)(w[e] >> 16));
+#pragma unroll
+                        for (int g = 0; g < ATT_MAX_G; ++g) {
+                            if (g < gq) {
+                                sc[g] = fmaf(qs[g][c * 8 + 2 * e], k0, sc[g]);
+                                sc[g] = fmaf(qs[g][c * 8 + 2 * e + 1], k1, sc[g]);
+                            }
+                        }
+                    }
+                }
+            } else {
+                // The new key (t == 1: row 0 of knew), f32.
+                const float* kr = knew + (i64)kh * HD;
+                for (int c = 0; c < HD; ++c) {
+                    float kv = kr[c];
+#pragma unroll
+                    for (int g = 0; g < ATT_MAX_G; ++g)
+                        if (g < gq) sc[g] = fmaf(qs[g][c], kv, sc[g]);
+                }
+            }
+        }
+        float pj[ATT_MAX_G];
+#pragma unroll
+        for (int g = 0; g < ATT_MAX_G; ++g) {
+            if (g < gq) {
+                float v = j < end ? sc[g] * scale : NEG_INF;
+                float mnew = fmaxf(m[g], warp_max(v));
+                pj[g] = j < end ? __expf(v - mnew) : 0.f;
+                float corr = __expf(m[g] - mnew);
+                l[g] = l[g] * corr + warp_sum(pj[g]);
+#pragma unroll
+                for (int dd = 0; dd < DPL; ++dd) acc[g][dd] *= corr;
+                m[g] = mnew;
+            } else {
+                pj[g] = 0.f;
+            }
+        }
+        int nvalid = min(32, end - j0);
+        if (j0 + 32 <= pos0 && nvalid == 32) {
+            // Every key of this step is in the cache: U value rows in flight at a time.
+            constexpr int U = DPL <= 2 ? 16 : (DPL <= 4 ? 8 : 4);
+#pragma unroll
+            for (int jj0 = 0; jj0 < 32; jj0 += U) {
+                float vv[U][DPL];
+#pragma unroll
+                for (int u = 0; u < U; ++u)
+                    load_halves<DPL>(vc + ((i64)((j0 + jj0 + u) % cap) * n_kv + kh) * HD + lane * DPL,
+                                     vv[u]);
+#pragma unroll
+                for (int u = 0; u < U; ++u) {
+#pragma unroll
+                    for (int g = 0; g < ATT_MAX_G; ++g) {
+                        if (g < gq) {
+                            float pp = __shfl_sync(0xffffffffu, pj[g], jj0 + u);
+#pragma unroll
+                            for (int dd = 0; dd < DPL; ++dd) acc[g][dd] = fmaf(pp, vv[u][dd], acc[g][dd]);
+                        }
+                    }
+                }
+            }
+        } else {
+            for (int jj = 0; jj < nvalid; ++jj) {
+                int key = j0 + jj;
+                float vv[DPL];
+                if (key < pos0) {
+                    load_halves<DPL>(vc + ((i64)(key % cap) * n_kv + kh) * HD + lane * DPL, vv);
+                } else {
+#pragma unroll
+                    for (int dd = 0; dd < DPL; ++dd) vv[dd] = vnew[(i64)kh * HD + lane * DPL + dd];
+                }
+#pragma unroll
+                for (int g = 0; g < ATT_MAX_G; ++g) {
+                    if (g < gq) {
+                        float pp = __shfl_sync(0xffffffffu, pj[g], jj);
+#pragma unroll
+                        for (int dd = 0; dd < DPL; ++dd) acc[g][dd] = fmaf(pp, vv[dd], acc[g][dd]);
+                    }
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int g = 0; g < ATT_MAX_G; ++g) {
+        if (g < gq) {
+            if (lane == 0) {
+                wm[warp][g] = m[g];
+                wl[warp][g] = l[g];
+            }
+#pragma unroll
+            for (int dd = 0; dd < DPL; ++dd) wacc[warp][g][lane * DPL + dd] = acc[g][dd];
+        }
+    }
+    __syncthreads();
+    if (s == 0) {
+        i64 src = (i64)kh * HD;
+        i64 dst = ((i64)(pos0 % cap) * n_kv + kh) * HD;
+        for (int d = threadIdx.x; d < HD; d += blockDim.x) {
+            kc[dst + d] = f2h(knew[src + d]);
+            vc[dst + d] = f2h(vnew[src + d]);
+        }
+    }
+    for (int i = threadIdx.x; i < gq * HD; i += blockDim.x) {
+        int g = i / HD, d = i % HD, h = h0 + g;
+        float M = fmaxf(fmaxf(wm[0][g], wm[1][g]), fmaxf(wm[2][g], wm[3][g]));
+        if (S == 1) {
+            float sink = wload(sinks, sink_type, 0, h);
+            float MM = fmaxf(M, sink);
+            float L = __expf(sink - MM), o = 0.f;
+            for (int w = 0; w < 4; ++w) {
+                if (wm[w][g] != NEG_INF) {
+                    float f = __expf(wm[w][g] - MM);
+                    L += wl[w][g] * f;
+                    o += wacc[w][g][d] * f;
+                }
+            }
+            out[(i64)h * HD + d] = o / L;
+        } else {
+            float o = 0.f, L = 0.f;
+            if (M != NEG_INF) {
+                for (int w = 0; w < 4; ++w) {
+                    if (wm[w][g] != NEG_INF) {
+                        float f = __expf(wm[w][g] - M);
+                        L += wl[w][g] * f;
+                        o += wacc[w][g][d] * f;
+                    }
+                }
+            }
+            float* pout = part + ((i64)h * S + s) * (HD + 2);
+            pout[d] = o;
+            if (d == 0) {
+                pout[HD] = M;
+                pout[HD + 1] = L;
+            }
+        }
+    }
+}
+
+#define ATTN_DECODE_ENTRY(NAME, DPL)                                                            \
+    extern "C" __global__ void __launch_bounds__(128) NAME(                                    \
+        const float* q, const float* knew, const float* vnew, u16* kc, u16* vc, int pos0,      \
+        int n_heads, int n_kv, int hd, int cap, int window, float scale, int chunk, float* part, \
+        const u8* sinks, int sink_type, float* out) {                                          \
+        attn_decode_t<DPL>(q, knew, vnew, kc, vc, pos0, n_heads, n_kv, hd, cap, window, scale,  \
+                           chunk, part, sinks, sink_type, out);                                \
+    }
+ATTN_DECODE_ENTRY(attn_decode_d1, 1)
+ATTN_DECODE_ENTRY(attn_decode_d2, 2)
+ATTN_DECODE_ENTRY(attn_decode_d3, 3)
+ATTN_DECODE_ENTRY(attn_decode_d4, 4)
+ATTN_DECODE_ENTRY(attn_decode_d5, 5)
+ATTN_DECODE_ENTRY(attn_decode_d6, 6)
+ATTN_DECODE_ENTRY(attn_decode_d7, 7)
+ATTN_DECODE_ENTRY(attn_decode_d8, 8)

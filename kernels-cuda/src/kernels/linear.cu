@@ -256,22 +256,45 @@ extern "C" __global__ void gemm_tiled(const float* x, int t, int k, const u8* w,
 // (elements 4p..4p+3 and 16+4p..16+4p+3) or Q8_0 values 8p..8p+7, so a warp covers 8 blocks
 // per step with coalesced weight loads and x read as float4 (8 blocks = 1 KiB contiguous).
 
+// Byte i of v as a signed value (gemm_tc.cu stages Q8_0 tiles with it).
 __device__ __forceinline__ float sx8(int v, int i) { return (float)((v << (24 - 8 * i)) >> 24); }
 
-// MXFP4 part-dot in units of the doubled table (the caller multiplies by half the scale).
-__device__ __forceinline__ float mxfp4_part_dot(u32 q, const float* xb, int p) {
-    int2 v = mxfp4_lut8(q);
-    float4 a = *(const float4*)(xb + 4 * p);
-    float4 c = *(const float4*)(xb + 16 + 4 * p);
-    return sx8(v.x, 0) * a.x + sx8(v.x, 1) * a.y + sx8(v.x, 2) * a.z + sx8(v.x, 3) * a.w +
-           sx8(v.y, 0) * c.x + sx8(v.y, 1) * c.y + sx8(v.y, 2) * c.z + sx8(v.y, 3) * c.w;
+// MXFP4 part-dot in units of the doubled table (the caller multiplies by half the scale), given
+// the lane's x values a = x[4p..4p+3], c = x[16+4p..16+4p+3]. Weights decode through the
+// exponent trick (common.cuh): no int->float conversion.
+__device__ __forceinline__ float mxfp4_part_dot4(u32 q, float4 a, float4 c) {
+    u32 t0, t1;
+    mxfp4_lut8_u(q, t0, t1);
+    float s = ubyte_val<0>(t0) * a.x;
+    s = fmaf(ubyte_val<1>(t0), c.x, s);
+    s = fmaf(ubyte_val<2>(t0), a.y, s);
+    s = fmaf(ubyte_val<3>(t0), c.y, s);
+    s = fmaf(ubyte_val<0>(t1), a.z, s);
+    s = fmaf(ubyte_val<1>(t1), c.z, s);
+    s = fmaf(ubyte_val<2>(t1), a.w, s);
+    s = fmaf(ubyte_val<3>(t1), c.w, s);
+    return s;
 }
 
+__device__ __forceinline__ float mxfp4_part_dot(u32 q, const float* xb, int p) {
+    return mxfp4_part_dot4(q, *(const float4*)(xb + 4 * p), *(const float4*)(xb + 16 + 4 * p));
+}
+
+// Q8_0 part-dot: values 8p..8p+7 (signed bytes, made unsigned by flipping the top bit, then
+// decoded with the exponent trick).
 __device__ __forceinline__ float q8_part_dot(int2 q, const float* xb, int p) {
     float4 a = *(const float4*)(xb + 8 * p);
     float4 c = *(const float4*)(xb + 8 * p + 4);
-    return sx8(q.x, 0) * a.x + sx8(q.x, 1) * a.y + sx8(q.x, 2) * a.z + sx8(q.x, 3) * a.w +
-           sx8(q.y, 0) * c.x + sx8(q.y, 1) * c.y + sx8(q.y, 2) * c.z + sx8(q.y, 3) * c.w;
+    u32 u0 = (u32)q.x ^ 0x80808080u, u1 = (u32)q.y ^ 0x80808080u;
+    float s = ubyte_val<0>(u0) * a.x;
+    s = fmaf(ubyte_val<1>(u0), a.y, s);
+    s = fmaf(ubyte_val<2>(u0), a.z, s);
+    s = fmaf(ubyte_val<3>(u0), a.w, s);
+    s = fmaf(ubyte_val<0>(u1), c.x, s);
+    s = fmaf(ubyte_val<1>(u1), c.y, s);
+    s = fmaf(ubyte_val<2>(u1), c.z, s);
+    s = fmaf(ubyte_val<3>(u1), c.w, s);
+    return s;
 }
 
 #define FU 4  // steps of 8 blocks whose loads are issued before use
@@ -382,3 +405,85 @@ __device__ __forceinline__ void row_dot2_mxfp4(const u8* wa, i64 nba, const u8* 
         }
     }
 }
+
+// R rows (row0 .. row0 + R - 1, each clamped to last_row) of NM MXFP4 matrices of the same
+// shape dotted with one row of x: the loads of every row and matrix for FU steps are issued
+// before any is used, and each x value loaded serves all R * NM rows. acc[m * R + r].
+template <int NM, int R>
+__device__ __forceinline__ void rows_dot_mxfp4(const u8* const* w, const i64* nb, i64 row0,
+                                               i64 last_row, int nbk, const float* x,
+                                               float* acc) {
+    int lane = threadIdx.x & 31, p = lane & 3, bl = lane >> 2;
+    i64 rows[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) rows[r] = min(row0 + r, last_row) * nbk;
+    for (int kb0 = bl; kb0 < nbk; kb0 += 8 * FU) {
+        u32 q[FU][NM][R], e[FU][NM][R];
+#pragma unroll
+        for (int u = 0; u < FU; ++u) {
+            int kb = kb0 + 8 * u;
+            if (kb < nbk) {
+#pragma unroll
+                for (int m = 0; m < NM; ++m)
+#pragma unroll
+                    for (int r = 0; r < R; ++r) {
+                        i64 bi = rows[r] + kb;
+                        q[u][m][r] = __ldg((const u32*)(w[m] + bi * 16) + p);
+                        e[u][m][r] = __ldg(w[m] + nb[m] * 16 + bi);
+                    }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < FU; ++u) {
+            int kb = kb0 + 8 * u;
+            if (kb < nbk) {
+                const float* xb = x + kb * 32;
+                float4 a = __ldg((const float4*)(xb + 4 * p));
+                float4 c = __ldg((const float4*)(xb + 16 + 4 * p));
+#pragma unroll
+                for (int m = 0; m < NM; ++m)
+#pragma unroll
+                    for (int r = 0; r < R; ++r)
+                        acc[m * R + r] += mxfp4_part_dot4(q[u][m][r], a, c) *
+                                          (0.5f * e8m0_to_f32(e[u][m][r]));
+            }
+        }
+    }
+}
+
+// Up to three Q8_0 or MXFP4 matrices with the same k (the q, k and v projections) in one
+// launch: blocks [0, nblk0) run matrix 0, the next nblk1 matrix 1, the rest matrix 2; each
+// block 8 output rows, as gemvf_*. Per matrix: weight, its block count, bias (or null), bias
+// type, output, rows, blocks. grid nblk0 + nblk1 + nblk2, block 256.
+#define MAT3_ARGS(I) const u8 *w##I, i64 nb##I, const u8 *b##I, int bt##I, float *y##I, int n##I, int nblk##I
+#define GEMVF3_ENTRY(NAME, TYPE, R)                                                             \
+    extern "C" __global__ void __launch_bounds__(256) NAME(                                   \
+        const float* x, int t, int k, MAT3_ARGS(0), MAT3_ARGS(1), MAT3_ARGS(2)) {             \
+        int b = blockIdx.x;                                                                   \
+        bool m1 = b >= nblk0, m2 = b >= nblk0 + nblk1;                                        \
+        /* Selects, not an indexed array: the arguments stay in registers. */                 \
+        const u8* w = m2 ? w2 : (m1 ? w1 : w0);                                               \
+        i64 nb = m2 ? nb2 : (m1 ? nb1 : nb0);                                                 \
+        const u8* bias = m2 ? b2 : (m1 ? b1 : b0);                                            \
+        int bt = m2 ? bt2 : (m1 ? bt1 : bt0);                                                 \
+        float* y = m2 ? y2 : (m1 ? y1 : y0);                                                  \
+        int n_out = m2 ? n2 : (m1 ? n1 : n0);                                                 \
+        b -= m2 ? nblk0 + nblk1 : (m1 ? nblk0 : 0);                                           \
+        int n = b * 8 + (threadIdx.x >> 5);                                                   \
+        int lane = threadIdx.x & 31;                                                          \
+        if (n >= n_out) return;                                                               \
+        float acc[R];                                                                         \
+        for (int r = 0; r < R; ++r) acc[r] = 0.f;                                             \
+        row_dot_f<TYPE, R>(w, nb, n, k >> 5, x, k, t, acc);                                   \
+        float bv = bias_at(bias, bt, n);                                                      \
+        for (int r = 0; r < R; ++r) {                                                         \
+            if (r < t) {                                                                      \
+                float s = warp_sum(acc[r]);                                                   \
+                if (lane == 0) y[(i64)r * n_out + n] = s + bv;                                \
+            }                                                                                 \
+        }                                                                                     \
+    }
+GEMVF3_ENTRY(gemvf3_q8_0, T_Q8_0, MAX_ROWS)
+GEMVF3_ENTRY(gemvf3_mxfp4, T_MXFP4, MAX_ROWS)
+GEMVF3_ENTRY(gemvf3_q8_0_r1, T_Q8_0, 1)
+GEMVF3_ENTRY(gemvf3_mxfp4_r1, T_MXFP4, 1)

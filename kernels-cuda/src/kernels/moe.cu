@@ -39,31 +39,42 @@ extern "C" __global__ void moe_router_topk(const float* x, int d_model, const u8
     __syncthreads();
     if (ticket != gridDim.x - 1) return;
     // The last block: every thread fetches some logits into shared memory at once (one
-    // volatile load each, in parallel), then one thread selects from shared memory.
+    // volatile load each, in parallel), then warp 0 selects from shared memory.
     __shared__ float lr[MOE_MAX_EXPERTS];
-    __shared__ u8 used[MOE_MAX_EXPERTS];
     __threadfence();
-    for (int i = threadIdx.x; i < n_exp; i += blockDim.x) {
+    for (int i = threadIdx.x; i < n_exp; i += blockDim.x)
         lr[i] = ((const volatile float*)logits)[(i64)r * n_exp + i];
-        used[i] = 0;
-    }
     __syncthreads();
-    if (threadIdx.x != 0) return;
-    counters[r] = 0;
+    if (warp != 0) return;
+    // Warp 0 selects: each lane holds experts lane, lane + 32, ...; k rounds of a warp-wide
+    // (value, id) maximum, ties to the lower id, the winner's owner marking it taken.
+    if (lane == 0) counters[r] = 0;
+    u32 taken = 0;
     float vals[16];
     int sel[16];
     for (int j = 0; j < k; ++j) {
-        int bi = -1;
         float best = NEG_INF;
-        for (int ee = 0; ee < n_exp; ++ee) {
-            if (used[ee]) continue;
+        int bi = 0x7fffffff;
+        for (int i = 0; i < MOE_MAX_EXPERTS / 32; ++i) {
+            int ee = lane + 32 * i;
+            if (ee >= n_exp) break;
+            if ((taken >> i) & 1u) continue;
             float v = lr[ee];
-            if (bi < 0 || v > best) { best = v; bi = ee; }
+            if (bi == 0x7fffffff || v > best) { best = v; bi = ee; }
         }
-        used[bi] = 1;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffffu, best, o);
+            int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            bool take = oi != 0x7fffffff &&
+                        (bi == 0x7fffffff || ov > best || (ov == best && oi < bi));
+            if (take) { best = ov; bi = oi; }
+        }
+        if (bi != 0x7fffffff && (bi & 31) == lane) taken |= 1u << (bi >> 5);
         vals[j] = best;
         sel[j] = bi;
     }
+    if (lane != 0) return;
     float mx = vals[0];
     for (int j = 1; j < k; ++j) mx = fmaxf(mx, vals[j]);
     float sum = 0.f;
@@ -298,3 +309,100 @@ extern "C" __global__ void __launch_bounds__(256) moe_down_mxfp4_fk(
         y[(i64)row * d_model + d] = s;
     }
 }
+
+// Decode-tuned MXFP4 MoE kernels (f32 activations): each warp runs R rows, with the loads of
+// every row (gate and up together) for several steps in flight before any is used.
+// Gate+up: rows f0 .. f0 + R - 1 of the pair's expert, f0 = (block * 8 + warp) * R.
+// grid (ceil(n_ff / (8 R)), t * k), block 256.
+template <int R>
+__device__ __forceinline__ void moe_gate_up_rows(const float* x, int d_model, const u8* wg,
+                                                 i64 nbg, const u8* wu, i64 nbu, const u8* bg,
+                                                 int bgt, const u8* bu, int but, const int* ids,
+                                                 int k, int n_ff, float* h) {
+    int f0 = (blockIdx.x * 8 + (threadIdx.x >> 5)) * R;
+    int lane = threadIdx.x & 31;
+    if (f0 >= n_ff) return;
+    int pair = blockIdx.y, row = pair / k;
+    int e = ids[pair];
+    i64 base = (i64)e * n_ff;
+    const u8* w[2] = {wg, wu};
+    i64 nb[2] = {nbg, nbu};
+    float acc[2 * R];
+#pragma unroll
+    for (int i = 0; i < 2 * R; ++i) acc[i] = 0.f;
+    rows_dot_mxfp4<2, R>(w, nb, base + f0, base + n_ff - 1, d_model >> 5,
+                         x + (i64)row * d_model, acc);
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        float g = warp_sum(acc[r]);
+        float u = warp_sum(acc[R + r]);
+        int f = f0 + r;
+        if (lane == 0 && f < n_ff)
+            h[(i64)pair * n_ff + f] =
+                swiglu_oai(g + wload(bg, bgt, 0, base + f), u + wload(bu, but, 0, base + f));
+    }
+}
+
+// Down: one warp per (R outputs, slot), 8 / k output groups per block; the k slots' weighted
+// partial sums are combined in slot order in shared memory (deterministic). For k dividing 8.
+// grid (ceil(d_model / (R * 8 / k)), t), block 256.
+template <int R>
+__device__ __forceinline__ void moe_down_rows(const float* h, int n_ff, const u8* wd, i64 nbd,
+                                              const u8* bd, int bdt, const int* ids,
+                                              const float* wts, int k, int d_model, float* y) {
+    __shared__ float part[8][R];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int per = 8 / k;
+    int d0 = (blockIdx.x * per + warp / k) * R;
+    int j = warp % k;
+    int row = blockIdx.y;
+    if (d0 < d_model) {
+        int pair = row * k + j;
+        int e = ids[pair];
+        i64 base = (i64)e * d_model;
+        float acc[R];
+#pragma unroll
+        for (int r = 0; r < R; ++r) acc[r] = 0.f;
+        const u8* w[1] = {wd};
+        i64 nb[1] = {nbd};
+        rows_dot_mxfp4<1, R>(w, nb, base + d0, base + d_model - 1, n_ff >> 5,
+                             h + (i64)pair * n_ff, acc);
+        float wt = wts[pair];
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            float a = warp_sum(acc[r]);
+            int d = d0 + r;
+            if (lane == 0) part[warp][r] = d < d_model ? wt * (a + wload(bd, bdt, 0, base + d)) : 0.f;
+        }
+    }
+    __syncthreads();
+    if (lane == 0 && j == 0 && d0 < d_model) {
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            int d = d0 + r;
+            if (d >= d_model) break;
+            float s = 0.f;
+            for (int jj = 0; jj < k; ++jj) s += part[warp + jj][r];
+            y[(i64)row * d_model + d] = s;
+        }
+    }
+}
+
+#define MOE_GU_ENTRY(NAME, R)                                                                    \
+    extern "C" __global__ void __launch_bounds__(256) NAME(                                    \
+        const float* x, int d_model, const u8* wg, i64 nbg, const u8* wu, i64 nbu, const u8* bg, \
+        int bgt, const u8* bu, int but, const int* ids, int k, int n_ff, float* h) {           \
+        moe_gate_up_rows<R>(x, d_model, wg, nbg, wu, nbu, bg, bgt, bu, but, ids, k, n_ff, h);  \
+    }
+#define MOE_DOWN_ENTRY(NAME, R)                                                                  \
+    extern "C" __global__ void __launch_bounds__(256) NAME(                                    \
+        const float* h, int n_ff, const u8* wd, i64 nbd, const u8* bd, int bdt, const int* ids, \
+        const float* wts, int k, int d_model, float* y) {                                      \
+        moe_down_rows<R>(h, n_ff, wd, nbd, bd, bdt, ids, wts, k, d_model, y);                  \
+    }
+MOE_GU_ENTRY(moe_gate_up_mxfp4_r1, 1)
+MOE_GU_ENTRY(moe_gate_up_mxfp4_r2, 2)
+MOE_GU_ENTRY(moe_gate_up_mxfp4_r4, 4)
+MOE_DOWN_ENTRY(moe_down_mxfp4_r1, 1)
+MOE_DOWN_ENTRY(moe_down_mxfp4_r2, 2)
+MOE_DOWN_ENTRY(moe_down_mxfp4_r4, 4)
