@@ -478,6 +478,15 @@ fn run_in(
     let mut r0 = 0;
     while r0 < n_rows {
         let nr = ROW_BLOCK.min(n_rows - r0);
+        // Ask for the next row block now, so that its first touch (often DRAM: prefill reads
+        // each expert once) overlaps this block's tiles instead of stalling the unpacking.
+        let next =
+            &w[((r0 + nr) * row_bytes).min(w.len())..((r0 + 2 * nr) * row_bytes).min(w.len())];
+        for line in next.chunks(64) {
+            // SAFETY: a prefetch of an address inside `w`; it never faults and has no effect on
+            // results.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
+        }
         let mut ok = [true; ROW_BLOCK];
         for (r, okr) in ok.iter_mut().enumerate().take(nr) {
             let wrow = &w[(r0 + r) * row_bytes..(r0 + r + 1) * row_bytes];
