@@ -5,7 +5,6 @@
 
 use std::arch::x86_64::*;
 
-use crate::kquants::scale_min_k4;
 use crate::util::rd_f16;
 
 #[inline]
@@ -37,21 +36,40 @@ fn bsums(ab: &[u8]) -> __m256i {
     load256(&ab[260..292])
 }
 
+/// Q4_K's 12 scale bytes as 8 six-bit scales (bytes 0..8) and 8 mins (bytes 8..16), ggml's
+/// word-parallel form of `scale_min_k4`.
+#[inline(always)]
+fn scales_mins_k4(q: &[u8]) -> [u32; 4] {
+    const KMASK1: u32 = 0x3f3f_3f3f;
+    const KMASK2: u32 = 0x0f0f_0f0f;
+    const KMASK3: u32 = 0x0303_0303;
+    let w = |i: usize| u32::from_le_bytes([q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]]);
+    let (u0, u1, u2) = (w(0), w(1), w(2));
+    [
+        u0 & KMASK1,
+        (u2 & KMASK2) | (((u0 >> 6) & KMASK3) << 4),
+        u1 & KMASK1,
+        ((u2 >> 4) & KMASK2) | (((u1 >> 6) & KMASK3) << 4),
+    ]
+}
+
 /// Q4_K x Q8_K: per 32-value sub-block j, `sc_j * dot(q, a)` summed exactly, and
 /// `m_j * (bsum_2j + bsum_2j+1)` likewise.
 #[target_feature(enable = "avx2,f16c")]
 pub(crate) fn q4_k_q8_k_avx2(w: &[u8], a: &[u8], nb: usize) -> f32 {
     let m4 = _mm256_set1_epi8(0x0f);
+    // Byte pairs (2k, 2k + 1) everywhere: broadcast i16 element k of a 128-bit half.
+    let bcast: [__m256i; 8] =
+        std::array::from_fn(|k| _mm256_set1_epi16((0x0100 + 0x0202 * k) as i16));
     let mut acc = 0.0f32;
     for (wb, ab) in w.chunks_exact(144).zip(a.chunks_exact(292)).take(nb) {
-        let mut sc = [0i16; 8];
-        let mut mins = [0i16; 16];
-        for j in 0..8 {
-            let (s, m) = scale_min_k4(j, &wb[4..16]);
-            sc[j] = s as i16;
-            mins[2 * j] = m as i16;
-            mins[2 * j + 1] = m as i16;
-        }
+        let sm = scales_mins_k4(&wb[4..16]);
+        // SAFETY: `sm` is 16 readable bytes; the load is unaligned.
+        let sm = unsafe { _mm_loadu_si128(sm.as_ptr().cast()) };
+        // i16: scales 0..8 in the low half, mins 0..8 in the high half.
+        let sm16 = _mm256_cvtepu8_epi16(sm);
+        let sc = _mm256_permute2x128_si256(sm16, sm16, 0x00);
+        let mins = _mm256_extracti128_si256(sm16, 1);
         let aq = &ab[4..260];
         let mut sumv = _mm256_setzero_si256();
         for j in 0..4 {
@@ -61,14 +79,18 @@ pub(crate) fn q4_k_q8_k_avx2(w: &[u8], a: &[u8], nb: usize) -> f32 {
             // |pair sum| <= 2 * 15 * 128: no saturation; times a 6-bit scale fits i32.
             let pl = _mm256_maddubs_epi16(lo, load256(&aq[64 * j..64 * j + 32]));
             let ph = _mm256_maddubs_epi16(hi, load256(&aq[64 * j + 32..64 * j + 64]));
-            let pl = _mm256_madd_epi16(pl, _mm256_set1_epi16(sc[2 * j]));
-            let ph = _mm256_madd_epi16(ph, _mm256_set1_epi16(sc[2 * j + 1]));
+            let pl = _mm256_madd_epi16(pl, _mm256_shuffle_epi8(sc, bcast[2 * j]));
+            let ph = _mm256_madd_epi16(ph, _mm256_shuffle_epi8(sc, bcast[2 * j + 1]));
             sumv = _mm256_add_epi32(sumv, _mm256_add_epi32(pl, ph));
         }
         let sumi = hsum_epi32(sumv);
-        // SAFETY: `mins` is 16 readable i16; the load is unaligned.
-        let mv = unsafe { _mm256_loadu_si256(mins.as_ptr().cast()) };
-        let summ = hsum_epi32(_mm256_madd_epi16(bsums(ab), mv));
+        // sum_j m_j * (bsum_2j + bsum_2j+1), i16 x i16 into i32 with each min doubled up: exact
+        // for any block sums.
+        let md = _mm256_set_m128i(
+            _mm_unpackhi_epi16(mins, mins),
+            _mm_unpacklo_epi16(mins, mins),
+        );
+        let summ = hsum_epi32(_mm256_madd_epi16(bsums(ab), md));
         let dy = q8k_d(ab);
         let d = rd_f16(wb, 0) * dy;
         let dmin = rd_f16(wb, 2) * dy;
@@ -86,16 +108,21 @@ pub(crate) fn q6_k_q8_k_avx2(w: &[u8], a: &[u8], nb: usize) -> f32 {
     let m4 = _mm256_set1_epi8(0x0f);
     let m3 = _mm256_set1_epi8(3);
     let m32 = _mm256_set1_epi8(32);
+    let pick: [__m128i; 8] = std::array::from_fn(|k| {
+        _mm_set_epi64x(
+            (0x0101_0101_0101_0101u64 * (2 * k as u64 + 1)) as i64,
+            (0x0101_0101_0101_0101u64 * (2 * k as u64)) as i64,
+        )
+    });
     let mut acc = 0.0f32;
     for (wb, ab) in w.chunks_exact(210).zip(a.chunks_exact(292)).take(nb) {
         let aq = &ab[4..260];
         let sc = &wb[192..208];
-        let scale = |s: usize| {
-            _mm256_set_m128i(
-                _mm_set1_epi16(sc[s + 1] as i8 as i16),
-                _mm_set1_epi16(sc[s] as i8 as i16),
-            )
-        };
+        // SAFETY: `sc` is exactly 16 readable bytes; the load is unaligned.
+        let sc = unsafe { _mm_loadu_si128(sc.as_ptr().cast()) };
+        // i16 scales s (low half) and s + 1 (high half): 8 copies of byte s, then of byte s + 1,
+        // widened with sign.
+        let scale = |s: usize| _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc, pick[s / 2]));
         let mut sumv = _mm256_setzero_si256();
         for n in 0..2 {
             let ql0 = load256(&wb[64 * n..64 * n + 32]);
