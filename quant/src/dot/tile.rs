@@ -61,7 +61,7 @@ pub fn vec_dot_tile_with(
     if want == 0 {
         return Ok(());
     }
-    let dispatch = if dispatch.is_available() {
+    let dispatch = if dispatch.is_available_cached() {
         dispatch
     } else {
         Dispatch::best()
