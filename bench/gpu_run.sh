@@ -27,7 +27,7 @@ export LD_LIBRARY_PATH="/usr/local/cuda/lib64:$nv/cu13/lib:$nv/nccl/lib:${LD_LIB
 # cudarc opens libnccl.so; the pip wheel ships only libnccl.so.2.
 n2=$( (find "$nv" -name "libnccl.so.2*"; ls /usr/lib/x86_64-linux-gnu/libnccl.so.2) 2>/dev/null | head -1)
 if [ -n "$n2" ]; then mkdir -p /tmp/ncclink; ln -sf "$n2" /tmp/ncclink/libnccl.so; export LD_LIBRARY_PATH="/tmp/ncclink:$LD_LIBRARY_PATH"; fi
-export GPTOSS_FIXTURES=$D/fixtures NCCL_DEBUG=WARN NCCL_NVLS_ENABLE=0
+export GPTOSS_FIXTURES=$D/fixtures NCCL_NVLS_ENABLE=0
 nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader | tee "$L/gpu.txt"
 n_gpu=$(nvidia-smi -L | wc -l)
 git_rev=$(cat "$D/COMMIT" 2>/dev/null || echo unknown)
@@ -39,6 +39,7 @@ synth=$!
 
 tests="conformance_cuda end_to_end_cuda conformance_wgpu wgpu_ops_conformance"
 [ "$n_gpu" -ge 2 ] && tests="$tests split_cuda"
+[ -n "${SKIP_WGPU:-}" ] && tests=$(echo $tests | sed 's/conformance_wgpu//; s/wgpu_ops_conformance//')
 for t in $tests; do
   [ -x "$D/$t" ] || { log "test $t: not staged"; continue; }
   log "test $t"
@@ -70,6 +71,12 @@ log "CUDA vs CPU-reference logits, 100-token prompt; 64 greedy steps"
 "$G" logits -m /tmp/m20.gguf --tokens "$ids" --backend cuda --out /tmp/l_cuda.safetensors 2>>"$L/check.err"
 "$G" logits -m /tmp/m20.gguf --tokens "$ids" --backend cpu-ref --out /tmp/l_cpu.safetensors 2>>"$L/check.err"
 cmp_logits /tmp/l_cuda.safetensors /tmp/l_cpu.safetensors "CUDA vs CPU logits"
+# The same with the MoE's tensor-core products in bf16, and with no tensor-core path at all (the
+# f32 kernels): how much of the difference each precision choice makes.
+GPTOSS_CUDA_TC_BF16=1 "$G" logits -m /tmp/m20.gguf --tokens "$ids" --backend cuda --out /tmp/l_bf16.safetensors 2>>"$L/check.err"
+cmp_logits /tmp/l_bf16.safetensors /tmp/l_cpu.safetensors "CUDA (bf16 MoE products) vs CPU logits"
+GPTOSS_CUDA_TC_OFF=linear,moe,attention "$G" logits -m /tmp/m20.gguf --tokens "$ids" --backend cuda --out /tmp/l_f32.safetensors 2>>"$L/check.err"
+cmp_logits /tmp/l_f32.safetensors /tmp/l_cpu.safetensors "CUDA (no tensor cores) vs CPU logits"
 "$G" generate -m /tmp/m20.gguf --tokens "$ids" -n 64 --json --backend cuda > /tmp/g_cuda.json 2>>"$L/check.err"
 "$G" generate -m /tmp/m20.gguf --tokens "$ids" -n 64 --json --backend cpu-ref > /tmp/g_cpu.json 2>>"$L/check.err"
 cmp_greedy /tmp/g_cuda.json /tmp/g_cpu.json "greedy CUDA vs CPU"
@@ -81,8 +88,9 @@ if [ -x "$D/baseline/gptoss" ]; then
   log "bench cuda, baseline binary ($(cat "$D/baseline/COMMIT" 2>/dev/null))"
   "$D/baseline/gptoss" bench -m /tmp/m20.gguf --backend cuda -p 512,2048 -n 128 -r 2 -o md 2>"$L/bench_base.err" | tee -a "$OUT/summary.txt"
 fi
-log "bench wgpu"
-"$G" bench -m /tmp/m20.gguf --backend wgpu -p 512 -n 128 -r 2 -o md 2>"$L/bench_wgpu.err" | tee -a "$OUT/summary.txt"
+GPTOSS_CUDA_TC_BF16=1 "$G" bench -m /tmp/m20.gguf --backend cuda -p 512,2048 -n 0 -r 2 -o md 2>>"$L/bench_cuda.err" | sed 's/portable |/portable, bf16 MoE products |/' | tee -a "$OUT/summary.txt"
+[ -n "${SKIP_WGPU:-}" ] || { log "bench wgpu"
+"$G" bench -m /tmp/m20.gguf --backend wgpu -p 512 -n 128 -r 2 -o md 2>"$L/bench_wgpu.err" | tee -a "$OUT/summary.txt"; }
 log "copy bandwidth"
 python3 -c '
 import torch
@@ -96,6 +104,8 @@ if [ "$n_gpu" -ge 2 ]; then
   log "2 GPUs (NCCL) vs 1 GPU: logits, greedy, bench"
   "$G" logits -m /tmp/m20.gguf --tokens "$ids" --backend cuda --gpus 0,1 --out /tmp/l_2gpu.safetensors 2>>"$L/split.err"
   cmp_logits /tmp/l_2gpu.safetensors /tmp/l_cuda.safetensors "2 GPUs vs 1 GPU logits"
+  GPTOSS_CUDA_TC_OFF=linear,moe,attention "$G" logits -m /tmp/m20.gguf --tokens "$ids" --backend cuda --gpus 0,1 --out /tmp/l_2gpu_f32.safetensors 2>>"$L/split.err"
+  cmp_logits /tmp/l_2gpu_f32.safetensors /tmp/l_f32.safetensors "2 GPUs vs 1 GPU logits, no tensor cores"
   "$G" generate -m /tmp/m20.gguf --tokens "$ids" -n 64 --json --backend cuda --gpus 0,1 > /tmp/g_2gpu.json 2>>"$L/split.err"
   cmp_greedy /tmp/g_2gpu.json /tmp/g_cuda.json "greedy 2 GPUs vs 1 GPU"
   "$G" bench -m /tmp/m20.gguf --backend cuda --gpus 0,1 -p 512,2048 -n 128 -r 2 -o md 2>"$L/bench_2gpu.err" | tee -a "$OUT/summary.txt"

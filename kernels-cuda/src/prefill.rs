@@ -5,7 +5,9 @@
 //! not take), `linear` runs a tiled tensor-core GEMM with the weight expanded to 16 bits in
 //! shared memory (Q8_0 and F16 as f16, MXFP4, BF16 and F32 as bf16) and the activations rounded
 //! to the same type; the MXFP4 MoE groups its (token, slot) pairs by expert on the GPU and runs
-//! grouped GEMMs: gate and up with SwiGLU-OAI and biases fused, h kept in bf16, then down with
+//! grouped GEMMs in f16 (MXFP4 blocks relative to each weight row's largest exponent, which is
+//! applied in f32 afterwards; bf16 with `GPTOSS_CUDA_TC_BF16=1`): gate and up with SwiGLU-OAI
+//! and biases fused, h kept in f16, then down with
 //! the bias and routing weight into one f32 row per pair, summed over the slots in slot order
 //! (deterministic); attention runs a flash kernel (f16 Q, K, V and probabilities, f32 scores
 //! and softmax). Accuracy: bf16/f16 inputs with f32 sums give an NMSE of about 1e-6 per
@@ -66,6 +68,13 @@ pub fn tc_min_width() -> usize {
 /// on small odd shapes too).
 pub fn set_tc_min_width(width: usize) {
     MIN_WIDTH_OVERRIDE.store(width, Ordering::Relaxed);
+}
+
+/// The MoE's tensor-core products in bf16 (`GPTOSS_CUDA_TC_BF16=1`) instead of the default f16
+/// with per-row exponents: bf16 has 3 fewer mantissa bits, for comparisons.
+fn moe_bf16() -> bool {
+    static V: OnceLock<bool> = OnceLock::new();
+    *V.get_or_init(|| std::env::var("GPTOSS_CUDA_TC_BF16").is_ok_and(|v| v == "1"))
 }
 
 /// Which tensor-core paths are on: all, unless `GPTOSS_CUDA_TC_OFF` lists some of `linear`,
@@ -208,10 +217,15 @@ impl CudaBackend {
         let (gb, gbt) = bp(&w.gate_bias);
         let (ub, ubt) = bp(&w.up_bias);
         let (db, dbt) = bp(&w.down_bias);
-        // h: bf16 [pairs, n_ff] in sorted order.
+        // h: f16 (or bf16) [pairs, n_ff] in sorted order.
         let h = self.scratch(pairs * n_ff * 2)?;
+        let bf16 = moe_bf16();
         self.launch(
-            "moe_tc_gate_up",
+            if bf16 {
+                "moe_tc_gate_up_bf16"
+            } else {
+                "moe_tc_gate_up"
+            },
             (n_ff.div_ceil(TC_FF) as u32, max_tiles as u32, 1),
             256,
             &[
@@ -236,7 +250,11 @@ impl CudaBackend {
         // One f32 row per (token, slot), summed in slot order below.
         let yp = self.scratch(pairs * d_model * 4)?;
         self.launch(
-            "moe_tc_down",
+            if bf16 {
+                "moe_tc_down_bf16"
+            } else {
+                "moe_tc_down"
+            },
             (d_model.div_ceil(TC_BN) as u32, max_tiles as u32, 1),
             256,
             &[
