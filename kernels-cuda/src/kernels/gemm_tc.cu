@@ -3,9 +3,10 @@
 // One tile machinery for three users:
 //   gemm_tc_*        : y[t, n] = x[t, k] W^T + b, dense weights (Q8_0, F16, BF16, F32, MXFP4);
 //   moe_tc_gate_up   : per expert, rows of x gathered by the routing permutation, gate and up
-//                      MXFP4 in one B tile, SwiGLU-OAI and both biases in the epilogue, h in f16
-//                      (MXFP4 blocks in f16 relative to the row's largest block exponent, see
-//                      BLoadMxfp4T; `_bf16` variants: bf16 throughout);
+//                      MXFP4 in one B tile, SwiGLU-OAI and both biases in the epilogue, h in
+//                      16 bits: `_bf16` variants (the default) bf16 throughout, the others f16
+//                      with MXFP4 blocks relative to the row's largest block exponent (see
+//                      BLoadMxfp4T; GPTOSS_CUDA_TC_F16=1);
 //   moe_tc_down      : per expert, h rows times down MXFP4, bias and routing weight, one f32 row
 //                      per (token, slot), summed over the slots by moe_sum_slots in slot order.
 // Weights are expanded to 16-bit in shared memory while staged: MXFP4 to bf16 (exact: an E2M1
@@ -529,7 +530,7 @@ __device__ __forceinline__ void moe_tc_gate_up_body(
     }
 }
 
-// f16 products (the default) and the bf16 variant (GPTOSS_CUDA_TC_BF16=1), same arguments.
+// f16 products (GPTOSS_CUDA_TC_F16=1) and the bf16 variant (the default), same arguments.
 #define MOE_TC_GATE_UP_ARGS                                                                        \
     const float *x, int d_model, const u8 *wg, i64 nbg, const u8 *wu, i64 nbu, const u8 *bg,      \
         int bgt, const u8 *bu, int but, const int *perm, const int *seg_end, const int *tiles,     \
