@@ -11,38 +11,11 @@
 //! - A negative control: a wrongly packed fragment is caught.
 
 use gptoss_kernels_cuda::fp4::{model, pack};
+mod common;
+
+use common::{dequant_ref, e4m3_ref, random_mxfp4};
 use rand::rngs::StdRng;
-use rand::{Rng, RngCore, SeedableRng};
-
-/// E4M3 (OCP e4m3fn) from its definition, independent of the code under test.
-fn e4m3_ref(b: u8) -> f64 {
-    let s = if b & 0x80 != 0 { -1.0 } else { 1.0 };
-    let e = ((b >> 3) & 15) as i32;
-    let m = (b & 7) as f64;
-    if e == 0 {
-        s * m * 2f64.powi(-9)
-    } else {
-        s * (8.0 + m) * 2f64.powi(e - 10)
-    }
-}
-
-/// Random ggml MXFP4 blocks for `rows x k`, scale bytes in `lo..=hi`.
-fn random_mxfp4(rng: &mut StdRng, rows: usize, k: usize, lo: u8, hi: u8) -> Vec<u8> {
-    let mut v = Vec::new();
-    for _ in 0..rows * k / 32 {
-        v.push(rng.random_range(lo..=hi));
-        let mut qs = [0u8; 16];
-        rng.fill_bytes(&mut qs);
-        v.extend_from_slice(&qs);
-    }
-    v
-}
-
-fn dequant_ref(ggml: &[u8], n: usize) -> Vec<f32> {
-    let mut out = vec![0f32; n];
-    gptoss_quant::dequantize(gptoss_quant::GgmlType::MXFP4, ggml, &mut out).expect("dequantize");
-    out
-}
+use rand::{Rng, SeedableRng};
 
 #[test]
 fn packed_mma_equals_the_f64_matmul_of_mxfp4_weights_and_e4m3_activations() {

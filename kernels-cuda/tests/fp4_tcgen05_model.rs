@@ -13,55 +13,12 @@
 //!   order are all caught.
 
 use gptoss_kernels_cuda::fp4::{pack, tcgen05};
+mod common;
+
+use common::{dequant_ref, e4m3_ref, random_e4m3_rows, random_mxfp4};
 use rand::rngs::StdRng;
-use rand::{Rng, RngCore, SeedableRng};
+use rand::{Rng, SeedableRng};
 
-fn e4m3_ref(b: u8) -> f64 {
-    let s = if b & 0x80 != 0 { -1.0 } else { 1.0 };
-    let e = ((b >> 3) & 15) as i32;
-    let m = (b & 7) as f64;
-    if e == 0 {
-        s * m * 2f64.powi(-9)
-    } else {
-        s * (8.0 + m) * 2f64.powi(e - 10)
-    }
-}
-
-fn random_mxfp4(rng: &mut StdRng, rows: usize, k: usize, lo: u8, hi: u8) -> Vec<u8> {
-    let mut v = Vec::new();
-    for _ in 0..rows * k / 32 {
-        v.push(rng.random_range(lo..=hi));
-        let mut qs = [0u8; 16];
-        rng.fill_bytes(&mut qs);
-        v.extend_from_slice(&qs);
-    }
-    v
-}
-
-fn random_e4m3_rows(rng: &mut StdRng, n: usize, k: usize) -> pack::Mxfp8Rows {
-    let q: Vec<u8> = (0..n * k)
-        .map(|_| {
-            loop {
-                let b: u8 = rng.random();
-                if b & 0x7f != 0x7f {
-                    break b;
-                }
-            }
-        })
-        .collect();
-    let s: Vec<u8> = (0..n * k / 32)
-        .map(|_| rng.random_range(118..=136))
-        .collect();
-    pack::Mxfp8Rows { q, s, k }
-}
-
-fn dequant_ref(ggml: &[u8], n: usize) -> Vec<f32> {
-    let mut out = vec![0f32; n];
-    gptoss_quant::dequantize(gptoss_quant::GgmlType::MXFP4, ggml, &mut out).expect("dequantize");
-    out
-}
-
-/// Max error over all outputs against the f64 matmul, each within `blocks * 2^-24 * sum |terms|`.
 fn check(
     got: &[f32],
     wf: &[f32],
