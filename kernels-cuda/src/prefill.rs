@@ -5,9 +5,7 @@
 //! not take), `linear` runs a tiled tensor-core GEMM with the weight expanded to 16 bits in
 //! shared memory (Q8_0 and F16 as f16, MXFP4, BF16 and F32 as bf16) and the activations rounded
 //! to the same type; the MXFP4 MoE groups its (token, slot) pairs by expert on the GPU and runs
-//! grouped GEMMs in bf16 (or, with `GPTOSS_CUDA_TC_F16=1`, f16 with MXFP4 blocks relative to
-//! each weight row's largest exponent, applied in f32 afterwards): gate and up with SwiGLU-OAI
-//! and biases fused, h kept in the same 16-bit type, then down with
+//! grouped GEMMs: gate and up with SwiGLU-OAI and biases fused, h kept in bf16, then down with
 //! the bias and routing weight into one f32 row per pair, summed over the slots in slot order
 //! (deterministic); attention runs a flash kernel (f16 Q, K, V and probabilities, f32 scores
 //! and softmax). Accuracy: bf16/f16 inputs with f32 sums give an NMSE of about 1e-6 per
@@ -68,16 +66,6 @@ pub fn tc_min_width() -> usize {
 /// on small odd shapes too).
 pub fn set_tc_min_width(width: usize) {
     MIN_WIDTH_OVERRIDE.store(width, Ordering::Relaxed);
-}
-
-/// The MoE's tensor-core products in bf16 (the default) or, with `GPTOSS_CUDA_TC_F16=1`, in f16
-/// with per-row exponents (3 more mantissa bits). Measured on a random 20b on an H100
-/// (bench/RESULTS.md): f16 gives no smaller difference to the f32 reference there (that model's
-/// routing amplifies any 16-bit rounding of the prefill) and is ~1.5 % slower, so bf16, which
-/// cannot overflow, stays the default.
-fn moe_bf16() -> bool {
-    static V: OnceLock<bool> = OnceLock::new();
-    *V.get_or_init(|| !std::env::var("GPTOSS_CUDA_TC_F16").is_ok_and(|v| v == "1"))
 }
 
 /// Which tensor-core paths are on: all, unless `GPTOSS_CUDA_TC_OFF` lists some of `linear`,
@@ -220,15 +208,10 @@ impl CudaBackend {
         let (gb, gbt) = bp(&w.gate_bias);
         let (ub, ubt) = bp(&w.up_bias);
         let (db, dbt) = bp(&w.down_bias);
-        // h: f16 (or bf16) [pairs, n_ff] in sorted order.
+        // h: bf16 [pairs, n_ff] in sorted order.
         let h = self.scratch(pairs * n_ff * 2)?;
-        let bf16 = moe_bf16();
         self.launch(
-            if bf16 {
-                "moe_tc_gate_up_bf16"
-            } else {
-                "moe_tc_gate_up"
-            },
+            "moe_tc_gate_up",
             (n_ff.div_ceil(TC_FF) as u32, max_tiles as u32, 1),
             256,
             &[
@@ -253,11 +236,7 @@ impl CudaBackend {
         // One f32 row per (token, slot), summed in slot order below.
         let yp = self.scratch(pairs * d_model * 4)?;
         self.launch(
-            if bf16 {
-                "moe_tc_down_bf16"
-            } else {
-                "moe_tc_down"
-            },
+            "moe_tc_down",
             (d_model.div_ceil(TC_BN) as u32, max_tiles as u32, 1),
             256,
             &[

@@ -3,10 +3,7 @@
 // One tile machinery for three users:
 //   gemm_tc_*        : y[t, n] = x[t, k] W^T + b, dense weights (Q8_0, F16, BF16, F32, MXFP4);
 //   moe_tc_gate_up   : per expert, rows of x gathered by the routing permutation, gate and up
-//                      MXFP4 in one B tile, SwiGLU-OAI and both biases in the epilogue, h in
-//                      16 bits: `_bf16` variants (the default) bf16 throughout, the others f16
-//                      with MXFP4 blocks relative to the row's largest block exponent (see
-//                      BLoadMxfp4T; GPTOSS_CUDA_TC_F16=1);
+//                      MXFP4 in one B tile, SwiGLU-OAI and both biases in the epilogue, h in bf16;
 //   moe_tc_down      : per expert, h rows times down MXFP4, bias and routing weight, one f32 row
 //                      per (token, slot), summed over the slots by moe_sum_slots in slot order.
 // Weights are expanded to 16-bit in shared memory while staged: MXFP4 to bf16 (exact: an E2M1
@@ -124,31 +121,13 @@ struct ALoad16 {
 
 // MXFP4 -> bf16. Half h takes bytes 8h..8h+7 of the block: elements 8h..8h+7 (low nibbles)
 // and 16+8h..16+8h+7 (high nibbles).
-template <bool REL = false>
-struct BLoadMxfp4T {
+struct BLoadMxfp4 {
     const u8* w;
     i64 nb;
     i64 row;
     int nbk;
     uint2 q;
     u32 e;
-    // REL (the MoE's f16 mode): the row's largest block exponent. Blocks are stored in f16 scaled
-    // by 2^(e - emax) <= 1, exact for E2M1 codes down to 23 binades below the row's largest block
-    // (f16 subnormals), and the product is scaled back by 2^emax in f32 in the epilogue. f16
-    // activations carry 3 more mantissa bits than bf16: 64x less rounding error (NMSE) in the
-    // products, which matters on random MoE models whose routing amplifies small errors.
-    u32 emax;
-    // Set emax from the row's scales and publish the row's f32 factor 2^emax in rscale[row of
-    // the tile] (0 for a row past the end). Call before the main loop (it ends with a barrier).
-    __device__ __forceinline__ void init_rel(float* rscale) {
-        u32 m = 0;
-        if (row >= 0) {
-            const u8* sp = w + nb * 16 + row * nbk;
-            for (int kb = 0; kb < nbk; ++kb) m = max(m, (u32)__ldg(sp + kb));
-        }
-        emax = m;
-        if ((threadIdx.x & 1) == 0) rscale[threadIdx.x >> 1] = row >= 0 ? e8m0_to_f32(m) : 0.f;
-    }
     __device__ __forceinline__ void fetch(int kt) {
         if (row >= 0) {
             i64 bi = row * nbk + kt;
@@ -164,27 +143,20 @@ struct BLoadMxfp4T {
             *(uint4*)(d + 16) = make_uint4(0, 0, 0, 0);
             return;
         }
-        float sc;
-        if (REL) {
-            int d = (int)e - (int)emax;  // <= 0; below -126 the block is negligible: 0
-            sc = d >= -126 ? __uint_as_float((u32)(d + 127) << 23) : 0.f;
-        } else {
-            sc = e8m0_to_f32(e);
-        }
+        float sc = e8m0_to_f32(e);
         u32 lo[4], hi[4];
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             u32 word = i < 2 ? q.x : q.y;
             u32 b0 = (word >> (16 * (i & 1))) & 0xffu;
             u32 b1 = (word >> (16 * (i & 1) + 8)) & 0xffu;
-            lo[i] = pack2<!REL>(e2m1_to_f32(b0 & 15u) * sc, e2m1_to_f32(b1 & 15u) * sc);
-            hi[i] = pack2<!REL>(e2m1_to_f32(b0 >> 4) * sc, e2m1_to_f32(b1 >> 4) * sc);
+            lo[i] = pack_bf16(e2m1_to_f32(b0 & 15u) * sc, e2m1_to_f32(b1 & 15u) * sc);
+            hi[i] = pack_bf16(e2m1_to_f32(b0 >> 4) * sc, e2m1_to_f32(b1 >> 4) * sc);
         }
         *(uint4*)d = make_uint4(lo[0], lo[1], lo[2], lo[3]);
         *(uint4*)(d + 16) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
     }
 };
-typedef BLoadMxfp4T<false> BLoadMxfp4;
 
 // Q8_0 -> f16: half h takes values 16h..16h+15 of the block.
 struct BLoadQ8 {
@@ -469,14 +441,12 @@ extern "C" __global__ void moe_tc_group(const int* ids, int pairs, int n_exp, in
 // outputs are gate then up of the same 16 columns f0 + 16 wn + (0..15); its mma tiles j = 0, 1
 // (gate) and j + 2 (up) then hold the same (row, column) in the same registers. h is bf16
 // [pairs, n_ff] in sorted order. grid (ceil(n_ff / 64), max tiles), block 256.
-template <bool F16>
-__device__ __forceinline__ void moe_tc_gate_up_body(
+extern "C" __global__ void __launch_bounds__(256) moe_tc_gate_up(
     const float* x, int d_model, const u8* wg, i64 nbg, const u8* wu, i64 nbu, const u8* bg,
     int bgt, const u8* bu, int but, const int* perm, const int* seg_end, const int* tiles, int k,
     int n_ff, u16* h) {
     __shared__ TcShared sm;
     __shared__ const float* rows[TC_BM];
-    __shared__ float rscale[TC_BN];
     int tile = blockIdx.y;
     if (tile >= tiles[0]) return;
     int e = tiles[1 + 2 * tile], s0 = tiles[2 + 2 * tile], s_end = seg_end[e];
@@ -488,16 +458,15 @@ __device__ __forceinline__ void moe_tc_gate_up_body(
     int wn = r >> 5, within = r & 31;
     int f = f0 + wn * 16 + (within & 15);
     bool is_up = within >= 16;
-    BLoadMxfp4T<F16> bl;
+    BLoadMxfp4 bl;
     bl.w = is_up ? wu : wg;
     bl.nb = is_up ? nbu : nbg;
     bl.nbk = d_model / 32;
     bl.row = f < n_ff ? (i64)e * n_ff + f : -1;
-    if (F16) bl.init_rel(rscale);
-    ALoadF32<!F16> al;
+    ALoadF32<true> al;
     al.init(rows);
     float acc[4][4][4];
-    tc_mainloop<!F16>(sm, al, bl, d_model / TC_BK, acc);
+    tc_mainloop<true>(sm, al, bl, d_model / TC_BK, acc);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int wm = warp >> 2, g = lane >> 2, q = lane & 3;
     int wnn = warp & 3;
@@ -515,13 +484,8 @@ __device__ __forceinline__ void moe_tc_gate_up_body(
                 for (int hh = 0; hh < 2; ++hh) {
                     int s = s0 + wm * 64 + i * 16 + g + 8 * hh;
                     if (s < s_end) {
-                        float ga = acc[i][j][2 * hh + c], ua = acc[i][j + 2][2 * hh + c];
-                        if (F16) {
-                            ga *= rscale[wnn * 32 + j * 8 + 2 * q + c];
-                            ua *= rscale[wnn * 32 + (j + 2) * 8 + 2 * q + c];
-                        }
-                        float v = swiglu_oai(ga + gb, ua + ub);
-                        u32 p = pack2<!F16>(v, 0.f);
+                        float v = swiglu_oai(acc[i][j][2 * hh + c] + gb, acc[i][j + 2][2 * hh + c] + ub);
+                        u32 p = pack_bf16(v, 0.f);
                         h[(i64)s * n_ff + ff] = (u16)(p & 0xffffu);
                     }
                 }
@@ -530,30 +494,14 @@ __device__ __forceinline__ void moe_tc_gate_up_body(
     }
 }
 
-// f16 products (GPTOSS_CUDA_TC_F16=1) and the bf16 variant (the default), same arguments.
-#define MOE_TC_GATE_UP_ARGS                                                                        \
-    const float *x, int d_model, const u8 *wg, i64 nbg, const u8 *wu, i64 nbu, const u8 *bg,      \
-        int bgt, const u8 *bu, int but, const int *perm, const int *seg_end, const int *tiles,     \
-        int k, int n_ff, u16 *h
-extern "C" __global__ void __launch_bounds__(256) moe_tc_gate_up(MOE_TC_GATE_UP_ARGS) {
-    moe_tc_gate_up_body<true>(x, d_model, wg, nbg, wu, nbu, bg, bgt, bu, but, perm, seg_end,
-                              tiles, k, n_ff, h);
-}
-extern "C" __global__ void __launch_bounds__(256) moe_tc_gate_up_bf16(MOE_TC_GATE_UP_ARGS) {
-    moe_tc_gate_up_body<false>(x, d_model, wg, nbg, wu, nbu, bg, bgt, bu, but, perm, seg_end,
-                               tiles, k, n_ff, h);
-}
-
 // Down projection of the tile's expert for 128 outputs: yp[pair, d] = w_pair (h W_down^T + b).
 // grid (ceil(d_model / 128), max tiles), block 256.
-template <bool F16>
-__device__ __forceinline__ void moe_tc_down_body(
+extern "C" __global__ void __launch_bounds__(256) moe_tc_down(
     const u16* h, int n_ff, const u8* wd, i64 nbd, const u8* bd, int bdt, const int* perm,
     const float* wts, const int* seg_end, const int* tiles, int d_model, float* yp) {
     __shared__ TcShared sm;
     __shared__ const u16* rows[TC_BM];
     __shared__ int pr[TC_BM];
-    __shared__ float rscale[TC_BN];
     int tile = blockIdx.y;
     if (tile >= tiles[0]) return;
     int e = tiles[1 + 2 * tile], s0 = tiles[2 + 2 * tile], s_end = seg_end[e];
@@ -565,16 +513,15 @@ __device__ __forceinline__ void moe_tc_down_body(
     __syncthreads();
     int d0 = blockIdx.x * TC_BN;
     int dr = d0 + (threadIdx.x >> 1);
-    BLoadMxfp4T<F16> bl;
+    BLoadMxfp4 bl;
     bl.w = wd;
     bl.nb = nbd;
     bl.nbk = n_ff / 32;
     bl.row = dr < d_model ? (i64)e * d_model + dr : -1;
-    if (F16) bl.init_rel(rscale);
     ALoad16 al;
     al.init(rows);
     float acc[4][4][4];
-    tc_mainloop<!F16>(sm, al, bl, n_ff / TC_BK, acc);
+    tc_mainloop<true>(sm, al, bl, n_ff / TC_BK, acc);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int wm = warp >> 2, wn = warp & 3, g = lane >> 2, q = lane & 3;
 #pragma unroll
@@ -590,23 +537,11 @@ __device__ __forceinline__ void moe_tc_down_body(
                 for (int hh = 0; hh < 2; ++hh) {
                     int li = wm * 64 + i * 16 + g + 8 * hh;
                     int p = pr[li];
-                    float a = acc[i][j][2 * hh + c];
-                    if (F16) a *= rscale[wn * 32 + j * 8 + 2 * q + c];
-                    if (p >= 0) yp[(i64)p * d_model + d] = wts[p] * (a + b);
+                    if (p >= 0) yp[(i64)p * d_model + d] = wts[p] * (acc[i][j][2 * hh + c] + b);
                 }
             }
         }
     }
-}
-
-#define MOE_TC_DOWN_ARGS                                                                           \
-    const u16 *h, int n_ff, const u8 *wd, i64 nbd, const u8 *bd, int bdt, const int *perm,        \
-        const float *wts, const int *seg_end, const int *tiles, int d_model, float *yp
-extern "C" __global__ void __launch_bounds__(256) moe_tc_down(MOE_TC_DOWN_ARGS) {
-    moe_tc_down_body<true>(h, n_ff, wd, nbd, bd, bdt, perm, wts, seg_end, tiles, d_model, yp);
-}
-extern "C" __global__ void __launch_bounds__(256) moe_tc_down_bf16(MOE_TC_DOWN_ARGS) {
-    moe_tc_down_body<false>(h, n_ff, wd, nbd, bd, bdt, perm, wts, seg_end, tiles, d_model, yp);
 }
 
 // y[r, d] = sum over slots j (in order) of yp[r * k + j, d]. grid (ceil(d_model / 256), t),
