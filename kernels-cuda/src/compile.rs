@@ -97,11 +97,14 @@ pub const CI_ARCHES: &[&str] = &["sm_80", "sm_90a", "sm_120a"];
 
 /// The whole program: every file, each preceded by a `#line` so that NVRTC's messages name it.
 pub fn full_source() -> String {
+    join_sources(KERNEL_SOURCES)
+}
+
+/// Files concatenated into one program, each preceded by a `#line` naming it.
+pub(crate) fn join_sources(sources: &[(&str, &str)]) -> String {
     let mut s = String::new();
-    for (name, text) in KERNEL_SOURCES {
-        s.push_str(&format!("#line 1 \"{name}\"\n"));
-        s.push_str(text);
-        s.push('\n');
+    for (name, text) in sources {
+        s.push_str(&format!("#line 1 \"{name}\"\n{text}\n"));
     }
     s
 }
@@ -152,13 +155,41 @@ pub fn compile_cubin(arch: &str) -> Result<Vec<u8>, String> {
     if !nvrtc_available() {
         return Err(no_nvrtc());
     }
-    let src = CString::new(full_source()).map_err(|e| format!("kernel source has a NUL: {e}"))?;
-    let name = c"gptoss_kernels.cu";
-    let prog = nvrtc::create_program(&src, Some(name))
+    let verbose = std::env::var("GPTOSS_NVRTC_VERBOSE").is_ok_and(|v| v == "1");
+    compile_program(
+        &full_source(),
+        c"gptoss_kernels.cu",
+        &options(arch),
+        Output::Cubin,
+        verbose,
+    )
+    .map_err(|e| format!("NVRTC failed to compile the kernels for {arch}: {e}"))
+}
+
+/// What one compilation produces.
+pub enum Output {
+    /// A cubin (for `sm_XX[a]`).
+    Cubin,
+    /// PTX text (for `compute_XX[a]`).
+    Ptx,
+}
+
+/// Compile `source` with `opts` (which name the architecture) into a cubin or PTX text. Errors
+/// carry NVRTC's log; `print_log` also prints the log of a successful compilation (ptxas'
+/// resource report with `--ptxas-options=-v`).
+pub(crate) fn compile_program(
+    source: &str,
+    program_name: &CStr,
+    opts: &[String],
+    what: Output,
+    print_log: bool,
+) -> Result<Vec<u8>, String> {
+    let src = CString::new(source).map_err(|e| format!("kernel source has a NUL: {e}"))?;
+    let prog = nvrtc::create_program(&src, Some(program_name))
         .map_err(|e| format!("nvrtcCreateProgram: {e:?}"))?;
-    // SAFETY: `prog` was just created and is destroyed exactly once below; `src` and `name`
-    // outlive it.
-    let out = unsafe { compile_and_get(prog, arch) };
+    // SAFETY: `prog` was just created and is destroyed exactly once below; `src` and
+    // `program_name` outlive it.
+    let out = unsafe { compile_and_get(prog, opts, what, print_log) };
     // SAFETY: as above.
     let _ = unsafe { nvrtc::destroy_program(prog) };
     out
@@ -166,10 +197,14 @@ pub fn compile_cubin(arch: &str) -> Result<Vec<u8>, String> {
 
 /// # Safety
 /// `prog` must be a live NVRTC program.
-unsafe fn compile_and_get(prog: nvrtc_sys::nvrtcProgram, arch: &str) -> Result<Vec<u8>, String> {
-    let opts = options(arch);
+unsafe fn compile_and_get(
+    prog: nvrtc_sys::nvrtcProgram,
+    opts: &[String],
+    what: Output,
+    print_log: bool,
+) -> Result<Vec<u8>, String> {
     // SAFETY: guaranteed by the caller.
-    let compiled = unsafe { nvrtc::compile_program(prog, &opts) };
+    let compiled = unsafe { nvrtc::compile_program(prog, opts) };
     // SAFETY: guaranteed by the caller.
     let log = unsafe { nvrtc::get_program_log(prog) }
         .map(|l| {
@@ -180,29 +215,44 @@ unsafe fn compile_and_get(prog: nvrtc_sys::nvrtcProgram, arch: &str) -> Result<V
         })
         .unwrap_or_default();
     if let Err(e) = compiled {
-        return Err(format!(
-            "NVRTC failed to compile the kernels for {arch}: {e:?}\n{log}"
-        ));
+        return Err(format!("{e:?}\n{log}"));
     }
-    if std::env::var("GPTOSS_NVRTC_VERBOSE").is_ok_and(|v| v == "1") {
+    if print_log {
         eprintln!("{log}");
     }
+    let kind = match what {
+        Output::Cubin => "cubin",
+        Output::Ptx => "PTX",
+    };
     let mut size = 0usize;
     // SAFETY: guaranteed by the caller; `size` is a valid out-pointer.
-    unsafe { nvrtc_sys::nvrtcGetCUBINSize(prog, &mut size) }
+    match what {
+        Output::Cubin => unsafe { nvrtc_sys::nvrtcGetCUBINSize(prog, &mut size) },
+        Output::Ptx => unsafe { nvrtc_sys::nvrtcGetPTXSize(prog, &mut size) },
+    }
+    .result()
+    .map_err(|e| format!("getting the {kind} size: {e:?}"))?;
+    let mut bytes = vec![0u8; size];
+    if size > 0 {
+        let out = bytes.as_mut_ptr().cast();
+        // SAFETY: guaranteed by the caller; `bytes` has the size NVRTC asked for.
+        match what {
+            Output::Cubin => unsafe { nvrtc_sys::nvrtcGetCUBIN(prog, out) },
+            Output::Ptx => unsafe { nvrtc_sys::nvrtcGetPTX(prog, out) },
+        }
         .result()
-        .map_err(|e| format!("nvrtcGetCUBINSize for {arch}: {e:?}"))?;
-    if size == 0 {
+        .map_err(|e| format!("getting the {kind}: {e:?}"))?;
+    }
+    // PTX comes NUL-terminated.
+    while matches!(what, Output::Ptx) && bytes.last() == Some(&0) {
+        bytes.pop();
+    }
+    if bytes.is_empty() {
         return Err(format!(
-            "NVRTC produced no cubin for {arch} (is it a real architecture?)"
+            "NVRTC produced no {kind} (is it a real architecture?)"
         ));
     }
-    let mut cubin = vec![0u8; size];
-    // SAFETY: `cubin` has the size NVRTC asked for.
-    unsafe { nvrtc_sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr().cast()) }
-        .result()
-        .map_err(|e| format!("nvrtcGetCUBIN for {arch}: {e:?}"))?;
-    Ok(cubin)
+    Ok(bytes)
 }
 
 /// FNV-1a, 64 bit: a cache key that stays the same across Rust versions.
@@ -235,24 +285,37 @@ pub(crate) fn cache_dir() -> Option<PathBuf> {
 /// compiled and stored there (written to a temp file, then renamed). A cache that cannot be
 /// written is not an error.
 pub fn cached_cubin(arch: &str) -> Result<Vec<u8>, String> {
+    cached("cuda", arch, &full_source(), &options(arch), || {
+        compile_cubin(arch)
+    })
+}
+
+/// `compile()`'s cubin, from the disk cache when a file for the same source, options, NVRTC
+/// version and architecture is there (`{prefix}-{arch}-{key}.cubin`), else compiled and stored.
+pub(crate) fn cached(
+    prefix: &str,
+    arch: &str,
+    source: &str,
+    opts: &[String],
+    compile: impl FnOnce() -> Result<Vec<u8>, String>,
+) -> Result<Vec<u8>, String> {
     let (major, minor) = nvrtc_version()?;
-    let src = full_source();
     let ver = format!("{major}.{minor}");
-    let opts = options(arch).join(" ");
+    let opts = opts.join(" ");
     let key = fnv1a(&[
-        src.as_bytes(),
+        source.as_bytes(),
         opts.as_bytes(),
         ver.as_bytes(),
         arch.as_bytes(),
     ]);
-    let file = cache_dir().map(|d| d.join(format!("cuda-{arch}-{key:016x}.cubin")));
+    let file = cache_dir().map(|d| d.join(format!("{prefix}-{arch}-{key:016x}.cubin")));
     if let Some(f) = &file
         && let Ok(bytes) = std::fs::read(f)
         && !bytes.is_empty()
     {
         return Ok(bytes);
     }
-    let cubin = compile_cubin(arch)?;
+    let cubin = compile()?;
     if let Some(f) = &file
         && let Some(dir) = f.parent()
         && std::fs::create_dir_all(dir).is_ok()

@@ -4,9 +4,7 @@
 //! `fp4_tcgen05.cu`, whose `tcgen05.mma` matmul kernels replace the `mma.sync` ones
 //! (`-DGPTOSS_FP4_TCGEN05`, descriptor constants from [`super::tcgen05::kernel_defines`]).
 
-use std::ffi::{CStr, CString};
-
-use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys};
+pub use crate::compile::Output;
 
 /// The FP4 program's sources, in order.
 pub const SOURCES: &[(&str, &str)] = &[
@@ -57,16 +55,11 @@ pub fn is_tcgen05(arch: &str) -> bool {
 pub const MMA_PTX: &str = "mma.sync.aligned.kind::mxf8f6f4.block_scale.scale_vec::1X.m16n8k32.row.col.f32.e2m1.e4m3.f32.ue8m0";
 
 fn source(arch: &str) -> String {
-    let srcs = if is_tcgen05(arch) {
+    crate::compile::join_sources(if is_tcgen05(arch) {
         TCGEN05_SOURCES
     } else {
         SOURCES
-    };
-    let mut s = String::new();
-    for (name, text) in srcs {
-        s.push_str(&format!("#line 1 \"{name}\"\n{text}\n"));
-    }
-    s
+    })
 }
 
 fn options(arch: &str, emulate: bool) -> Result<Vec<String>, String> {
@@ -90,46 +83,13 @@ fn options(arch: &str, emulate: bool) -> Result<Vec<String>, String> {
     Ok(o)
 }
 
-/// What one compilation produced.
-pub enum Output {
-    /// A cubin (for `sm_XX[a]`).
-    Cubin,
-    /// PTX text (for `compute_XX[a]`).
-    Ptx,
-}
-
 /// The cubin for `arch` from the kernel cache (the directory of [`crate::compile::cached_cubin`]),
 /// or compiled and stored there; a cache that cannot be written is not an error.
 pub fn cached_cubin(arch: &str, emulate: bool) -> Result<Vec<u8>, String> {
-    let (major, minor) = crate::compile::nvrtc_version()?;
-    let src = source(arch);
-    let opts = options(arch, emulate)?.join(" ");
-    let ver = format!("{major}.{minor}");
-    let key = crate::compile::fnv1a(&[
-        src.as_bytes(),
-        opts.as_bytes(),
-        ver.as_bytes(),
-        arch.as_bytes(),
-    ]);
-    let file =
-        crate::compile::cache_dir().map(|d| d.join(format!("cuda-fp4-{arch}-{key:016x}.cubin")));
-    if let Some(f) = &file
-        && let Ok(bytes) = std::fs::read(f)
-        && !bytes.is_empty()
-    {
-        return Ok(bytes);
-    }
-    let cubin = compile(arch, emulate, Output::Cubin)?;
-    if let Some(f) = &file
-        && let Some(dir) = f.parent()
-        && std::fs::create_dir_all(dir).is_ok()
-    {
-        let tmp = f.with_extension(format!("tmp{}", std::process::id()));
-        if std::fs::write(&tmp, &cubin).is_ok() && std::fs::rename(&tmp, f).is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-    }
-    Ok(cubin)
+    let opts = options(arch, emulate)?;
+    crate::compile::cached("cuda-fp4", arch, &source(arch), &opts, || {
+        compile(arch, emulate, Output::Cubin)
+    })
 }
 
 /// Compile the FP4 program for `arch` (`sm_120a` for a cubin, `compute_120a` for PTX), with the
@@ -138,78 +98,7 @@ pub fn compile(arch: &str, emulate: bool, what: Output) -> Result<Vec<u8>, Strin
     if !crate::compile::nvrtc_available() {
         return Err("libnvrtc not found (see compile::nvrtc_available)".into());
     }
-    let src =
-        CString::new(source(arch)).map_err(|e| format!("FP4 kernel source has a NUL: {e}"))?;
-    let prog = nvrtc::create_program(&src, Some(c"gptoss_fp4.cu"))
-        .map_err(|e| format!("nvrtcCreateProgram: {e:?}"))?;
-    // SAFETY: `prog` was just created and is destroyed exactly once below; `src` outlives it.
-    let out = unsafe { build(prog, arch, emulate, what) };
-    // SAFETY: as above.
-    let _ = unsafe { nvrtc::destroy_program(prog) };
-    out
-}
-
-/// # Safety
-/// `prog` must be a live NVRTC program.
-unsafe fn build(
-    prog: nvrtc_sys::nvrtcProgram,
-    arch: &str,
-    emulate: bool,
-    what: Output,
-) -> Result<Vec<u8>, String> {
     let opts = options(arch, emulate)?;
-    // SAFETY: guaranteed by the caller.
-    let compiled = unsafe { nvrtc::compile_program(prog, &opts) };
-    if let Err(e) = compiled {
-        // SAFETY: guaranteed by the caller.
-        let log = unsafe { nvrtc::get_program_log(prog) }
-            .map(|l| {
-                // SAFETY: NVRTC returns a NUL-terminated log.
-                unsafe { CStr::from_ptr(l.as_ptr()) }
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .unwrap_or_default();
-        return Err(format!(
-            "NVRTC failed to compile the FP4 kernels for {arch}: {e:?}\n{log}"
-        ));
-    }
-    let mut size = 0usize;
-    let mut bytes;
-    match what {
-        Output::Cubin => {
-            // SAFETY: guaranteed by the caller; `size` is a valid out-pointer.
-            unsafe { nvrtc_sys::nvrtcGetCUBINSize(prog, &mut size) }
-                .result()
-                .map_err(|e| format!("nvrtcGetCUBINSize for {arch}: {e:?}"))?;
-            bytes = vec![0u8; size];
-            if size > 0 {
-                // SAFETY: `bytes` has the size NVRTC asked for.
-                unsafe { nvrtc_sys::nvrtcGetCUBIN(prog, bytes.as_mut_ptr().cast()) }
-                    .result()
-                    .map_err(|e| format!("nvrtcGetCUBIN for {arch}: {e:?}"))?;
-            }
-        }
-        Output::Ptx => {
-            // SAFETY: guaranteed by the caller; `size` is a valid out-pointer.
-            unsafe { nvrtc_sys::nvrtcGetPTXSize(prog, &mut size) }
-                .result()
-                .map_err(|e| format!("nvrtcGetPTXSize for {arch}: {e:?}"))?;
-            bytes = vec![0u8; size];
-            if size > 0 {
-                // SAFETY: `bytes` has the size NVRTC asked for.
-                unsafe { nvrtc_sys::nvrtcGetPTX(prog, bytes.as_mut_ptr().cast()) }
-                    .result()
-                    .map_err(|e| format!("nvrtcGetPTX for {arch}: {e:?}"))?;
-            }
-            // Drop the terminating NUL.
-            while bytes.last() == Some(&0) {
-                bytes.pop();
-            }
-        }
-    }
-    if bytes.is_empty() {
-        return Err(format!("NVRTC produced nothing for {arch}"));
-    }
-    Ok(bytes)
+    crate::compile::compile_program(&source(arch), c"gptoss_fp4.cu", &opts, what, false)
+        .map_err(|e| format!("NVRTC failed to compile the FP4 kernels for {arch}: {e}"))
 }
