@@ -13,7 +13,7 @@
 use gptoss_kernels_cuda::fp4::{model, pack};
 mod common;
 
-use common::{dequant_ref, e4m3_ref, random_mxfp4};
+use common::{dequant_ref, e4m3_ref, random_e4m3_rows, random_mxfp4};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -34,24 +34,8 @@ fn packed_mma_equals_the_f64_matmul_of_mxfp4_weights_and_e4m3_activations() {
         };
         let wf = dequant_ref(&ggml, rows * k);
         // Activations straight in E4M3 (no NaN codes), scales 2^-9 .. 2^9.
-        let q: Vec<u8> = (0..n_act * k)
-            .map(|_| {
-                loop {
-                    let b: u8 = rng.random();
-                    if b & 0x7f != 0x7f {
-                        break b;
-                    }
-                }
-            })
-            .collect();
-        let s: Vec<u8> = (0..n_act * k / 32)
-            .map(|_| rng.random_range(118..=136))
-            .collect();
-        let act = pack::Mxfp8Rows {
-            q: q.clone(),
-            s: s.clone(),
-            k,
-        };
+        let act = random_e4m3_rows(&mut rng, n_act, k);
+        let (q, s) = (&act.q, &act.s);
         let idx: Vec<usize> = (0..cols).map(|_| rng.random_range(0..n_act)).collect();
         let got = pack::gemm_model(&w, &act, &idx).expect("model");
         let nkb = k / 32;

@@ -27,6 +27,21 @@ fn has_kernel(cubin: &[u8], name: &str) -> bool {
         .any(|w| &w[..name.len()] == name.as_bytes() && w[name.len()] == 0)
 }
 
+/// The native build for `arch`: its cubin (an ELF with every FP4 kernel) and the PTX of the
+/// matching virtual architecture.
+fn cubin_and_ptx(arch: &str) -> (Vec<u8>, String) {
+    let cubin = fp4::nvrtc::compile(arch, false, fp4::nvrtc::Output::Cubin)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(&cubin[..4], b"\x7fELF", "{arch}: not an ELF cubin");
+    for name in fp4::nvrtc::KERNEL_NAMES {
+        assert!(has_kernel(&cubin, name), "{arch}: kernel {name} missing");
+    }
+    let virt = arch.replace("sm_", "compute_");
+    let ptx = fp4::nvrtc::compile(&virt, false, fp4::nvrtc::Output::Ptx)
+        .unwrap_or_else(|e| panic!("{e}"));
+    (cubin, String::from_utf8_lossy(&ptx).into_owned())
+}
+
 #[test]
 fn fp4_kernels_compile_for_blackwell_with_the_block_scaled_mma() {
     if !nvrtc_or_skip() {
@@ -34,16 +49,8 @@ fn fp4_kernels_compile_for_blackwell_with_the_block_scaled_mma() {
     }
     for arch in fp4::nvrtc::ARCHES {
         let t = std::time::Instant::now();
-        let cubin = fp4::nvrtc::compile(arch, false, fp4::nvrtc::Output::Cubin)
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(&cubin[..4], b"\x7fELF", "{arch}: not an ELF cubin");
-        for name in fp4::nvrtc::KERNEL_NAMES {
-            assert!(has_kernel(&cubin, name), "{arch}: kernel {name} missing");
-        }
+        let (cubin, ptx) = cubin_and_ptx(arch);
         let virt = arch.replace("sm_", "compute_");
-        let ptx = fp4::nvrtc::compile(&virt, false, fp4::nvrtc::Output::Ptx)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let ptx = String::from_utf8_lossy(&ptx);
         let n = ptx.matches(fp4::nvrtc::MMA_PTX).count();
         // gate_up issues two MMAs per column tile, down one: FP4_NT = 4 tiles unrolled each.
         assert!(
@@ -93,16 +100,8 @@ fn tcgen05_kernels_compile_for_data_center_blackwell() {
     }
     for arch in fp4::nvrtc::TCGEN05_ARCHES {
         let t = std::time::Instant::now();
-        let cubin = fp4::nvrtc::compile(arch, false, fp4::nvrtc::Output::Cubin)
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(&cubin[..4], b"\x7fELF", "{arch}: not an ELF cubin");
-        for name in fp4::nvrtc::KERNEL_NAMES {
-            assert!(has_kernel(&cubin, name), "{arch}: kernel {name} missing");
-        }
+        let (cubin, ptx) = cubin_and_ptx(arch);
         let virt = arch.replace("sm_", "compute_");
-        let ptx = fp4::nvrtc::compile(&virt, false, fp4::nvrtc::Output::Ptx)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let ptx = String::from_utf8_lossy(&ptx);
         for want in fp4::nvrtc::TCGEN05_PTX {
             assert!(ptx.contains(want), "{virt}: no `{want}` in the PTX");
         }
