@@ -18,6 +18,9 @@ mkdir -p "$OUT" "$L"
 trap 'tar -czf "$OUT/logs.tgz" -C "$L" . 2>/dev/null' EXIT
 if [ -f "$D/staged.tar.xz" ] && [ ! -x "$D/gptoss" ]; then tar -xJf "$D/staged.tar.xz" -C "$D"; fi
 G=$D/gptoss
+# PARTS (comma-separated; default all): tests, check, bench, wgpu, multi, b120, fp4 -- to split the work
+# over two calls on the same warm machine (the 20b model in /tmp is made once and kept).
+want() { [[ ",${PARTS:-all}," == *",all,"* || ",${PARTS:-all}," == *",$1,"* ]]; }
 log() { echo "== $(date +%T) [$SECONDS s] $*" | tee -a "$OUT/summary.txt"; }
 
 # Vulkan loader for wgpu (the NVIDIA ICD is on the machine; the loader is carried in .gl).
@@ -34,19 +37,20 @@ git_rev=$(cat "$D/COMMIT" 2>/dev/null || echo unknown)
 log "commit $git_rev, $n_gpu GPU(s)"
 
 # The 20b model is made while the tests run (CPU-bound there, GPU-bound here).
-( /usr/bin/time -f "synth %e s" "$G" synth --preset 20b --vocab "$D/o200k_harmony-vocab.gguf" -q /tmp/m20.gguf > "$L/synth.log" 2>&1 ) &
+[ -s /tmp/m20.gguf ] || ( /usr/bin/time -f "synth %e s" "$G" synth --preset 20b --vocab "$D/o200k_harmony-vocab.gguf" -q /tmp/m20.gguf > "$L/synth.log" 2>&1 ) &
 synth=$!
 
 tests="conformance_cuda end_to_end_cuda conformance_wgpu wgpu_ops_conformance"
 [ "$n_gpu" -ge 2 ] && tests="$tests split_cuda"
 [ -n "${SKIP_WGPU:-}" ] && tests=$(echo $tests | sed 's/conformance_wgpu//; s/wgpu_ops_conformance//')
+want tests || tests=""
 for t in $tests; do
   [ -x "$D/$t" ] || { log "test $t: not staged"; continue; }
   log "test $t"
   timeout 240 "$D/$t" --test-threads 1 > "$L/$t.log" 2>&1; echo "exit $?" >> "$L/$t.log"
   grep -E "^test result|^exit|FAILED|panicked" "$L/$t.log" | head -8 | tee -a "$OUT/summary.txt"
 done
-wait $synth; tail -1 "$L/synth.log" | tee -a "$OUT/summary.txt"
+wait $synth; tail -1 "$L/synth.log" 2>/dev/null | tee -a "$OUT/summary.txt"
 
 # 100 random prompt ids (fixed seed) below the vocabulary size.
 ids=$(python3 -c 'import random; r=random.Random(7); print(",".join(str(r.randrange(1000, 199000)) for _ in range(100)))')
@@ -67,6 +71,7 @@ import json, sys; a=json.load(open(sys.argv[1])); b=json.load(open(sys.argv[2]))
 n=next((i for i,(x,y) in enumerate(zip(a,b)) if x!=y), len(a))
 print(f"{sys.argv[3]}: {n} of {len(a)} steps identical before the first difference")' "$1" "$2" "$3" 2>&1 | tee -a "$OUT/summary.txt"
 }
+if want check; then
 log "CUDA vs CPU-reference logits, 100-token prompt; 64 greedy steps"
 "$G" logits -m /tmp/m20.gguf --tokens "$ids" --backend cuda --out /tmp/l_cuda.safetensors 2>>"$L/check.err"
 "$G" logits -m /tmp/m20.gguf --tokens "$ids" --backend cpu-ref --out /tmp/l_cpu.safetensors 2>>"$L/check.err"
@@ -79,6 +84,8 @@ cmp_logits /tmp/l_f32.safetensors /tmp/l_cpu.safetensors "CUDA (no tensor cores)
 "$G" generate -m /tmp/m20.gguf --tokens "$ids" -n 64 --json --backend cpu-ref > /tmp/g_cpu.json 2>>"$L/check.err"
 cmp_greedy /tmp/g_cuda.json /tmp/g_cpu.json "greedy CUDA vs CPU"
 
+fi
+if want bench; then
 log "bench cuda"
 "$G" bench -m /tmp/m20.gguf --backend cuda -p 512,2048 -n 128 -r 3 -o md 2>"$L/bench_cuda.err" | tee -a "$OUT/summary.txt"
 "$G" bench -m /tmp/m20.gguf --backend cuda -p 0 -n 128 -d 4096,16384 -r 2 -o md 2>>"$L/bench_cuda.err" | tee -a "$OUT/summary.txt"
@@ -86,8 +93,9 @@ if [ -x "$D/baseline/gptoss" ]; then
   log "bench cuda, baseline binary ($(cat "$D/baseline/COMMIT" 2>/dev/null))"
   "$D/baseline/gptoss" bench -m /tmp/m20.gguf --backend cuda -p 512,2048 -n 128 -r 2 -o md 2>"$L/bench_base.err" | tee -a "$OUT/summary.txt"
 fi
-[ -n "${SKIP_WGPU:-}" ] || { log "bench wgpu"
-"$G" bench -m /tmp/m20.gguf --backend wgpu -p 512 -n 128 -r 2 -o md 2>"$L/bench_wgpu.err" | tee -a "$OUT/summary.txt"; }
+fi
+want wgpu && { [ -n "${SKIP_WGPU:-}" ] || { log "bench wgpu"
+"$G" bench -m /tmp/m20.gguf --backend wgpu -p 512 -n 128 -r 2 -o md 2>"$L/bench_wgpu.err" | tee -a "$OUT/summary.txt"; } }
 log "copy bandwidth"
 python3 -c '
 import torch
@@ -97,7 +105,7 @@ s=torch.cuda.Event(enable_timing=True); e=torch.cuda.Event(enable_timing=True)
 s.record(); [y.copy_(x) for _ in range(20)]; e.record(); torch.cuda.synchronize()
 print(f"device copy: {2*2**30*20/(s.elapsed_time(e)/1e3)/1e9:.0f} GB/s (read+write)")' | tee -a "$OUT/summary.txt"
 
-if [ "$n_gpu" -ge 2 ]; then
+if want multi && [ "$n_gpu" -ge 2 ]; then
   log "2 GPUs (NCCL) vs 1 GPU: logits, greedy, bench"
   "$G" logits -m /tmp/m20.gguf --tokens "$ids" --backend cuda --gpus 0,1 --out /tmp/l_2gpu.safetensors 2>>"$L/split.err"
   cmp_logits /tmp/l_2gpu.safetensors /tmp/l_cuda.safetensors "2 GPUs vs 1 GPU logits"
@@ -109,9 +117,21 @@ if [ "$n_gpu" -ge 2 ]; then
   grep -i "per-rank" "$L/bench_2gpu.err" | tail -2 | tee -a "$OUT/summary.txt"
 fi
 
+# gpt-oss-120b (59 GiB of weights: fits one 80 GB card) on 1 and 2 GPUs, when the disk allows (SKIP_120B=1 skips).
+if want b120 && [ "$n_gpu" -ge 2 ] && [ -z "${SKIP_120B:-}" ] && [ "$(df --output=avail -k /tmp | tail -1)" -gt 80000000 ]; then
+  log "120b: synth, bench on 1 GPU and on 2 GPUs"
+  ( /usr/bin/time -f "synth 120b %e s" "$G" synth --preset 120b --vocab "$D/o200k_harmony-vocab.gguf" -q /tmp/m120.gguf ) > "$L/synth120.log" 2>&1
+  tail -1 "$L/synth120.log" | tee -a "$OUT/summary.txt"
+  "$G" bench -m /tmp/m120.gguf --backend cuda -p 512 -n 128 -r 2 -o md 2>"$L/bench120_1.err" | tee -a "$OUT/summary.txt"
+  "$G" bench -m /tmp/m120.gguf --backend cuda --gpus 0,1 -p 512 -n 128 -r 2 -o md 2>"$L/bench120_2.err" | tee -a "$OUT/summary.txt"
+  grep -i "per-rank" "$L/bench120_2.err" | tail -1 | tee -a "$OUT/summary.txt"
+  rm -f /tmp/m120.gguf
+fi
+
 # FP4 path (issue 8), on a GPU without block-scaled FP4 MMA (Hopper): `auto` must pick the portable MoE,
 # `--fp4 on` must be refused naming the compute capability, and the FP4 kernels built with the MMA emulated
 # in software must pass their self-check and agree with the portable MoE (kernels-cuda/tests/fp4_device.rs).
+if want fp4; then
 log "fp4: selection on this GPU, emulated FP4 kernels"
 fp4ok=1
 "$G" bench -m /tmp/m20.gguf --backend cuda -p 32 -n 0 -r 1 -o md > "$L/fp4_auto.txt" 2>&1 || fp4ok=0
@@ -128,4 +148,5 @@ else
 fi
 if [ "$fp4ok" = 1 ]; then log "FP4 CHECK: PASS (auto -> portable, --fp4 on refused, emulated FP4 kernels agree)"
 else log "FP4 CHECK: FAIL (see fp4_auto.txt, fp4_on.txt, fp4_device.log)"; fi
+fi
 log done
