@@ -47,6 +47,14 @@ pub enum BackendError {
         /// What disagreed with what.
         detail: String,
     },
+    /// An operation this backend does not implement (in this form).
+    #[error("{backend}: {what} is not supported by this backend")]
+    Unsupported {
+        /// The backend's name.
+        backend: String,
+        /// What was asked for.
+        what: String,
+    },
     /// The KV cache is full.
     #[error("context full: position {pos} is past the cache capacity of {capacity} tokens")]
     ContextFull {
@@ -249,6 +257,34 @@ pub trait Backend {
         w: &MoeWeights<Self::Weight>,
         cfg: &MoeConfig,
     ) -> Result<Self::Tensor>;
+
+    /// The MoE block with only the experts `experts` (`lo..hi` of `cfg.n_experts`) held here:
+    /// expert parallelism. `w.router`/`w.router_bias` are the full router (`[d_model,
+    /// n_experts]`), the six expert tensors hold only the local slice (last dimension
+    /// `hi - lo`, local expert `i` is global expert `lo + i`). The routing is exactly that of
+    /// [`Backend::moe`] over all experts (top-k, softmax over the k); then a pick outside
+    /// `lo..hi` contributes nothing and a pick inside contributes its routing-weighted expert
+    /// output, so that the sum over ranks of disjoint ranges covering `0..n_experts` is the
+    /// full MoE. Default: the full range is [`Backend::moe`]; any other range is
+    /// [`BackendError::Unsupported`].
+    fn moe_local(
+        &self,
+        x: &Self::Tensor,
+        w: &MoeWeights<Self::Weight>,
+        cfg: &MoeConfig,
+        experts: std::ops::Range<usize>,
+    ) -> Result<Self::Tensor> {
+        if experts == (0..cfg.n_experts) {
+            return self.moe(x, w, cfg);
+        }
+        Err(BackendError::Unsupported {
+            backend: self.name(),
+            what: format!(
+                "an expert-parallel MoE over experts {experts:?} of {} (only the full range)",
+                cfg.n_experts
+            ),
+        })
+    }
 
     /// Index of the largest value in each row (first on ties).
     fn argmax(&self, x: &Self::Tensor) -> Result<Vec<u32>>;

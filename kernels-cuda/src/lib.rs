@@ -914,6 +914,252 @@ fn relayout(dtype: GgmlType, bytes: &[u8]) -> Vec<u8> {
     }
 }
 
+impl CudaBackend {
+    /// The MoE block with the experts `experts` held here (the whole stack for
+    /// [`Backend::moe`], a slice for [`Backend::moe_local`]): the router and its top-k run over
+    /// all `cfg.n_experts`; for a partial range `moe_localize_ids` then maps each pick to its
+    /// local index, or to -1 for another rank's expert, which every MoE kernel skips.
+    fn moe_range(
+        &self,
+        x: &CudaTensor,
+        w: &MoeWeights<CudaWeight>,
+        cfg: &MoeConfig,
+        experts: std::ops::Range<usize>,
+    ) -> Result<CudaTensor> {
+        let t = x.rows;
+        let d_model = x.cols;
+        let (e, kk) = (cfg.n_experts, cfg.top_k);
+        let bad = |d: String| Err(shape_err("moe", d));
+        if e == 0 || e > 256 || kk == 0 || kk > 16 || kk > e {
+            return bad(format!(
+                "{e} experts, top {kk} (supported: up to 256 experts, top 16)"
+            ));
+        }
+        if experts.start >= experts.end || experts.end > e {
+            return bad(format!("expert range {experts:?} of {e} experts"));
+        }
+        // The expert stacks hold the local experts only; the router all of them.
+        let partial = experts.len() != e;
+        let n_loc = experts.len();
+        let (rk, rn) = matrix_dims(&w.router);
+        if rk != d_model || rn != e || w.router_bias.numel() != e {
+            return bad(format!(
+                "router {:?} for d_model {d_model}, {e} experts",
+                w.router.shape
+            ));
+        }
+        let gs = &w.gate.shape;
+        if gs.len() != 3 || gs[0] != d_model || gs[2] != n_loc || w.up.shape != *gs {
+            return bad(format!(
+                "gate {:?} / up {:?} for d_model {d_model}, {n_loc} experts",
+                gs, w.up.shape
+            ));
+        }
+        let n_ff = gs[1];
+        let ds = &w.down.shape;
+        if ds.len() != 3 || ds[0] != n_ff || ds[1] != d_model || ds[2] != n_loc {
+            return bad(format!(
+                "down {:?} for n_ff {n_ff}, d_model {d_model}, {n_loc} experts",
+                ds
+            ));
+        }
+        for (b, n) in [
+            (&w.gate_bias, n_ff * n_loc),
+            (&w.up_bias, n_ff * n_loc),
+            (&w.down_bias, d_model * n_loc),
+        ] {
+            if b.numel() != n || b.dtype.is_quantized() {
+                return bad(format!("bias {} is {:?}, need {n} values", b.name, b.shape));
+            }
+        }
+        let y = self.tensor(t, d_model)?;
+        if t == 0 {
+            return Ok(y);
+        }
+        let xp = self.ptr(&x.buf);
+        // Router logits and top-k, on the GPU: no host round trip.
+        let ids = self.scratch(t * kk * 4)?;
+        let wts = self.scratch(t * kk * 4)?;
+        let logits = self.scratch(t * e * 4)?;
+        let tickets = self.tickets(TICKETS_ROUTER, t)?;
+        self.launch(
+            "moe_router_topk",
+            (e as u32, t as u32, 1),
+            256,
+            &[
+                A::P(xp),
+                A::I(d_model as i32),
+                A::P(self.ptr(&w.router.buf)),
+                A::I(w.router.dtype.id() as i32),
+                A::L(w.router.nb),
+                A::P(self.ptr(&w.router_bias.buf)),
+                A::I(w.router_bias.dtype.id() as i32),
+                A::I(e as i32),
+                A::I(kk as i32),
+                A::P(logits.ptr),
+                A::P(tickets),
+                A::P(self.ptr(&ids)),
+                A::P(self.ptr(&wts)),
+            ],
+        )?;
+        if partial {
+            let n = t * kk;
+            self.launch(
+                "moe_localize_ids",
+                (n.div_ceil(256) as u32, 1, 1),
+                256,
+                &[
+                    A::P(self.ptr(&ids)),
+                    A::I(n as i32),
+                    A::I(experts.start as i32),
+                    A::I(experts.end as i32),
+                ],
+            )?;
+        }
+        if Self::q_moe_wanted(w) {
+            let (ip, wp, yp) = (self.ptr(&ids), self.ptr(&wts), self.ptr(&y.buf));
+            self.q_moe_experts(xp, t, kk, d_model, n_ff, w, ip, wp, yp)?;
+            return Ok(y);
+        }
+        let pairs = t * kk;
+        let bp = |b: &CudaWeight| (A::P(self.ptr(&b.buf)), A::I(b.dtype.id() as i32));
+        let (gb, gbt) = bp(&w.gate_bias);
+        let (ub, ubt) = bp(&w.up_bias);
+        let (db, dbt) = bp(&w.down_bias);
+        let all_mxfp4 = [&w.gate, &w.up, &w.down]
+            .iter()
+            .all(|m| m.dtype == GgmlType::MXFP4);
+        // Blackwell: the FP4 tensor-core experts, when selected and self-checked (see `fp4`).
+        // (Not for a partial expert range: its grouping and combine kernels do not skip picks.)
+        if all_mxfp4 && !partial && fp4::run::moe_hook(self, x, w, &ids, &wts, kk, e, n_ff, &y)? {
+            return Ok(y);
+        }
+        // Many rows: grouped tensor-core GEMMs (prefill.rs), unless the FP4 path took it.
+        let yp = self.ptr(&y.buf);
+        if let Some(r) = self.moe_tc(xp, t, d_model, n_ff, w, n_loc, kk, &ids, &wts, yp, partial) {
+            r?;
+            return Ok(y);
+        }
+        let smem = d_model + d_model / 8;
+        let smem_down = kk * n_ff + kk * n_ff / 8;
+        let fits = smem <= 48 * 1024 && smem_down <= 48 * 1024;
+        let int8 = self.int8_activations;
+        if all_mxfp4 && d_model.is_multiple_of(32) && n_ff.is_multiple_of(32) && (!int8 || fits) {
+            // The MXFP4 kernels take the same arguments in both activation modes: f32 activations
+            // (default), or int8 activations staged in shared memory for dp4a.
+            let h = self.scratch(pairs * n_ff * 4)?;
+            let gate_up_args = [
+                A::P(xp),
+                A::I(d_model as i32),
+                A::P(self.ptr(&w.gate.buf)),
+                A::L(w.gate.nb),
+                A::P(self.ptr(&w.up.buf)),
+                A::L(w.up.nb),
+                gb,
+                gbt,
+                ub,
+                ubt,
+                A::P(self.ptr(&ids)),
+                A::I(kk as i32),
+                A::I(n_ff as i32),
+                A::P(h.ptr),
+            ];
+            let down_args = [
+                A::P(h.ptr),
+                A::I(n_ff as i32),
+                A::P(self.ptr(&w.down.buf)),
+                A::L(w.down.nb),
+                db,
+                dbt,
+                A::P(self.ptr(&ids)),
+                A::P(self.ptr(&wts)),
+                A::I(kk as i32),
+                A::I(d_model as i32),
+                A::P(self.ptr(&y.buf)),
+            ];
+            if int8 {
+                let gate_up_grid = (n_ff.div_ceil(8) as u32, pairs as u32, 1);
+                self.launch_smem(
+                    "moe_gate_up_mxfp4",
+                    gate_up_grid,
+                    256,
+                    smem as u32,
+                    &gate_up_args,
+                )?;
+                let grid = (d_model.div_ceil(8) as u32, t as u32, 1);
+                self.launch_smem("moe_down_mxfp4", grid, 256, smem_down as u32, &down_args)?;
+            } else {
+                let (rg, rd) = self.moe_rows;
+                let gu = match rg {
+                    1 => "moe_gate_up_mxfp4_r1",
+                    2 => "moe_gate_up_mxfp4_r2",
+                    _ => "moe_gate_up_mxfp4_r4",
+                };
+                let grid = (n_ff.div_ceil(8 * rg) as u32, pairs as u32, 1);
+                self.launch(gu, grid, 256, &gate_up_args)?;
+                // One warp per (rows, slot) when k divides 8: k times the warps in flight.
+                if 8 % kk == 0 {
+                    let kern = match rd {
+                        1 => "moe_down_mxfp4_r1",
+                        2 => "moe_down_mxfp4_r2",
+                        _ => "moe_down_mxfp4_r4",
+                    };
+                    let grid = (d_model.div_ceil(rd * 8 / kk) as u32, t as u32, 1);
+                    self.launch(kern, grid, 256, &down_args)?;
+                } else {
+                    let grid = (d_model.div_ceil(8) as u32, t as u32, 1);
+                    self.launch("moe_down_mxfp4_f", grid, 256, &down_args)?;
+                }
+            }
+        } else {
+            let h = self.scratch(pairs * n_ff * 4)?;
+            self.launch(
+                "moe_gate_up_any",
+                (n_ff.div_ceil(8) as u32, pairs as u32, 1),
+                256,
+                &[
+                    A::P(xp),
+                    A::I(d_model as i32),
+                    A::P(self.ptr(&w.gate.buf)),
+                    A::I(w.gate.dtype.id() as i32),
+                    A::L(w.gate.nb),
+                    A::P(self.ptr(&w.up.buf)),
+                    A::I(w.up.dtype.id() as i32),
+                    A::L(w.up.nb),
+                    gb,
+                    gbt,
+                    ub,
+                    ubt,
+                    A::P(self.ptr(&ids)),
+                    A::I(kk as i32),
+                    A::I(n_ff as i32),
+                    A::P(self.ptr(&h)),
+                ],
+            )?;
+            self.launch(
+                "moe_down_any",
+                (d_model.div_ceil(8) as u32, t as u32, 1),
+                256,
+                &[
+                    A::P(self.ptr(&h)),
+                    A::I(n_ff as i32),
+                    A::P(self.ptr(&w.down.buf)),
+                    A::I(w.down.dtype.id() as i32),
+                    A::L(w.down.nb),
+                    db,
+                    dbt,
+                    A::P(self.ptr(&ids)),
+                    A::P(self.ptr(&wts)),
+                    A::I(kk as i32),
+                    A::I(d_model as i32),
+                    A::P(self.ptr(&y.buf)),
+                ],
+            )?;
+        }
+        Ok(y)
+    }
+}
+
 impl Backend for CudaBackend {
     type Tensor = CudaTensor;
     type Weight = CudaWeight;
@@ -1391,216 +1637,17 @@ impl Backend for CudaBackend {
         w: &MoeWeights<CudaWeight>,
         cfg: &MoeConfig,
     ) -> Result<CudaTensor> {
-        let t = x.rows;
-        let d_model = x.cols;
-        let (e, kk) = (cfg.n_experts, cfg.top_k);
-        let bad = |d: String| Err(shape_err("moe", d));
-        if e == 0 || e > 256 || kk == 0 || kk > 16 || kk > e {
-            return bad(format!(
-                "{e} experts, top {kk} (supported: up to 256 experts, top 16)"
-            ));
-        }
-        let (rk, rn) = matrix_dims(&w.router);
-        if rk != d_model || rn != e || w.router_bias.numel() != e {
-            return bad(format!(
-                "router {:?} for d_model {d_model}, {e} experts",
-                w.router.shape
-            ));
-        }
-        let gs = &w.gate.shape;
-        if gs.len() != 3 || gs[0] != d_model || gs[2] != e || w.up.shape != *gs {
-            return bad(format!(
-                "gate {:?} / up {:?} for d_model {d_model}, {e} experts",
-                gs, w.up.shape
-            ));
-        }
-        let n_ff = gs[1];
-        let ds = &w.down.shape;
-        if ds.len() != 3 || ds[0] != n_ff || ds[1] != d_model || ds[2] != e {
-            return bad(format!(
-                "down {:?} for n_ff {n_ff}, d_model {d_model}, {e} experts",
-                ds
-            ));
-        }
-        for (b, n) in [
-            (&w.gate_bias, n_ff * e),
-            (&w.up_bias, n_ff * e),
-            (&w.down_bias, d_model * e),
-        ] {
-            if b.numel() != n || b.dtype.is_quantized() {
-                return bad(format!("bias {} is {:?}, need {n} values", b.name, b.shape));
-            }
-        }
-        let y = self.tensor(t, d_model)?;
-        if t == 0 {
-            return Ok(y);
-        }
-        let xp = self.ptr(&x.buf);
-        // Router logits and top-k, on the GPU: no host round trip.
-        let ids = self.scratch(t * kk * 4)?;
-        let wts = self.scratch(t * kk * 4)?;
-        let logits = self.scratch(t * e * 4)?;
-        let tickets = self.tickets(TICKETS_ROUTER, t)?;
-        self.launch(
-            "moe_router_topk",
-            (e as u32, t as u32, 1),
-            256,
-            &[
-                A::P(xp),
-                A::I(d_model as i32),
-                A::P(self.ptr(&w.router.buf)),
-                A::I(w.router.dtype.id() as i32),
-                A::L(w.router.nb),
-                A::P(self.ptr(&w.router_bias.buf)),
-                A::I(w.router_bias.dtype.id() as i32),
-                A::I(e as i32),
-                A::I(kk as i32),
-                A::P(logits.ptr),
-                A::P(tickets),
-                A::P(self.ptr(&ids)),
-                A::P(self.ptr(&wts)),
-            ],
-        )?;
-        if Self::q_moe_wanted(w) {
-            let (ip, wp, yp) = (self.ptr(&ids), self.ptr(&wts), self.ptr(&y.buf));
-            self.q_moe_experts(xp, t, kk, d_model, n_ff, w, ip, wp, yp)?;
-            return Ok(y);
-        }
-        let pairs = t * kk;
-        let bp = |b: &CudaWeight| (A::P(self.ptr(&b.buf)), A::I(b.dtype.id() as i32));
-        let (gb, gbt) = bp(&w.gate_bias);
-        let (ub, ubt) = bp(&w.up_bias);
-        let (db, dbt) = bp(&w.down_bias);
-        let all_mxfp4 = [&w.gate, &w.up, &w.down]
-            .iter()
-            .all(|m| m.dtype == GgmlType::MXFP4);
-        // Blackwell: the FP4 tensor-core experts, when selected and self-checked (see `fp4`).
-        if all_mxfp4 && fp4::run::moe_hook(self, x, w, &ids, &wts, kk, e, n_ff, &y)? {
-            return Ok(y);
-        }
-        // Many rows: grouped tensor-core GEMMs (prefill.rs), unless the FP4 path took it.
-        let yp = self.ptr(&y.buf);
-        if let Some(r) = self.moe_tc(xp, t, d_model, n_ff, w, e, kk, &ids, &wts, yp) {
-            r?;
-            return Ok(y);
-        }
-        let smem = d_model + d_model / 8;
-        let smem_down = kk * n_ff + kk * n_ff / 8;
-        let fits = smem <= 48 * 1024 && smem_down <= 48 * 1024;
-        let int8 = self.int8_activations;
-        if all_mxfp4 && d_model.is_multiple_of(32) && n_ff.is_multiple_of(32) && (!int8 || fits) {
-            // The MXFP4 kernels take the same arguments in both activation modes: f32 activations
-            // (default), or int8 activations staged in shared memory for dp4a.
-            let h = self.scratch(pairs * n_ff * 4)?;
-            let gate_up_args = [
-                A::P(xp),
-                A::I(d_model as i32),
-                A::P(self.ptr(&w.gate.buf)),
-                A::L(w.gate.nb),
-                A::P(self.ptr(&w.up.buf)),
-                A::L(w.up.nb),
-                gb,
-                gbt,
-                ub,
-                ubt,
-                A::P(self.ptr(&ids)),
-                A::I(kk as i32),
-                A::I(n_ff as i32),
-                A::P(h.ptr),
-            ];
-            let down_args = [
-                A::P(h.ptr),
-                A::I(n_ff as i32),
-                A::P(self.ptr(&w.down.buf)),
-                A::L(w.down.nb),
-                db,
-                dbt,
-                A::P(self.ptr(&ids)),
-                A::P(self.ptr(&wts)),
-                A::I(kk as i32),
-                A::I(d_model as i32),
-                A::P(self.ptr(&y.buf)),
-            ];
-            if int8 {
-                let gate_up_grid = (n_ff.div_ceil(8) as u32, pairs as u32, 1);
-                self.launch_smem(
-                    "moe_gate_up_mxfp4",
-                    gate_up_grid,
-                    256,
-                    smem as u32,
-                    &gate_up_args,
-                )?;
-                let grid = (d_model.div_ceil(8) as u32, t as u32, 1);
-                self.launch_smem("moe_down_mxfp4", grid, 256, smem_down as u32, &down_args)?;
-            } else {
-                let (rg, rd) = self.moe_rows;
-                let gu = match rg {
-                    1 => "moe_gate_up_mxfp4_r1",
-                    2 => "moe_gate_up_mxfp4_r2",
-                    _ => "moe_gate_up_mxfp4_r4",
-                };
-                let grid = (n_ff.div_ceil(8 * rg) as u32, pairs as u32, 1);
-                self.launch(gu, grid, 256, &gate_up_args)?;
-                // One warp per (rows, slot) when k divides 8: k times the warps in flight.
-                if 8 % kk == 0 {
-                    let kern = match rd {
-                        1 => "moe_down_mxfp4_r1",
-                        2 => "moe_down_mxfp4_r2",
-                        _ => "moe_down_mxfp4_r4",
-                    };
-                    let grid = (d_model.div_ceil(rd * 8 / kk) as u32, t as u32, 1);
-                    self.launch(kern, grid, 256, &down_args)?;
-                } else {
-                    let grid = (d_model.div_ceil(8) as u32, t as u32, 1);
-                    self.launch("moe_down_mxfp4_f", grid, 256, &down_args)?;
-                }
-            }
-        } else {
-            let h = self.scratch(pairs * n_ff * 4)?;
-            self.launch(
-                "moe_gate_up_any",
-                (n_ff.div_ceil(8) as u32, pairs as u32, 1),
-                256,
-                &[
-                    A::P(xp),
-                    A::I(d_model as i32),
-                    A::P(self.ptr(&w.gate.buf)),
-                    A::I(w.gate.dtype.id() as i32),
-                    A::L(w.gate.nb),
-                    A::P(self.ptr(&w.up.buf)),
-                    A::I(w.up.dtype.id() as i32),
-                    A::L(w.up.nb),
-                    gb,
-                    gbt,
-                    ub,
-                    ubt,
-                    A::P(self.ptr(&ids)),
-                    A::I(kk as i32),
-                    A::I(n_ff as i32),
-                    A::P(self.ptr(&h)),
-                ],
-            )?;
-            self.launch(
-                "moe_down_any",
-                (d_model.div_ceil(8) as u32, t as u32, 1),
-                256,
-                &[
-                    A::P(self.ptr(&h)),
-                    A::I(n_ff as i32),
-                    A::P(self.ptr(&w.down.buf)),
-                    A::I(w.down.dtype.id() as i32),
-                    A::L(w.down.nb),
-                    db,
-                    dbt,
-                    A::P(self.ptr(&ids)),
-                    A::P(self.ptr(&wts)),
-                    A::I(kk as i32),
-                    A::I(d_model as i32),
-                    A::P(self.ptr(&y.buf)),
-                ],
-            )?;
-        }
-        Ok(y)
+        self.moe_range(x, w, cfg, 0..cfg.n_experts)
+    }
+
+    fn moe_local(
+        &self,
+        x: &CudaTensor,
+        w: &MoeWeights<CudaWeight>,
+        cfg: &MoeConfig,
+        experts: std::ops::Range<usize>,
+    ) -> Result<CudaTensor> {
+        self.moe_range(x, w, cfg, experts)
     }
 
     fn argmax(&self, x: &CudaTensor) -> Result<Vec<u32>> {

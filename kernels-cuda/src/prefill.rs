@@ -20,7 +20,9 @@
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{A, CudaBackend, CudaKvCache, CudaTensor, CudaWeight, DevBuf, MAX_GEMV_ROWS, Result};
+use super::{
+    A, CudaBackend, CudaKvCache, CudaTensor, CudaWeight, DevBuf, MAX_GEMV_ROWS, Result, dev_err,
+};
 use gptoss_backend::{AttentionConfig, GgmlType, MoeWeights};
 
 /// Rows of the tensor-core tiles (tokens per tile), as `TC_BM` in gemm_tc.cu.
@@ -138,6 +140,8 @@ impl CudaBackend {
     /// The MXFP4 MoE on tensor cores for `t` tokens (at least [`tc_min_rows`]), after the
     /// router has written `ids` and `wts` (`[t, kk]`): group by expert, gate/up, down, sum over
     /// the slots into `y` `[t, d_model]`. `None` when the shapes or types do not fit.
+    /// `dropped`: some ids are -1 (picks of another rank's experts, see `moe_localize_ids`),
+    /// which the grouping leaves out; their slot rows are zeroed so that the sum skips them.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn moe_tc(
         &self,
@@ -151,6 +155,7 @@ impl CudaBackend {
         ids: &DevBuf,
         wts: &DevBuf,
         y: u64,
+        dropped: bool,
     ) -> Option<Result<()>> {
         let all_mxfp4 = [&w.gate, &w.up, &w.down]
             .iter()
@@ -168,7 +173,7 @@ impl CudaBackend {
         {
             return None;
         }
-        Some(self.moe_tc_run(x, t, d_model, n_ff, w, n_exp, kk, ids, wts, y))
+        Some(self.moe_tc_run(x, t, d_model, n_ff, w, n_exp, kk, ids, wts, y, dropped))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -184,6 +189,7 @@ impl CudaBackend {
         ids: &DevBuf,
         wts: &DevBuf,
         y: u64,
+        dropped: bool,
     ) -> Result<()> {
         let pairs = t * kk;
         // Each expert's rows round up to whole tiles: at most pairs / TC_BM + n_exp tiles.
@@ -235,6 +241,18 @@ impl CudaBackend {
         )?;
         // One f32 row per (token, slot), summed in slot order below.
         let yp = self.scratch(pairs * d_model * 4)?;
+        if dropped {
+            // SAFETY: `yp` is a live pool allocation of exactly these bytes, on our stream.
+            unsafe {
+                cudarc::driver::result::memset_d8_async(
+                    yp.ptr,
+                    0,
+                    pairs * d_model * 4,
+                    self.stream.cu_stream(),
+                )
+            }
+            .map_err(dev_err)?;
+        }
         self.launch(
             "moe_tc_down",
             (d_model.div_ceil(TC_BN) as u32, max_tiles as u32, 1),

@@ -299,7 +299,23 @@ impl Backend for CpuBackend {
 
     fn moe(&self, x: &CpuTensor, w: &MoeWeights<CpuWeight>, cfg: &MoeConfig) -> Result<CpuTensor> {
         let fast = self.mode == CpuMode::Fast;
-        let data = moe::moe(&x.data, x.rows, x.cols, w, cfg, fast)?;
+        let data = moe::moe(&x.data, x.rows, x.cols, w, cfg, 0..cfg.n_experts, fast)?;
+        Ok(CpuTensor {
+            data,
+            rows: x.rows,
+            cols: x.cols,
+        })
+    }
+
+    fn moe_local(
+        &self,
+        x: &CpuTensor,
+        w: &MoeWeights<CpuWeight>,
+        cfg: &MoeConfig,
+        experts: std::ops::Range<usize>,
+    ) -> Result<CpuTensor> {
+        let fast = self.mode == CpuMode::Fast;
+        let data = moe::moe(&x.data, x.rows, x.cols, w, cfg, experts, fast)?;
         Ok(CpuTensor {
             data,
             rows: x.rows,

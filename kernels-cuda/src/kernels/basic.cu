@@ -139,3 +139,14 @@ extern "C" __global__ void spin(long long cycles) {
     while (clock64() - t0 < cycles) {
     }
 }
+
+// Expert parallelism: this rank holds experts [lo, hi) of the router's n. After the router's
+// top-k (identical on every rank), a pick outside the range becomes -1, which every MoE kernel
+// skips, and a pick inside becomes its index in the local stacks, id - lo. ids [n] in place.
+// grid (ceil(n / 256)), block 256.
+extern "C" __global__ void moe_localize_ids(int* ids, int n, int lo, int hi) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    int e = ids[i];
+    ids[i] = e >= lo && e < hi ? e - lo : -1;
+}

@@ -410,14 +410,16 @@ extern "C" __global__ void __launch_bounds__(256) gemm_tc_f32(const float* x, in
 // `perm` (sorted position -> pair; the order inside an expert is arbitrary, which changes no
 // value: every output row is computed on its own), the end of each expert's segment, and the
 // list of 128-row tiles (expert, first sorted row) with its length in tiles[0]. One block of
-// 1024 threads; ids are the router's (all in 0..n_exp).
+// 1024 threads; ids are the router's (in 0..n_exp), or -1 for a pick of another rank's expert
+// (expert parallelism): those pairs are dropped (in no segment; the caller zeroes their yp rows).
 extern "C" __global__ void moe_tc_group(const int* ids, int pairs, int n_exp, int* perm,
                                         int* seg_end, int* tiles) {
     __shared__ int cnt[MOE_MAX_EXPERTS];
     __shared__ int cur[MOE_MAX_EXPERTS];
     for (int e = threadIdx.x; e < n_exp; e += blockDim.x) cnt[e] = 0;
     __syncthreads();
-    for (int p = threadIdx.x; p < pairs; p += blockDim.x) atomicAdd(&cnt[ids[p]], 1);
+    for (int p = threadIdx.x; p < pairs; p += blockDim.x)
+        if (ids[p] >= 0) atomicAdd(&cnt[ids[p]], 1);
     __syncthreads();
     if (threadIdx.x == 0) {
         int o = 0, nt = 0;
@@ -434,7 +436,8 @@ extern "C" __global__ void moe_tc_group(const int* ids, int pairs, int n_exp, in
         tiles[0] = nt;
     }
     __syncthreads();
-    for (int p = threadIdx.x; p < pairs; p += blockDim.x) perm[atomicAdd(&cur[ids[p]], 1)] = p;
+    for (int p = threadIdx.x; p < pairs; p += blockDim.x)
+        if (ids[p] >= 0) perm[atomicAdd(&cur[ids[p]], 1)] = p;
 }
 
 // Gate and up of the tile's expert for 64 ff columns: B rows interleaved so that warp wn's 32

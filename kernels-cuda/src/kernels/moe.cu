@@ -103,6 +103,7 @@ extern "C" __global__ void __launch_bounds__(256) moe_gate_up_mxfp4(
     int f = blockIdx.x * 8 + warp;
     if (f >= n_ff) return;
     int e = ids[pair];
+    if (e < 0) return;  // a pick of another rank's expert (expert parallelism)
     const u8* ge = wg + nbg * 16;
     const u8* ue = wu + nbu * 16;
     i64 rb = ((i64)e * n_ff + f) * nbk;
@@ -162,6 +163,7 @@ extern "C" __global__ void __launch_bounds__(256) moe_down_mxfp4(
     for (int j = 0; j < k; ++j) {
         int pair = row * k + j;
         int e = ids[pair];
+        if (e < 0) continue;  // another rank's expert: contributes nothing here
         float wgt = wts[pair];
         i64 rb = ((i64)e * d_model + d) * nbk;
         float a = 0.f;
@@ -204,6 +206,7 @@ extern "C" __global__ void moe_gate_up_any(const float* x, int d_model, const u8
     if (f >= n_ff) return;
     int pair = blockIdx.y, row = pair / k;
     int e = ids[pair];
+    if (e < 0) return;  // another rank's expert
     i64 base = ((i64)e * n_ff + f) * d_model;
     const float* xr = x + (i64)row * d_model;
     float ag = 0.f, au = 0.f;
@@ -230,6 +233,7 @@ extern "C" __global__ void moe_down_any(const float* h, int n_ff, const u8* wd, 
     for (int j = 0; j < k; ++j) {
         int pair = row * k + j;
         int e = ids[pair];
+        if (e < 0) continue;  // another rank's expert
         i64 base = ((i64)e * d_model + d) * n_ff;
         const float* hr = h + (i64)pair * n_ff;
         float a = 0.f;
@@ -251,6 +255,7 @@ extern "C" __global__ void __launch_bounds__(256) moe_gate_up_mxfp4_f(
     if (f >= n_ff) return;
     int pair = blockIdx.y, row = pair / k;
     int e = ids[pair];
+    if (e < 0) return;  // another rank's expert
     i64 wrow = (i64)e * n_ff + f;
     const float* xr = x + (i64)row * d_model;
     float ag = 0.f, au = 0.f;
@@ -273,6 +278,7 @@ extern "C" __global__ void __launch_bounds__(256) moe_down_mxfp4_f(
     for (int j = 0; j < k; ++j) {
         int pair = row * k + j;
         int e = ids[pair];
+        if (e < 0) continue;  // another rank's expert
         float a = 0.f;
         row_dot_f<T_MXFP4, 1>(wd, nbd, (i64)e * d_model + d, n_ff >> 5, h + (i64)pair * n_ff, n_ff, 1, &a);
         if (lane == 0) a += wload(bd, bdt, 0, (i64)e * d_model + d);
@@ -295,8 +301,10 @@ extern "C" __global__ void __launch_bounds__(256) moe_down_mxfp4_fk(
     int j = warp % k;
     int row = blockIdx.y;
     float a = 0.f;
-    if (d < d_model) {
-        int pair = row * k + j;
+    int pair = row * k + j;
+    if (d < d_model && ids[pair] < 0) {
+        if (lane == 0) part[warp] = 0.f;  // another rank's expert: contributes nothing
+    } else if (d < d_model) {
         int e = ids[pair];
         row_dot_f<T_MXFP4, 1>(wd, nbd, (i64)e * d_model + d, n_ff >> 5, h + (i64)pair * n_ff, n_ff, 1, &a);
         a = warp_sum(a);
@@ -324,6 +332,7 @@ __device__ __forceinline__ void moe_gate_up_rows(const float* x, int d_model, co
     if (f0 >= n_ff) return;
     int pair = blockIdx.y, row = pair / k;
     int e = ids[pair];
+    if (e < 0) return;  // another rank's expert
     i64 base = (i64)e * n_ff;
     const u8* w[2] = {wg, wu};
     i64 nb[2] = {nbg, nbu};
@@ -356,8 +365,12 @@ __device__ __forceinline__ void moe_down_rows(const float* h, int n_ff, const u8
     int d0 = (blockIdx.x * per + warp / k) * R;
     int j = warp % k;
     int row = blockIdx.y;
-    if (d0 < d_model) {
-        int pair = row * k + j;
+    int pair = row * k + j;
+    if (d0 < d_model && ids[pair] < 0) {
+        // Another rank's expert: contributes nothing (no return: the block syncs below).
+        if (lane == 0)
+            for (int r = 0; r < R; ++r) part[warp][r] = 0.f;
+    } else if (d0 < d_model) {
         int e = ids[pair];
         i64 base = (i64)e * d_model;
         float acc[R];

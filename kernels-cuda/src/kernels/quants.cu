@@ -321,6 +321,7 @@ __device__ __forceinline__ void qmoe_gate_up(const float* x, int d_model, const 
     if (f0 >= n_ff) return;
     int pair = blockIdx.y, row = pair / k;
     int e = ids[pair];
+    if (e < 0) return;  // a pick of another rank's expert (expert parallelism)
     int upr = d_model >> 5;
     int f1 = min(f0 + 1, n_ff - 1);
     const u8* ws[4] = {wg, wg, wu, wu};
@@ -373,6 +374,7 @@ __device__ __forceinline__ void qmoe_down(const float* h, int n_ff, const u8* wd
     for (int s = 0; s < k; ++s) {
         int pair = row * k + s;
         int e = ids[pair];
+        if (e < 0) continue;  // another rank's expert: contributes nothing here
         float wt = wts[pair];
         const float* hr = h + (i64)pair * n_ff;
         float acc[QG_R][1];
