@@ -5,7 +5,8 @@
 //!   `dequantize_row_*`, so results are bit-identical to ggml and gguf-py.
 //! - [`quantize`] encodes with ggml's reference quantizers (`quantize_row_*_ref`), bit for bit.
 //! - [`vec_dot`] is the CPU backend's quantized dot product, with run-time SIMD dispatch
-//!   ([`Dispatch`]); SIMD and scalar results are identical.
+//!   ([`Dispatch`]: AVX2 / AVX-512 on x86-64, NEON with or without `sdot` on aarch64); SIMD and
+//!   scalar results are identical.
 //! - [`mxfp4`] holds the MXFP4 helpers every backend shares.
 #![warn(missing_docs)]
 // The codecs keep ggml's index loops one to one: that is what makes bit-exactness reviewable.

@@ -95,10 +95,12 @@ proptest! {
     fn simd_equals_scalar_on_arbitrary_blocks(seed in any::<u64>(), nb in 1usize..40) {
         use rand::SeedableRng;
         let mut r = rand::rngs::StdRng::seed_from_u64(seed);
-        for (wty, aty) in [(GgmlType::MXFP4, GgmlType::Q8_0), (GgmlType::Q8_0, GgmlType::Q8_0)] {
-            let n = 32 * nb;
-            let w = common::random_blocks(wty, nb, &mut r);
-            let a = common::random_blocks(aty, nb, &mut r);
+        use GgmlType::*;
+        for (wty, aty) in [(MXFP4, Q8_0), (Q8_0, Q8_0), (Q4_0, Q8_0), (IQ4_NL, Q8_0), (Q4_K, Q8_K), (Q6_K, Q8_K)] {
+            // 32-value blocks: nb of them; 256-value super-blocks: nb / 4 + 1.
+            let n = if aty == Q8_K { 256 * (nb / 4 + 1) } else { 32 * nb };
+            let w = common::random_blocks(wty, n / wty.block_size(), &mut r);
+            let a = common::random_blocks(aty, n / aty.block_size(), &mut r);
             let s = gptoss_quant::vec_dot_with(gptoss_quant::Dispatch::Scalar, wty, &w, aty, &a, n).unwrap();
             for d in gptoss_quant::Dispatch::ALL.into_iter().filter(|d| d.is_available()) {
                 let v = gptoss_quant::vec_dot_with(d, wty, &w, aty, &a, n).unwrap();

@@ -56,6 +56,43 @@ fn simd_and_scalar_agree_exactly_on_random_blocks() {
     }
 }
 
+/// The dispatches this build must have found, so that a SIMD kernel cannot go untested
+/// unnoticed: on aarch64 plain NEON always exists, and `QUANT_EXPECT_BEST` (set by
+/// scripts/test-aarch64: `NeonDotprod` under qemu's default CPU, `Neon` under `-cpu cortex-a53`)
+/// names the dispatch that run-time detection must pick.
+#[test]
+fn detection_finds_the_expected_dispatches() {
+    let best = Dispatch::best();
+    eprintln!("best dispatch: {best:?}");
+    if cfg!(target_arch = "aarch64") {
+        assert!(Dispatch::Neon.is_available(), "aarch64 without NEON?");
+        assert!(!Dispatch::Avx2.is_available() && !Dispatch::Avx512.is_available());
+    } else {
+        assert!(!Dispatch::Neon.is_available() && !Dispatch::NeonDotprod.is_available());
+    }
+    if let Ok(want) = std::env::var("QUANT_EXPECT_BEST") {
+        assert_eq!(format!("{best:?}"), want, "QUANT_EXPECT_BEST");
+    }
+    // A dispatch the CPU lacks (the other architecture's, at least) is replaced by the best one,
+    // never run: same bits, no illegal instruction.
+    let mut r = rng("unavailable_dispatch");
+    let missing: Vec<Dispatch> = Dispatch::ALL
+        .into_iter()
+        .filter(|d| !d.is_available())
+        .collect();
+    assert!(!missing.is_empty());
+    for (wty, aty) in NATIVE {
+        let n = 4 * 256;
+        let w = random_blocks(wty, n / wty.block_size(), &mut r);
+        let a = random_blocks(aty, n / aty.block_size(), &mut r);
+        let want = vec_dot_with(best, wty, &w, aty, &a, n).unwrap();
+        for &d in &missing {
+            let got = vec_dot_with(d, wty, &w, aty, &a, n).unwrap();
+            assert_eq!(got.to_bits(), want.to_bits(), "{wty} {d:?}");
+        }
+    }
+}
+
 #[test]
 fn native_kernels_equal_the_decoded_dot_product() {
     let mut r = rng("native_kernels_equal_decoded");

@@ -2,7 +2,8 @@
 //! array, and the integer sums (per 32- or 16-element sub-block, times the sub-block scale) are
 //! computed exactly; the float work per super-block is the same few operations in every
 //! dispatch. These portable bodies are the scalar dispatch; on x86-64 the AVX2 and AVX-512
-//! dispatches run the hand-written kernels of `x86_kquants.rs`, which give the same results.
+//! dispatches run the hand-written kernels of `x86_kquants.rs`, on aarch64 the NEON ones of
+//! `neon.rs`; all give the same results.
 
 use super::Dispatch;
 use crate::kquants::scale_min_k4;
@@ -92,6 +93,12 @@ pub(crate) fn q4_k_q8_k(dispatch: Dispatch, w: &[u8], a: &[u8], nb: usize) -> f3
         Dispatch::Avx512 | Dispatch::Avx2 => unsafe {
             super::x86_kquants::q4_k_q8_k_avx2(w, a, nb)
         },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: the caller checked `dispatch.is_available()` (NEON and the dot product).
+        Dispatch::NeonDotprod => unsafe { super::neon::dotprod::q4_k_q8_k(w, a, nb) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: the caller checked `dispatch.is_available()` (NEON).
+        Dispatch::Neon => unsafe { super::neon::plain::q4_k_q8_k(w, a, nb) },
         _ => q4_k_body(w, a, nb),
     }
 }
@@ -103,6 +110,12 @@ pub(crate) fn q6_k_q8_k(dispatch: Dispatch, w: &[u8], a: &[u8], nb: usize) -> f3
         Dispatch::Avx512 | Dispatch::Avx2 => unsafe {
             super::x86_kquants::q6_k_q8_k_avx2(w, a, nb)
         },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: the caller checked `dispatch.is_available()` (NEON and the dot product).
+        Dispatch::NeonDotprod => unsafe { super::neon::dotprod::q6_k_q8_k(w, a, nb) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: the caller checked `dispatch.is_available()` (NEON).
+        Dispatch::Neon => unsafe { super::neon::plain::q6_k_q8_k(w, a, nb) },
         _ => q6_k_body(w, a, nb),
     }
 }

@@ -5,6 +5,10 @@
 //! SIMD dispatches give bit-identical results; the tests check this on random data.
 
 pub(crate) mod kquants;
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod neon;
+#[cfg(target_arch = "aarch64")]
+mod neon_tile;
 pub(crate) mod scalar;
 mod tile;
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
@@ -31,11 +35,21 @@ pub enum Dispatch {
     Avx2,
     /// x86-64 AVX-512 (F, BW, VL, VNNI) on top of AVX2.
     Avx512,
+    /// aarch64 Advanced SIMD (NEON, part of every aarch64 CPU): widening multiplies.
+    Neon,
+    /// aarch64 NEON with the Armv8.2 dot-product extension (`sdot`, feature `dotprod`).
+    NeonDotprod,
 }
 
 impl Dispatch {
     /// Every dispatch this crate has, whether or not this CPU supports it.
-    pub const ALL: [Dispatch; 3] = [Dispatch::Scalar, Dispatch::Avx2, Dispatch::Avx512];
+    pub const ALL: [Dispatch; 5] = [
+        Dispatch::Scalar,
+        Dispatch::Avx2,
+        Dispatch::Avx512,
+        Dispatch::Neon,
+        Dispatch::NeonDotprod,
+    ];
 
     /// Whether this CPU can run it (checked at run time).
     pub fn is_available(self) -> bool {
@@ -52,19 +66,30 @@ impl Dispatch {
                     && is_x86_feature_detected!("avx512vnni")
             }
             #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
-            _ => false,
+            Dispatch::Avx2 | Dispatch::Avx512 => false,
+            #[cfg(target_arch = "aarch64")]
+            Dispatch::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[cfg(target_arch = "aarch64")]
+            Dispatch::NeonDotprod => {
+                std::arch::is_aarch64_feature_detected!("neon")
+                    && std::arch::is_aarch64_feature_detected!("dotprod")
+            }
+            #[cfg(not(target_arch = "aarch64"))]
+            Dispatch::Neon | Dispatch::NeonDotprod => false,
         }
     }
 
     /// [`Dispatch::is_available`], detected once and cached: the per-call check of the dot
     /// products (a handful of feature tests per call is measurable on one 4096-wide row).
     pub(crate) fn is_available_cached(self) -> bool {
-        static AVAILABLE: OnceLock<[bool; 3]> = OnceLock::new();
+        static AVAILABLE: OnceLock<[bool; 5]> = OnceLock::new();
         let a = AVAILABLE.get_or_init(|| Dispatch::ALL.map(|d| d.is_available()));
         match self {
             Dispatch::Scalar => true,
             Dispatch::Avx2 => a[1],
             Dispatch::Avx512 => a[2],
+            Dispatch::Neon => a[3],
+            Dispatch::NeonDotprod => a[4],
         }
     }
 
@@ -72,10 +97,15 @@ impl Dispatch {
     pub fn best() -> Dispatch {
         static BEST: OnceLock<Dispatch> = OnceLock::new();
         *BEST.get_or_init(|| {
-            [Dispatch::Avx512, Dispatch::Avx2]
-                .into_iter()
-                .find(|d| d.is_available())
-                .unwrap_or(Dispatch::Scalar)
+            [
+                Dispatch::Avx512,
+                Dispatch::Avx2,
+                Dispatch::NeonDotprod,
+                Dispatch::Neon,
+            ]
+            .into_iter()
+            .find(|d| d.is_available())
+            .unwrap_or(Dispatch::Scalar)
         })
     }
 }
@@ -152,6 +182,12 @@ pub fn vec_dot_with(
             #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
             // SAFETY: as above.
             Dispatch::Avx2 => unsafe { x86::mxfp4_q8_0_avx2(w, a, nb) },
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: `is_available` checked the CPU features the kernel is compiled for.
+            Dispatch::NeonDotprod => unsafe { neon::dotprod::mxfp4_q8_0(w, a, nb) },
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: as above (NEON).
+            Dispatch::Neon => unsafe { neon::plain::mxfp4_q8_0(w, a, nb) },
             _ => scalar::mxfp4_q8_0(w, a, nb),
         },
         (Q8_0, Q8_0) => match dispatch {
@@ -161,6 +197,12 @@ pub fn vec_dot_with(
             #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
             // SAFETY: as above.
             Dispatch::Avx2 => unsafe { x86::q8_0_q8_0_avx2(w, a, nb) },
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: `is_available` checked the CPU features the kernel is compiled for.
+            Dispatch::NeonDotprod => unsafe { neon::dotprod::q8_0_q8_0(w, a, nb) },
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: as above (NEON).
+            Dispatch::Neon => unsafe { neon::plain::q8_0_q8_0(w, a, nb) },
             _ => scalar::q8_0_q8_0(w, a, nb),
         },
         (Q4_0 | IQ4_NL, Q8_0) => {
@@ -175,6 +217,12 @@ pub fn vec_dot_with(
                 Dispatch::Avx512 | Dispatch::Avx2 => unsafe {
                     x86::nib4_q8_0_avx2(table, w, a, nb)
                 },
+                #[cfg(target_arch = "aarch64")]
+                // SAFETY: `is_available` checked the CPU features the kernel is compiled for.
+                Dispatch::NeonDotprod => unsafe { neon::dotprod::nib4_q8_0(table, w, a, nb) },
+                #[cfg(target_arch = "aarch64")]
+                // SAFETY: as above (NEON).
+                Dispatch::Neon => unsafe { neon::plain::nib4_q8_0(table, w, a, nb) },
                 _ => scalar::nib4_q8_0(table, w, a, nb),
             }
         }

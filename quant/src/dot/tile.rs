@@ -10,7 +10,8 @@ use crate::{GgmlType, QuantError};
 
 /// `out[r * acts.len() + t] = vec_dot(wty, row r of w, aty, acts[t], n)` for the `n_rows`
 /// consecutive rows of `n` elements in `w`, using [`current_dispatch`]. Native tiled kernels:
-/// MXFP4 x Q8_0 and Q8_0 x Q8_0 on AVX2 / AVX-512 VNNI; every other case computes the pairs one
+/// MXFP4 x Q8_0 and Q8_0 x Q8_0 on AVX2 / AVX-512 VNNI and on NEON (with or without `sdot`);
+/// every other case computes the pairs one
 /// by one with [`super::vec_dot`] (same results, no speed-up).
 pub fn vec_dot_tile(
     wty: GgmlType,
@@ -69,6 +70,11 @@ pub fn vec_dot_tile_with(
     #[cfg(target_arch = "x86_64")]
     if let Some(kind) = super::x86_tile::Kind::pick(dispatch, wty, aty) {
         super::x86_tile::run(kind, w, n_rows, row_bytes, acts, nb, out);
+        return Ok(());
+    }
+    #[cfg(target_arch = "aarch64")]
+    if let Some(kind) = super::neon_tile::Kind::pick(dispatch, wty, aty) {
+        super::neon_tile::run(kind, w, n_rows, row_bytes, acts, nb, out);
         return Ok(());
     }
     for (r, o) in out.chunks_exact_mut(acts.len()).enumerate() {
