@@ -27,6 +27,18 @@ impl HostBytes {
         }
     }
 
+    /// A sub-range `r` of these bytes (relative to their start), sharing the backing: zero
+    /// copy, so a view into a memory map stays one. `None` if `r` is out of bounds.
+    pub fn slice(&self, r: Range<usize>) -> Option<Self> {
+        if r.start > r.end || r.end > self.range.len() {
+            return None;
+        }
+        Some(HostBytes {
+            backing: self.backing.clone(),
+            range: self.range.start + r.start..self.range.start + r.end,
+        })
+    }
+
     /// The bytes.
     pub fn as_slice(&self) -> &[u8] {
         &(*self.backing).as_ref()[self.range.clone()]

@@ -6,7 +6,7 @@
 use anyhow::{Result, bail};
 use gptoss_backend::Backend;
 use gptoss_backend::cpu::CpuBackend;
-use gptoss_parallel::{Collective, HostCollective, SplitBackend};
+use gptoss_parallel::{Collective, HostCollective, MoeSplit, SplitBackend};
 
 /// A job that runs on whichever backend [`with_backend`] opens.
 pub trait WithBackend {
@@ -39,9 +39,23 @@ pub fn parse_gpus(s: &str) -> std::result::Result<usize, String> {
         .map_err(|_| format!("'{s}' is not a GPU number (expected e.g. --gpus 0,1)"))
 }
 
-/// [`with_backend`], or, with `gpus`, a tensor-parallel split over those GPUs
-/// (gptoss-parallel): attention split by heads, the MoE by expert width, partial sums added by
-/// NCCL. `--backend cuda --gpus 0,1` is the real thing; a GPU listed twice (`--gpus 0,0`) runs
+/// How `--gpus` splits the MoE: `GPTOSS_MOE_SPLIT=experts` (the default: each GPU holds
+/// n_experts / n_gpus whole experts) or `ffn` (each GPU a share of every expert's width, the
+/// earlier split, for comparison).
+fn moe_split() -> Result<MoeSplit> {
+    match std::env::var("GPTOSS_MOE_SPLIT") {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .to_ascii_lowercase()
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("GPTOSS_MOE_SPLIT: {e}")),
+        _ => Ok(MoeSplit::Experts),
+    }
+}
+
+/// [`with_backend`], or, with `gpus`, a split over those GPUs (gptoss-parallel): attention
+/// split by heads, the MoE by experts (see [`moe_split`]; by expert width where the experts do
+/// not divide, which the backend's name then says), partial sums added by NCCL. `--backend cuda --gpus 0,1` is the real thing; a GPU listed twice (`--gpus 0,0`) runs
 /// two ranks on one GPU with the host collective; `--backend cpu --gpus 0,1` runs two CPU ranks
 /// with the host collective (for checking the split without GPUs). Per-rank peak memory is
 /// printed to stderr when the job ends.
@@ -57,6 +71,7 @@ pub fn with_backend_gpus<W: WithBackend>(
         bail!("--gpus needs at least one GPU number");
     }
     let spec = spec.to_ascii_lowercase();
+    let how = moe_split()?;
     match spec.as_str() {
         "cuda" | "auto" => {
             let ranks = gpus
@@ -66,10 +81,13 @@ pub fn with_backend_gpus<W: WithBackend>(
             let distinct = gpus.iter().enumerate().all(|(i, g)| !gpus[..i].contains(g));
             if distinct {
                 let coll = gptoss_kernels_cuda::nccl::NcclCollective::new(&ranks)?;
-                run_split(SplitBackend::new(ranks, coll)?, job)
+                run_split(SplitBackend::new(ranks, coll)?.with_moe_split(how), job)
             } else {
                 tracing::warn!("a GPU is listed twice in --gpus: using the host collective");
-                run_split(SplitBackend::new(ranks, HostCollective)?, job)
+                run_split(
+                    SplitBackend::new(ranks, HostCollective)?.with_moe_split(how),
+                    job,
+                )
             }
         }
         "cpu" | "cpu-ref" | "cpu-reference" => {
@@ -83,7 +101,10 @@ pub fn with_backend_gpus<W: WithBackend>(
                     }
                 })
                 .collect();
-            run_split(SplitBackend::new(ranks, HostCollective)?, job)
+            run_split(
+                SplitBackend::new(ranks, HostCollective)?.with_moe_split(how),
+                job,
+            )
         }
         other => bail!(
             "--gpus works with --backend cuda (or cpu/cpu-ref, to simulate the split), not '{other}'"
@@ -106,6 +127,16 @@ fn run_split<B: Backend, C: Collective<B>, W: WithBackend>(
         })
         .collect();
     eprintln!("per-rank peak memory: {}", peaks.join("; "));
+    let weights: Vec<String> = memory
+        .weight_bytes()
+        .iter()
+        .zip(memory.expert_bytes())
+        .map(|(w, e)| {
+            let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+            format!("{:.1} MiB ({:.1} MiB experts)", mib(*w), mib(e))
+        })
+        .collect();
+    eprintln!("per-rank weights: {}", weights.join("; "));
     out
 }
 

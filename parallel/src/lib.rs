@@ -7,12 +7,21 @@
 //!   heads); `attn_output` is split by its input columns, so each rank's product is a partial
 //!   sum; the partial sums are added by the [`Collective`], with the output bias added once (on
 //!   rank 0).
-//! - the MoE by expert width: each rank holds every expert, but only a block-aligned share of
-//!   `d_ff` (rows of gate/up and their biases, input columns of down); the SwiGLU-style
-//!   activation is elementwise in `d_ff`, so each rank's MoE output is an exact partial sum of
-//!   the full one. The router is replicated (every rank picks the same experts), the down bias
-//!   lives on rank 0 only (the others get zeros), and the partial outputs are all-reduced.
-//!   This needs nothing new from the backends' `moe`.
+//! - the MoE by experts ([`MoeSplit::Experts`], the default): rank r holds the r-th contiguous
+//!   share of the experts (its slabs of the six expert tensors, each a contiguous byte range of
+//!   the file, so only that share is read from the memory map), the router is replicated. Every
+//!   rank computes the router logits and the top-k over all experts (identical on every rank),
+//!   then applies only its own picks with their routing weights ([`Backend::moe_local`]); the
+//!   partial outputs are all-reduced. Each expert's product is computed by the same kernels on
+//!   the same rows as on one device, so the result differs from one device only in the order of
+//!   the sum over a token's k picks. Needs `n_experts % ranks == 0`; otherwise the layer falls
+//!   back to the split by width, and [`Backend::name`] says so.
+//! - the MoE by expert width ([`MoeSplit::Ffn`]): each rank holds every expert, but only a
+//!   block-aligned share of `d_ff` (rows of gate/up and their biases, input columns of down);
+//!   the SwiGLU-style activation is elementwise in `d_ff`, so each rank's MoE output is an exact
+//!   partial sum of the full one. The router is replicated (every rank picks the same experts),
+//!   the down bias lives on rank 0 only (the others get zeros), and the partial outputs are
+//!   all-reduced. This needs nothing new from the backends' `moe`.
 //! - embedding, norms, router and output matrix are replicated; the residual stream is
 //!   replicated, so every rank runs the replicated operations on identical inputs.
 //!
@@ -24,6 +33,8 @@ pub mod collective;
 pub mod shard;
 
 use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use gptoss_backend::{
@@ -36,6 +47,29 @@ pub use collective::{Collective, HostCollective};
 /// The ggml block width every split of `d_ff` is aligned to (MXFP4 and Q8_0 blocks are 32
 /// wide), so that `ffn_down_exps`' input columns are cut on block boundaries.
 pub const FF_ALIGN: usize = 32;
+
+/// How the MoE blocks are spread over the ranks (see the crate documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MoeSplit {
+    /// Expert parallelism: each rank holds `n_experts / ranks` whole experts.
+    #[default]
+    Experts,
+    /// Each rank holds a share of every expert's width `d_ff`.
+    Ffn,
+}
+
+impl std::str::FromStr for MoeSplit {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "experts" | "expert" | "ep" => Ok(MoeSplit::Experts),
+            "ffn" | "width" | "dff" => Ok(MoeSplit::Ffn),
+            _ => Err(format!(
+                "'{s}' is not an MoE split (expected 'experts' or 'ffn')"
+            )),
+        }
+    }
+}
 
 /// How a split weight is distributed over the ranks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,13 +117,23 @@ const MOE_PIECES: [&str; 8] = [
 /// eight [`SplitWeight`]s the model holds points at the same slot.
 struct MoeSlot<W> {
     layer: String,
-    ready: OnceLock<Vec<MoeWeights<W>>>,
+    ready: OnceLock<ReadyMoe<W>>,
+}
+
+/// A complete layer's MoE weights, per rank.
+struct ReadyMoe<W> {
+    weights: Vec<MoeWeights<W>>,
+    /// Each rank's experts when split by experts; `None` when every rank holds all of them
+    /// (split by width, or one rank).
+    experts: Option<Vec<Range<usize>>>,
 }
 
 /// The pieces of a layer's MoE block uploaded so far.
 struct PendingMoe<W> {
     slot: Arc<MoeSlot<W>>,
     pieces: [Option<Vec<W>>; 8],
+    /// The expert ranges the expert pieces were cut with (all of a layer's must agree).
+    experts: Option<Option<Vec<Range<usize>>>>,
 }
 
 /// An activation of a [`SplitBackend`]: one part per rank.
@@ -123,6 +167,16 @@ pub struct SplitBackend<B: Backend, C: Collective<B>> {
     collective: C,
     rows: Mutex<HashMap<String, LayerRows>>,
     pending_moe: Mutex<HashMap<String, PendingMoe<B::Weight>>>,
+    moe_split: MoeSplit,
+    /// Why some layer's experts could not be split by experts (then split by width).
+    fallback: Mutex<Option<String>>,
+    bytes: Arc<UploadedBytes>,
+}
+
+/// Weight bytes uploaded to each rank: all of them, and those of the six expert tensors.
+struct UploadedBytes {
+    all: Vec<AtomicU64>,
+    experts: Vec<AtomicU64>,
 }
 
 fn shape_err(op: &'static str, detail: String) -> BackendError {
@@ -131,7 +185,7 @@ fn shape_err(op: &'static str, detail: String) -> BackendError {
 
 /// Per-rank peak memory of a [`SplitBackend`]'s ranks, readable after the backend itself was
 /// handed to a model (and even after the model is gone).
-pub struct RankMemory<B>(Arc<Vec<B>>);
+pub struct RankMemory<B>(Arc<Vec<B>>, Arc<UploadedBytes>);
 
 impl<B: Backend> RankMemory<B> {
     /// `(rank name, peak bytes)` for each rank.
@@ -141,10 +195,30 @@ impl<B: Backend> RankMemory<B> {
             .map(|b| (b.name(), b.peak_memory_bytes()))
             .collect()
     }
+
+    /// Weight bytes (in their file formats) uploaded to each rank so far.
+    pub fn weight_bytes(&self) -> Vec<u64> {
+        self.1
+            .all
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Of [`RankMemory::weight_bytes`], those of the MoE expert tensors (gate, up, down and
+    /// their biases; not the router).
+    pub fn expert_bytes(&self) -> Vec<u64> {
+        self.1
+            .experts
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .collect()
+    }
 }
 
 impl<B: Backend, C: Collective<B>> SplitBackend<B, C> {
-    /// Spread over `ranks` (at least one), combining partial sums with `collective`.
+    /// Spread over `ranks` (at least one), combining partial sums with `collective`; the MoE
+    /// split by experts (see [`SplitBackend::with_moe_split`]).
     pub fn new(ranks: Vec<B>, collective: C) -> Result<Self> {
         if ranks.is_empty() {
             return Err(BackendError::Unavailable {
@@ -152,12 +226,37 @@ impl<B: Backend, C: Collective<B>> SplitBackend<B, C> {
                 reason: "no ranks given".into(),
             });
         }
+        let n = ranks.len();
+        let counters = || (0..n).map(|_| AtomicU64::new(0)).collect();
         Ok(SplitBackend {
             ranks: Arc::new(ranks),
             collective,
             rows: Mutex::new(HashMap::new()),
             pending_moe: Mutex::new(HashMap::new()),
+            moe_split: MoeSplit::default(),
+            fallback: Mutex::new(None),
+            bytes: Arc::new(UploadedBytes {
+                all: counters(),
+                experts: counters(),
+            }),
         })
+    }
+
+    /// Choose how the MoE blocks are split (before any upload).
+    pub fn with_moe_split(mut self, split: MoeSplit) -> Self {
+        self.moe_split = split;
+        self
+    }
+
+    /// The MoE split in effect: the one asked for, except that a split by experts falls back
+    /// to the split by width (with the reason) when some layer's experts do not divide over
+    /// the ranks.
+    pub fn moe_split(&self) -> (MoeSplit, Option<String>) {
+        let fallback = self.fallback.lock().ok().and_then(|f| f.clone());
+        match fallback {
+            Some(why) => (MoeSplit::Ffn, Some(why)),
+            None => (self.moe_split, None),
+        }
     }
 
     /// Number of ranks.
@@ -172,7 +271,14 @@ impl<B: Backend, C: Collective<B>> SplitBackend<B, C> {
 
     /// A handle on the ranks' peak memory that outlives the hand-over of this backend.
     pub fn memory(&self) -> RankMemory<B> {
-        RankMemory(self.ranks.clone())
+        RankMemory(self.ranks.clone(), self.bytes.clone())
+    }
+
+    /// Upload `w` to rank `r`, counting its bytes.
+    fn put(&self, r: usize, b: &B, w: &WeightData) -> Result<B::Weight> {
+        let up = b.upload(w)?;
+        self.bytes.all[r].fetch_add(w.bytes.len() as u64, Ordering::Relaxed);
+        Ok(up)
     }
 
     /// Run `f` on every rank (its device made current first), collecting the results.
@@ -189,7 +295,7 @@ impl<B: Backend, C: Collective<B>> SplitBackend<B, C> {
 
     fn replicate(&self, w: &WeightData) -> Result<SplitWeight<B::Weight>> {
         Ok(SplitWeight {
-            parts: self.each(|_, b| b.upload(w))?,
+            parts: self.each(|r, b| self.put(r, b, w))?,
             role: Role::Replicated,
             moe: None,
         })
@@ -202,7 +308,7 @@ impl<B: Backend, C: Collective<B>> SplitBackend<B, C> {
         mut cut: impl FnMut(usize) -> Result<WeightData>,
     ) -> Result<SplitWeight<B::Weight>> {
         Ok(SplitWeight {
-            parts: self.each(|r, b| b.upload(&cut(r)?))?,
+            parts: self.each(|r, b| self.put(r, b, &cut(r)?))?,
             role,
             moe: None,
         })
@@ -249,34 +355,90 @@ impl<B: Backend, C: Collective<B>> SplitBackend<B, C> {
         })
     }
 
-    /// Upload each rank's share of one MoE tensor (`what` is its name within the layer).
-    fn upload_moe_piece(&self, w: &WeightData, what: &str) -> Result<Vec<B::Weight>> {
+    /// The expert shares of an expert tensor whose expert count is `n` (the last dimension),
+    /// or `None` to split it by width (asked for, or `n` does not divide: noted for the name).
+    fn expert_shares(&self, w: &WeightData, n: usize) -> Option<Vec<Range<usize>>> {
+        let r = self.world_size();
+        if self.moe_split != MoeSplit::Experts || r == 1 {
+            return None;
+        }
+        if n == 0 || !n.is_multiple_of(r) {
+            if let Ok(mut f) = self.fallback.lock() {
+                f.get_or_insert_with(|| {
+                    format!("{}: {n} experts do not divide over {r} ranks", w.name)
+                });
+            }
+            return None;
+        }
+        Some((0..r).map(|i| i * n / r..(i + 1) * n / r).collect())
+    }
+
+    /// Upload each rank's share of one MoE tensor (`what` is its name within the layer), and
+    /// the expert ranges it was cut by (`None` for the router, `Some(None)` for an expert
+    /// tensor not split by experts).
+    #[allow(clippy::type_complexity)]
+    fn upload_moe_piece(
+        &self,
+        w: &WeightData,
+        what: &str,
+    ) -> Result<(Vec<B::Weight>, Option<Option<Vec<Range<usize>>>>)> {
         let dims = w.shape.len();
         let split = self.world_size() > 1;
+        let expert_piece = !what.starts_with("ffn_gate_inp.");
+        let by_experts = match (expert_piece, w.shape.last()) {
+            (true, Some(&n)) if dims >= 2 => self.expert_shares(w, n),
+            _ => None,
+        };
+        // Bytes this piece puts on each rank.
+        let uploaded: Vec<AtomicU64> = (0..self.world_size()).map(|_| AtomicU64::new(0)).collect();
+        let counted = |r: usize, w: WeightData| -> Result<WeightData> {
+            uploaded[r].fetch_add(w.bytes.len() as u64, Ordering::Relaxed);
+            Ok(w)
+        };
         let parts = match what {
+            _ if by_experts.is_some() => {
+                let s = by_experts.as_ref().expect("matched Some");
+                self.scatter(Role::Moe, |r| {
+                    counted(r, shard::slice_last(w, s[r].clone())?)
+                })?
+            }
             "ffn_gate_exps.weight" | "ffn_up_exps.weight" if split && dims == 3 => {
                 let s = self.ff_shares(w, w.shape[1])?;
-                self.scatter(Role::Moe, |r| shard::slice_ne1(w, s[r].clone()))?
+                self.scatter(Role::Moe, |r| {
+                    counted(r, shard::slice_ne1(w, s[r].clone())?)
+                })?
             }
             "ffn_gate_exps.bias" | "ffn_up_exps.bias" if split && dims == 2 => {
                 let s = self.ff_shares(w, w.shape[0])?;
-                self.scatter(Role::Moe, |r| shard::slice_ne0(w, s[r].clone()))?
+                self.scatter(Role::Moe, |r| {
+                    counted(r, shard::slice_ne0(w, s[r].clone())?)
+                })?
             }
             "ffn_down_exps.weight" if split && dims == 3 => {
                 let s = self.ff_shares(w, w.shape[0])?;
-                self.scatter(Role::Moe, |r| shard::slice_ne0(w, s[r].clone()))?
+                self.scatter(Role::Moe, |r| {
+                    counted(r, shard::slice_ne0(w, s[r].clone())?)
+                })?
             }
             "ffn_down_exps.bias" if split => {
                 // Each rank's MoE output is a partial sum: the bias must enter it once.
                 let zeros = shard::zeros_like(w);
                 self.scatter(Role::Moe, |r| {
-                    Ok(if r == 0 { w.clone() } else { zeros.clone() })
+                    counted(r, if r == 0 { w.clone() } else { zeros.clone() })
                 })?
             }
-            // The router (and everything when there is one rank) is replicated.
+            // One rank, or a split by width that keeps this piece whole.
+            _ if expert_piece => self.scatter(Role::Moe, |r| counted(r, w.clone()))?,
+            // The router is replicated.
             _ => self.replicate(w)?,
         };
-        Ok(parts.parts)
+        if expert_piece {
+            for (r, n) in uploaded.iter().enumerate() {
+                self.bytes.experts[r].fetch_add(n.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+        }
+        let cut = expert_piece.then_some(by_experts);
+        Ok((parts.parts, cut))
     }
 
     /// File one MoE piece in its layer's slot; the eighth completes the slot.
@@ -286,6 +448,7 @@ impl<B: Backend, C: Collective<B>> SplitBackend<B, C> {
         layer: &str,
         piece: usize,
         parts: Vec<B::Weight>,
+        cut: Option<Option<Vec<Range<usize>>>>,
     ) -> Result<SplitWeight<B::Weight>> {
         let mut pending = self
             .pending_moe
@@ -299,6 +462,7 @@ impl<B: Backend, C: Collective<B>> SplitBackend<B, C> {
                     ready: OnceLock::new(),
                 }),
                 pieces: Default::default(),
+                experts: None,
             });
         if entry.pieces[piece].is_some() || entry.slot.ready.get().is_some() {
             return Err(shape_err(
@@ -306,12 +470,26 @@ impl<B: Backend, C: Collective<B>> SplitBackend<B, C> {
                 format!("{}: uploaded twice", w.name),
             ));
         }
+        if let Some(cut) = cut {
+            match &entry.experts {
+                Some(prev) if *prev != cut => {
+                    return Err(shape_err(
+                        "split upload",
+                        format!(
+                            "{}: cut by experts {cut:?}, but the layer's other expert tensors \
+                             by {prev:?}",
+                            w.name
+                        ),
+                    ));
+                }
+                _ => entry.experts = Some(cut),
+            }
+        }
         entry.pieces[piece] = Some(parts);
         let slot = entry.slot.clone();
         if entry.pieces.iter().all(Option::is_some) {
-            let done = pending.remove(layer).expect("entry exists: just filled");
-            let mut iters: Vec<_> = done
-                .pieces
+            let mut done = pending.remove(layer).expect("entry exists: just filled");
+            let mut iters: Vec<_> = std::mem::take(&mut done.pieces)
                 .into_iter()
                 .map(|p| p.expect("all present: checked").into_iter())
                 .collect();
@@ -339,7 +517,10 @@ impl<B: Backend, C: Collective<B>> SplitBackend<B, C> {
                 });
             }
             // Cannot fail: the slot was checked empty above, under the same lock.
-            let _ = slot.ready.set(per_rank);
+            let _ = slot.ready.set(ReadyMoe {
+                weights: per_rank,
+                experts: done.experts.flatten(),
+            });
         }
         Ok(SplitWeight {
             parts: Vec::new(),
@@ -434,8 +615,13 @@ impl<B: Backend, C: Collective<B>> Backend for SplitBackend<B, C> {
 
     fn name(&self) -> String {
         let names: Vec<String> = self.ranks.iter().map(|b| b.name()).collect();
+        let moe = match self.moe_split() {
+            (MoeSplit::Experts, _) => "MoE by experts".to_string(),
+            (MoeSplit::Ffn, None) => "MoE by expert width".to_string(),
+            (MoeSplit::Ffn, Some(why)) => format!("MoE by expert width (fallback: {why})"),
+        };
         format!(
-            "split x{} ({}; {})",
+            "split x{} [{moe}, attention by heads] ({}; {})",
             self.world_size(),
             names.join(", "),
             self.collective.name()
@@ -447,8 +633,8 @@ impl<B: Backend, C: Collective<B>> Backend for SplitBackend<B, C> {
             return self.replicate(w);
         };
         if let Some(piece) = MOE_PIECES.iter().position(|p| *p == what) {
-            let parts = self.upload_moe_piece(w, what)?;
-            return self.file_moe_piece(w, layer, piece, parts);
+            let (parts, cut) = self.upload_moe_piece(w, what)?;
+            return self.file_moe_piece(w, layer, piece, parts, cut);
         }
         let dims = w.shape.len();
         match what {
@@ -690,13 +876,29 @@ impl<B: Backend, C: Collective<B>> Backend for SplitBackend<B, C> {
                 format!("weights of {} mixed with another layer's", slot.layer),
             ));
         }
-        let Some(local) = slot.ready.get() else {
+        let Some(ready) = slot.ready.get() else {
             return Err(shape_err(
                 "moe",
                 format!("{} MoE weights are incomplete", slot.layer),
             ));
         };
-        let mut parts = self.each(|r, b| b.moe(&x.parts[r], &local[r], cfg))?;
+        let local = &ready.weights;
+        let mut parts = match &ready.experts {
+            Some(ranges) => {
+                let held = ranges.last().map_or(0, |r| r.end);
+                if held != cfg.n_experts {
+                    return Err(shape_err(
+                        "moe",
+                        format!(
+                            "{}: {} experts asked for, {held} split over the ranks",
+                            slot.layer, cfg.n_experts
+                        ),
+                    ));
+                }
+                self.each(|r, b| b.moe_local(&x.parts[r], &local[r], cfg, ranges[r].clone()))?
+            }
+            None => self.each(|r, b| b.moe(&x.parts[r], &local[r], cfg))?,
+        };
         if self.world_size() > 1 {
             self.collective.all_reduce_sum(&self.ranks, &mut parts)?;
         }

@@ -123,6 +123,35 @@ pub fn slice_ne1(w: &WeightData, rows: Range<usize>) -> Result<WeightData> {
     })
 }
 
+/// The slabs `range` along the last dimension (for an expert stack `[k, n, experts]` or its
+/// biases `[n, experts]`: the experts `range`). Each slab is contiguous in the file, so the
+/// result is a zero-copy view of the same bytes (of the memory map, for a loaded model).
+pub fn slice_last(w: &WeightData, range: Range<usize>) -> Result<WeightData> {
+    let Some(&n) = w.shape.last() else {
+        return Err(err(w, "tensor has no dimensions".into()));
+    };
+    if w.shape.len() < 2 {
+        return Err(err(w, format!("shape {:?} has no slabs to split", w.shape)));
+    }
+    let rb = row_bytes(w)?;
+    let slab = w.shape[1..w.shape.len() - 1].iter().product::<usize>() * rb;
+    if range.start > range.end || range.end > n {
+        return Err(err(w, format!("slabs {range:?} out of {n}")));
+    }
+    let bytes = w
+        .bytes
+        .slice(range.start * slab..range.end * slab)
+        .ok_or_else(|| err(w, format!("slabs {range:?} past the tensor's bytes")))?;
+    let mut shape = w.shape.clone();
+    *shape.last_mut().expect("checked non-empty") = range.len();
+    Ok(WeightData {
+        name: w.name.clone(),
+        dtype: w.dtype,
+        shape,
+        bytes,
+    })
+}
+
 /// A tensor of the same type and shape whose bytes are all zero (zero bytes decode to 0.0 in
 /// every ggml type: float bits, and block scales of zero).
 pub fn zeros_like(w: &WeightData) -> WeightData {
@@ -185,6 +214,16 @@ mod tests {
         assert_eq!(r.shape, vec![3, 1, 2]);
         assert_eq!(values(&r), vec![10., 11., 12., 110., 111., 112.]);
         assert!(slice_ne1(&w, 1..3).is_err());
+        let l = slice_last(&w, 1..2).unwrap();
+        assert_eq!(l.shape, vec![3, 2, 1]);
+        assert_eq!(values(&l), vec![100., 101., 102., 110., 111., 112.]);
+        assert!(slice_last(&w, 1..3).is_err());
+        // A 2-d tensor's last dimension: its rows.
+        let b = f32_weight(&[2, 3], &[0., 1., 10., 11., 20., 21.]);
+        assert_eq!(
+            values(&slice_last(&b, 1..3).unwrap()),
+            vec![10., 11., 20., 21.]
+        );
         assert!(slice_ne0(&w, 2..4).is_err());
     }
 

@@ -1,11 +1,12 @@
-//! Tensor parallelism on the CPU: `SplitBackend` over several `CpuBackend` ranks with the host
-//! collective must give the logits and greedy tokens of one `CpuBackend`, and of transformers
-//! (the tiny fixtures) or the float64 numpy oracle (a random model whose heads divide by 4);
-//! splits that cannot work are refused at load with a clear error.
+//! Tensor and expert parallelism on the CPU: `SplitBackend` over several `CpuBackend` ranks with
+//! the host collective must give the logits and greedy tokens of one `CpuBackend`, and of
+//! transformers (the tiny fixtures) or the float64 numpy oracle (random models whose heads
+//! divide by 4); the MoE split by experts (the default) and by expert width; splits that cannot
+//! work are refused at load with a clear error.
 
-use gptoss_backend::{Backend, CpuBackend};
+use gptoss_backend::{Backend, CpuBackend, CpuMode};
 use gptoss_model::Model;
-use gptoss_parallel::{HostCollective, SplitBackend};
+use gptoss_parallel::{HostCollective, MoeSplit, SplitBackend};
 use gptoss_tests::reference::{RefTensors, read_json, sequences, tiny};
 use gptoss_tests::{max_abs_diff, nmse, oracle_python};
 use std::path::{Path, PathBuf};
@@ -16,6 +17,19 @@ type Split = SplitBackend<CpuBackend, HostCollective>;
 /// Split against unsplit: only the order of two sums changes (partial sums over heads and over
 /// expert width), so the two agree far inside the issue's 1e-4.
 const SPLIT_NMSE: f64 = 1e-9;
+/// Expert parallel against unsplit: every expert's product is computed by the same code on
+/// the same rows (the CPU quantizes activations per token and per expert, never across the
+/// experts held), so the only change is the order of the f32 sum over a token's k picks (some
+/// on each rank, then added by the collective): a relative rounding of ~1e-7 on each MoE
+/// output, ~1e-14 in NMSE, amplified by the layers above to well under 1e-10. A mistake in the
+/// routing or the expert slices (one pick lost or doubled) is of the order of 1e-2 or more.
+const EP_NMSE: f64 = 1e-10;
+/// The same in the CPU's fast mode, which quantizes activations to 8 bits before each product:
+/// a last-bit difference in the residual stream (the reordered sums above) can move a value
+/// across a rounding boundary of that quantization, a step of 1/127 of its block's largest
+/// value, and such steps propagate. Measured 2e-9 (2 ranks by experts); a lost or doubled pick
+/// is still orders of magnitude above.
+const EP_FAST_NMSE: f64 = 1e-7;
 /// Against the reference: the single-backend end-to-end tolerances.
 const REF_NMSE: f64 = 1e-6;
 const REF_MAX: f64 = 1e-3;
@@ -26,6 +40,46 @@ fn split(path: &Path, ranks: usize) -> gptoss_model::Result<Model<Split>> {
         HostCollective,
     )?;
     Model::load(b, path)
+}
+
+/// `ranks` CPU ranks in `mode` with the MoE split `how`, and the per-rank memory handle.
+fn split_with(
+    path: &Path,
+    ranks: usize,
+    mode: CpuMode,
+    how: MoeSplit,
+) -> (Model<Split>, gptoss_parallel::RankMemory<CpuBackend>) {
+    let b = SplitBackend::new(
+        (0..ranks).map(|_| CpuBackend::with_mode(mode)).collect(),
+        HostCollective,
+    )
+    .expect("split backend")
+    .with_moe_split(how);
+    let mem = b.memory();
+    (Model::load(b, path).expect("split load"), mem)
+}
+
+/// A random GPT-OSS written and computed in float64 by the numpy oracle
+/// (tests/oracle/gptoss_random.py): the model's path, the token ids and the oracle's logits.
+fn oracle_model(tag: &str, seed: u64, config: &str) -> (PathBuf, Vec<u32>, Vec<f32>) {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("gptoss-split-{tag}-{}", std::process::id()));
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("oracle/gptoss_random.py");
+    let out = Command::new(oracle_python())
+        .arg(&script)
+        .arg(&dir)
+        .args(["--seed", &seed.to_string(), "--config", config])
+        .output()
+        .expect("running the numpy oracle");
+    assert!(
+        out.status.success(),
+        "oracle failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let refs = RefTensors::load(&dir.join("reference.safetensors"));
+    let ids: Vec<u32> = refs.i32("ids").0.iter().map(|&i| i as u32).collect();
+    let want = refs.f32("logits").0.to_vec();
+    (dir, ids, want)
 }
 
 fn single(path: &Path) -> Model<CpuBackend> {
@@ -236,5 +290,139 @@ fn four_ranks_match_the_numpy_oracle() {
             REF_MAX,
         );
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Expert parallelism on a random model with 8 experts (top-3; heads divide by 4): 2 and 4 CPU
+/// ranks, reference and fast mode, against one rank of the same mode (within [`EP_NMSE`]) and
+/// the float64 oracle; each rank holds exactly 1/n of the expert bytes; the split by width,
+/// asked for, gives the same logits too.
+#[test]
+fn expert_parallel_two_and_four_ranks_match_one_rank() {
+    let config = r#"{"layers": 3, "d": 64, "heads": 8, "kv": 4, "head_dim": 16, "experts": 8,
+        "topk": 3, "ff": 128, "vocab": 300, "window": 5, "tokens": 27,
+        "types": {"token_embd": "Q8_0", "output": "BF16", "attn_q": "F16", "attn_k": "Q8_0",
+                  "attn_v": "BF16", "attn_output": "Q8_0"}}"#;
+    let (dir, ids, want) = oracle_model("ep", 9009, config);
+    let path = dir.join("model.gguf");
+    for mode in [CpuMode::Reference, CpuMode::Fast] {
+        let (one, mem1) = split_with(&path, 1, mode, MoeSplit::Experts);
+        let base = logits(&one, &ids);
+        let all_experts = mem1.expert_bytes()[0];
+        assert!(all_experts > 0, "expert bytes counted");
+        for ranks in [2, 4] {
+            let (many, mem) = split_with(&path, ranks, mode, MoeSplit::Experts);
+            let name = many.backend().name();
+            eprintln!("{name}");
+            assert!(name.contains("MoE by experts"), "{name}");
+            let got = logits(&many, &ids);
+            let (tol, tol_max) = match mode {
+                CpuMode::Reference => (EP_NMSE, 1e-4),
+                CpuMode::Fast => (EP_FAST_NMSE, 1e-2),
+            };
+            check(
+                &format!("ep {mode:?} x{ranks} vs 1 rank"),
+                &got,
+                &base,
+                tol,
+                tol_max,
+            );
+            if mode == CpuMode::Reference {
+                check(
+                    &format!("ep x{ranks} vs numpy"),
+                    &got,
+                    &want,
+                    REF_NMSE,
+                    REF_MAX,
+                );
+            }
+            let per = mem.expert_bytes();
+            eprintln!(
+                "x{ranks}: expert bytes per rank {per:?} of {all_experts}; weight bytes {:?} \
+                 (1 rank {:?})",
+                mem.weight_bytes(),
+                mem1.weight_bytes()
+            );
+            assert!(
+                per.iter().all(|&b| b * ranks as u64 == all_experts),
+                "each rank holds 1/{ranks} of {all_experts} expert bytes: {per:?}"
+            );
+            let (whole, part) = (mem1.weight_bytes()[0], mem.weight_bytes());
+            assert!(
+                part.iter().all(|&b| b < whole - all_experts / 2),
+                "{part:?} vs {whole}"
+            );
+        }
+        // The split by width, for comparison: also within the split tolerance.
+        let (ffn, _) = split_with(&path, 2, mode, MoeSplit::Ffn);
+        let name = ffn.backend().name();
+        assert!(name.contains("MoE by expert width"), "{name}");
+        check(
+            &format!("ffn {mode:?} x2 vs 1 rank"),
+            &logits(&ffn, &ids),
+            &base,
+            EP_FAST_NMSE,
+            1e-2,
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Greedy decoding (one token at a time: the decode path) with the experts split over 2 ranks
+/// of the tiny model (8 experts): every step's logits within [`EP_NMSE`] of one rank.
+#[test]
+fn expert_parallel_decode_steps_match_one_rank() {
+    let path = tiny("tiny-gptoss-mxfp4-q8_0.gguf");
+    let one = single(&path);
+    let (many, mem) = split_with(&path, 2, CpuMode::Reference, MoeSplit::Experts);
+    assert!(many.backend().name().contains("MoE by experts"));
+    let per = mem.expert_bytes();
+    assert_eq!(per[0], per[1], "8 experts over 2 ranks: equal shares");
+    let ids: Vec<u32> = (0..9).map(|i| (i * 977 + 5) % 8192).collect();
+    let (mut s1, mut s2) = (
+        one.new_session(Some(ids.len() + 12)).expect("session"),
+        many.new_session(Some(ids.len() + 12)).expect("session"),
+    );
+    let mut t1 = one.forward(&mut s1, &ids, false).expect("prefill");
+    let mut t2 = many.forward(&mut s2, &ids, false).expect("prefill");
+    for step in 0..12 {
+        let (a, _, _) = one.backend().to_host(&t1).expect("to_host");
+        let (b, _, _) = many.backend().to_host(&t2).expect("to_host");
+        check(
+            &format!("tiny ep decode step {step}"),
+            &b,
+            &a,
+            EP_NMSE,
+            1e-4,
+        );
+        let next = one.backend().argmax(&t1).expect("argmax")[0];
+        assert_eq!(many.backend().argmax(&t2).expect("argmax")[0], next);
+        t1 = one.forward(&mut s1, &[next], false).expect("decode");
+        t2 = many.forward(&mut s2, &[next], false).expect("decode");
+    }
+}
+
+/// Experts that do not divide over the ranks (6 over 4): the split by width instead, and the
+/// backend's name says so.
+#[test]
+fn experts_that_do_not_divide_fall_back_to_the_width_split() {
+    let config = r#"{"layers": 1, "d": 64, "heads": 4, "kv": 4, "head_dim": 16, "experts": 6,
+        "topk": 2, "ff": 128, "vocab": 200, "window": 5, "tokens": 9}"#;
+    let (dir, ids, want) = oracle_model("fallback", 77, config);
+    let path = dir.join("model.gguf");
+    let (m, _) = split_with(&path, 4, CpuMode::Reference, MoeSplit::Experts);
+    let name = m.backend().name();
+    eprintln!("{name}");
+    assert!(
+        name.contains("MoE by expert width (fallback: blk.0.ffn_") && name.contains("6 experts"),
+        "{name}"
+    );
+    check(
+        "fallback x4 vs numpy",
+        &logits(&m, &ids),
+        &want,
+        REF_NMSE,
+        REF_MAX,
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
