@@ -283,6 +283,9 @@ fn moe_local_case(
         n_experts: e,
         top_k: k,
     };
+    // Rank outputs with a nonzero value, and calls: a rank whose experts no token picked gives
+    // zeros, so this is only checked in aggregate (most calls must see several ranks at work).
+    let (mut nonzero, mut calls) = (0, 0);
     for ranks in [2, 4] {
         let shares: Vec<_> = (0..ranks)
             .map(|i| {
@@ -306,7 +309,7 @@ fn moe_local_case(
                 .expect("host")
                 .0;
             let mut sum = vec![0f32; t * d];
-            let mut nonzero = 0;
+            calls += 1;
             for (range, w) in &shares {
                 g.poison_pool(64 << 20).expect("poison");
                 let y = g.moe_local(&x, w, &cfg, range.clone()).expect("moe_local");
@@ -321,9 +324,12 @@ fn moe_local_case(
                 sum.iter().all(|v| v.is_finite()) && er <= EP_NMSE,
                 "{what}: nmse {er:.3e}"
             );
-            assert!(nonzero >= 2, "{what}: only {nonzero} ranks contributed");
         }
     }
+    assert!(
+        nonzero > calls,
+        "{label}: {nonzero} contributing rank outputs in {calls} calls"
+    );
 }
 
 /// The expert-parallel MoE operation on every CUDA kernel path: decode (f32 and int8
