@@ -1,4 +1,4 @@
-//! Tensor parallelism for gptoss-rs: [`SplitBackend`] is one [`Backend`] made of several ranks
+//! Tensor and expert parallelism for gptoss-rs: [`SplitBackend`] is one [`Backend`] made of several ranks
 //! (one backend per GPU), so `gptoss_model::Model` runs on it unchanged.
 //!
 //! How the network is split over R ranks (Megatron-style, two all-reduces per layer):
