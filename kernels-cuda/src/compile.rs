@@ -90,6 +90,16 @@ pub const KERNEL_NAMES: &[&str] = &[
     "flash_attn_tc_d32",
     "flash_attn_tc_d64",
     "flash_attn_tc_d128",
+    "gemm_tcs_q8_0",
+    "gemm_tcs_mxfp4",
+    "gemm_tcs_f16",
+    "gemm_tcs_bf16",
+    "gemm_tcs_f32",
+    "moe_tcs_gate_up",
+    "moe_tcs_down",
+    "flash_attn_tcs_d32",
+    "flash_attn_tcs_d64",
+    "flash_attn_tcs_d128",
 ];
 
 /// The architectures CI compiles for: Ampere, Hopper (with its `a` features), consumer Blackwell.

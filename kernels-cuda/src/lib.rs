@@ -20,7 +20,7 @@ pub mod nccl;
 mod prefill;
 pub mod quants;
 
-pub use prefill::{set_tc_min_width, tc_min_rows, tc_min_width};
+pub use prefill::{TcPrecision, set_tc_min_width, tc_min_rows, tc_min_width, tc_precision};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

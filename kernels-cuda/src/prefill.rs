@@ -2,20 +2,30 @@
 //! `kernels/gemm_tc.cu`, mma.sync m16n8k16 with f32 accumulation, sm_80 and newer).
 //!
 //! From [`tc_min_rows`] rows on (default 9, the first row count the matrix-vector kernels do
-//! not take), `linear` runs a tiled tensor-core GEMM with the weight expanded to 16 bits in
-//! shared memory (Q8_0 and F16 as f16, MXFP4, BF16 and F32 as bf16) and the activations rounded
-//! to the same type; the MXFP4 MoE groups its (token, slot) pairs by expert on the GPU and runs
-//! grouped GEMMs: gate and up with SwiGLU-OAI and biases fused, h kept in bf16, then down with
-//! the bias and routing weight into one f32 row per pair, summed over the slots in slot order
-//! (deterministic); attention runs a flash kernel (f16 Q, K, V and probabilities, f32 scores
-//! and softmax). Accuracy: bf16/f16 inputs with f32 sums give an NMSE of about 1e-6 per
-//! product, well inside the 5e-4 matmul limit.
+//! not take), `linear` runs a tiled tensor-core GEMM, the MXFP4 MoE groups its (token, slot)
+//! pairs by expert on the GPU and runs grouped GEMMs (gate and up with SwiGLU-OAI and biases
+//! fused, then down with the bias and routing weight into one f32 row per pair, summed over
+//! the slots in slot order: deterministic), and attention runs a flash kernel (f32 scores and
+//! softmax).
+//!
+//! Precision ([`TcPrecision`], `GPTOSS_CUDA_TC_PRECISION`): by default every tensor-core
+//! product is split so that it stays within ~2^-17 of the f32 product: an f32 activation
+//! `a = hi + lo` with `hi = bf16(a)`, `lo = bf16(a - hi)` takes two mma.sync (`hi w + lo w`)
+//! where the weight is exact in bf16 (MXFP4: E2M1 times a power of two; BF16), three
+//! (`+ hi w_lo`) where it is not (Q8_0 as the exact f32 `q d`, F16, F32, each split the same
+//! way); the MoE's h stays f32; attention splits Q, this call's K and V and the probabilities
+//! into f16 hi + lo (three products each; cached K and V are f16 and exact). Why: a random
+//! GPT-OSS model's router sees near-ties among its experts, so 16-bit rounding of activations
+//! flips experts and moved the 20b's logits by NMSE 1e-2 against the CPU reference
+//! (bench/RESULTS.md). `bf16` keeps the single-product kernels (weights as bf16, or f16 for
+//! Q8_0 and F16, activations rounded to the same type; f16 attention; h in bf16): per product
+//! NMSE ~1e-6, faster.
 //!
 //! Small models keep the f32-accurate kernels: the paths above are taken only where the model
 //! width (k of a linear, d_model of the MoE, heads x head_dim of attention) is at least
 //! [`tc_min_width`] (default 1024). The tiny random test model (width 64) amplifies per-product
 //! errors of ~1e-6 about a hundredfold through its 4 layers and would miss the 1e-4 logits
-//! limit against transformers; GPT-OSS widths are 2880 and up.
+//! limit against transformers with the bf16 kernels; GPT-OSS widths are 2880 and up.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -70,6 +80,42 @@ pub fn set_tc_min_width(width: usize) {
     MIN_WIDTH_OVERRIDE.store(width, Ordering::Relaxed);
 }
 
+/// How the tensor-core kernels round their inputs (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcPrecision {
+    /// Activations (and weights not exact in bf16) split into two 16-bit parts, two or three
+    /// products each: within ~2^-17 of f32. The default.
+    Split,
+    /// One product of 16-bit roundings (`GPTOSS_CUDA_TC_PRECISION=bf16`): faster, per-product
+    /// NMSE ~1e-6.
+    Bf16,
+}
+
+/// The tensor-core precision: `GPTOSS_CUDA_TC_PRECISION=bf16` selects [`TcPrecision::Bf16`];
+/// unset, `split` or anything else [`TcPrecision::Split`].
+pub fn tc_precision() -> TcPrecision {
+    static V: OnceLock<TcPrecision> = OnceLock::new();
+    *V.get_or_init(|| match std::env::var("GPTOSS_CUDA_TC_PRECISION") {
+        Ok(v) if v.trim().eq_ignore_ascii_case("bf16") => TcPrecision::Bf16,
+        _ => TcPrecision::Split,
+    })
+}
+
+fn split() -> bool {
+    tc_precision() == TcPrecision::Split
+}
+
+/// Dynamic shared memory of the split kernels (as TCS_SMEM in gemm_tc.cu, FLASH_TCS_SMEM in
+/// flash_tc.cu): `nb` weight tiles of 128 x 40 16-bit elements besides two activation tiles,
+/// each double-buffered.
+fn tcs_smem(nb: usize) -> u32 {
+    ((4 + 2 * nb) * TC_BM * 40 * 2) as u32
+}
+
+fn flash_tcs_smem(hd: usize) -> u32 {
+    (2 * (64 * (hd + 8) + hd * 72) * 2) as u32
+}
+
 /// Which tensor-core paths are on: all, unless `GPTOSS_CUDA_TC_OFF` lists some of `linear`,
 /// `moe`, `attention` (comma-separated), to measure what each one brings.
 fn path_on(name: &str) -> bool {
@@ -107,22 +153,29 @@ impl CudaBackend {
         {
             return None;
         }
-        let kern = match w.dtype {
-            GgmlType::Q8_0 => "gemm_tc_q8_0",
-            GgmlType::MXFP4 => "gemm_tc_mxfp4",
-            GgmlType::F16 => "gemm_tc_f16",
-            GgmlType::BF16 => "gemm_tc_bf16",
-            GgmlType::F32 => "gemm_tc_f32",
+        // (kernel, split kernel, its weight tiles: 1 where the weight is exact in bf16).
+        let (kern, kern_split, nb) = match w.dtype {
+            GgmlType::Q8_0 => ("gemm_tc_q8_0", "gemm_tcs_q8_0", 2),
+            GgmlType::MXFP4 => ("gemm_tc_mxfp4", "gemm_tcs_mxfp4", 1),
+            GgmlType::F16 => ("gemm_tc_f16", "gemm_tcs_f16", 2),
+            GgmlType::BF16 => ("gemm_tc_bf16", "gemm_tcs_bf16", 1),
+            GgmlType::F32 => ("gemm_tc_f32", "gemm_tcs_f32", 2),
             _ => return None,
+        };
+        let (kern, smem) = if split() {
+            (kern_split, tcs_smem(nb))
+        } else {
+            (kern, 0)
         };
         let (bp, bt) = match bias {
             Some(b) => (self.ptr(&b.buf), b.dtype.id() as i32),
             None => (0, 0),
         };
-        Some(self.launch(
+        Some(self.launch_dyn(
             kern,
             (n.div_ceil(TC_BN) as u32, t.div_ceil(TC_BM) as u32, 1),
             256,
+            smem,
             &[
                 A::P(x),
                 A::I(t as i32),
@@ -214,12 +267,19 @@ impl CudaBackend {
         let (gb, gbt) = bp(&w.gate_bias);
         let (ub, ubt) = bp(&w.up_bias);
         let (db, dbt) = bp(&w.down_bias);
-        // h: bf16 [pairs, n_ff] in sorted order.
-        let h = self.scratch(pairs * n_ff * 2)?;
-        self.launch(
-            "moe_tc_gate_up",
+        // h: [pairs, n_ff] in sorted order, f32 (split) or bf16.
+        let sp = split();
+        let (gate_up, down, h_bytes, smem) = if sp {
+            ("moe_tcs_gate_up", "moe_tcs_down", 4, tcs_smem(1))
+        } else {
+            ("moe_tc_gate_up", "moe_tc_down", 2, 0)
+        };
+        let h = self.scratch(pairs * n_ff * h_bytes)?;
+        self.launch_dyn(
+            gate_up,
             (n_ff.div_ceil(TC_FF) as u32, max_tiles as u32, 1),
             256,
+            smem,
             &[
                 A::P(x),
                 A::I(d_model as i32),
@@ -253,10 +313,11 @@ impl CudaBackend {
             }
             .map_err(dev_err)?;
         }
-        self.launch(
-            "moe_tc_down",
+        self.launch_dyn(
+            down,
             (d_model.div_ceil(TC_BN) as u32, max_tiles as u32, 1),
             256,
+            smem,
             &[
                 A::P(h.ptr),
                 A::I(n_ff as i32),
@@ -298,10 +359,14 @@ impl CudaBackend {
         out: &CudaTensor,
     ) -> Option<Result<()>> {
         let t = q.rows;
-        let kern = match cfg.head_dim {
-            32 => "flash_attn_tc_d32",
-            64 => "flash_attn_tc_d64",
-            128 => "flash_attn_tc_d128",
+        let sp = split();
+        let kern = match (cfg.head_dim, sp) {
+            (32, false) => "flash_attn_tc_d32",
+            (64, false) => "flash_attn_tc_d64",
+            (128, false) => "flash_attn_tc_d128",
+            (32, true) => "flash_attn_tcs_d32",
+            (64, true) => "flash_attn_tcs_d64",
+            (128, true) => "flash_attn_tcs_d128",
             _ => return None,
         };
         if t < tc_min_rows()
@@ -330,10 +395,12 @@ impl CudaBackend {
         let t = q.rows;
         let (h, kvh, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
         let (kc, vc) = (self.ptr(&cache.k), self.ptr(&cache.v));
-        self.launch(
+        let smem = if split() { flash_tcs_smem(hd) } else { 0 };
+        self.launch_dyn(
             kern,
             (t.div_ceil(64) as u32, h as u32, 1),
             128,
+            smem,
             &[
                 A::P(self.ptr(&q.buf)),
                 A::P(self.ptr(&k.buf)),
@@ -372,5 +439,32 @@ impl CudaBackend {
         )?;
         cache.len = pos0 + t;
         Ok(())
+    }
+}
+
+impl CudaBackend {
+    /// `launch` with `smem` bytes of dynamic shared memory; above the default 48 KiB the kernel
+    /// is first allowed that much (a per-function attribute of this context; setting it again
+    /// is cheap, and a device without that much shared memory per block fails here cleanly).
+    fn launch_dyn(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        args: &[A],
+    ) -> Result<()> {
+        if smem > 48 * 1024 {
+            let f = self
+                .funcs
+                .get(name)
+                .ok_or_else(|| super::dev_err(format!("kernel {name} not loaded")))?;
+            f.set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )
+            .map_err(super::dev_err)?;
+        }
+        self.launch_smem(name, grid, block, smem, args)
     }
 }

@@ -10,7 +10,19 @@
 // for O += P V). S stays in registers: its accumulator layout is the A fragment layout of P.
 // grid (ceil(t / 64), n_heads), block 128. HD (head_dim) is 32, 64 or 128.
 
-template <int HD>
+// Split precision (SPLIT, the default, see prefill.rs): every 16-bit operand is x = hi + lo with
+// hi = f16(x), lo = f16(x - hi) (22 of f32's 24 mantissa bits; cached keys and values are f16
+// already, lo = 0), and each product takes three mma.sync: lo * hi + hi * lo + hi * hi (lo * lo,
+// ~2^-22 of it, is left out), so scores, probabilities and the output stay within ~1e-6 of f32.
+// Its tiles (K and V, hi and lo) are dynamic shared memory, FLASH_TCS_SMEM(HD) bytes.
+#define FLASH_TCS_SMEM(HD) (2 * (64 * ((HD) + 8) + (HD) * 72) * 2)
+
+__device__ __forceinline__ void split_f16(float x, float y, u32& hi, u32& lo) {
+    hi = pack_f16(x, y);
+    lo = pack_f16(x - h2f((u16)(hi & 0xffffu)), y - h2f((u16)(hi >> 16)));
+}
+
+template <int HD, bool SPLIT>
 __device__ __forceinline__ void flash_attn_t(const float* q, const float* knew, const float* vnew,
                                              const u16* kc, const u16* vc, int t, int pos0,
                                              int n_heads, int n_kv, int cap, int window,
@@ -19,15 +31,27 @@ __device__ __forceinline__ void flash_attn_t(const float* q, const float* knew, 
     constexpr int KS = HD + 8;  // row strides (16-bit units) chosen for conflict-free fragments
     constexpr int VS = 64 + 8;
     constexpr int NC = HD / 8;  // 8-element chunks per row
-    __shared__ __align__(16) u16 ks_[64 * KS];
-    __shared__ __align__(16) u16 vt_[HD * VS];
+    u16 *ks_, *vt_, *ksl, *vtl;  // K [key][d] and V^T [d][key], hi and (SPLIT) lo
+    if constexpr (SPLIT) {
+        extern __shared__ int4 flash_tcs_smem[];
+        ks_ = (u16*)flash_tcs_smem;
+        ksl = ks_ + 64 * KS;
+        vt_ = ksl + 64 * KS;
+        vtl = vt_ + HD * VS;
+    } else {
+        __shared__ __align__(16) u16 ks_s[64 * KS];
+        __shared__ __align__(16) u16 vt_s[HD * VS];
+        ks_ = ks_s;
+        vt_ = vt_s;
+        ksl = vtl = nullptr;
+    }
     int h = blockIdx.y, i0 = blockIdx.x * 64;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, qd = lane & 3;
     int kh = h / (n_heads / n_kv);
     int rr[2] = {i0 + warp * 16 + g, i0 + warp * 16 + g + 8};
 
     // Q fragments for the warp's 16 rows, all of head_dim (rows past t are zeros, never stored).
-    u32 qa[HD / 16][4];
+    u32 qa[HD / 16][4], ql[SPLIT ? HD / 16 : 1][4];
 #pragma unroll
     for (int s = 0; s < HD / 16; ++s) {
 #pragma unroll
@@ -38,7 +62,10 @@ __device__ __forceinline__ void flash_attn_t(const float* q, const float* knew, 
                 if (rr[rw] < t)
                     v = *(const float2*)(q + ((i64)rr[rw] * n_heads + h) * HD + s * 16 + half * 8 +
                                          2 * qd);
-                qa[s][half * 2 + rw] = pack_f16(v.x, v.y);
+                if constexpr (SPLIT)
+                    split_f16(v.x, v.y, qa[s][half * 2 + rw], ql[s][half * 2 + rw]);
+                else
+                    qa[s][half * 2 + rw] = pack_f16(v.x, v.y);
             }
         }
     }
@@ -59,6 +86,7 @@ __device__ __forceinline__ void flash_attn_t(const float* q, const float* knew, 
             int kr = it & 63, c = it >> 6;
             int j = k0 + kr;
             uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
+            uint4 kl = make_uint4(0, 0, 0, 0), vl = make_uint4(0, 0, 0, 0);
             if (j <= p_hi) {
                 if (j < pos0) {
                     i64 off = ((i64)(j % cap) * n_kv + kh) * HD + c * 8;
@@ -67,18 +95,34 @@ __device__ __forceinline__ void flash_attn_t(const float* q, const float* knew, 
                 } else {
                     i64 off = ((i64)(j - pos0) * n_kv + kh) * HD + c * 8;
                     float4 a = *(const float4*)(knew + off), b = *(const float4*)(knew + off + 4);
-                    kv = make_uint4(pack_f16(a.x, a.y), pack_f16(a.z, a.w), pack_f16(b.x, b.y),
-                                    pack_f16(b.z, b.w));
-                    a = *(const float4*)(vnew + off);
-                    b = *(const float4*)(vnew + off + 4);
-                    vv = make_uint4(pack_f16(a.x, a.y), pack_f16(a.z, a.w), pack_f16(b.x, b.y),
-                                    pack_f16(b.z, b.w));
+                    float4 va = *(const float4*)(vnew + off), vb = *(const float4*)(vnew + off + 4);
+                    if constexpr (SPLIT) {
+                        split_f16(a.x, a.y, kv.x, kl.x);
+                        split_f16(a.z, a.w, kv.y, kl.y);
+                        split_f16(b.x, b.y, kv.z, kl.z);
+                        split_f16(b.z, b.w, kv.w, kl.w);
+                        split_f16(va.x, va.y, vv.x, vl.x);
+                        split_f16(va.z, va.w, vv.y, vl.y);
+                        split_f16(vb.x, vb.y, vv.z, vl.z);
+                        split_f16(vb.z, vb.w, vv.w, vl.w);
+                    } else {
+                        kv = make_uint4(pack_f16(a.x, a.y), pack_f16(a.z, a.w),
+                                        pack_f16(b.x, b.y), pack_f16(b.z, b.w));
+                        vv = make_uint4(pack_f16(va.x, va.y), pack_f16(va.z, va.w),
+                                        pack_f16(vb.x, vb.y), pack_f16(vb.z, vb.w));
+                    }
                 }
             }
             *(uint4*)(ks_ + kr * KS + c * 8) = kv;
             const u16* ve = (const u16*)&vv;
 #pragma unroll
             for (int e = 0; e < 8; ++e) vt_[(c * 8 + e) * VS + kr] = ve[e];
+            if constexpr (SPLIT) {
+                *(uint4*)(ksl + kr * KS + c * 8) = kl;
+                const u16* vle = (const u16*)&vl;
+#pragma unroll
+                for (int e = 0; e < 8; ++e) vtl[(c * 8 + e) * VS + kr] = vle[e];
+            }
         }
         __syncthreads();
 
@@ -92,8 +136,13 @@ __device__ __forceinline__ void flash_attn_t(const float* q, const float* knew, 
         for (int st = 0; st < HD / 16; ++st) {
 #pragma unroll
             for (int j = 0; j < 8; ++j) {
-                const u16* p = ks_ + (j * 8 + g) * KS + st * 16 + 2 * qd;
-                u32 b[2] = {*(const u32*)p, *(const u32*)(p + 8)};
+                int o = (j * 8 + g) * KS + st * 16 + 2 * qd;
+                u32 b[2] = {*(const u32*)(ks_ + o), *(const u32*)(ks_ + o + 8)};
+                if constexpr (SPLIT) {
+                    u32 bl[2] = {*(const u32*)(ksl + o), *(const u32*)(ksl + o + 8)};
+                    mma16816<false>(s[j], ql[st], b);
+                    mma16816<false>(s[j], qa[st], bl);
+                }
                 mma16816<false>(s[j], qa[st], b);
             }
         }
@@ -140,13 +189,27 @@ __device__ __forceinline__ void flash_attn_t(const float* q, const float* knew, 
         // O += P V: the S accumulators of key tiles 2kk, 2kk+1 are the A fragment of P.
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) {
-            u32 a[4] = {pack_f16(s[2 * kk][0], s[2 * kk][1]), pack_f16(s[2 * kk][2], s[2 * kk][3]),
-                        pack_f16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                        pack_f16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+            u32 a[4], al[4];
+            if constexpr (SPLIT) {
+                split_f16(s[2 * kk][0], s[2 * kk][1], a[0], al[0]);
+                split_f16(s[2 * kk][2], s[2 * kk][3], a[1], al[1]);
+                split_f16(s[2 * kk + 1][0], s[2 * kk + 1][1], a[2], al[2]);
+                split_f16(s[2 * kk + 1][2], s[2 * kk + 1][3], a[3], al[3]);
+            } else {
+                a[0] = pack_f16(s[2 * kk][0], s[2 * kk][1]);
+                a[1] = pack_f16(s[2 * kk][2], s[2 * kk][3]);
+                a[2] = pack_f16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+                a[3] = pack_f16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+            }
 #pragma unroll
             for (int nb = 0; nb < HD / 8; ++nb) {
-                const u16* p = vt_ + (nb * 8 + g) * VS + kk * 16 + 2 * qd;
-                u32 b[2] = {*(const u32*)p, *(const u32*)(p + 8)};
+                int off = (nb * 8 + g) * VS + kk * 16 + 2 * qd;
+                u32 b[2] = {*(const u32*)(vt_ + off), *(const u32*)(vt_ + off + 8)};
+                if constexpr (SPLIT) {
+                    u32 bl[2] = {*(const u32*)(vtl + off), *(const u32*)(vtl + off + 8)};
+                    mma16816<false>(o[nb], al, b);
+                    mma16816<false>(o[nb], a, bl);
+                }
                 mma16816<false>(o[nb], a, b);
             }
         }
@@ -170,14 +233,17 @@ __device__ __forceinline__ void flash_attn_t(const float* q, const float* knew, 
     }
 }
 
-#define FLASH_ENTRY(NAME, HD)                                                                    \
+#define FLASH_ENTRY(NAME, HD, SPLIT)                                                             \
     extern "C" __global__ void __launch_bounds__(128) NAME(                                     \
         const float* q, const float* knew, const float* vnew, const u16* kc, const u16* vc,     \
         int t, int pos0, int n_heads, int n_kv, int cap, int window, float scale,               \
         const u8* sinks, int sink_type, float* out) {                                           \
-        flash_attn_t<HD>(q, knew, vnew, kc, vc, t, pos0, n_heads, n_kv, cap, window, scale,     \
-                         sinks, sink_type, out);                                                \
+        flash_attn_t<HD, SPLIT>(q, knew, vnew, kc, vc, t, pos0, n_heads, n_kv, cap, window,     \
+                                scale, sinks, sink_type, out);                                  \
     }
-FLASH_ENTRY(flash_attn_tc_d32, 32)
-FLASH_ENTRY(flash_attn_tc_d64, 64)
-FLASH_ENTRY(flash_attn_tc_d128, 128)
+FLASH_ENTRY(flash_attn_tc_d32, 32, false)
+FLASH_ENTRY(flash_attn_tc_d64, 64, false)
+FLASH_ENTRY(flash_attn_tc_d128, 128, false)
+FLASH_ENTRY(flash_attn_tcs_d32, 32, true)
+FLASH_ENTRY(flash_attn_tcs_d64, 64, true)
+FLASH_ENTRY(flash_attn_tcs_d128, 128, true)

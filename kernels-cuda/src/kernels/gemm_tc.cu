@@ -38,6 +38,16 @@ __device__ __forceinline__ u32 pack2(float lo, float hi) {
     return BF ? pack_bf16(lo, hi) : pack_f16(lo, hi);
 }
 
+// Split precision (the default, see prefill.rs): x = hi + lo with hi = bf16(x) and
+// lo = bf16(x - hi) (the difference is exact in f32), so hi + lo carries 16 of f32's 24
+// mantissa bits: a product whose other operand is exact in bf16 is then hi * w + lo * w, two
+// mma.sync into the same f32 accumulator, within ~2^-17 of the f32 product. Two values of a
+// pair: `x` in the low half as pack_bf16.
+__device__ __forceinline__ void split_bf16(float x, float y, u32& hi, u32& lo) {
+    hi = pack_bf16(x, y);
+    lo = pack_bf16(x - __uint_as_float(hi << 16), y - __uint_as_float(hi & 0xffff0000u));
+}
+
 template <bool BF>
 __device__ __forceinline__ void mma16816(float* c, const u32* a, const u32* b) {
     if (BF) {
@@ -87,6 +97,19 @@ struct ALoadF32 {
             int row = idx >> 3, c4 = idx & 7;
             uint2 p = make_uint2(pack2<BF>(v[u].x, v[u].y), pack2<BF>(v[u].z, v[u].w));
             *(uint2*)(s + row * TC_LDS + c4 * 4) = p;
+        }
+    }
+    // Split precision: bf16 hi and lo tiles (BF is ignored).
+    __device__ __forceinline__ void store2(u16* sh, u16* sl) {
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            int idx = threadIdx.x + 256 * u;
+            int row = idx >> 3, c4 = idx & 7;
+            u32 h0, l0, h1, l1;
+            split_bf16(v[u].x, v[u].y, h0, l0);
+            split_bf16(v[u].z, v[u].w, h1, l1);
+            *(uint2*)(sh + row * TC_LDS + c4 * 4) = make_uint2(h0, h1);
+            *(uint2*)(sl + row * TC_LDS + c4 * 4) = make_uint2(l0, l1);
         }
     }
 };
@@ -191,6 +214,30 @@ struct BLoadQ8 {
         *(uint4*)dst = make_uint4(o[0], o[1], o[2], o[3]);
         *(uint4*)(dst + 8) = make_uint4(o[4], o[5], o[6], o[7]);
     }
+    // Split precision: q * d is exact in f32 (8 + 11 significant bits), then bf16 hi and lo
+    // (lo rounds the remaining 11 bits to 8: ~2^-18 of the weight).
+    __device__ __forceinline__ void store2(u16* sh, u16* sl) {
+        int off = (threadIdx.x >> 1) * TC_LDS + (threadIdx.x & 1) * 16;
+        if (row < 0) {
+            *(uint4*)(sh + off) = make_uint4(0, 0, 0, 0);
+            *(uint4*)(sh + off + 8) = make_uint4(0, 0, 0, 0);
+            *(uint4*)(sl + off) = make_uint4(0, 0, 0, 0);
+            *(uint4*)(sl + off + 8) = make_uint4(0, 0, 0, 0);
+            return;
+        }
+        u32 words[4] = {q.x, q.y, q.z, q.w};
+        u32 h[8], l[8];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            int v = (int)words[i];
+            split_bf16(sx8(v, 0) * d, sx8(v, 1) * d, h[2 * i], l[2 * i]);
+            split_bf16(sx8(v, 2) * d, sx8(v, 3) * d, h[2 * i + 1], l[2 * i + 1]);
+        }
+        *(uint4*)(sh + off) = make_uint4(h[0], h[1], h[2], h[3]);
+        *(uint4*)(sh + off + 8) = make_uint4(h[4], h[5], h[6], h[7]);
+        *(uint4*)(sl + off) = make_uint4(l[0], l[1], l[2], l[3]);
+        *(uint4*)(sl + off + 8) = make_uint4(l[4], l[5], l[6], l[7]);
+    }
 };
 
 // F16 or BF16 (copied as they are: the compute type matches) : 16 elements = 2 uint4.
@@ -214,6 +261,24 @@ struct BLoad16 {
         }
         *(uint4*)dst = v0;
         *(uint4*)(dst + 8) = v1;
+    }
+    // Split precision, F16 weights only (BF16 ones are exact and use store): f16 has 11
+    // significant bits, bf16 hi takes 8 and lo the rest exactly.
+    __device__ __forceinline__ void store2(u16* sh, u16* sl) {
+        int off = (threadIdx.x >> 1) * TC_LDS + (threadIdx.x & 1) * 16;
+        if (row < 0) {
+            v0 = make_uint4(0, 0, 0, 0);
+            v1 = v0;
+        }
+        u32 words[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
+        u32 h[8], l[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+            split_bf16(h2f((u16)(words[i] & 0xffffu)), h2f((u16)(words[i] >> 16)), h[i], l[i]);
+        *(uint4*)(sh + off) = make_uint4(h[0], h[1], h[2], h[3]);
+        *(uint4*)(sh + off + 8) = make_uint4(h[4], h[5], h[6], h[7]);
+        *(uint4*)(sl + off) = make_uint4(l[0], l[1], l[2], l[3]);
+        *(uint4*)(sl + off + 8) = make_uint4(l[4], l[5], l[6], l[7]);
     }
 };
 
@@ -245,6 +310,24 @@ struct BLoadF32 {
         }
         *(uint4*)dst = make_uint4(o[0], o[1], o[2], o[3]);
         *(uint4*)(dst + 8) = make_uint4(o[4], o[5], o[6], o[7]);
+    }
+    // Split precision: bf16 hi and lo (the product misses lo's rounding, ~2^-17 of w).
+    __device__ __forceinline__ void store2(u16* sh, u16* sl) {
+        int off = (threadIdx.x >> 1) * TC_LDS + (threadIdx.x & 1) * 16;
+        if (row < 0) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) v[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+        u32 h[8], l[8];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            split_bf16(v[i].x, v[i].y, h[2 * i], l[2 * i]);
+            split_bf16(v[i].z, v[i].w, h[2 * i + 1], l[2 * i + 1]);
+        }
+        *(uint4*)(sh + off) = make_uint4(h[0], h[1], h[2], h[3]);
+        *(uint4*)(sh + off + 8) = make_uint4(h[4], h[5], h[6], h[7]);
+        *(uint4*)(sl + off) = make_uint4(l[0], l[1], l[2], l[3]);
+        *(uint4*)(sl + off + 8) = make_uint4(l[4], l[5], l[6], l[7]);
     }
 };
 
@@ -311,21 +394,98 @@ __device__ __forceinline__ void tc_mainloop(TcShared& sm, AL& al, BL& bl, int nk
     }
 }
 
-// ---- dense: y[t, n_out] = x[t, k] W^T + bias. grid (ceil(n_out / 128), ceil(t / 128)), block
-// 256. k must be a multiple of 32 (the caller checks). ----
-template <bool BF, class BL>
-__device__ __forceinline__ void gemm_tc_body(const float* x, int t, int k, BL& bl, int n_out,
-                                             const u8* bias, int btype, float* y) {
-    __shared__ TcShared sm;
-    __shared__ const float* rows[TC_BM];
-    int m0 = blockIdx.y * TC_BM, n0 = blockIdx.x * TC_BN;
-    for (int i = threadIdx.x; i < TC_BM; i += blockDim.x)
-        rows[i] = m0 + i < t ? x + (i64)(m0 + i) * k : nullptr;
+// ---- Split precision (see split_bf16): the same tiles with the activations as bf16 hi and lo
+// tiles, and the weights as one bf16 tile where they are exact in bf16 (NB = 1: MXFP4, BF16)
+// or hi and lo tiles (NB = 2: Q8_0, F16, F32). Products per k step: a_hi w + a_lo w, plus
+// a_hi w_lo for NB = 2 (a_lo w_lo is ~2^-17 of the product and left out). The tiles no longer
+// fit the 48 KB of static shared memory: they are dynamic, TCS_SMEM(NB) bytes, laid out as
+// a_hi[2], a_lo[2], w_hi[2], w_lo[2] (double-buffered), each TC_BM x TC_LDS 16-bit elements.
+#define TCS_TILE (TC_BM * TC_LDS)
+#define TCS_SMEM(NB) ((4 + 2 * (NB)) * TCS_TILE * 2)
+
+template <int NB>
+__device__ __forceinline__ void tcs_step(const u16* ah, const u16* al, const u16* bh,
+                                         const u16* bl, float (&acc)[4][4][4]) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int wm = warp >> 2, wn = warp & 3;
+    int g = lane >> 2, q = lane & 3;
+#pragma unroll
+    for (int ks = 0; ks < TC_BK; ks += 16) {
+        u32 b[4][2], bo[4][2];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            int o = (wn * 32 + j * 8 + g) * TC_LDS + ks + 2 * q;
+            b[j][0] = *(const u32*)(bh + o);
+            b[j][1] = *(const u32*)(bh + o + 8);
+            if (NB == 2) {
+                bo[j][0] = *(const u32*)(bl + o);
+                bo[j][1] = *(const u32*)(bl + o + 8);
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            int o = (wm * 64 + i * 16 + g) * TC_LDS + ks + 2 * q;
+            u32 a[4] = {*(const u32*)(ah + o), *(const u32*)(ah + o + 8 * TC_LDS),
+                        *(const u32*)(ah + o + 8), *(const u32*)(ah + o + 8 * TC_LDS + 8)};
+            u32 c[4] = {*(const u32*)(al + o), *(const u32*)(al + o + 8 * TC_LDS),
+                        *(const u32*)(al + o + 8), *(const u32*)(al + o + 8 * TC_LDS + 8)};
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                mma16816<true>(acc[i][j], c, b[j]);
+                if (NB == 2) mma16816<true>(acc[i][j], a, bo[j]);
+                mma16816<true>(acc[i][j], a, b[j]);
+            }
+        }
+    }
+}
+
+template <int NB, class BL>
+__device__ __forceinline__ void tcs_store_b(BL& bl, u16* bh, u16* blo) {
+    if constexpr (NB == 2)
+        bl.store2(bh, blo);
+    else
+        bl.store(bh);
+}
+
+// The k loop of the split kernels (as tc_mainloop); `s` is the dynamic shared memory.
+template <int NB, class AL, class BL>
+__device__ __forceinline__ void tcs_mainloop(u16* s, AL& al, BL& bl, int nkt,
+                                             float (&acc)[4][4][4]) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) acc[i][j][c] = 0.f;
+    u16* ah = s;
+    u16* al_ = s + 2 * TCS_TILE;
+    u16* bh = s + 4 * TCS_TILE;
+    u16* blo = s + 6 * TCS_TILE;
+    al.fetch(0);
+    bl.fetch(0);
+    al.store2(ah, al_);
+    tcs_store_b<NB>(bl, bh, blo);
     __syncthreads();
-    ALoadF32<BF> al;
-    al.init(rows);
-    float acc[4][4][4];
-    tc_mainloop<BF>(sm, al, bl, k / TC_BK, acc);
+    for (int kt = 0; kt < nkt; ++kt) {
+        int cur = (kt & 1) * TCS_TILE, nxt = TCS_TILE - cur;
+        bool more = kt + 1 < nkt;
+        if (more) {
+            al.fetch(kt + 1);
+            bl.fetch(kt + 1);
+        }
+        tcs_step<NB>(ah + cur, al_ + cur, bh + cur, blo + cur, acc);
+        if (more) {
+            al.store2(ah + nxt, al_ + nxt);
+            tcs_store_b<NB>(bl, bh + nxt, blo + nxt);
+        }
+        __syncthreads();
+    }
+}
+
+// y rows m0.., columns n0.. of a dense product from the warp tiles' accumulators, plus bias.
+__device__ __forceinline__ void tc_dense_epilogue(const float (&acc)[4][4][4], int m0, int n0,
+                                                  int t, int n_out, const u8* bias, int btype,
+                                                  float* y) {
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int wm = warp >> 2, wn = warp & 3, g = lane >> 2, q = lane & 3;
 #pragma unroll
@@ -345,6 +505,24 @@ __device__ __forceinline__ void gemm_tc_body(const float* x, int t, int k, BL& b
             }
         }
     }
+}
+
+// ---- dense: y[t, n_out] = x[t, k] W^T + bias. grid (ceil(n_out / 128), ceil(t / 128)), block
+// 256. k must be a multiple of 32 (the caller checks). ----
+template <bool BF, class BL>
+__device__ __forceinline__ void gemm_tc_body(const float* x, int t, int k, BL& bl, int n_out,
+                                             const u8* bias, int btype, float* y) {
+    __shared__ TcShared sm;
+    __shared__ const float* rows[TC_BM];
+    int m0 = blockIdx.y * TC_BM, n0 = blockIdx.x * TC_BN;
+    for (int i = threadIdx.x; i < TC_BM; i += blockDim.x)
+        rows[i] = m0 + i < t ? x + (i64)(m0 + i) * k : nullptr;
+    __syncthreads();
+    ALoadF32<BF> al;
+    al.init(rows);
+    float acc[4][4][4];
+    tc_mainloop<BF>(sm, al, bl, k / TC_BK, acc);
+    tc_dense_epilogue(acc, m0, n0, t, n_out, bias, btype, y);
 }
 
 __device__ __forceinline__ i64 dense_row(int n0, int n_out) {
@@ -404,6 +582,37 @@ extern "C" __global__ void __launch_bounds__(256) gemm_tc_f32(const float* x, in
     gemm_tc_body<true>(x, t, k, bl, n_out, bias, btype, y);
 }
 
+// ---- dense, split precision: as gemm_tc_*, dynamic shared memory TCS_SMEM(NB). ----
+template <int NB, class BL>
+__device__ __forceinline__ void gemm_tcs_body(const float* x, int t, int k, BL& bl, int n_out,
+                                              const u8* bias, int btype, float* y) {
+    extern __shared__ int4 tcs_smem[];
+    __shared__ const float* rows[TC_BM];
+    int m0 = blockIdx.y * TC_BM, n0 = blockIdx.x * TC_BN;
+    for (int i = threadIdx.x; i < TC_BM; i += blockDim.x)
+        rows[i] = m0 + i < t ? x + (i64)(m0 + i) * k : nullptr;
+    __syncthreads();
+    ALoadF32<true> al;
+    al.init(rows);
+    float acc[4][4][4];
+    tcs_mainloop<NB>((u16*)tcs_smem, al, bl, k / TC_BK, acc);
+    tc_dense_epilogue(acc, m0, n0, t, n_out, bias, btype, y);
+}
+
+#define GEMM_TCS_ENTRY(NAME, NB, SETUP)                                                          \
+    extern "C" __global__ void __launch_bounds__(256)                                           \
+        NAME(const float* x, int t, int k, const u8* w, i64 nb, const u8* bias, int btype,      \
+             float* y, int n_out) {                                                             \
+        SETUP;                                                                                  \
+        bl.row = dense_row(blockIdx.x * TC_BN, n_out);                                          \
+        gemm_tcs_body<NB>(x, t, k, bl, n_out, bias, btype, y);                                  \
+    }
+GEMM_TCS_ENTRY(gemm_tcs_q8_0, 2, BLoadQ8 bl; bl.w = w; bl.nb = nb; bl.nbk = k / 32)
+GEMM_TCS_ENTRY(gemm_tcs_mxfp4, 1, BLoadMxfp4 bl; bl.w = w; bl.nb = nb; bl.nbk = k / 32)
+GEMM_TCS_ENTRY(gemm_tcs_f16, 2, BLoad16 bl; bl.w = (const u16*)w; bl.k = k)
+GEMM_TCS_ENTRY(gemm_tcs_bf16, 1, BLoad16 bl; bl.w = (const u16*)w; bl.k = k)
+GEMM_TCS_ENTRY(gemm_tcs_f32, 2, BLoadF32 bl; bl.w = (const float*)w; bl.k = k)
+
 // ---- MoE prefill ----
 
 // Group the t * k (token, slot) pairs by expert, on the GPU: counts, offsets, the sorted order
@@ -444,11 +653,13 @@ extern "C" __global__ void moe_tc_group(const int* ids, int pairs, int n_exp, in
 // outputs are gate then up of the same 16 columns f0 + 16 wn + (0..15); its mma tiles j = 0, 1
 // (gate) and j + 2 (up) then hold the same (row, column) in the same registers. h is bf16
 // [pairs, n_ff] in sorted order. grid (ceil(n_ff / 64), max tiles), block 256.
-extern "C" __global__ void __launch_bounds__(256) moe_tc_gate_up(
+// SPLIT: split precision (tcs_mainloop, dynamic shared memory TCS_SMEM(1)) and h in f32 (HT
+// float); else bf16 tiles and h in bf16 (HT u16).
+template <bool SPLIT, class HT>
+__device__ __forceinline__ void moe_gate_up_body(
     const float* x, int d_model, const u8* wg, i64 nbg, const u8* wu, i64 nbu, const u8* bg,
     int bgt, const u8* bu, int but, const int* perm, const int* seg_end, const int* tiles, int k,
-    int n_ff, u16* h) {
-    __shared__ TcShared sm;
+    int n_ff, HT* h) {
     __shared__ const float* rows[TC_BM];
     int tile = blockIdx.y;
     if (tile >= tiles[0]) return;
@@ -469,7 +680,13 @@ extern "C" __global__ void __launch_bounds__(256) moe_tc_gate_up(
     ALoadF32<true> al;
     al.init(rows);
     float acc[4][4][4];
-    tc_mainloop<true>(sm, al, bl, d_model / TC_BK, acc);
+    if constexpr (SPLIT) {
+        extern __shared__ int4 tcs_smem[];
+        tcs_mainloop<1>((u16*)tcs_smem, al, bl, d_model / TC_BK, acc);
+    } else {
+        __shared__ TcShared sm;
+        tc_mainloop<true>(sm, al, bl, d_model / TC_BK, acc);
+    }
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int wm = warp >> 2, g = lane >> 2, q = lane & 3;
     int wnn = warp & 3;
@@ -488,8 +705,12 @@ extern "C" __global__ void __launch_bounds__(256) moe_tc_gate_up(
                     int s = s0 + wm * 64 + i * 16 + g + 8 * hh;
                     if (s < s_end) {
                         float v = swiglu_oai(acc[i][j][2 * hh + c] + gb, acc[i][j + 2][2 * hh + c] + ub);
-                        u32 p = pack_bf16(v, 0.f);
-                        h[(i64)s * n_ff + ff] = (u16)(p & 0xffffu);
+                        if constexpr (SPLIT) {
+                            h[(i64)s * n_ff + ff] = v;
+                        } else {
+                            u32 p = pack_bf16(v, 0.f);
+                            h[(i64)s * n_ff + ff] = (u16)(p & 0xffffu);
+                        }
                     }
                 }
             }
@@ -497,13 +718,26 @@ extern "C" __global__ void __launch_bounds__(256) moe_tc_gate_up(
     }
 }
 
+#define MOE_GATE_UP_ENTRY(NAME, SPLIT, HT)                                                       \
+    extern "C" __global__ void __launch_bounds__(256) NAME(                                     \
+        const float* x, int d_model, const u8* wg, i64 nbg, const u8* wu, i64 nbu,              \
+        const u8* bg, int bgt, const u8* bu, int but, const int* perm, const int* seg_end,      \
+        const int* tiles, int k, int n_ff, HT* h) {                                             \
+        moe_gate_up_body<SPLIT>(x, d_model, wg, nbg, wu, nbu, bg, bgt, bu, but, perm, seg_end,  \
+                                tiles, k, n_ff, h);                                             \
+    }
+MOE_GATE_UP_ENTRY(moe_tc_gate_up, false, u16)
+// h f32 [pairs, n_ff] in sorted order.
+MOE_GATE_UP_ENTRY(moe_tcs_gate_up, true, float)
+
 // Down projection of the tile's expert for 128 outputs: yp[pair, d] = w_pair (h W_down^T + b).
 // grid (ceil(d_model / 128), max tiles), block 256.
-extern "C" __global__ void __launch_bounds__(256) moe_tc_down(
-    const u16* h, int n_ff, const u8* wd, i64 nbd, const u8* bd, int bdt, const int* perm,
+// SPLIT: h f32 rows, split precision; else h bf16 rows (HT as in moe_gate_up_body).
+template <bool SPLIT, class HT>
+__device__ __forceinline__ void moe_down_body(
+    const HT* h, int n_ff, const u8* wd, i64 nbd, const u8* bd, int bdt, const int* perm,
     const float* wts, const int* seg_end, const int* tiles, int d_model, float* yp) {
-    __shared__ TcShared sm;
-    __shared__ const u16* rows[TC_BM];
+    __shared__ const HT* rows[TC_BM];
     __shared__ int pr[TC_BM];
     int tile = blockIdx.y;
     if (tile >= tiles[0]) return;
@@ -521,10 +755,18 @@ extern "C" __global__ void __launch_bounds__(256) moe_tc_down(
     bl.nb = nbd;
     bl.nbk = n_ff / 32;
     bl.row = dr < d_model ? (i64)e * d_model + dr : -1;
-    ALoad16 al;
-    al.init(rows);
     float acc[4][4][4];
-    tc_mainloop<true>(sm, al, bl, n_ff / TC_BK, acc);
+    if constexpr (SPLIT) {
+        extern __shared__ int4 tcs_smem[];
+        ALoadF32<true> al;
+        al.init(rows);
+        tcs_mainloop<1>((u16*)tcs_smem, al, bl, n_ff / TC_BK, acc);
+    } else {
+        __shared__ TcShared sm;
+        ALoad16 al;
+        al.init(rows);
+        tc_mainloop<true>(sm, al, bl, n_ff / TC_BK, acc);
+    }
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int wm = warp >> 2, wn = warp & 3, g = lane >> 2, q = lane & 3;
 #pragma unroll
@@ -546,6 +788,15 @@ extern "C" __global__ void __launch_bounds__(256) moe_tc_down(
         }
     }
 }
+
+#define MOE_DOWN_ENTRY(NAME, SPLIT, HT)                                                          \
+    extern "C" __global__ void __launch_bounds__(256) NAME(                                     \
+        const HT* h, int n_ff, const u8* wd, i64 nbd, const u8* bd, int bdt, const int* perm,   \
+        const float* wts, const int* seg_end, const int* tiles, int d_model, float* yp) {       \
+        moe_down_body<SPLIT>(h, n_ff, wd, nbd, bd, bdt, perm, wts, seg_end, tiles, d_model, yp); \
+    }
+MOE_DOWN_ENTRY(moe_tc_down, false, u16)
+MOE_DOWN_ENTRY(moe_tcs_down, true, float)
 
 // y[r, d] = sum over slots j (in order) of yp[r * k + j, d]. grid (ceil(d_model / 256), t),
 // block 256.
