@@ -20,7 +20,7 @@ pub mod nccl;
 mod prefill;
 pub mod quants;
 
-pub use prefill::{TcPrecision, set_tc_min_width, tc_min_rows, tc_min_width, tc_precision};
+pub use prefill::{TcPrecision, set_tc_min_width, tc_min_rows, tc_min_width};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -288,6 +288,8 @@ pub struct CudaBackend {
     moe_rows: (usize, usize),
     /// Decode attention (t = 1) with each GQA group's query heads in one block.
     grouped_decode: bool,
+    /// Tensor-core paths in split precision (prefill.rs: bits TC_LINEAR, TC_MOE, TC_ATTENTION).
+    tc_split: u8,
 }
 
 const TICKETS_ROUTER: usize = 0;
@@ -374,6 +376,7 @@ impl CudaBackend {
             // MoE layer against 54.4 for (1, 1) and 56.3 for (2, 2).
             moe_rows: (1, 2),
             grouped_decode: false,
+            tc_split: prefill::tc_split_from_env(),
         })
     }
 

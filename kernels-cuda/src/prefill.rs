@@ -8,18 +8,20 @@
 //! the slots in slot order: deterministic), and attention runs a flash kernel (f32 scores and
 //! softmax).
 //!
-//! Precision ([`TcPrecision`], `GPTOSS_CUDA_TC_PRECISION`): by default every tensor-core
-//! product is split so that it stays within ~2^-17 of the f32 product: an f32 activation
-//! `a = hi + lo` with `hi = bf16(a)`, `lo = bf16(a - hi)` takes two mma.sync (`hi w + lo w`)
-//! where the weight is exact in bf16 (MXFP4: E2M1 times a power of two; BF16), three
-//! (`+ hi w_lo`) where it is not (Q8_0 as the exact f32 `q d`, F16, F32, each split the same
-//! way); the MoE's h stays f32; attention splits Q, this call's K and V and the probabilities
-//! into f16 hi + lo (three products each; cached K and V are f16 and exact). Why: a random
+//! Precision ([`TcPrecision`], `GPTOSS_CUDA_TC_PRECISION`): by default (`bf16`) each product
+//! is one mma.sync of 16-bit roundings (weights as bf16, or f16 for Q8_0 and F16; activations
+//! rounded to the same type; f16 attention; the MoE's h in bf16): per-product NMSE ~1e-6.
+//! `split` keeps every tensor-core product within ~2^-17 of the f32 product: an f32
+//! activation `a = hi + lo` with `hi = bf16(a)`, `lo = bf16(a - hi)` takes two mma.sync
+//! (`hi w + lo w`) where the weight is exact in bf16 (MXFP4: E2M1 times a power of two; BF16),
+//! three (`+ hi w_lo`) where it is not (Q8_0 as the exact f32 `q d`, F16, F32, each split the
+//! same way); the MoE's h stays f32; attention splits Q, this call's K and V and the
+//! probabilities into f16 hi + lo (three products each; cached K and V are f16 and exact). A
+//! comma list of paths (`linear`, `moe`, `attention`) splits only those. Why: a random
 //! GPT-OSS model's router sees near-ties among its experts, so 16-bit rounding of activations
-//! flips experts and moved the 20b's logits by NMSE 1e-2 against the CPU reference
-//! (bench/RESULTS.md). `bf16` keeps the single-product kernels (weights as bf16, or f16 for
-//! Q8_0 and F16, activations rounded to the same type; f16 attention; h in bf16): per product
-//! NMSE ~1e-6, faster.
+//! flips experts; on the synthetic 20b (H100, bench/RESULTS.md) `split` moves the logits of a
+//! 100-token prompt by NMSE 2.3e-4 from the CPU reference (bf16: 1.3e-2) at 12.0k tok/s pp2048
+//! (bf16: 18.3k), which is why it is not the default.
 //!
 //! Small models keep the f32-accurate kernels: the paths above are taken only where the model
 //! width (k of a linear, d_model of the MoE, heads x head_dim of attention) is at least
@@ -80,29 +82,50 @@ pub fn set_tc_min_width(width: usize) {
     MIN_WIDTH_OVERRIDE.store(width, Ordering::Relaxed);
 }
 
-/// How the tensor-core kernels round their inputs (see the module docs).
+/// How the tensor-core kernels round their inputs (see the module docs), for
+/// [`CudaBackend::set_tc_precision`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TcPrecision {
     /// Activations (and weights not exact in bf16) split into two 16-bit parts, two or three
-    /// products each: within ~2^-17 of f32. The default.
+    /// products each: within ~2^-17 of f32, every path.
     Split,
-    /// One product of 16-bit roundings (`GPTOSS_CUDA_TC_PRECISION=bf16`): faster, per-product
-    /// NMSE ~1e-6.
+    /// One product of 16-bit roundings, every path: faster, per-product NMSE ~1e-6.
     Bf16,
 }
 
-/// The tensor-core precision: `GPTOSS_CUDA_TC_PRECISION=bf16` selects [`TcPrecision::Bf16`];
-/// unset, `split` or anything else [`TcPrecision::Split`].
-pub fn tc_precision() -> TcPrecision {
-    static V: OnceLock<TcPrecision> = OnceLock::new();
-    *V.get_or_init(|| match std::env::var("GPTOSS_CUDA_TC_PRECISION") {
-        Ok(v) if v.trim().eq_ignore_ascii_case("bf16") => TcPrecision::Bf16,
-        _ => TcPrecision::Split,
-    })
+/// `tc_split` bits: which paths use the split kernels.
+const TC_LINEAR: u8 = 1;
+const TC_MOE: u8 = 2;
+const TC_ATTENTION: u8 = 4;
+
+/// The split paths `GPTOSS_CUDA_TC_PRECISION` asks for: none when unset or `bf16`, all for
+/// `split`, else those of the comma list among `linear`, `moe`, `attention`.
+pub(crate) fn tc_split_from_env() -> u8 {
+    let v = std::env::var("GPTOSS_CUDA_TC_PRECISION").unwrap_or_default();
+    v.split(',')
+        .map(|s| match s.trim().to_ascii_lowercase().as_str() {
+            "split" => TC_LINEAR | TC_MOE | TC_ATTENTION,
+            "linear" => TC_LINEAR,
+            "moe" => TC_MOE,
+            "attention" => TC_ATTENTION,
+            _ => 0,
+        })
+        .fold(0, |a, b| a | b)
 }
 
-fn split() -> bool {
-    tc_precision() == TcPrecision::Split
+impl CudaBackend {
+    /// Set the tensor-core precision of every path for this backend (the default comes from
+    /// `GPTOSS_CUDA_TC_PRECISION`).
+    pub fn set_tc_precision(&mut self, p: TcPrecision) {
+        self.tc_split = match p {
+            TcPrecision::Split => TC_LINEAR | TC_MOE | TC_ATTENTION,
+            TcPrecision::Bf16 => 0,
+        };
+    }
+
+    fn split(&self, path: u8) -> bool {
+        self.tc_split & path != 0
+    }
 }
 
 /// Dynamic shared memory of the split kernels (as TCS_SMEM in gemm_tc.cu, FLASH_TCS_SMEM in
@@ -162,7 +185,7 @@ impl CudaBackend {
             GgmlType::F32 => ("gemm_tc_f32", "gemm_tcs_f32", 2),
             _ => return None,
         };
-        let (kern, smem) = if split() {
+        let (kern, smem) = if self.split(TC_LINEAR) {
             (kern_split, tcs_smem(nb))
         } else {
             (kern, 0)
@@ -268,7 +291,7 @@ impl CudaBackend {
         let (ub, ubt) = bp(&w.up_bias);
         let (db, dbt) = bp(&w.down_bias);
         // h: [pairs, n_ff] in sorted order, f32 (split) or bf16.
-        let sp = split();
+        let sp = self.split(TC_MOE);
         let (gate_up, down, h_bytes, smem) = if sp {
             ("moe_tcs_gate_up", "moe_tcs_down", 4, tcs_smem(1))
         } else {
@@ -359,7 +382,7 @@ impl CudaBackend {
         out: &CudaTensor,
     ) -> Option<Result<()>> {
         let t = q.rows;
-        let sp = split();
+        let sp = self.split(TC_ATTENTION);
         let kern = match (cfg.head_dim, sp) {
             (32, false) => "flash_attn_tc_d32",
             (64, false) => "flash_attn_tc_d64",
@@ -395,7 +418,11 @@ impl CudaBackend {
         let t = q.rows;
         let (h, kvh, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
         let (kc, vc) = (self.ptr(&cache.k), self.ptr(&cache.v));
-        let smem = if split() { flash_tcs_smem(hd) } else { 0 };
+        let smem = if self.split(TC_ATTENTION) {
+            flash_tcs_smem(hd)
+        } else {
+            0
+        };
         self.launch_dyn(
             kern,
             (t.div_ceil(64) as u32, h as u32, 1),
