@@ -109,8 +109,6 @@ fn bench_dequant(c: &mut Criterion) {
 /// A matrix-vector product over a weight matrix bigger than the last-level cache: k = 4096,
 /// 64 MiB of weights; throughput counts weight bytes, so it compares directly with memcpy.
 fn bench_gemv(c: &mut Criterion) {
-    let k = 4096;
-    let mut g = c.benchmark_group("gemv");
     let pairs = [
         GgmlType::MXFP4,
         GgmlType::Q8_0,
@@ -119,10 +117,30 @@ fn bench_gemv(c: &mut Criterion) {
         GgmlType::Q4_0,
         GgmlType::IQ4_XS,
     ];
-    for wty in pairs {
+    gemv_group(c, "gemv", 64 << 20, &pairs);
+}
+
+/// The same products on 256 KiB of weights, which stay in L2: the kernels' arithmetic cost,
+/// with less of the noise a shared machine's memory bandwidth adds to the 64 MiB `gemv`.
+fn bench_gemv_l2(c: &mut Criterion) {
+    let pairs = [
+        GgmlType::MXFP4,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+    ];
+    gemv_group(c, "gemv_l2", 256 << 10, &pairs);
+}
+
+/// Rows of k = 4096 filling `bytes` of weights, each dotted with one activation row, for every
+/// available dispatch and candle-core.
+fn gemv_group(c: &mut Criterion, name: &str, bytes: usize, pairs: &[GgmlType]) {
+    let k = 4096;
+    let mut g = c.benchmark_group(name);
+    for &wty in pairs {
         let aty = vec_dot_type(wty);
         let row = row_size(wty, k).unwrap();
-        let rows = (64 << 20) / row;
+        let rows = bytes / row;
         let one = random_codes(wty, k);
         let w: Vec<u8> = one.iter().copied().cycle().take(row * rows).collect();
         let mut a = vec![0u8; row_size(aty, k).unwrap()];
@@ -274,6 +292,7 @@ fn bench_gemm(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_memory, bench_dequant, bench_gemv, bench_gemm, bench_quantize_activation
+    targets = bench_memory, bench_dequant, bench_gemv, bench_gemv_l2, bench_gemm,
+        bench_quantize_activation
 }
 criterion_main!(benches);
