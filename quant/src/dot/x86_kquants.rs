@@ -167,7 +167,7 @@ pub(crate) fn q4_k_q8_k_avx2(w: &[u8], a: &[u8], nb: usize) -> f32 {
 #[target_feature(enable = "avx2,f16c")]
 fn q6_k_sums(wb: &[u8], ab: &[u8], bcast: &[__m256i; 8]) -> __m256i {
     let m4 = _mm256_set1_epi8(0x0f);
-    let m3 = _mm256_set1_epi8(3);
+    let m30 = _mm256_set1_epi8(0x30);
     let m32 = _mm256_set1_epi8(32);
     let aq = &ab[4..260];
     // The 16 i8 scales widened to i16 once, the even ones in the low 128-bit half and the odd
@@ -181,20 +181,22 @@ fn q6_k_sums(wb: &[u8], ab: &[u8], bcast: &[__m256i; 8]) -> __m256i {
         let ql0 = load256(&wb[64 * n..64 * n + 32]);
         let ql1 = load256(&wb[64 * n + 32..64 * n + 64]);
         let qh = load256(&wb[128 + 32 * n..160 + 32 * n]);
-        let hbits = |shift: i32| -> __m256i {
-            let h = match shift {
-                0 => qh,
-                2 => _mm256_srli_epi16(qh, 2),
-                4 => _mm256_srli_epi16(qh, 4),
-                _ => _mm256_srli_epi16(qh, 6),
+        // Bits 2k, 2k + 1 of qh moved to bits 4, 5 of each byte (16-bit shifts: the mask drops
+        // what crosses from the neighbouring byte).
+        let hbits = |k: i32| -> __m256i {
+            let h = match k {
+                0 => _mm256_slli_epi16(qh, 4),
+                1 => _mm256_slli_epi16(qh, 2),
+                2 => qh,
+                _ => _mm256_srli_epi16(qh, 2),
             };
-            _mm256_slli_epi16(_mm256_and_si256(h, m3), 4)
+            _mm256_and_si256(h, m30)
         };
         let q = [
             _mm256_or_si256(_mm256_and_si256(ql0, m4), hbits(0)),
-            _mm256_or_si256(_mm256_and_si256(ql1, m4), hbits(2)),
-            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), hbits(4)),
-            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), hbits(6)),
+            _mm256_or_si256(_mm256_and_si256(ql1, m4), hbits(1)),
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), hbits(2)),
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), hbits(3)),
         ];
         for (i, qi) in q.into_iter().enumerate() {
             let o = 128 * n + 32 * i;
