@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod compile;
+mod decode_moe;
 pub mod fp4;
 pub mod nccl;
 mod prefill;
@@ -290,6 +291,9 @@ pub struct CudaBackend {
     grouped_decode: bool,
     /// Tensor-core paths in split precision (prefill.rs: bits TC_LINEAR, TC_MOE, TC_ATTENTION).
     tc_split: u8,
+    /// The int8 tensor-core decode products (decode_moe.rs): MXFP4 MoE at t <= 8, Q8_0
+    /// matrix-vector products at t <= 2.
+    decode_mma: bool,
 }
 
 const TICKETS_ROUTER: usize = 0;
@@ -377,6 +381,7 @@ impl CudaBackend {
             moe_rows: (1, 2),
             grouped_decode: false,
             tc_split: prefill::tc_split_from_env(),
+            decode_mma: std::env::var("GPTOSS_CUDA_DECODE_MMA").map_or(true, |v| v != "0"),
         })
     }
 
@@ -386,6 +391,13 @@ impl CudaBackend {
     /// compounds through layers: the tiny fixture model's logits then miss the 1e-4 limit.
     pub fn set_int8_activations(&mut self, on: bool) {
         self.int8_activations = on;
+    }
+
+    /// The int8 tensor-core decode kernels (activations as four int8 planes, see decode_moe.rs)
+    /// for the MXFP4 MoE at t <= 8 and Q8_0 matrix-vector products at t <= 2; off, those take
+    /// the f32-activation kernels. Default on (GPTOSS_CUDA_DECODE_MMA=0 turns it off).
+    pub fn set_decode_mma(&mut self, on: bool) {
+        self.decode_mma = on;
     }
 
     /// Rows each warp of the MXFP4 MoE kernels computes, for gate+up and for down (1, 2 or 4
@@ -729,7 +741,9 @@ impl CudaBackend {
         let wt = w.dtype.id() as i32;
         let smem = t * k + t * k / 8;
         let quant = matches!(w.dtype, GgmlType::Q8_0 | GgmlType::MXFP4);
-        if t <= MAX_GEMV_ROWS && quant && !self.int8_activations {
+        if self.mma_gemv_fits(w.dtype, t, k, n) {
+            self.mma_gemv(x, t, k, &[(w, bp, bt, y, n)])
+        } else if t <= MAX_GEMV_ROWS && quant && !self.int8_activations {
             let kern = match (w.dtype == GgmlType::Q8_0, t == 1) {
                 (true, true) => "gemvf_q8_0_r1",
                 (true, false) => "gemvf_q8_0",
@@ -985,26 +999,35 @@ impl CudaBackend {
         let wts = self.scratch(t * kk * 4)?;
         let logits = self.scratch(t * e * 4)?;
         let tickets = self.tickets(TICKETS_ROUTER, t)?;
-        self.launch(
-            "moe_router_topk",
-            (e as u32, t as u32, 1),
-            256,
-            &[
-                A::P(xp),
-                A::I(d_model as i32),
-                A::P(self.ptr(&w.router.buf)),
-                A::I(w.router.dtype.id() as i32),
-                A::L(w.router.nb),
-                A::P(self.ptr(&w.router_bias.buf)),
-                A::I(w.router_bias.dtype.id() as i32),
-                A::I(e as i32),
-                A::I(kk as i32),
-                A::P(logits.ptr),
-                A::P(tickets),
-                A::P(self.ptr(&ids)),
-                A::P(self.ptr(&wts)),
-            ],
-        )?;
+        let mut router_args = vec![
+            A::P(xp),
+            A::I(d_model as i32),
+            A::P(self.ptr(&w.router.buf)),
+            A::I(w.router.dtype.id() as i32),
+            A::L(w.router.nb),
+            A::P(self.ptr(&w.router_bias.buf)),
+            A::I(w.router_bias.dtype.id() as i32),
+            A::I(e as i32),
+            A::I(kk as i32),
+            A::P(logits.ptr),
+            A::P(tickets),
+            A::P(self.ptr(&ids)),
+            A::P(self.ptr(&wts)),
+        ];
+        // The int8 tensor-core decode MoE (opt-in) reads x as planes written by the router.
+        let mma_planes = if self.mma_moe_fits(w, t, d_model, n_ff, kk) {
+            let p = self.mma_moe_planes(t, d_model)?;
+            router_args.extend([A::P(p.0.ptr), A::P(p.1.ptr)]);
+            Some(p)
+        } else {
+            None
+        };
+        let router = if mma_planes.is_some() {
+            "moe_router_topk_q"
+        } else {
+            "moe_router_topk"
+        };
+        self.launch(router, (e as u32, t as u32, 1), 256, &router_args)?;
         if partial {
             let n = t * kk;
             self.launch(
@@ -1041,6 +1064,11 @@ impl CudaBackend {
         let yp = self.ptr(&y.buf);
         if let Some(r) = self.moe_tc(xp, t, d_model, n_ff, w, n_loc, kk, &ids, &wts, yp, partial) {
             r?;
+            return Ok(y);
+        }
+        if let Some(p) = &mma_planes {
+            let (ip, wp) = (self.ptr(&ids), self.ptr(&wts));
+            self.mma_moe_experts(p, t, kk, d_model, n_ff, w, ip, wp, yp)?;
             return Ok(y);
         }
         let smem = d_model + d_model / 8;
@@ -1350,6 +1378,25 @@ impl Backend for CudaBackend {
             .iter()
             .map(|&(_, n)| self.tensor(t, n))
             .collect::<Result<Vec<_>>>()?;
+        if dims
+            .iter()
+            .all(|&(_, n)| self.mma_gemv_fits(ws[0].0.dtype, t, k, n))
+        {
+            let mats = ws
+                .iter()
+                .zip(&dims)
+                .zip(&outs)
+                .map(|(((w, b), &(_, n)), o)| {
+                    let (bp, bt) = match b {
+                        Some(b) => (self.ptr(&b.buf), b.dtype.id() as i32),
+                        None => (0, 0),
+                    };
+                    (*w, bp, bt, self.ptr(&o.buf), n)
+                })
+                .collect::<Vec<_>>();
+            self.mma_gemv(self.ptr(&x.buf), t, k, &mats)?;
+            return Ok(outs);
+        }
         let mut args = vec![A::P(self.ptr(&x.buf)), A::I(t as i32), A::I(k as i32)];
         let mut blocks = 0usize;
         for i in 0..3 {

@@ -275,6 +275,100 @@ fn decode_and_prefill_20b_shapes() {
             D,
         )
         .unwrap();
+    // The int8 tensor-core decode kernels (default) against the f32-activation ones, per stage.
+    let x4096 = be.from_host(&vec![0.1f32; 4096], 1, 4096).unwrap();
+    let x2 = be
+        .from_host(&[hv.clone(), hv.clone()].concat(), 2, D)
+        .unwrap();
+    for mma in [true, false] {
+        be.set_decode_mma(mma);
+        let tag = if mma { "mma" } else { "f32" };
+        let dev = |f: &mut dyn FnMut()| be.device_time_us(100, 30.0, f).unwrap();
+        let moe = |xt: &<CudaBackend as Backend>::Tensor| {
+            drop(
+                be.moe(
+                    xt,
+                    &l.moe,
+                    &MoeConfig {
+                        n_experts: E,
+                        top_k: 4,
+                    },
+                )
+                .unwrap(),
+            )
+        };
+        row(
+            &format!("  [{tag}] moe 20b t=1"),
+            dev(&mut || moe(&x1)),
+            4.0 * 3.0 * mx(D, D),
+        );
+        row(
+            &format!("  [{tag}] moe 20b t=4 (bytes of 4 experts)"),
+            dev(&mut || moe(&x4)),
+            4.0 * 3.0 * mx(D, D),
+        );
+        row(
+            &format!("  [{tag}] q+k+v linear_many t=1"),
+            dev(&mut || {
+                drop(
+                    be.linear_many(
+                        &x1,
+                        &[
+                            (&l.wq, Some(&l.bq)),
+                            (&l.wk, Some(&l.bk)),
+                            (&l.wv, Some(&l.bv)),
+                        ],
+                    )
+                    .unwrap(),
+                )
+            }),
+            q8(4096 + 1024, D),
+        );
+        row(
+            &format!("  [{tag}] q+k+v linear_many t=2"),
+            dev(&mut || {
+                drop(
+                    be.linear_many(
+                        &x2,
+                        &[
+                            (&l.wq, Some(&l.bq)),
+                            (&l.wk, Some(&l.bk)),
+                            (&l.wv, Some(&l.bv)),
+                        ],
+                    )
+                    .unwrap(),
+                )
+            }),
+            q8(4096 + 1024, D),
+        );
+        row(
+            &format!("  [{tag}] o_proj q8_0 4096->2880 t=1"),
+            dev(&mut || drop(be.linear(&x4096, &l.wo, Some(&l.bo)).unwrap())),
+            q8(D, 4096),
+        );
+        let mut h = be.from_host(&hv, 1, D).unwrap();
+        let kc = KvCacheConfig {
+            n_kv_heads: KVH,
+            head_dim: HD,
+            max_positions: 1024,
+            window: Some(128),
+        };
+        let mut cw = be.new_kv_cache(&kc).unwrap();
+        let mut pos = 0;
+        let us = be
+            .device_time_us(20, 60.0, || {
+                layer_step(&be, &l, &mut h, &mut cw, pos, Some(128), &rope);
+                pos += 1;
+            })
+            .unwrap();
+        row(
+            &format!("  [{tag}] one window layer t=1 (device-only)"),
+            us,
+            q8(4096 + 1024, D) + q8(D, 4096) + 4.0 * 3.0 * mx(D, D) + (D * E * 4) as f64,
+        );
+    }
+    be.set_decode_mma(true);
+    be.set_decode_mma(false);
     for (rg, rd) in [(1, 1), (1, 2), (2, 2)] {
         be.set_moe_rows_per_warp(rg, rd);
         for (t, xt) in [(1usize, &x1), (4, &x4)] {
@@ -303,6 +397,7 @@ fn decode_and_prefill_20b_shapes() {
         }
     }
     be.set_moe_rows_per_warp(1, 2);
+    be.set_decode_mma(true);
     be.set_int8_activations(true);
     let dev = |f: &mut dyn FnMut()| be.device_time_us(100, 30.0, f).unwrap();
     println!("device-only times, int8 activations (dp4a):");
@@ -350,7 +445,6 @@ fn decode_and_prefill_20b_shapes() {
         }),
         q8(512, D),
     );
-    let x4096 = be.from_host(&vec![0.1f32; 4096], 1, 4096).unwrap();
     row(
         "linear q8_0 4096->2880 t=1",
         time(&be, reps, || {

@@ -1058,3 +1058,45 @@ fn moe_rows_per_warp_variants() {
         moe_case(&p, &mut r, 2880, 2880, 32, 4, GgmlType::MXFP4, &[1, 4]);
     }
 }
+
+/// The int8 tensor-core decode kernels (the default for Q8_0 products at t <= 2 and the MXFP4
+/// MoE at t <= 8: activations as four int8 planes) on odd shapes (partial 16-row tiles, k of one
+/// block, k = 16 slots), and the f32-activation kernels they replace (set_decode_mma(false)).
+#[test]
+fn decode_mma_and_f32_kernels() {
+    let Some(mut p) = pair() else { return };
+    let mut r = rng();
+    for mma in [true, false] {
+        p.gpu.set_decode_mma(mma);
+        eprintln!("decode mma: {mma}");
+        for &(t, k, n) in &[
+            (1, 32, 1),
+            (2, 96, 37),
+            (1, 2880, 17),
+            (2, 4096, 2880),
+            (1, 2880, 5120),
+            (1, 64, 32768),
+        ] {
+            let w = random_weight(&mut r, "attn_q.weight", GgmlType::Q8_0, &[k, n], 0.05);
+            let b = random_weight(&mut r, "attn_q.bias", GgmlType::F32, &[n], 0.5);
+            let (cw, gw) = p.up(&w);
+            let (cb, gb) = p.up(&b);
+            let xv = randn(&mut r, t * k, 1.0);
+            let (cx, gx) = p.x(&xv, t, k);
+            p.poison();
+            let c = p.cpu.linear(&cx, &cw, Some(&cb)).unwrap();
+            let g = p.gpu.linear(&gx, &gw, Some(&gb)).unwrap();
+            p.check(
+                &format!("linear Q8_0 t={t} k={k} n={n} mma={mma}"),
+                &c,
+                &g,
+                MATMUL_NMSE,
+            );
+        }
+        moe_case(&p, &mut r, 2880, 2880, 32, 4, GgmlType::MXFP4, &[1, 2, 8]);
+        moe_case(&p, &mut r, 96, 160, 40, 4, GgmlType::MXFP4, &[1, 3, 7]);
+        moe_case(&p, &mut r, 224, 96, 256, 8, GgmlType::MXFP4, &[1, 8]);
+        moe_case(&p, &mut r, 64, 160, 9, 3, GgmlType::MXFP4, &[1, 5]);
+        moe_case(&p, &mut r, 32, 32, 16, 16, GgmlType::MXFP4, &[1, 2]);
+    }
+}

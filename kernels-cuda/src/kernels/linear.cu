@@ -487,3 +487,172 @@ GEMVF3_ENTRY(gemvf3_q8_0, T_Q8_0, MAX_ROWS)
 GEMVF3_ENTRY(gemvf3_mxfp4, T_MXFP4, MAX_ROWS)
 GEMVF3_ENTRY(gemvf3_q8_0_r1, T_Q8_0, 1)
 GEMVF3_ENTRY(gemvf3_mxfp4_r1, T_MXFP4, 1)
+
+// ---- Int8 tensor-core decode products (t <= 2 for the dense GEMV; any t for the MoE) ----
+// The activation row is split into four int8 planes with one scale s per row:
+// x ~= s (p0 + p1 / 254 + p2 / 254^2 + p3 / 254^3), exact to ~2^-31 of the row's largest value
+// (far below f32 rounding of the reference), so the int8 tensor cores (mma m16n8k32 s8, exact
+// integer sums) give f32-grade products while a weight byte costs a fraction of the
+// instructions of the f32 path. Columns of the B operand are the planes (4 per token); each
+// warp's tile is 16 weight rows x one 32-block of k.
+// Fragment layout of m16n8k32 (g = lane >> 2, c = lane & 3): A regs {row g k 4c..4c+3, row g+8
+// k 4c.., row g k 16+4c.., row g+8 k 16+4c..}, B regs {k 4c..4c+3, k 16+4c..} of column g,
+// C {(g, 2c), (g, 2c+1), (g+8, 2c), (g+8, 2c+1)}. The k order inside a block is ours to choose
+// (A and B permuted alike): thread c takes bytes 8c..8c+7 of a Q8_0 block, bytes 4c..4c+3 of an
+// MXFP4 block (whose elements 4c.., 4c+16.. interleave: the planes of MXFP4 products are stored
+// with element e of a block at byte 2 (e & 15) + (e >> 4)).
+
+#define PLANE_R 254.0f
+
+__device__ __forceinline__ void mma_s8(int (&d)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%10, %10, %10, %10};"
+        : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "r"(0));
+}
+
+// v * inv as four int8 planes packed in the bytes of one word (byte p = plane p).
+__device__ __forceinline__ u32 planes4(float v, float inv) {
+    float s = fminf(fmaxf(v * inv, -127.f), 127.f);
+    float a = rintf(s);
+    float r = (s - a) * PLANE_R;
+    float b = rintf(r);
+    r = (r - b) * PLANE_R;
+    float c = rintf(r);
+    float d = rintf((r - c) * PLANE_R);
+    return ((u32)(int)a & 255u) | (((u32)(int)b & 255u) << 8) | (((u32)(int)c & 255u) << 16) |
+           (((u32)(int)d & 255u) << 24);
+}
+
+// Signed doubled-E2M1 bytes of an MXFP4 word (bytes j..j+3 of a block): t0 = elements (j,
+// j+16, j+1, j+17), t1 = (j+2, j+18, j+3, j+19).
+__device__ __forceinline__ void mxfp4_s8(u32 q, u32& t0, u32& t1) {
+    u32 s0 = q & 0x7777u, s1 = (q >> 16) & 0x7777u;
+    u32 p0 = 0x3210u | ((q & 0x8888u) >> 1);
+    u32 p1 = 0x3210u | ((q >> 17) & 0x4444u);
+    t0 = __byte_perm(__byte_perm(KV_0, KV_1, s0), __byte_perm(KV_2, KV_3, s0), p0);
+    t1 = __byte_perm(__byte_perm(KV_0, KV_1, s1), __byte_perm(KV_2, KV_3, s1), p1);
+}
+
+// The plane sums of lane c: c even holds planes (0, 1) of its token, c odd planes (2, 3).
+__device__ __forceinline__ float plane_combine(int hi, int lo) { return (float)(hi * 254 + lo); }
+__device__ __forceinline__ float plane_factor(int c) {
+    return (c & 1) ? 1.0f / (PLANE_R * PLANE_R * PLANE_R) : 1.0f / PLANE_R;
+}
+
+// Block-wide max of |x| over n values (all threads get it). red: 8 floats of shared memory.
+__device__ __forceinline__ float block_amax(const float* x, int n, float* red) {
+    float m = 0.f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) m = fmaxf(m, fabsf(x[i]));
+    m = warp_max(m);
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
+    __syncthreads();
+    m = 0.f;
+    for (int i = 0; i < (int)(blockDim.x >> 5); ++i) m = fmaxf(m, red[i]);
+    return m;
+}
+
+#define MQ_U 8  // k-blocks per warp whose loads are issued together
+
+// Q8_0 weights times t <= 2 activation rows, up to three matrices of the same k (as gemvf3):
+// blocks [0, nblk0) take 16-row tiles of matrix 0, and so on. The block quantizes x into
+// shared memory planes (dynamic: 2 * 4 * (k + 32) bytes), its 8 warps split the k-blocks of
+// the tile, partial sums meet in shared memory in warp order (deterministic). block 256.
+extern "C" __global__ void __launch_bounds__(256) gemv3_q8_0_mma(
+    const float* x, int t, int k, MAT3_ARGS(0), MAT3_ARGS(1), MAT3_ARGS(2)) {
+    extern __shared__ int4 mq_smem[];
+    __shared__ float red[8];
+    __shared__ float xscale[2];
+    __shared__ float part[8][2][16];
+    u8* xp = (u8*)mq_smem;
+    int stride = k + 32;  // plane stride: 4 planes of one token fall in different banks
+    int b = blockIdx.x;
+    bool m1 = b >= nblk0, m2 = b >= nblk0 + nblk1;
+    const u8* w = m2 ? w2 : (m1 ? w1 : w0);
+    i64 nb = m2 ? nb2 : (m1 ? nb1 : nb0);
+    const u8* bias = m2 ? b2 : (m1 ? b1 : b0);
+    int bt = m2 ? bt2 : (m1 ? bt1 : bt0);
+    float* y = m2 ? y2 : (m1 ? y1 : y0);
+    int n_out = m2 ? n2 : (m1 ? n1 : n0);
+    b -= m2 ? nblk0 + nblk1 : (m1 ? nblk0 : 0);
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    int nbk = k >> 5;
+    int r0 = b * 16;
+    i64 ra = (i64)min(r0 + g, n_out - 1) * nbk, rb = (i64)min(r0 + g + 8, n_out - 1) * nbk;
+    const u16* sc = (const u16*)(w + nb * 32);
+    int per = (nbk + 7) >> 3;
+    int kb_lo = warp * per, kb_hi = min(nbk, kb_lo + per);
+    // The first weight loads go out before x is quantized (they do not depend on it).
+    uint2 qa[MQ_U], qb[MQ_U];
+    u32 sa[MQ_U], sb[MQ_U];
+#pragma unroll
+    for (int u = 0; u < MQ_U; ++u) {
+        int kb = kb_lo + u;
+        if (kb < kb_hi) {
+            qa[u] = __ldg((const uint2*)(w + (ra + kb) * 32) + c);
+            qb[u] = __ldg((const uint2*)(w + (rb + kb) * 32) + c);
+            sa[u] = __ldg(sc + ra + kb);
+            sb[u] = __ldg(sc + rb + kb);
+        }
+    }
+    for (int r = 0; r < t; ++r) {
+        const float* xr = x + (i64)r * k;
+        float amax = block_amax(xr, k, red);
+        float inv = amax > 0.f ? 127.f / amax : 0.f;
+        if (threadIdx.x == 0) xscale[r] = amax / 127.f;
+        for (int i = threadIdx.x; i < k; i += blockDim.x) {
+            u32 p = planes4(xr[i], inv);
+#pragma unroll
+            for (int pl = 0; pl < 4; ++pl) xp[(r * 4 + pl) * stride + i] = (u8)(p >> (8 * pl));
+        }
+    }
+    __syncthreads();
+    int tok = g >> 2, pl = g & 3;
+    bool bval = tok < t;
+    const u8* xb = xp + (tok * 4 + pl) * stride + 8 * c;
+    float acc0 = 0.f, acc1 = 0.f;
+    for (int kb0 = kb_lo; kb0 < kb_hi; kb0 += MQ_U) {
+        if (kb0 != kb_lo) {
+#pragma unroll
+            for (int u = 0; u < MQ_U; ++u) {
+                int kb = kb0 + u;
+                if (kb < kb_hi) {
+                    qa[u] = __ldg((const uint2*)(w + (ra + kb) * 32) + c);
+                    qb[u] = __ldg((const uint2*)(w + (rb + kb) * 32) + c);
+                    sa[u] = __ldg(sc + ra + kb);
+                    sb[u] = __ldg(sc + rb + kb);
+                }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < MQ_U; ++u) {
+            int kb = kb0 + u;
+            if (kb < kb_hi) {
+                uint2 bx = bval ? *(const uint2*)(xb + kb * 32) : make_uint2(0u, 0u);
+                int d[4];
+                mma_s8(d, qa[u].x, qb[u].x, qa[u].y, qb[u].y, bx.x, bx.y);
+                acc0 = fmaf(plane_combine(d[0], d[1]), h2f((u16)sa[u]), acc0);
+                acc1 = fmaf(plane_combine(d[2], d[3]), h2f((u16)sb[u]), acc1);
+            }
+        }
+    }
+    float f = plane_factor(c);
+    acc0 *= f;
+    acc1 *= f;
+    acc0 += __shfl_xor_sync(0xffffffffu, acc0, 1);
+    acc1 += __shfl_xor_sync(0xffffffffu, acc1, 1);
+    if ((c & 1) == 0) {
+        part[warp][c >> 1][g] = acc0;
+        part[warp][c >> 1][g + 8] = acc1;
+    }
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        int r = threadIdx.x >> 4, i = threadIdx.x & 15, n = r0 + i;
+        if (r < t && n < n_out) {
+            float s = 0.f;
+            for (int ww = 0; ww < 8; ++ww) s += part[ww][r][i];
+            y[(i64)r * n_out + n] = s * xscale[r] + bias_at(bias, bt, n);
+        }
+    }
+}

@@ -15,17 +15,53 @@ __device__ __forceinline__ float swiglu_oai(float gate, float up) {
 // (256 threads over d_model, loads issued 4 at a time) into `logits`; the last block of the row
 // to finish (a per-row ticket in `counters`, which it resets to zero) picks the k largest
 // (ties: lower id) and softmaxes them. grid (n_exp, t), block 256.
-extern "C" __global__ void moe_router_topk(const float* x, int d_model, const u8* wr, int wrt,
-                                           i64 nbr, const u8* br, int brt, int n_exp, int k,
-                                           float* logits, u32* counters, int* ids, float* wts) {
+// With `xq` non-null, block e = 0 of each row also writes the row as four int8 planes in the
+// MXFP4 product order (xq [t, 4, d_model], scale xsc [t]) for moe_gate_up_mma.
+__device__ __forceinline__ void router_topk(const float* x, int d_model, const u8* wr, int wrt,
+                                            i64 nbr, const u8* br, int brt, int n_exp, int k,
+                                            float* logits, u32* counters, int* ids, float* wts,
+                                            u8* xq, float* xsc) {
     __shared__ u32 ticket;
     __shared__ float red[8];
     int r = blockIdx.y, e = blockIdx.x;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const float* xr = x + (i64)r * d_model;
     float a = 0.f;
+    if (wrt == T_F32 && (d_model & 3) == 0) {
+        // The usual case (an F32 router): float4 loads, all of a thread's issued together for
+        // d_model <= 4096.
+        const float4* w4 = (const float4*)(wr + (i64)e * d_model * 4);
+        const float4* x4 = (const float4*)xr;
+        int n4 = d_model >> 2;
+        for (int c0 = threadIdx.x; c0 < n4; c0 += 1024) {
+            float4 wv[4], xv[4];
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                int c = c0 + 256 * u;
+                wv[u] = c < n4 ? __ldg(w4 + c) : make_float4(0.f, 0.f, 0.f, 0.f);
+                xv[u] = c < n4 ? x4[c] : make_float4(0.f, 0.f, 0.f, 0.f);
+            }
+#pragma unroll
+            for (int u = 0; u < 4; ++u)
+                a += wv[u].x * xv[u].x + wv[u].y * xv[u].y + wv[u].z * xv[u].z + wv[u].w * xv[u].w;
+        }
+    } else {
 #pragma unroll 4
-    for (int c = threadIdx.x; c < d_model; c += 256) a += wload(wr, wrt, nbr, (i64)e * d_model + c) * xr[c];
+        for (int c = threadIdx.x; c < d_model; c += 256) a += wload(wr, wrt, nbr, (i64)e * d_model + c) * xr[c];
+    }
+    if (xq != nullptr && e == 0) {
+        __shared__ float qred[8];
+        float amax = block_amax(xr, d_model, qred);
+        float inv = amax > 0.f ? 127.f / amax : 0.f;
+        if (threadIdx.x == 0) xsc[r] = amax / 127.f;
+        u8* dst = xq + (i64)r * 4 * d_model;
+        for (int i = threadIdx.x; i < d_model; i += blockDim.x) {
+            u32 p = planes4(xr[i], inv);
+            int pos = (i & ~31) + 2 * (i & 15) + ((i >> 4) & 1);
+#pragma unroll
+            for (int pl = 0; pl < 4; ++pl) dst[pl * d_model + pos] = (u8)(p >> (8 * pl));
+        }
+    }
     a = warp_sum(a);
     if (lane == 0) red[warp] = a;
     __syncthreads();
@@ -83,6 +119,20 @@ extern "C" __global__ void moe_router_topk(const float* x, int d_model, const u8
         ids[r * k + j] = sel[j];
         wts[r * k + j] = vals[j] / sum;
     }
+}
+
+extern "C" __global__ void moe_router_topk(const float* x, int d_model, const u8* wr, int wrt,
+                                           i64 nbr, const u8* br, int brt, int n_exp, int k,
+                                           float* logits, u32* counters, int* ids, float* wts) {
+    router_topk(x, d_model, wr, wrt, nbr, br, brt, n_exp, k, logits, counters, ids, wts, nullptr,
+                nullptr);
+}
+
+extern "C" __global__ void moe_router_topk_q(const float* x, int d_model, const u8* wr, int wrt,
+                                             i64 nbr, const u8* br, int brt, int n_exp, int k,
+                                             float* logits, u32* counters, int* ids, float* wts,
+                                             u8* xq, float* xsc) {
+    router_topk(x, d_model, wr, wrt, nbr, br, brt, n_exp, k, logits, counters, ids, wts, xq, xsc);
 }
 
 // MXFP4 gate+up for each (token, slot): h [t*k, n_ff] f32. The block quantizes its token's x
@@ -419,3 +469,168 @@ MOE_GU_ENTRY(moe_gate_up_mxfp4_r4, 4)
 MOE_DOWN_ENTRY(moe_down_mxfp4_r1, 1)
 MOE_DOWN_ENTRY(moe_down_mxfp4_r2, 2)
 MOE_DOWN_ENTRY(moe_down_mxfp4_r4, 4)
+
+// ---- Int8 tensor-core decode MoE (see "Int8 tensor-core decode products" in linear.cu) ----
+// moe_router_topk_q writes x as planes; gate+up writes h = SwiGLU(...) as planes with the fixed
+// scale H_SCALE (SwiGLU-OAI output is bounded: |h| <= 7 * 8 = 56 < 64); down reads them. An
+// expert id < 0 (not on this GPU) contributes nothing.
+#define H_SCALE (64.0f / 127.0f)
+
+// A warp's loads for one MXFP4 k-block of rows ra, rb (flattened row * nbk) and its B planes.
+struct MxStep {
+    u32 qa, qb, sa, sb;
+    uint2 bx;
+};
+
+__device__ __forceinline__ void mx_step_load(MxStep& s, const u8* w, const u8* sc, i64 ra, i64 rb,
+                                             int kb, const u8* xb, bool bval, int c) {
+    s.qa = __ldg((const u32*)(w + (ra + kb) * 16) + c);
+    s.qb = __ldg((const u32*)(w + (rb + kb) * 16) + c);
+    s.sa = __ldg(sc + ra + kb);
+    s.sb = __ldg(sc + rb + kb);
+    s.bx = bval ? __ldg((const uint2*)(xb + kb * 32)) : make_uint2(0u, 0u);
+}
+
+__device__ __forceinline__ void mx_step_mma(const MxStep& s, float wt, float& acc0, float& acc1) {
+    u32 a0, a2, a1, a3;
+    mxfp4_s8(s.qa, a0, a2);
+    mxfp4_s8(s.qb, a1, a3);
+    int d[4];
+    mma_s8(d, a0, a1, a2, a3, s.bx.x, s.bx.y);
+    acc0 = fmaf(plane_combine(d[0], d[1]), e8m0_to_f32(s.sa) * wt, acc0);
+    acc1 = fmaf(plane_combine(d[2], d[3]), e8m0_to_f32(s.sb) * wt, acc1);
+}
+
+// Gate+up: block (tile, pair) computes rows f0 .. f0 + 15 (f0 = 16 tile) of the pair's expert;
+// warp w takes matrix w & 1 (gate, up) and the k-blocks of quarter w >> 1. Partial sums meet in
+// shared memory in warp order; 16 threads add the biases, apply SwiGLU-OAI and write h's
+// planes (hq [pairs, 4, n_ff]). grid (ceil(n_ff / 16), t * k), block 256.
+extern "C" __global__ void __launch_bounds__(256) moe_gate_up_mma(
+    const u8* xq, const float* xsc, int d_model, const u8* wg, i64 nbg, const u8* wu, i64 nbu,
+    const u8* bg, int bgt, const u8* bu, int but, const int* ids, int k, int n_ff, u8* hq) {
+    __shared__ float part[8][16];
+    int pair = blockIdx.y, row = pair / k;
+    int e = ids[pair];
+    if (e < 0) return;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    int m = warp & 1, quarter = warp >> 1;
+    const u8* w = m ? wu : wg;
+    const u8* sc = w + (m ? nbu : nbg) * 16;
+    int nbk = d_model >> 5;
+    int f0 = blockIdx.x * 16;
+    i64 base = (i64)e * n_ff;
+    i64 ra = (base + min(f0 + g, n_ff - 1)) * nbk, rb = (base + min(f0 + g + 8, n_ff - 1)) * nbk;
+    int per = (nbk + 3) >> 2;
+    int kb_lo = quarter * per, kb_hi = min(nbk, kb_lo + per);
+    const u8* xb = xq + ((i64)row * 4 + (g & 3)) * d_model + 8 * c;
+    bool bval = g < 4;
+    float acc0 = 0.f, acc1 = 0.f;
+    for (int kb0 = kb_lo; kb0 < kb_hi; kb0 += MQ_U) {
+        MxStep st[MQ_U];
+#pragma unroll
+        for (int u = 0; u < MQ_U; ++u)
+            if (kb0 + u < kb_hi) mx_step_load(st[u], w, sc, ra, rb, kb0 + u, xb, bval, c);
+#pragma unroll
+        for (int u = 0; u < MQ_U; ++u)
+            if (kb0 + u < kb_hi) mx_step_mma(st[u], 1.0f, acc0, acc1);
+    }
+    float f = plane_factor(c) * 0.5f;  // 0.5: the table is doubled
+    acc0 *= f;
+    acc1 *= f;
+    acc0 += __shfl_xor_sync(0xffffffffu, acc0, 1);
+    acc1 += __shfl_xor_sync(0xffffffffu, acc1, 1);
+    if (c == 0) {
+        part[warp][g] = acc0;
+        part[warp][g + 8] = acc1;
+    }
+    __syncthreads();
+    if (threadIdx.x < 16) {
+        int i = threadIdx.x, fi = f0 + i;
+        if (fi < n_ff) {
+            float sg = 0.f, su = 0.f;
+            for (int q = 0; q < 4; ++q) {
+                sg += part[2 * q][i];
+                su += part[2 * q + 1][i];
+            }
+            float xs = xsc[row];
+            float hv = swiglu_oai(sg * xs + wload(bg, bgt, 0, base + fi),
+                                  su * xs + wload(bu, but, 0, base + fi));
+            u32 p = planes4(hv, 1.0f / H_SCALE);
+            u8* dst = hq + (i64)pair * 4 * n_ff;
+            int pos = (fi & ~31) + 2 * (fi & 15) + ((fi >> 4) & 1);
+#pragma unroll
+            for (int pl = 0; pl < 4; ++pl) dst[pl * n_ff + pos] = (u8)(p >> (8 * pl));
+        }
+    }
+}
+
+// Down with the routing weights and the sum over the k slots: block (tile, token) computes
+// outputs d0 .. d0 + 15 over the token's k * (n_ff / 32) (slot, k-block) steps, split in eighths
+// between the warps; partial sums meet in shared memory in warp order (deterministic, no
+// atomics). grid (ceil(d_model / 16), t), block 256.
+extern "C" __global__ void __launch_bounds__(256) moe_down_mma(
+    const u8* hq, int n_ff, const u8* wd, i64 nbd, const u8* bd, int bdt, const int* ids,
+    const float* wts, int k, int d_model, float* y) {
+    __shared__ float part[8][16];
+    __shared__ int sid[16];
+    __shared__ float swt[16];
+    int row = blockIdx.y;
+    if (threadIdx.x < k) {
+        sid[threadIdx.x] = ids[row * k + threadIdx.x];
+        swt[threadIdx.x] = wts[row * k + threadIdx.x];
+    }
+    __syncthreads();
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    int nbk = n_ff >> 5;
+    int d0 = blockIdx.x * 16;
+    const u8* sc = wd + nbd * 16;
+    int total = k * nbk;
+    int per = (total + 7) >> 3;
+    int v_lo = warp * per, v_hi = min(total, v_lo + per);
+    bool bval = g < 4;
+    float acc0 = 0.f, acc1 = 0.f;
+    for (int v0 = v_lo; v0 < v_hi; v0 += MQ_U) {
+        MxStep st[MQ_U];
+        float wt[MQ_U];
+#pragma unroll
+        for (int u = 0; u < MQ_U; ++u) {
+            int v = v0 + u;
+            wt[u] = 0.f;
+            if (v < v_hi) {
+                int j = v / nbk, kb = v - j * nbk;
+                int e = sid[j];
+                if (e >= 0) {
+                    i64 base = (i64)e * d_model;
+                    i64 ra = (base + min(d0 + g, d_model - 1)) * nbk;
+                    i64 rb = (base + min(d0 + g + 8, d_model - 1)) * nbk;
+                    const u8* xb = hq + ((i64)(row * k + j) * 4 + (g & 3)) * n_ff + 8 * c;
+                    mx_step_load(st[u], wd, sc, ra, rb, kb, xb, bval, c);
+                    wt[u] = swt[j];
+                }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < MQ_U; ++u)
+            if (wt[u] != 0.f) mx_step_mma(st[u], wt[u], acc0, acc1);
+    }
+    float f = plane_factor(c) * 0.5f * H_SCALE;
+    acc0 *= f;
+    acc1 *= f;
+    acc0 += __shfl_xor_sync(0xffffffffu, acc0, 1);
+    acc1 += __shfl_xor_sync(0xffffffffu, acc1, 1);
+    if (c == 0) {
+        part[warp][g] = acc0;
+        part[warp][g + 8] = acc1;
+    }
+    __syncthreads();
+    if (threadIdx.x < 16) {
+        int i = threadIdx.x, d = d0 + i;
+        if (d < d_model) {
+            float s = 0.f;
+            for (int q = 0; q < 8; ++q) s += part[q][i];
+            for (int j = 0; j < k; ++j)
+                if (sid[j] >= 0) s += swt[j] * wload(bd, bdt, 0, (i64)sid[j] * d_model + d);
+            y[(i64)row * d_model + d] = s;
+        }
+    }
+}
