@@ -553,7 +553,7 @@ __device__ __forceinline__ float block_amax(const float* x, int n, float* red) {
     return m;
 }
 
-#define MQ_U 8  // k-blocks per warp whose loads are issued together
+#define MQ_U 16  // k-blocks per warp whose loads are issued together (GEMV)
 
 // Q8_0 weights times t <= 2 activation rows, up to three matrices of the same k (as gemvf3):
 // blocks [0, nblk0) take 16-row tiles of matrix 0, and so on. The block quantizes x into

@@ -475,6 +475,8 @@ MOE_DOWN_ENTRY(moe_down_mxfp4_r4, 4)
 // scale H_SCALE (SwiGLU-OAI output is bounded: |h| <= 7 * 8 = 56 < 64); down reads them. An
 // expert id < 0 (not on this GPU) contributes nothing.
 #define H_SCALE (64.0f / 127.0f)
+#undef MQ_U
+#define MQ_U 12  // k-blocks per warp whose loads are issued together (MoE kernels)
 
 // A warp's loads for one MXFP4 k-block of rows ra, rb (flattened row * nbk) and its B planes.
 struct MxStep {
@@ -592,12 +594,17 @@ extern "C" __global__ void __launch_bounds__(256) moe_down_mma(
     for (int v0 = v_lo; v0 < v_hi; v0 += MQ_U) {
         MxStep st[MQ_U];
         float wt[MQ_U];
+        int jb = v0 / nbk, kbb = v0 - jb * nbk;
 #pragma unroll
         for (int u = 0; u < MQ_U; ++u) {
             int v = v0 + u;
             wt[u] = 0.f;
             if (v < v_hi) {
-                int j = v / nbk, kb = v - j * nbk;
+                int j = jb, kb = kbb + u;
+                while (kb >= nbk) {
+                    kb -= nbk;
+                    ++j;
+                }
                 int e = sid[j];
                 if (e >= 0) {
                     i64 base = (i64)e * d_model;
