@@ -2,8 +2,11 @@
 //! activations split into four int8 planes with one scale per row, weights fed to
 //! `mma.sync m16n8k32 s8` as they lie in memory (Q8_0 bytes, MXFP4 nibbles through a byte
 //! table), so that a weight byte costs a few instructions and the products stay f32-grade.
-//! Used for the MXFP4 MoE at t <= 8 (every (token, slot) pair is its own product) and for the
-//! Q8_0 matrix-vector products at t <= 2 of matrices up to [`MMA_GEMV_MAX_ROWS`] rows.
+//! Used, when [`CudaBackend::set_decode_mma`] turns them on, for the MXFP4 MoE at t <= 8 (every
+//! (token, slot) pair is its own product) and for the Q8_0 matrix-vector products at t <= 2 of
+//! matrices up to [`MMA_GEMV_MAX_ROWS`] rows. Exact to f32 rounding, but on an H100 slower than
+//! the f32 kernels (2026-11-26, bench/RESULTS.md): they are not compute-bound there; the GEMV
+//! loses most to quantizing x in every block (two passes over x, each a chain of L2 loads).
 
 use crate::{A, CudaBackend, CudaWeight, DevBuf, Result};
 use gptoss_backend::{GgmlType, MoeWeights};

@@ -381,7 +381,9 @@ impl CudaBackend {
             moe_rows: (1, 2),
             grouped_decode: false,
             tc_split: prefill::tc_split_from_env(),
-            decode_mma: std::env::var("GPTOSS_CUDA_DECODE_MMA").map_or(true, |v| v != "0"),
+            // Opt-in: measured slower than the f32 kernels on an H100 (bench/RESULTS.md, helper
+            // dmoe): 291 vs 354 tok/s tg128 on the synthetic 20b.
+            decode_mma: std::env::var("GPTOSS_CUDA_DECODE_MMA").is_ok_and(|v| v == "1"),
         })
     }
 
@@ -395,7 +397,9 @@ impl CudaBackend {
 
     /// The int8 tensor-core decode kernels (activations as four int8 planes, see decode_moe.rs)
     /// for the MXFP4 MoE at t <= 8 and Q8_0 matrix-vector products at t <= 2; off, those take
-    /// the f32-activation kernels. Default on (GPTOSS_CUDA_DECODE_MMA=0 turns it off).
+    /// the f32-activation kernels. Both are exact to f32 rounding (conformance NMSE ~1e-13).
+    /// Default off (GPTOSS_CUDA_DECODE_MMA=1 turns it on): on an H100 the int8 kernels measured
+    /// slower (MoE 62.5 vs 53.1 us per layer, q+k+v 18.5 vs 8.4 us; bench/RESULTS.md).
     pub fn set_decode_mma(&mut self, on: bool) {
         self.decode_mma = on;
     }

@@ -275,7 +275,8 @@ fn decode_and_prefill_20b_shapes() {
             D,
         )
         .unwrap();
-    // The int8 tensor-core decode kernels (default) against the f32-activation ones, per stage.
+    // The int8 tensor-core decode kernels (set_decode_mma) against the f32-activation ones
+    // (the default), per stage.
     let x4096 = be.from_host(&vec![0.1f32; 4096], 1, 4096).unwrap();
     let x2 = be
         .from_host(&[hv.clone(), hv.clone()].concat(), 2, D)
@@ -367,7 +368,6 @@ fn decode_and_prefill_20b_shapes() {
             q8(4096 + 1024, D) + q8(D, 4096) + 4.0 * 3.0 * mx(D, D) + (D * E * 4) as f64,
         );
     }
-    be.set_decode_mma(true);
     be.set_decode_mma(false);
     for (rg, rd) in [(1, 1), (1, 2), (2, 2)] {
         be.set_moe_rows_per_warp(rg, rd);
@@ -397,7 +397,6 @@ fn decode_and_prefill_20b_shapes() {
         }
     }
     be.set_moe_rows_per_warp(1, 2);
-    be.set_decode_mma(true);
     be.set_int8_activations(true);
     let dev = |f: &mut dyn FnMut()| be.device_time_us(100, 30.0, f).unwrap();
     println!("device-only times, int8 activations (dp4a):");

@@ -1059,9 +1059,9 @@ fn moe_rows_per_warp_variants() {
     }
 }
 
-/// The int8 tensor-core decode kernels (the default for Q8_0 products at t <= 2 and the MXFP4
-/// MoE at t <= 8: activations as four int8 planes) on odd shapes (partial 16-row tiles, k of one
-/// block, k = 16 slots), and the f32-activation kernels they replace (set_decode_mma(false)).
+/// The int8 tensor-core decode kernels (set_decode_mma(true): Q8_0 products at t <= 2 and the
+/// MXFP4 MoE at t <= 8, activations as four int8 planes) on odd shapes (partial 16-row tiles, k
+/// of one block, k = 16 slots), and the f32-activation kernels (the default) on the same cases.
 #[test]
 fn decode_mma_and_f32_kernels() {
     let Some(mut p) = pair() else { return };
