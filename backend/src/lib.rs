@@ -226,6 +226,36 @@ pub trait Backend {
     /// position `pos0 + i`. `rope` holds the (YaRN) frequencies and the cos/sin scale.
     fn rope(&self, x: &mut Self::Tensor, n_heads: usize, pos0: usize, rope: &Rope) -> Result<()>;
 
+    /// `x += y`, then the RMSNorm of the sum times `weight` (the residual add that ends one
+    /// sub-block and the norm that starts the next). The same as [`Backend::add_assign`] then
+    /// [`Backend::rms_norm`], which is what this default does; a backend may fuse them.
+    fn add_rms_norm(
+        &self,
+        x: &mut Self::Tensor,
+        y: &Self::Tensor,
+        weight: &Self::Weight,
+        eps: f32,
+    ) -> Result<Self::Tensor> {
+        self.add_assign(x, y)?;
+        self.rms_norm(x, weight, eps)
+    }
+
+    /// RoPE of the queries (`n_heads` heads) and the keys (`n_kv_heads`) of the same rows: the
+    /// same as two [`Backend::rope`] calls, which is what this default does; a backend may
+    /// run them in one launch.
+    fn rope_qk(
+        &self,
+        q: &mut Self::Tensor,
+        k: &mut Self::Tensor,
+        n_heads: usize,
+        n_kv_heads: usize,
+        pos0: usize,
+        rope: &Rope,
+    ) -> Result<()> {
+        self.rope(q, n_heads, pos0, rope)?;
+        self.rope(k, n_kv_heads, pos0, rope)
+    }
+
     /// A fresh, empty KV cache for one layer.
     fn new_kv_cache(&self, cfg: &KvCacheConfig) -> Result<Self::KvCache>;
 

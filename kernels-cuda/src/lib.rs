@@ -16,6 +16,7 @@
 
 pub mod compile;
 mod decode_moe;
+mod decode_attn;
 pub mod fp4;
 pub mod nccl;
 mod prefill;
@@ -280,7 +281,7 @@ pub struct CudaBackend {
     rope_cache: Mutex<Vec<(Vec<u32>, CudaSlice<f32>)>>,
     /// Zeroed per-row tickets of the kernels whose last block finishes a reduction (router
     /// top-k, argmax); each kernel leaves them zero again.
-    counters: Mutex<[Option<CudaSlice<u32>>; 2]>,
+    counters: Mutex<[Option<CudaSlice<u32>>; 3]>,
     /// Quantize activations to int8 (dp4a kernels) in the few-row Q8_0/MXFP4 products.
     int8_activations: bool,
     /// The Blackwell FP4 tensor-core MoE path: selection, kernels, self-check (see [`fp4`]).
@@ -294,10 +295,13 @@ pub struct CudaBackend {
     /// The int8 tensor-core decode products (decode_moe.rs): MXFP4 MoE at t <= 8, Q8_0
     /// matrix-vector products at t <= 2.
     decode_mma: bool,
+    /// Decode attention (t = 1) on tensor cores with the combine fused (see [`decode_attn`]).
+    decode_tc: bool,
 }
 
 const TICKETS_ROUTER: usize = 0;
 const TICKETS_ARGMAX: usize = 1;
+const TICKETS_ATTN: usize = 2;
 
 fn unavailable(reason: String) -> BackendError {
     BackendError::Unavailable {
@@ -373,7 +377,7 @@ impl CudaBackend {
             arch,
             mem,
             rope_cache: Mutex::new(Vec::new()),
-            counters: Mutex::new([None, None]),
+            counters: Mutex::new([None, None, None]),
             int8_activations: false,
             fp4: fp4::run::Fp4State::new(major, minor),
             // The fastest pair measured on an H100 (bench_decode, 2026-11-26): 53.5 us per
@@ -384,6 +388,7 @@ impl CudaBackend {
             // Opt-in: measured slower than the f32 kernels on an H100 (bench/RESULTS.md, helper
             // dmoe): 291 vs 354 tok/s tg128 on the synthetic 20b.
             decode_mma: std::env::var("GPTOSS_CUDA_DECODE_MMA").is_ok_and(|v| v == "1"),
+            decode_tc: decode_attn::tc_default(),
         })
     }
 
@@ -1330,6 +1335,9 @@ impl Backend for CudaBackend {
         if x.rows == 0 {
             return Ok(out);
         }
+        if self.norm_rows(x, None, weight, eps, &out)? {
+            return Ok(out);
+        }
         self.launch(
             "rms_norm",
             (x.rows as u32, 1, 1),
@@ -1488,6 +1496,28 @@ impl Backend for CudaBackend {
         )
     }
 
+    fn add_rms_norm(
+        &self,
+        x: &mut CudaTensor,
+        y: &CudaTensor,
+        weight: &CudaWeight,
+        eps: f32,
+    ) -> Result<CudaTensor> {
+        self.add_rms_norm_impl(x, y, weight, eps)
+    }
+
+    fn rope_qk(
+        &self,
+        q: &mut CudaTensor,
+        k: &mut CudaTensor,
+        n_heads: usize,
+        n_kv_heads: usize,
+        pos0: usize,
+        rope: &Rope,
+    ) -> Result<()> {
+        self.rope_qk_impl(q, k, n_heads, n_kv_heads, pos0, rope)
+    }
+
     fn new_kv_cache(&self, cfg: &KvCacheConfig) -> Result<CudaKvCache> {
         if cfg.window == Some(0)
             || cfg.n_kv_heads == 0
@@ -1591,6 +1621,9 @@ impl Backend for CudaBackend {
         .max(1);
         let (kc, vc) = (self.ptr(&cache.k), self.ptr(&cache.v));
         let sink_args = [A::P(self.ptr(&sinks.buf)), A::I(sinks.dtype.id() as i32)];
+        if self.decode_tc && !self.grouped_decode && t == 1 && h / kvh <= 8 {
+            return self.attention_dtc(q, k, v, cache, pos0, cfg, sink_args, out);
+        }
         if self.grouped_decode && t == 1 && h / kvh <= 8 {
             return self.attention_decode(q, k, v, cache, pos0, cfg, max_keys, sink_args, out);
         }

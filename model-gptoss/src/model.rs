@@ -262,13 +262,23 @@ impl<B: Backend> Model<B> {
         let c = &self.config;
         let pos0 = session.pos;
         let mut h = be.embed(&self.token_embd, tokens)?;
+        let n_layers = self.layers.len();
+        // Each residual add is fused with the norm that follows it (Backend::add_rms_norm):
+        // `x` is the normed input of the next sub-block.
+        // The final norm needs every row only with all_logits or a single token; otherwise
+        // the last row is taken first.
+        let fuse_final = all_logits || tokens.len() == 1;
+        let mut x = match self.layers.first() {
+            Some(l) => be.rms_norm(&h, &l.attn_norm, c.rms_eps)?,
+            None if fuse_final => be.rms_norm(&h, &self.output_norm, c.rms_eps)?,
+            None => be.rms_norm(&be.last_row(&h)?, &self.output_norm, c.rms_eps)?,
+        };
         for (il, (l, cache)) in self
             .layers
             .iter()
             .zip(session.caches.iter_mut())
             .enumerate()
         {
-            let x = be.rms_norm(&h, &l.attn_norm, c.rms_eps)?;
             let mut qkv = be
                 .linear_many(
                     &x,
@@ -284,22 +294,23 @@ impl<B: Backend> Model<B> {
                     "linear_many returned fewer than 3 outputs".into(),
                 ));
             };
-            be.rope(&mut q, c.n_heads, pos0, &self.rope)?;
-            be.rope(&mut k, c.n_kv_heads, pos0, &self.rope)?;
+            be.rope_qk(&mut q, &mut k, c.n_heads, c.n_kv_heads, pos0, &self.rope)?;
             let a = be.attention(&q, &k, &v, cache, pos0, &l.sinks, &c.attention(il))?;
             let o = be.linear(&a, &l.wo, Some(&l.bo))?;
-            be.add_assign(&mut h, &o)?;
-            let x = be.rms_norm(&h, &l.moe_norm, c.rms_eps)?;
-            let m = be.moe(&x, &l.moe, &c.moe())?;
-            be.add_assign(&mut h, &m)?;
+            let xm = be.add_rms_norm(&mut h, &o, &l.moe_norm, c.rms_eps)?;
+            let m = be.moe(&xm, &l.moe, &c.moe())?;
+            if let Some(next) = self.layers.get(il + 1) {
+                x = be.add_rms_norm(&mut h, &m, &next.attn_norm, c.rms_eps)?;
+            } else if fuse_final {
+                x = be.add_rms_norm(&mut h, &m, &self.output_norm, c.rms_eps)?;
+            } else {
+                be.add_assign(&mut h, &m)?;
+            }
             on_layer(il, &h)?;
         }
-        let h = if all_logits || tokens.len() == 1 {
-            h
-        } else {
-            be.last_row(&h)?
-        };
-        let x = be.rms_norm(&h, &self.output_norm, c.rms_eps)?;
+        if n_layers > 0 && !fuse_final {
+            x = be.rms_norm(&be.last_row(&h)?, &self.output_norm, c.rms_eps)?;
+        }
         Ok(be.linear(&x, &self.output, None)?)
     }
 }

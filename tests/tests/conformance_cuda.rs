@@ -562,6 +562,85 @@ fn rope_matches() {
 }
 
 #[test]
+fn add_rms_norm_and_rope_qk() {
+    let Some(p) = pair() else { return };
+    let mut r = rng();
+    // Row widths of the fused register kernel (up to 16384), ones past it and ones not a
+    // multiple of 4 (both fall back to the two kernels); F32 and F16 weights.
+    for (t, d, wt) in [
+        (1, 2880, GgmlType::F32),
+        (5, 2880, GgmlType::F32),
+        (3, 64, GgmlType::F32),
+        (2, 100, GgmlType::F16),
+        (7, 1000, GgmlType::F32),
+        (2, 18, GgmlType::F32),
+        (2, 16384, GgmlType::F32),
+        (1, 20000, GgmlType::F32),
+    ] {
+        let xv = randn(&mut r, t * d, 2.0);
+        let yv = randn(&mut r, t * d, 1.0);
+        let w = random_weight(&mut r, "ffn_norm.weight", wt, &[d], 1.0);
+        let (cw, gw) = p.up(&w);
+        let (mut cx, mut gx) = p.x(&xv, t, d);
+        let (cy, gy) = p.x(&yv, t, d);
+        p.poison();
+        let c = p.cpu.add_rms_norm(&mut cx, &cy, &cw, 1e-5).unwrap();
+        let g = p.gpu.add_rms_norm(&mut gx, &gy, &gw, 1e-5).unwrap();
+        p.check(
+            &format!("add_rms_norm [{t}, {d}] {wt:?}"),
+            &c,
+            &g,
+            EXACT_NMSE,
+        );
+        p.check(
+            &format!("add_rms_norm sum [{t}, {d}]"),
+            &cx,
+            &gx,
+            EXACT_NMSE,
+        );
+        p.poison();
+        let (c, g) = (
+            p.cpu.rms_norm(&cx, &cw, 1e-5).unwrap(),
+            p.gpu.rms_norm(&gx, &gw, 1e-5).unwrap(),
+        );
+        p.check(&format!("rms_norm [{t}, {d}] {wt:?}"), &c, &g, EXACT_NMSE);
+    }
+    let (_, gw) = p.up(&random_weight(&mut r, "w", GgmlType::F32, &[64], 1.0));
+    let (mut gx, gy) = (
+        p.gpu.from_host(&randn(&mut r, 64, 1.0), 1, 64).unwrap(),
+        p.gpu.from_host(&randn(&mut r, 128, 1.0), 2, 64).unwrap(),
+    );
+    assert!(p.gpu.add_rms_norm(&mut gx, &gy, &gw, 1e-5).is_err());
+    for (hd, heads, kvh, t, pos0) in [
+        (64, 64, 8, 1, 0),
+        (64, 64, 8, 5, 4097),
+        (64, 64, 8, 1, 131000),
+        (32, 4, 2, 9, 17),
+    ] {
+        let rope = Rope::new(&RopeConfig {
+            head_dim: hd,
+            theta: 150000.0,
+            scaling_factor: 32.0,
+            original_context: 4096,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+        });
+        let qv = randn(&mut r, t * heads * hd, 1.0);
+        let kv = randn(&mut r, t * kvh * hd, 1.0);
+        let (mut cq, mut gq) = p.x(&qv, t, heads * hd);
+        let (mut ck, mut gk) = p.x(&kv, t, kvh * hd);
+        p.cpu.rope(&mut cq, heads, pos0, &rope).unwrap();
+        p.cpu.rope(&mut ck, kvh, pos0, &rope).unwrap();
+        p.gpu
+            .rope_qk(&mut gq, &mut gk, heads, kvh, pos0, &rope)
+            .unwrap();
+        let what = format!("rope_qk hd={hd} heads={heads}/{kvh} t={t} pos0={pos0}");
+        p.check(&format!("{what} q"), &cq, &gq, EXACT_NMSE);
+        p.check(&format!("{what} k"), &ck, &gk, EXACT_NMSE);
+    }
+}
+
+#[test]
 fn argmax_matches_with_ties() {
     let Some(p) = pair() else { return };
     let mut r = rng();
@@ -660,11 +739,30 @@ fn attention_case_limit(
 fn attention_prefill_decode_window_sinks() {
     let Some(mut p) = pair() else { return };
     let mut r = rng();
-    for grouped in [false, true] {
+    // Decode (t = 1) kernels: tensor cores (the default), per-head f32, grouped f32.
+    for (tc, grouped) in [(true, false), (false, false), (false, true)] {
+        p.gpu.set_decode_attention_tc(tc);
         p.gpu.set_grouped_decode_attention(grouped);
-        eprintln!("grouped decode attention: {grouped}");
+        eprintln!("decode attention: tensor cores {tc}, grouped {grouped}");
         attention_cases(&p, &mut r);
     }
+    p.gpu.set_grouped_decode_attention(false);
+    p.gpu.set_decode_attention_tc(true);
+    // The tensor-core decode kernel with more splits than fit (8 kv heads: 33 blocks of 320
+    // keys, several 64-key steps per warp), and every step of a window ring that wraps.
+    attention_case(&p, &mut r, 8, 8, 64, None, &[9000, 1, 1]);
+    attention_case(
+        &p,
+        &mut r,
+        64,
+        8,
+        64,
+        Some(128),
+        &[
+            100, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+            1, 1, 1, 1, 1,
+        ],
+    );
 }
 
 fn attention_cases(p: &Pair, r: &mut StdRng) {

@@ -447,3 +447,264 @@ ATTN_DECODE_ENTRY(attn_decode_d5, 5)
 ATTN_DECODE_ENTRY(attn_decode_d6, 6)
 ATTN_DECODE_ENTRY(attn_decode_d7, 7)
 ATTN_DECODE_ENTRY(attn_decode_d8, 8)
+
+// ---- Decode (t == 1) on tensor cores: GQA groups together, split-K, combine fused ----
+// Block (kv head kh, split s of S), 4 warps, reduces the cached keys lo + s*chunk .. (< pos0)
+// for all gq <= 8 query heads of the group at once (each key/value row is read once per
+// group, 16-byte loads). Warps take 16*SUB-key steps in turn, all of a step's loads in flight
+// before any math. Per 16 keys: S = Q K^T with mma.sync m16n8k16 (rows: the 8 heads padded
+// to 16, cols: 8 keys, k: head dims), online softmax in the C fragments, then
+// O^T += V^T P^T (rows: head dims, cols: the 8 heads, k: 16 keys), so P goes from the score
+// fragments to the B operand without a shuffle. The dims each thread loads are permuted
+// (thread c of a quad holds dims c*hd/4.., thread r of a column dims r*hd/8..) so that
+// fragments come straight from 16-byte loads; the permutation is undone when O is written.
+// f16 q (pre-scaled) and p, f32 sums. The block writes its partial result (unnormalized O,
+// max, sum) to `part` [n_heads, S, hd + 2]; the last block of the kv head to finish (ticket
+// in `tickets[kh]`, reset to zero afterwards) merges the S partials with the new key (f32,
+// from knew/vnew) and the sink, writes `out`, and appends the new key/value row to the ring
+// (no block reads that slot: it held position pos0 - cap, outside the window).
+// grid (n_kv, S), block 128.
+__device__ __forceinline__ void dtc_mma(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0,
+                                        u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ u32 dtc_pack(float lo, float hi) {
+    return (u32)f2h(lo) | ((u32)f2h(hi) << 16);
+}
+
+template <int DPL>
+__device__ __forceinline__ void attn_dtc_t(const float* q, const float* knew, const float* vnew,
+                                           u16* kc, u16* vc, int pos0, int n_heads, int n_kv,
+                                           int cap, int window, float scale, int chunk,
+                                           float* part, u32* tickets, const u8* sinks,
+                                           int sink_type, float* out) {
+    constexpr int HD = DPL * 32;
+    constexpr int SUB = DPL <= 2 ? 4 : (DPL <= 4 ? 2 : 1);  // 16-key groups per warp step
+    constexpr int STEP = 16 * SUB;
+    constexpr int KW = 4 * DPL;  // words of one key row a thread holds (dims c*8*DPL ..)
+    constexpr int VW = 2 * DPL;  // words of one value row a thread holds (dims r*4*DPL ..)
+    __shared__ float wm[4][8], wl[4][8], snew[8];
+    __shared__ float wacc[4][8][HD];
+    __shared__ u32 ticket;
+    const int kh = blockIdx.x, s = blockIdx.y, S = gridDim.y;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int r = lane >> 2, c = lane & 3;
+    const int gq = n_heads / n_kv, h0 = kh * gq;
+    const int lo = window > 0 ? max(0, pos0 - window + 1) : 0;
+    const int bstart = lo + s * chunk, bend = min(pos0, bstart + chunk);
+    // A operand of S = Q K^T: head r (rows >= gq are zero), dims c*8*DPL.., times the scale.
+    u32 qa[KW];
+    {
+        const float2* qr = (const float2*)(q + (i64)(h0 + min(r, gq - 1)) * HD + c * 8 * DPL);
+#pragma unroll
+        for (int w = 0; w < KW; ++w) {
+            float2 v = qr[w];
+            qa[w] = r < gq ? dtc_pack(v.x * scale, v.y * scale) : 0u;
+        }
+    }
+    float m = NEG_INF, l = 0.f;
+    float o[2 * DPL][4];
+#pragma unroll
+    for (int mt = 0; mt < 2 * DPL; ++mt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o[mt][e] = 0.f;
+    const i64 rs = (i64)n_kv * HD;  // halves from one ring slot to the next
+    const u16* kb = kc + (i64)kh * HD + c * 8 * DPL;
+    const u16* vb = vc + (i64)kh * HD + r * 4 * DPL;
+    for (int j0 = bstart + warp * STEP; j0 < bend; j0 += 4 * STEP) {
+        // Keys past the block's end read key j0 instead (finite values; their p is zero).
+        uint4 kr[SUB][2][DPL];
+        u32 vr[SUB][4][VW];
+#pragma unroll
+        for (int u = 0; u < SUB; ++u) {
+#pragma unroll
+            for (int gi = 0; gi < 2; ++gi) {
+                int key = j0 + 16 * u + 8 * gi + r;
+                key = key < bend ? key : j0;
+                const uint4* p = (const uint4*)(kb + (i64)(key % cap) * rs);
+#pragma unroll
+                for (int i = 0; i < DPL; ++i) kr[u][gi][i] = p[i];
+            }
+#pragma unroll
+            for (int e4 = 0; e4 < 4; ++e4) {
+                int key = j0 + 16 * u + 8 * (e4 >> 1) + 2 * c + (e4 & 1);
+                key = key < bend ? key : j0;
+                const u16* p = vb + (i64)(key % cap) * rs;
+                if (DPL % 2 == 0) {
+#pragma unroll
+                    for (int i = 0; i < DPL / 2; ++i) {
+                        uint4 v = ((const uint4*)p)[i];
+                        vr[u][e4][4 * i] = v.x;
+                        vr[u][e4][4 * i + 1] = v.y;
+                        vr[u][e4][4 * i + 2] = v.z;
+                        vr[u][e4][4 * i + 3] = v.w;
+                    }
+                } else {
+#pragma unroll
+                    for (int i = 0; i < DPL; ++i) {
+                        uint2 v = ((const uint2*)p)[i];
+                        vr[u][e4][2 * i] = v.x;
+                        vr[u][e4][2 * i + 1] = v.y;
+                    }
+                }
+            }
+        }
+        // Scores: sc[u][gi][e] = head r, key j0 + 16u + 8gi + 2c + e.
+        float sc[SUB][2][2];
+        float mx = NEG_INF;
+#pragma unroll
+        for (int u = 0; u < SUB; ++u) {
+#pragma unroll
+            for (int gi = 0; gi < 2; ++gi) {
+                float acc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+                for (int ks = 0; ks < 2 * DPL; ++ks) {
+                    // Words 2ks and 2ks + 1 of the key row: half of uint4 ks / 2.
+                    const uint4 kv = kr[u][gi][ks >> 1];
+                    u32 b0 = (ks & 1) ? kv.z : kv.x, b1 = (ks & 1) ? kv.w : kv.y;
+                    dtc_mma(acc, qa[2 * ks], 0u, qa[2 * ks + 1], 0u, b0, b1);
+                }
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    int key = j0 + 16 * u + 8 * gi + 2 * c + e;
+                    sc[u][gi][e] = key < bend ? acc[e] : NEG_INF;
+                    mx = fmaxf(mx, sc[u][gi][e]);
+                }
+            }
+        }
+        // Key j0 is valid, so every head's step maximum is finite.
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        float mn = fmaxf(m, mx);
+        float corr = __expf(m - mn);
+        m = mn;
+        float ps = 0.f;
+#pragma unroll
+        for (int u = 0; u < SUB; ++u)
+#pragma unroll
+            for (int gi = 0; gi < 2; ++gi)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    float pv = __expf(sc[u][gi][e] - mn);
+                    sc[u][gi][e] = pv;
+                    ps += pv;
+                }
+        l = l * corr + ps;
+        // O's columns are heads 2c and 2c+1: their corrections live in quads 2c and 2c+1.
+        float ca = __shfl_sync(0xffffffffu, corr, 8 * c);
+        float cb = __shfl_sync(0xffffffffu, corr, 8 * c + 4);
+#pragma unroll
+        for (int mt = 0; mt < 2 * DPL; ++mt) {
+            o[mt][0] *= ca;
+            o[mt][1] *= cb;
+            o[mt][2] *= ca;
+            o[mt][3] *= cb;
+        }
+#pragma unroll
+        for (int u = 0; u < SUB; ++u) {
+            u32 b0 = dtc_pack(sc[u][0][0], sc[u][0][1]);
+            u32 b1 = dtc_pack(sc[u][1][0], sc[u][1][1]);
+#pragma unroll
+            for (int mt = 0; mt < 2 * DPL; ++mt) {
+                u32 w0 = vr[u][0][mt], w1 = vr[u][1][mt], w8 = vr[u][2][mt], w9 = vr[u][3][mt];
+                dtc_mma(o[mt], __byte_perm(w0, w1, 0x5410), __byte_perm(w0, w1, 0x7632),
+                        __byte_perm(w8, w9, 0x5410), __byte_perm(w8, w9, 0x7632), b0, b1);
+            }
+        }
+    }
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    if (c == 0) {
+        wm[warp][r] = m;
+        wl[warp][r] = l;
+    }
+#pragma unroll
+    for (int mt = 0; mt < 2 * DPL; ++mt) {
+        int d0 = r * 4 * DPL + 2 * mt;
+        wacc[warp][2 * c][d0] = o[mt][0];
+        wacc[warp][2 * c + 1][d0] = o[mt][1];
+        wacc[warp][2 * c][d0 + 1] = o[mt][2];
+        wacc[warp][2 * c + 1][d0 + 1] = o[mt][3];
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < gq * HD; i += blockDim.x) {
+        int g = i / HD, d = i % HD;
+        float M = fmaxf(fmaxf(wm[0][g], wm[1][g]), fmaxf(wm[2][g], wm[3][g]));
+        float ov = 0.f, L = 0.f;
+        if (M != NEG_INF) {
+#pragma unroll
+            for (int w = 0; w < 4; ++w) {
+                if (wm[w][g] != NEG_INF) {
+                    float f = __expf(wm[w][g] - M);
+                    L += wl[w][g] * f;
+                    ov += wacc[w][g][d] * f;
+                }
+            }
+        }
+        float* pout = part + ((i64)(h0 + g) * S + s) * (HD + 2);
+        pout[d] = ov;
+        if (d == 0) {
+            pout[HD] = M;
+            pout[HD + 1] = L;
+        }
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) ticket = atomicAdd(&tickets[kh], 1u);
+    __syncthreads();
+    if (ticket != (u32)(S - 1)) return;
+    __threadfence();
+    // The last block of this kv head: the new key's scores in f32, then the merge.
+    for (int g = warp; g < gq; g += 4) {
+        float dot = 0.f;
+        for (int d = lane; d < HD; d += 32)
+            dot += q[(i64)(h0 + g) * HD + d] * knew[(i64)kh * HD + d];
+        dot = warp_sum(dot);
+        if (lane == 0) snew[g] = dot * scale;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < gq * HD; i += blockDim.x) {
+        int g = i / HD, d = i % HD, h = h0 + g;
+        const float* pp = part + (i64)h * S * (HD + 2);
+        float sink = wload(sinks, sink_type, 0, h), sn = snew[g];
+        float M = fmaxf(sink, sn);
+        for (int ss = 0; ss < S; ++ss) M = fmaxf(M, __ldcg(pp + ss * (HD + 2) + HD));
+        float fn = __expf(sn - M);
+        float L = __expf(sink - M) + fn, ov = fn * vnew[(i64)kh * HD + d];
+        for (int ss = 0; ss < S; ++ss) {
+            float ms = __ldcg(pp + ss * (HD + 2) + HD);
+            if (ms == NEG_INF) continue;
+            float f = __expf(ms - M);
+            L += __ldcg(pp + ss * (HD + 2) + HD + 1) * f;
+            ov += __ldcg(pp + ss * (HD + 2) + d) * f;
+        }
+        out[(i64)h * HD + d] = ov / L;
+    }
+    i64 dst = ((i64)(pos0 % cap) * n_kv + kh) * HD;
+    for (int d = threadIdx.x; d < HD; d += blockDim.x) {
+        kc[dst + d] = f2h(knew[(i64)kh * HD + d]);
+        vc[dst + d] = f2h(vnew[(i64)kh * HD + d]);
+    }
+    if (threadIdx.x == 0) tickets[kh] = 0u;
+}
+
+#define ATTN_DTC_ENTRY(NAME, DPL)                                                               \
+    extern "C" __global__ void __launch_bounds__(128) NAME(                                    \
+        const float* q, const float* knew, const float* vnew, u16* kc, u16* vc, int pos0,      \
+        int n_heads, int n_kv, int cap, int window, float scale, int chunk, float* part,       \
+        u32* tickets, const u8* sinks, int sink_type, float* out) {                            \
+        attn_dtc_t<DPL>(q, knew, vnew, kc, vc, pos0, n_heads, n_kv, cap, window, scale, chunk,  \
+                        part, tickets, sinks, sink_type, out);                                 \
+    }
+ATTN_DTC_ENTRY(attn_dtc_d1, 1)
+ATTN_DTC_ENTRY(attn_dtc_d2, 2)
+ATTN_DTC_ENTRY(attn_dtc_d3, 3)
+ATTN_DTC_ENTRY(attn_dtc_d4, 4)
+ATTN_DTC_ENTRY(attn_dtc_d5, 5)
+ATTN_DTC_ENTRY(attn_dtc_d6, 6)
+ATTN_DTC_ENTRY(attn_dtc_d7, 7)
+ATTN_DTC_ENTRY(attn_dtc_d8, 8)

@@ -150,3 +150,80 @@ extern "C" __global__ void moe_localize_ids(int* ids, int n, int lo, int hi) {
     int e = ids[i];
     ids[i] = e >= lo && e < hi ? e - lo : -1;
 }
+
+// With `add`: x += y, then out = RMSNorm(x) * weight, per row; without, out = RMSNorm(x) *
+// weight (y unused). One block per row holding the row in registers (float4 per thread, up to
+// RN_R of them: the host checks d % 4 == 0 and d <= 4 * RN_R * blockDim.x), so the row, y and
+// the weight are loaded once, all at the same time. Same arithmetic as rms_norm. grid rows,
+// block a multiple of 32 up to 1024.
+#define RN_R 4
+extern "C" __global__ void __launch_bounds__(1024) add_rms_norm(float* x, const float* y,
+                                                                const u8* w, int wtype,
+                                                                float* out, int d, float eps,
+                                                                int add) {
+    __shared__ float red[32];
+    const int n4 = d >> 2;
+    float4* xr = (float4*)(x + (i64)blockIdx.x * d);
+    const float4* yr = (const float4*)(y + (i64)blockIdx.x * d);
+    float4 xv[RN_R], wv[RN_R];
+    float ss = 0.f;
+#pragma unroll
+    for (int i = 0; i < RN_R; ++i) {
+        int c4 = threadIdx.x + i * blockDim.x;
+        if (c4 < n4) {
+            xv[i] = xr[c4];
+            if (wtype == T_F32) {
+                wv[i] = ((const float4*)w)[c4];
+            } else {
+                wv[i] = make_float4(wload(w, wtype, 0, 4 * c4), wload(w, wtype, 0, 4 * c4 + 1),
+                                    wload(w, wtype, 0, 4 * c4 + 2), wload(w, wtype, 0, 4 * c4 + 3));
+            }
+            if (add) {
+                float4 b = yr[c4];
+                xv[i].x += b.x;
+                xv[i].y += b.y;
+                xv[i].z += b.z;
+                xv[i].w += b.w;
+                xr[c4] = xv[i];
+            }
+            ss += xv[i].x * xv[i].x + xv[i].y * xv[i].y + xv[i].z * xv[i].z + xv[i].w * xv[i].w;
+        }
+    }
+    ss = warp_sum(ss);
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (lane == 0) red[warp] = ss;
+    __syncthreads();
+    if (warp == 0) {
+        int nw = blockDim.x >> 5;
+        float v = lane < nw ? red[lane] : 0.f;
+        v = warp_sum(v);
+        if (lane == 0) red[0] = v;
+    }
+    __syncthreads();
+    float inv = 1.0f / sqrtf(red[0] / (float)d + eps);
+    float4* orow = (float4*)(out + (i64)blockIdx.x * d);
+#pragma unroll
+    for (int i = 0; i < RN_R; ++i) {
+        int c4 = threadIdx.x + i * blockDim.x;
+        if (c4 < n4)
+            orow[c4] = make_float4(xv[i].x * inv * wv[i].x, xv[i].y * inv * wv[i].y,
+                                   xv[i].z * inv * wv[i].z, xv[i].w * inv * wv[i].w);
+    }
+}
+
+// RoPE of q [t, nq * head_dim] and k [t, nk * head_dim] in one launch, the same arithmetic
+// as `rope`. grid (t, nq + nk), block head_dim / 2 rounded up to a multiple of 32.
+extern "C" __global__ void rope_qk(float* q, int nq, float* k, int nk, int head_dim, int pos0,
+                                   const float* inv_freq, float attn_factor) {
+    int r = blockIdx.x, h = blockIdx.y, i = threadIdx.x;
+    int half = head_dim >> 1;
+    if (i >= half) return;
+    float angle = __fmul_rn((float)(pos0 + r), inv_freq[i]);
+    double s, c;
+    sincos((double)angle, &s, &c);
+    float cf = (float)c * attn_factor, sf = (float)s * attn_factor;
+    float* hp = h < nq ? q + ((i64)r * nq + h) * head_dim : k + ((i64)r * nk + (h - nq)) * head_dim;
+    float x1 = hp[i], x2 = hp[i + half];
+    hp[i] = __fsub_rn(__fmul_rn(x1, cf), __fmul_rn(x2, sf));
+    hp[i + half] = __fadd_rn(__fmul_rn(x2, cf), __fmul_rn(x1, sf));
+}
