@@ -15,8 +15,8 @@
 #![warn(missing_docs)]
 
 pub mod compile;
-mod decode_moe;
 mod decode_attn;
+mod decode_moe;
 pub mod fp4;
 pub mod nccl;
 mod prefill;
