@@ -80,9 +80,16 @@ cmp_logits /tmp/l_cuda.safetensors /tmp/l_cpu.safetensors "CUDA vs CPU logits"
 # tensor-core products make.
 GPTOSS_CUDA_TC_OFF=linear,moe,attention "$G" logits -m /tmp/m20.gguf --tokens "$ids" --backend cuda --out /tmp/l_f32.safetensors 2>>"$L/check.err"
 cmp_logits /tmp/l_f32.safetensors /tmp/l_cpu.safetensors "CUDA (no tensor cores) vs CPU logits"
+# Split-precision tensor cores (bf16 hi + lo activations; each product ~1e-10 from f32).
+GPTOSS_CUDA_TC_PRECISION=split "$G" logits -m /tmp/m20.gguf --tokens "$ids" --backend cuda --out /tmp/l_split.safetensors 2>>"$L/check.err"
+cmp_logits /tmp/l_split.safetensors /tmp/l_cpu.safetensors "CUDA (split-precision tensor cores) vs CPU logits"
 "$G" generate -m /tmp/m20.gguf --tokens "$ids" -n 64 --json --backend cuda > /tmp/g_cuda.json 2>>"$L/check.err"
 "$G" generate -m /tmp/m20.gguf --tokens "$ids" -n 64 --json --backend cpu-ref > /tmp/g_cpu.json 2>>"$L/check.err"
 cmp_greedy /tmp/g_cuda.json /tmp/g_cpu.json "greedy CUDA vs CPU"
+GPTOSS_CUDA_TC_PRECISION=split "$G" generate -m /tmp/m20.gguf --tokens "$ids" -n 64 --json --backend cuda > /tmp/g_split.json 2>>"$L/check.err"
+cmp_greedy /tmp/g_split.json /tmp/g_cpu.json "greedy CUDA (split precision) vs CPU"
+GPTOSS_CUDA_TC_OFF=linear,moe,attention "$G" generate -m /tmp/m20.gguf --tokens "$ids" -n 64 --json --backend cuda > /tmp/g_f32.json 2>>"$L/check.err"
+cmp_greedy /tmp/g_f32.json /tmp/g_cpu.json "greedy CUDA (no tensor cores) vs CPU"
 
 fi
 if want bench; then
@@ -112,9 +119,16 @@ if want multi && [ "$n_gpu" -ge 2 ]; then
   GPTOSS_CUDA_TC_OFF=linear,moe,attention "$G" logits -m /tmp/m20.gguf --tokens "$ids" --backend cuda --gpus 0,1 --out /tmp/l_2gpu_f32.safetensors 2>>"$L/split.err"
   cmp_logits /tmp/l_2gpu_f32.safetensors /tmp/l_f32.safetensors "2 GPUs vs 1 GPU logits, no tensor cores"
   "$G" generate -m /tmp/m20.gguf --tokens "$ids" -n 64 --json --backend cuda --gpus 0,1 > /tmp/g_2gpu.json 2>>"$L/split.err"
+  [ -s /tmp/l_split.safetensors ] && { GPTOSS_CUDA_TC_PRECISION=split "$G" logits -m /tmp/m20.gguf --tokens "$ids" --backend cuda --gpus 0,1 --out /tmp/l_2gpu_split.safetensors 2>>"$L/split.err"
+    cmp_logits /tmp/l_2gpu_split.safetensors /tmp/l_split.safetensors "2 GPUs vs 1 GPU logits, split-precision tensor cores"; }
+  GPTOSS_MOE_SPLIT=ffn "$G" logits -m /tmp/m20.gguf --tokens "$ids" --backend cuda --gpus 0,1 --out /tmp/l_2gpu_ffn.safetensors 2>>"$L/split.err"
+  cmp_logits /tmp/l_2gpu_ffn.safetensors /tmp/l_cuda.safetensors "2 GPUs (MoE split by d_ff) vs 1 GPU logits"
   cmp_greedy /tmp/g_2gpu.json /tmp/g_cuda.json "greedy 2 GPUs vs 1 GPU"
+  GPTOSS_CUDA_TC_OFF=linear,moe,attention "$G" generate -m /tmp/m20.gguf --tokens "$ids" -n 64 --json --backend cuda --gpus 0,1 > /tmp/g_2gpu_f32.json 2>>"$L/split.err"
+  [ -s /tmp/g_f32.json ] && cmp_greedy /tmp/g_2gpu_f32.json /tmp/g_f32.json "greedy 2 GPUs vs 1 GPU, no tensor cores"
   "$G" bench -m /tmp/m20.gguf --backend cuda --gpus 0,1 -p 512,2048 -n 128 -r 2 -o md 2>"$L/bench_2gpu.err" | tee -a "$OUT/summary.txt"
   grep -i "per-rank" "$L/bench_2gpu.err" | tail -2 | tee -a "$OUT/summary.txt"
+  GPTOSS_MOE_SPLIT=ffn "$G" bench -m /tmp/m20.gguf --backend cuda --gpus 0,1 -p 2048 -n 128 -r 2 -o md 2>"$L/bench_2gpu_ffn.err" | tail -2 | tee -a "$OUT/summary.txt"
 fi
 
 # gpt-oss-120b (59 GiB of weights: fits one 80 GB card) on 1 and 2 GPUs, when the disk allows (SKIP_120B=1 skips).
