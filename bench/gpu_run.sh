@@ -131,6 +131,16 @@ if want multi && [ "$n_gpu" -ge 2 ]; then
   GPTOSS_MOE_SPLIT=ffn "$G" bench -m /tmp/m20.gguf --backend cuda --gpus 0,1 -p 2048 -n 128 -r 2 -o md 2>"$L/bench_2gpu_ffn.err" | tail -2 | tee -a "$OUT/summary.txt"
 fi
 
+# Per-kernel times of decode steps (ncu; only when PARTS names `prof`): bench/RESULTS.md's breakdowns,
+# analysed with a script like the one there.
+if [[ ",${PARTS:-}," == *",prof,"* ]]; then
+  log "ncu: one decode step's kernels"
+  NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  timeout 200 "$NCU" --clock-control none --csv --print-units base --metrics gpu__time_duration.sum,dram__bytes_read.sum \
+    "$G" bench -m /tmp/m20.gguf --backend cuda -p 0 -n 3 -r 1 -q -o md > "$L/ncu_decode.csv" 2> "$L/ncu_decode.err"
+  echo "ncu rc $?, $(wc -l < "$L/ncu_decode.csv") lines" | tee -a "$OUT/summary.txt"
+fi
+
 # gpt-oss-120b (59 GiB of weights: fits one 80 GB card) on 1 and 2 GPUs, when the disk allows (SKIP_120B=1 skips).
 if want b120 && [ "$n_gpu" -ge 2 ] && [ -z "${SKIP_120B:-}" ] && [ "$(df --output=avail -k /tmp | tail -1)" -gt 80000000 ]; then
   log "120b: synth, bench on 1 GPU and on 2 GPUs"
