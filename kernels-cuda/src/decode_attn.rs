@@ -50,8 +50,12 @@ impl CudaBackend {
         // Splits of >= 256 keys (one 64-key step for each of a block's 4 warps), at most ~2
         // blocks per SM of an H100 in all: 16 blocks of 8 kv heads at depth 4096, 32 (512
         // keys each) at 16384.
-        let splits = cached.div_ceil(256).clamp(1, (264 / kvh).max(1));
+        // The last block merges at most DTC_MAX_GS (512) splits x heads of the group.
+        let splits = cached
+            .div_ceil(256)
+            .clamp(1, (264 / kvh).min(512 / (h / kvh)).max(1));
         let chunk = (cached.div_ceil(splits).div_ceil(64) * 64).max(64);
+        // Partial outputs [h, splits, hd], then (max, sum) [h, splits, 2].
         let part = self.scratch(h * splits * (hd + 2) * 4)?;
         let tickets = self.tickets(TICKETS_ATTN, kvh)?;
         const DTC: [&str; 8] = [

@@ -458,8 +458,8 @@ ATTN_DECODE_ENTRY(attn_decode_d8, 8)
 // fragments to the B operand without a shuffle. The dims each thread loads are permuted
 // (thread c of a quad holds dims c*hd/4.., thread r of a column dims r*hd/8..) so that
 // fragments come straight from 16-byte loads; the permutation is undone when O is written.
-// f16 q (pre-scaled) and p, f32 sums. The block writes its partial result (unnormalized O,
-// max, sum) to `part` [n_heads, S, hd + 2]; the last block of the kv head to finish (ticket
+// f16 q (pre-scaled) and p, f32 sums. The block writes its partial result to `part`: the
+// unnormalized O [n_heads, S, hd], then (max, sum) [n_heads, S, 2]; the last block of the kv head to finish (ticket
 // in `tickets[kh]`, reset to zero afterwards) merges the S partials with the new key (f32,
 // from knew/vnew) and the sink, writes `out`, and appends the new key/value row to the ring
 // (no block reads that slot: it held position pos0 - cap, outside the window).
@@ -476,6 +476,10 @@ __device__ __forceinline__ u32 dtc_pack(float lo, float hi) {
     return (u32)f2h(lo) | ((u32)f2h(hi) << 16);
 }
 
+// Splits times query heads per kv head that the last block can merge (the host keeps
+// S * heads per group <= this).
+#define DTC_MAX_GS 512
+
 template <int DPL>
 __device__ __forceinline__ void attn_dtc_t(const float* q, const float* knew, const float* vnew,
                                            u16* kc, u16* vc, int pos0, int n_heads, int n_kv,
@@ -487,10 +491,12 @@ __device__ __forceinline__ void attn_dtc_t(const float* q, const float* knew, co
     constexpr int STEP = 16 * SUB;
     constexpr int KW = 4 * DPL;  // words of one key row a thread holds (dims c*8*DPL ..)
     constexpr int VW = 2 * DPL;  // words of one value row a thread holds (dims r*4*DPL ..)
-    __shared__ float wm[4][8], wl[4][8], snew[8];
+    __shared__ float wm[4][8], wl[4][8], hfn[8], hinv[8];
     __shared__ float wacc[4][8][HD];
+    __shared__ float pf[DTC_MAX_GS], pl[DTC_MAX_GS];
     __shared__ u32 ticket;
     const int kh = blockIdx.x, s = blockIdx.y, S = gridDim.y;
+    float* pml = part + (i64)n_heads * S * HD;  // [n_heads, S, 2]: (max, sum) of each split
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int r = lane >> 2, c = lane & 3;
     const int gq = n_heads / n_kv, h0 = kh * gq;
@@ -645,11 +651,11 @@ __device__ __forceinline__ void attn_dtc_t(const float* q, const float* knew, co
                 }
             }
         }
-        float* pout = part + ((i64)(h0 + g) * S + s) * (HD + 2);
-        pout[d] = ov;
+        i64 row = (i64)(h0 + g) * S + s;
+        part[row * HD + d] = ov;
         if (d == 0) {
-            pout[HD] = M;
-            pout[HD + 1] = L;
+            pml[row * 2] = M;
+            pml[row * 2 + 1] = L;
         }
     }
     __threadfence();
@@ -658,31 +664,58 @@ __device__ __forceinline__ void attn_dtc_t(const float* q, const float* knew, co
     __syncthreads();
     if (ticket != (u32)(S - 1)) return;
     __threadfence();
-    // The last block of this kv head: the new key's scores in f32, then the merge.
+    // The last block of this kv head merges, in parallel: the S (max, sum) pairs of each head
+    // into shared memory, then per head (one warp) the overall max with the sink and the new
+    // key (f32 score) and each split's weight, then one float4 of one head's output per thread
+    // over the splits, loads independent of each other.
+    for (int i = threadIdx.x; i < gq * S; i += blockDim.x) {
+        float2 v = __ldcg((const float2*)(pml + ((i64)h0 * S + i) * 2));
+        pf[i] = v.x;
+        pl[i] = v.y;
+    }
+    __syncthreads();
     for (int g = warp; g < gq; g += 4) {
         float dot = 0.f;
         for (int d = lane; d < HD; d += 32)
             dot += q[(i64)(h0 + g) * HD + d] * knew[(i64)kh * HD + d];
-        dot = warp_sum(dot);
-        if (lane == 0) snew[g] = dot * scale;
+        float sn = warp_sum(dot) * scale;
+        float sink = wload(sinks, sink_type, 0, h0 + g);
+        float M = fmaxf(sink, sn);
+        for (int ss = lane; ss < S; ss += 32) M = fmaxf(M, pf[g * S + ss]);
+        M = warp_max(M);
+        float L = 0.f;
+        for (int ss = lane; ss < S; ss += 32) {
+            float ms = pf[g * S + ss];
+            float f = ms == NEG_INF ? 0.f : __expf(ms - M);
+            pf[g * S + ss] = f;
+            L += pl[g * S + ss] * f;
+        }
+        L = warp_sum(L);
+        if (lane == 0) {
+            float fn = __expf(sn - M);
+            hfn[g] = fn;
+            hinv[g] = 1.f / (L + __expf(sink - M) + fn);
+        }
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < gq * HD; i += blockDim.x) {
-        int g = i / HD, d = i % HD, h = h0 + g;
-        const float* pp = part + (i64)h * S * (HD + 2);
-        float sink = wload(sinks, sink_type, 0, h), sn = snew[g];
-        float M = fmaxf(sink, sn);
-        for (int ss = 0; ss < S; ++ss) M = fmaxf(M, __ldcg(pp + ss * (HD + 2) + HD));
-        float fn = __expf(sn - M);
-        float L = __expf(sink - M) + fn, ov = fn * vnew[(i64)kh * HD + d];
+    for (int i = threadIdx.x; i < gq * (HD / 4); i += blockDim.x) {
+        int g = i / (HD / 4), d4 = i % (HD / 4), h = h0 + g;
+        const float4* po = (const float4*)(part + (i64)h * S * HD) + d4;
+        float4 vn = ((const float4*)(vnew + (i64)kh * HD))[d4];
+        float fn = hfn[g];
+        float4 acc = make_float4(fn * vn.x, fn * vn.y, fn * vn.z, fn * vn.w);
+#pragma unroll 4
         for (int ss = 0; ss < S; ++ss) {
-            float ms = __ldcg(pp + ss * (HD + 2) + HD);
-            if (ms == NEG_INF) continue;
-            float f = __expf(ms - M);
-            L += __ldcg(pp + ss * (HD + 2) + HD + 1) * f;
-            ov += __ldcg(pp + ss * (HD + 2) + d) * f;
+            float f = pf[g * S + ss];
+            float4 v = __ldcg(po + (i64)ss * (HD / 4));
+            acc.x += f * v.x;
+            acc.y += f * v.y;
+            acc.z += f * v.z;
+            acc.w += f * v.w;
         }
-        out[(i64)h * HD + d] = ov / L;
+        float inv = hinv[g];
+        ((float4*)(out + (i64)h * HD))[d4] =
+            make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
     }
     i64 dst = ((i64)(pos0 % cap) * n_kv + kh) * HD;
     for (int d = threadIdx.x; d < HD; d += blockDim.x) {
