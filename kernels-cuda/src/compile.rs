@@ -87,6 +87,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "add_rms_norm",
     "rope_qk",
     "kv_append",
+    "moe_localize_ids",
     "moe_router_topk",
     "moe_gate_up_mxfp4",
     "moe_down_mxfp4",

@@ -34,6 +34,19 @@ fn every_kernel_compiles_for_every_supported_architecture() {
                 .any(|w| &w[..name.len()] == name.as_bytes() && w[name.len()] == 0);
             assert!(found, "{arch}: kernel {name} missing from the cubin");
         }
+        // And the other way round: every kernel in the cubin is one the backend loads (a kernel
+        // left out of the lists compiles fine but fails at its first launch with "not loaded").
+        let listed: std::collections::HashSet<&str> = compile::KERNEL_NAMES
+            .iter()
+            .chain(gptoss_kernels_cuda::quants::KERNEL_NAMES)
+            .copied()
+            .collect();
+        for name in cubin_kernel_names(&cubin) {
+            assert!(
+                listed.contains(name.as_str()),
+                "{arch}: kernel {name} is in the cubin but not in KERNEL_NAMES (the backend would not load it)"
+            );
+        }
         eprintln!(
             "{arch}: {} bytes in {:.1} s",
             cubin.len(),
@@ -52,4 +65,26 @@ fn backend_reports_unavailable_or_works() {
         }
         Err(e) => panic!("unexpected error opening the CUDA backend: {e}"),
     }
+}
+
+/// The kernels of a cubin: its `.text.<name>` sections, mangled (C++) names left out since every
+/// kernel is `extern "C"`.
+fn cubin_kernel_names(cubin: &[u8]) -> Vec<String> {
+    let tag = b".text.";
+    let mut names = Vec::new();
+    let mut i = 0;
+    while let Some(pos) = cubin[i..].windows(tag.len()).position(|w| w == tag) {
+        let start = i + pos + tag.len();
+        let len = cubin[start..].iter().position(|&b| b == 0).unwrap_or(0);
+        let name = String::from_utf8_lossy(&cubin[start..start + len]).into_owned();
+        if !name.is_empty() && !name.starts_with("_Z") && !names.contains(&name) {
+            names.push(name);
+        }
+        i = start;
+    }
+    assert!(
+        !names.is_empty(),
+        "no .text.<kernel> section found in the cubin"
+    );
+    names
 }

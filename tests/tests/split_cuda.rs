@@ -140,10 +140,11 @@ fn decode_logits<B: Backend>(m: &Model<B>, ids: &[u32], steps: usize) -> Vec<Vec
     let mut s = m.new_session(Some(ids.len() + steps)).expect("session");
     let mut t = m.forward(&mut s, ids, false).expect("prefill");
     let mut out = Vec::new();
-    for _ in 0..=steps {
-        out.push(m.backend().to_host(&t).expect("to_host").0);
+    out.push(m.backend().to_host(&t).expect("to_host").0);
+    for _ in 0..steps {
         let next = m.backend().argmax(&t).expect("argmax")[0];
         t = m.forward(&mut s, &[next], false).expect("decode");
+        out.push(m.backend().to_host(&t).expect("to_host").0);
     }
     out
 }
