@@ -43,6 +43,7 @@ synth=$!
 tests="conformance_cuda end_to_end_cuda conformance_wgpu wgpu_ops_conformance"
 [ "$n_gpu" -ge 2 ] && tests="$tests split_cuda"
 [ -n "${SKIP_WGPU:-}" ] && tests=$(echo $tests | sed 's/conformance_wgpu//; s/wgpu_ops_conformance//')
+tests=${TESTS:-$tests}  # TESTS="split_cuda" runs only those
 want tests || tests=""
 for t in $tests; do
   [ -x "$D/$t" ] || { log "test $t: not staged"; continue; }
