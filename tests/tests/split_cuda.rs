@@ -24,6 +24,10 @@ const NMSE_TOL: f64 = 1e-4;
 /// by the same kernels on the same rows, only the f32 sums over a token's k picks (and, in the
 /// model, over heads) in another order: ~1e-13 expected, a lost or doubled pick >= 1e-3.
 const EP_NMSE: f64 = 1e-10;
+/// Decode steps through the KV cache: the cache holds K and V in f16, so an f32-level difference
+/// in a new row can become one f16 step (2^-11 relative) in a cached element; measured on two
+/// H100s up to 2.2e-10 over 6 steps of the bf16 tiny model (a lost or doubled pick is >= 1e-3).
+const EP_DECODE_NMSE: f64 = 1e-8;
 /// Greedy steps are compared where transformers' top-1/top-2 gap exceeds this.
 const GAP: f32 = 1e-2;
 
@@ -150,7 +154,7 @@ fn decode_logits<B: Backend>(m: &Model<B>, ids: &[u32], steps: usize) -> Vec<Vec
 }
 
 /// The tiny models (8 experts, top-4) with the experts split over two ranks: prefill logits
-/// and 8 decode steps within [`EP_NMSE`] of one GPU; the split by width for comparison.
+/// within [`EP_NMSE`] and 8 decode steps within [`EP_DECODE_NMSE`] of one GPU; the split by width for comparison.
 #[test]
 fn tiny_expert_parallel_matches_one_gpu() {
     if gpu(0).is_none() {
@@ -163,7 +167,10 @@ fn tiny_expert_parallel_matches_one_gpu() {
         let ids: Vec<u32> = (0..23).map(|i| (i * 389 + 11) % 8192).collect();
         let base = (one.run)(&ids);
         let base_dec = (one.decode)(&ids[..7], 8);
-        for (how, tol) in [(MoeSplit::Experts, EP_NMSE), (MoeSplit::Ffn, NMSE_TOL)] {
+        for (how, tol, dec_tol) in [
+            (MoeSplit::Experts, EP_NMSE, EP_DECODE_NMSE),
+            (MoeSplit::Ffn, NMSE_TOL, NMSE_TOL),
+        ] {
             let split = two_ranks(how, &path);
             eprintln!("{}", split.name);
             let want = match how {
@@ -182,7 +189,10 @@ fn tiny_expert_parallel_matches_one_gpu() {
             {
                 let (e, m) = (nmse(g, b), max_abs_diff(g, b));
                 eprintln!("{gguf} {how:?} decode {step} vs 1 GPU: nmse {e:.3e} max_abs {m:.3e}");
-                assert!(e <= tol, "{gguf} {how:?} decode step {step}: NMSE {e:.3e}");
+                assert!(
+                    e <= dec_tol,
+                    "{gguf} {how:?} decode step {step}: NMSE {e:.3e}"
+                );
             }
         }
     }
