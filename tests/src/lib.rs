@@ -27,6 +27,27 @@ pub fn oracle_python() -> PathBuf {
     venv
 }
 
+/// Run the numpy oracle (`tests/oracle/gptoss_random.py`): a random GPT-OSS GGUF of the given
+/// configuration and its float64 reference, written to a new directory `{tag}-{pid}` under
+/// `tmp` (a test's `CARGO_TARGET_TMPDIR`); returns that directory.
+pub fn random_oracle_model(tmp: &std::path::Path, tag: &str, seed: u64, config: &str) -> PathBuf {
+    let dir = tmp.join(format!("{tag}-{}", std::process::id()));
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("oracle/gptoss_random.py");
+    let out = std::process::Command::new(oracle_python())
+        .arg(&script)
+        .arg(&dir)
+        .args(["--seed", &seed.to_string(), "--config", config])
+        .output()
+        .expect("running the numpy oracle");
+    assert!(
+        out.status.success(),
+        "oracle failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
 /// Normalized mean squared error `sum (a-b)^2 / sum b^2` (ggml's test-backend-ops metric), with
 /// `b` the reference. Any NaN in either gives NaN (so a comparison against a limit fails).
 pub fn nmse(a: &[f32], reference: &[f32]) -> f64 {

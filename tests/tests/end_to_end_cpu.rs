@@ -13,7 +13,7 @@ use gptoss_backend::{Backend, CpuBackend};
 use gptoss_model::{Model, ModelError, Session};
 use gptoss_tests::reference::{RefTensors, check_topk, ranking};
 use gptoss_tests::reference::{read_json, sequences, tiny};
-use gptoss_tests::{max_abs_diff, nmse, oracle_python};
+use gptoss_tests::{max_abs_diff, nmse, oracle_python, random_oracle_model};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -278,22 +278,12 @@ fn context_limit_is_a_clear_error() {
 
 /// Run the numpy oracle: a random GPT-OSS GGUF of the given configuration and its reference.
 fn oracle_model(tag: &str, seed: u64, config: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("gptoss-random-{tag}-{}", std::process::id()));
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("oracle/gptoss_random.py");
-    let out = Command::new(oracle_python())
-        .arg(&script)
-        .arg(&dir)
-        .args(["--seed", &seed.to_string(), "--config", config])
-        .output()
-        .expect("running the numpy oracle");
-    assert!(
-        out.status.success(),
-        "oracle failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dir
+    random_oracle_model(
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+        &format!("gptoss-random-{tag}"),
+        seed,
+        config,
+    )
 }
 
 fn random_model_matches(tag: &str, seed: u64, config: &str) {

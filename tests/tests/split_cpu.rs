@@ -8,7 +8,7 @@ use gptoss_backend::{Backend, CpuBackend, CpuMode};
 use gptoss_model::Model;
 use gptoss_parallel::{HostCollective, MoeSplit, SplitBackend};
 use gptoss_tests::reference::{RefTensors, read_json, sequences, tiny};
-use gptoss_tests::{max_abs_diff, nmse, oracle_python};
+use gptoss_tests::{max_abs_diff, nmse, oracle_python, random_oracle_model};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -62,19 +62,11 @@ fn split_with(
 /// A random GPT-OSS written and computed in float64 by the numpy oracle
 /// (tests/oracle/gptoss_random.py): the model's path, the token ids and the oracle's logits.
 fn oracle_model(tag: &str, seed: u64, config: &str) -> (PathBuf, Vec<u32>, Vec<f32>) {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("gptoss-split-{tag}-{}", std::process::id()));
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("oracle/gptoss_random.py");
-    let out = Command::new(oracle_python())
-        .arg(&script)
-        .arg(&dir)
-        .args(["--seed", &seed.to_string(), "--config", config])
-        .output()
-        .expect("running the numpy oracle");
-    assert!(
-        out.status.success(),
-        "oracle failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let dir = random_oracle_model(
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+        &format!("gptoss-split-{tag}"),
+        seed,
+        config,
     );
     let refs = RefTensors::load(&dir.join("reference.safetensors"));
     let ids: Vec<u32> = refs.i32("ids").0.iter().map(|&i| i as u32).collect();
