@@ -159,7 +159,7 @@ __device__ __forceinline__ void attn_partial_t(const float* q, const float* knew
     extern "C" __global__ void __launch_bounds__(128) NAME(                                    \
         const float* q, const float* knew, const float* vnew, u16* kc, u16* vc, int t, int pos0, \
         int n_heads, int n_kv, int hd, int cap, int window, float scale, int chunk, float* part, \
-        const u8* sinks, int sink_type, float* out, int append) {                              \
+        const u8* sinks, int sink_type, float* out, int append) { GRID_DEP_ENTRY();            \
         attn_partial_t<DPL>(q, knew, vnew, kc, vc, t, pos0, n_heads, n_kv, hd, cap, window,    \
                             scale, chunk, part, sinks, sink_type, out, append);                \
     }
@@ -176,6 +176,7 @@ ATTN_ENTRY(attn_partial_d8, 8)
 // head_dim.
 extern "C" __global__ void attn_combine(const float* part, int n_heads, int hd, int S,
                                         const u8* sinks, int sink_type, float* out) {
+    GRID_DEP_ENTRY();
     int i = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
     const float* pp = part + ((i64)i * n_heads + h) * S * (hd + 2);
     float sink = wload(sinks, sink_type, 0, h);
@@ -196,6 +197,7 @@ extern "C" __global__ void attn_combine(const float* part, int n_heads, int hd, 
 // block head_dim.
 extern "C" __global__ void kv_append(const float* knew, const float* vnew, u16* kc, u16* vc,
                                      int first, int pos0, int n_kv, int hd, int cap) {
+    GRID_DEP_ENTRY();
     int i = first + blockIdx.x, kh = blockIdx.y, d = threadIdx.x;
     if (d >= hd) return;
     int slot = (pos0 + i) % cap;
@@ -435,7 +437,7 @@ __device__ __forceinline__ void attn_decode_t(const float* q, const float* knew,
     extern "C" __global__ void __launch_bounds__(128) NAME(                                    \
         const float* q, const float* knew, const float* vnew, u16* kc, u16* vc, int pos0,      \
         int n_heads, int n_kv, int hd, int cap, int window, float scale, int chunk, float* part, \
-        const u8* sinks, int sink_type, float* out) {                                          \
+        const u8* sinks, int sink_type, float* out) { GRID_DEP_ENTRY();                        \
         attn_decode_t<DPL>(q, knew, vnew, kc, vc, pos0, n_heads, n_kv, hd, cap, window, scale,  \
                            chunk, part, sinks, sink_type, out);                                \
     }
@@ -729,7 +731,7 @@ __device__ __forceinline__ void attn_dtc_t(const float* q, const float* knew, co
     extern "C" __global__ void __launch_bounds__(128) NAME(                                    \
         const float* q, const float* knew, const float* vnew, u16* kc, u16* vc, int pos0,      \
         int n_heads, int n_kv, int cap, int window, float scale, int chunk, float* part,       \
-        u32* tickets, const u8* sinks, int sink_type, float* out) {                            \
+        u32* tickets, const u8* sinks, int sink_type, float* out) { GRID_DEP_ENTRY();          \
         attn_dtc_t<DPL>(q, knew, vnew, kc, vc, pos0, n_heads, n_kv, cap, window, scale, chunk,  \
                         part, tickets, sinks, sink_type, out);                                 \
     }

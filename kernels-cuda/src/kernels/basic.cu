@@ -3,6 +3,7 @@
 // out[r, :] = table[ids[r], :] for a table of any type. grid (ceil(d/256), rows), block 256.
 extern "C" __global__ void embed(const u8* table, int type, i64 nb, const u32* ids, int vocab,
                                  float* out, int d) {
+    GRID_DEP_ENTRY();
     int r = blockIdx.y;
     int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= d) return;
@@ -15,6 +16,7 @@ extern "C" __global__ void embed(const u8* table, int type, i64 nb, const u32* i
 // RMSNorm of each row times weight. grid rows, block 256 (any multiple of 32 up to 1024).
 extern "C" __global__ void __launch_bounds__(1024) rms_norm(const float* x, const u8* w, int wtype, float* y, int d,
                                     float eps) {
+    GRID_DEP_ENTRY();
     __shared__ float red[32];
     const float* xr = x + (i64)blockIdx.x * d;
     float ss = 0.f;
@@ -37,6 +39,7 @@ extern "C" __global__ void __launch_bounds__(1024) rms_norm(const float* x, cons
 
 // x += y. grid ceil(n/256), block 256.
 extern "C" __global__ void add_assign(float* x, const float* y, i64 n) {
+    GRID_DEP_ENTRY();
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) x[i] += y[i];
 }
@@ -46,6 +49,7 @@ extern "C" __global__ void add_assign(float* x, const float* y, i64 n) {
 // rounded to f32, times the attention factor. grid (t, n_heads), block head_dim / 2.
 extern "C" __global__ void rope(float* x, int n_heads, int head_dim, int pos0,
                                 const float* inv_freq, float attn_factor) {
+    GRID_DEP_ENTRY();
     int r = blockIdx.x, h = blockIdx.y, i = threadIdx.x;
     int half = head_dim >> 1;
     if (i >= half) return;
@@ -86,6 +90,7 @@ __device__ __forceinline__ void argmax_block(float& best, int& bi) {
 // reduces the G partial results. grid (G, rows), block 256.
 extern "C" __global__ void argmax_rows(const float* x, int n, float* part_v, int* part_i,
                                        u32* counters, u32* out) {
+    GRID_DEP_ENTRY();
     __shared__ u32 ticket;
     int r = blockIdx.y, g = blockIdx.x, G = gridDim.x;
     int chunk = (n + G - 1) / G;
@@ -135,6 +140,7 @@ extern "C" __global__ void argmax_rows(const float* x, int n, float* part_v, int
 // Busy-waits `cycles` clock ticks (one thread): lets a benchmark queue work behind it so that
 // event timings measure back-to-back kernel execution rather than launch gaps.
 extern "C" __global__ void spin(long long cycles) {
+    GRID_DEP_ENTRY();
     long long t0 = clock64();
     while (clock64() - t0 < cycles) {
     }
@@ -145,6 +151,7 @@ extern "C" __global__ void spin(long long cycles) {
 // skips, and a pick inside becomes its index in the local stacks, id - lo. ids [n] in place.
 // grid (ceil(n / 256)), block 256.
 extern "C" __global__ void moe_localize_ids(int* ids, int n, int lo, int hi) {
+    GRID_DEP_ENTRY();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     int e = ids[i];
@@ -161,6 +168,7 @@ extern "C" __global__ void __launch_bounds__(1024) add_rms_norm(float* x, const 
                                                                 const u8* w, int wtype,
                                                                 float* out, int d, float eps,
                                                                 int add) {
+    GRID_DEP_ENTRY();
     __shared__ float red[32];
     const int n4 = d >> 2;
     float4* xr = (float4*)(x + (i64)blockIdx.x * d);
@@ -215,6 +223,7 @@ extern "C" __global__ void __launch_bounds__(1024) add_rms_norm(float* x, const 
 // as `rope`. grid (t, nq + nk), block head_dim / 2 rounded up to a multiple of 32.
 extern "C" __global__ void rope_qk(float* q, int nq, float* k, int nk, int head_dim, int pos0,
                                    const float* inv_freq, float attn_factor) {
+    GRID_DEP_ENTRY();
     int r = blockIdx.x, h = blockIdx.y, i = threadIdx.x;
     int half = head_dim >> 1;
     if (i >= half) return;

@@ -21,6 +21,26 @@ typedef unsigned long long u64;
 
 #define NEG_INF __int_as_float(0xff800000)
 
+// Programmatic dependent launch (sm_90 and newer; nothing elsewhere): LAUNCH lets the next
+// kernel in the stream start launching; WAIT blocks until the previous kernel has finished and
+// its writes are visible. A kernel launched with the programmatic-serialization attribute must
+// WAIT before it reads anything an earlier kernel wrote and before it writes anything.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define GRID_DEP_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
+#define GRID_DEP_LAUNCH() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
+#else
+#define GRID_DEP_WAIT()
+#define GRID_DEP_LAUNCH()
+#endif
+// The first statement of every kernel of this program, so that the backend may launch any of
+// them with the programmatic-serialization attribute: the next kernel may start launching at
+// once, this one waits for the previous one before touching memory.
+#define GRID_DEP_ENTRY()    \
+    do {                    \
+        GRID_DEP_LAUNCH();  \
+        GRID_DEP_WAIT();    \
+    } while (0)
+
 __device__ __forceinline__ float h2f(u16 h) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));

@@ -237,7 +237,7 @@ __device__ __forceinline__ void flash_attn_t(const float* q, const float* knew, 
     extern "C" __global__ void __launch_bounds__(128) NAME(                                     \
         const float* q, const float* knew, const float* vnew, const u16* kc, const u16* vc,     \
         int t, int pos0, int n_heads, int n_kv, int cap, int window, float scale,               \
-        const u8* sinks, int sink_type, float* out) {                                           \
+        const u8* sinks, int sink_type, float* out) { GRID_DEP_ENTRY();                         \
         flash_attn_t<HD, SPLIT>(q, knew, vnew, kc, vc, t, pos0, n_heads, n_kv, cap, window,     \
                                 scale, sinks, sink_type, out);                                  \
     }

@@ -533,6 +533,7 @@ __device__ __forceinline__ i64 dense_row(int n0, int n_out) {
 extern "C" __global__ void __launch_bounds__(256) gemm_tc_q8_0(const float* x, int t, int k,
                                                                const u8* w, i64 nb, const u8* bias,
                                                                int btype, float* y, int n_out) {
+    GRID_DEP_ENTRY();
     BLoadQ8 bl;
     bl.w = w;
     bl.nb = nb;
@@ -544,6 +545,7 @@ extern "C" __global__ void __launch_bounds__(256) gemm_tc_q8_0(const float* x, i
 extern "C" __global__ void __launch_bounds__(256) gemm_tc_mxfp4(const float* x, int t, int k,
                                                                 const u8* w, i64 nb, const u8* bias,
                                                                 int btype, float* y, int n_out) {
+    GRID_DEP_ENTRY();
     BLoadMxfp4 bl;
     bl.w = w;
     bl.nb = nb;
@@ -555,6 +557,7 @@ extern "C" __global__ void __launch_bounds__(256) gemm_tc_mxfp4(const float* x, 
 extern "C" __global__ void __launch_bounds__(256) gemm_tc_f16(const float* x, int t, int k,
                                                               const u8* w, i64 nb, const u8* bias,
                                                               int btype, float* y, int n_out) {
+    GRID_DEP_ENTRY();
     BLoad16 bl;
     bl.w = (const u16*)w;
     bl.k = k;
@@ -565,6 +568,7 @@ extern "C" __global__ void __launch_bounds__(256) gemm_tc_f16(const float* x, in
 extern "C" __global__ void __launch_bounds__(256) gemm_tc_bf16(const float* x, int t, int k,
                                                                const u8* w, i64 nb, const u8* bias,
                                                                int btype, float* y, int n_out) {
+    GRID_DEP_ENTRY();
     BLoad16 bl;
     bl.w = (const u16*)w;
     bl.k = k;
@@ -575,6 +579,7 @@ extern "C" __global__ void __launch_bounds__(256) gemm_tc_bf16(const float* x, i
 extern "C" __global__ void __launch_bounds__(256) gemm_tc_f32(const float* x, int t, int k,
                                                               const u8* w, i64 nb, const u8* bias,
                                                               int btype, float* y, int n_out) {
+    GRID_DEP_ENTRY();
     BLoadF32 bl;
     bl.w = (const float*)w;
     bl.k = k;
@@ -602,7 +607,7 @@ __device__ __forceinline__ void gemm_tcs_body(const float* x, int t, int k, BL& 
 #define GEMM_TCS_ENTRY(NAME, NB, SETUP)                                                          \
     extern "C" __global__ void __launch_bounds__(256)                                           \
         NAME(const float* x, int t, int k, const u8* w, i64 nb, const u8* bias, int btype,      \
-             float* y, int n_out) {                                                             \
+             float* y, int n_out) { GRID_DEP_ENTRY();                                           \
         SETUP;                                                                                  \
         bl.row = dense_row(blockIdx.x * TC_BN, n_out);                                          \
         gemm_tcs_body<NB>(x, t, k, bl, n_out, bias, btype, y);                                  \
@@ -623,6 +628,7 @@ GEMM_TCS_ENTRY(gemm_tcs_f32, 2, BLoadF32 bl; bl.w = (const float*)w; bl.k = k)
 // (expert parallelism): those pairs are dropped (in no segment; the caller zeroes their yp rows).
 extern "C" __global__ void moe_tc_group(const int* ids, int pairs, int n_exp, int* perm,
                                         int* seg_end, int* tiles) {
+    GRID_DEP_ENTRY();
     __shared__ int cnt[MOE_MAX_EXPERTS];
     __shared__ int cur[MOE_MAX_EXPERTS];
     for (int e = threadIdx.x; e < n_exp; e += blockDim.x) cnt[e] = 0;
@@ -722,7 +728,7 @@ __device__ __forceinline__ void moe_gate_up_body(
     extern "C" __global__ void __launch_bounds__(256) NAME(                                     \
         const float* x, int d_model, const u8* wg, i64 nbg, const u8* wu, i64 nbu,              \
         const u8* bg, int bgt, const u8* bu, int but, const int* perm, const int* seg_end,      \
-        const int* tiles, int k, int n_ff, HT* h) {                                             \
+        const int* tiles, int k, int n_ff, HT* h) { GRID_DEP_ENTRY();                           \
         moe_gate_up_body<SPLIT>(x, d_model, wg, nbg, wu, nbu, bg, bgt, bu, but, perm, seg_end,  \
                                 tiles, k, n_ff, h);                                             \
     }
@@ -792,7 +798,7 @@ __device__ __forceinline__ void moe_down_body(
 #define MOE_DOWN_ENTRY(NAME, SPLIT, HT)                                                          \
     extern "C" __global__ void __launch_bounds__(256) NAME(                                     \
         const HT* h, int n_ff, const u8* wd, i64 nbd, const u8* bd, int bdt, const int* perm,   \
-        const float* wts, const int* seg_end, const int* tiles, int d_model, float* yp) {       \
+        const float* wts, const int* seg_end, const int* tiles, int d_model, float* yp) { GRID_DEP_ENTRY(); \
         moe_down_body<SPLIT>(h, n_ff, wd, nbd, bd, bdt, perm, wts, seg_end, tiles, d_model, yp); \
     }
 MOE_DOWN_ENTRY(moe_tc_down, false, u16)
@@ -801,6 +807,7 @@ MOE_DOWN_ENTRY(moe_tcs_down, true, float)
 // y[r, d] = sum over slots j (in order) of yp[r * k + j, d]. grid (ceil(d_model / 256), t),
 // block 256.
 extern "C" __global__ void moe_sum_slots(const float* yp, int k, int d_model, float* y) {
+    GRID_DEP_ENTRY();
     int d = blockIdx.x * 256 + threadIdx.x;
     int r = blockIdx.y;
     if (d >= d_model) return;

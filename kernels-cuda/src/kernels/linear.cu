@@ -14,6 +14,7 @@ __device__ __forceinline__ float bias_at(const u8* bias, int btype, int n) {
 // Generic few-row path. grid ceil(n_out / 8), block 256.
 extern "C" __global__ void linear_rows(const float* x, int t, int k, const u8* w, int wtype,
                                        i64 nb, const u8* bias, int btype, float* y, int n_out) {
+    GRID_DEP_ENTRY();
     int n = blockIdx.x * 8 + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     if (n >= n_out) return;
@@ -97,6 +98,7 @@ __device__ __forceinline__ void quantize_to_smem(const float* x, int nblk, i8* x
 // Activations to int8 in global memory (for matrices so tall that re-quantizing x in every
 // block would cost more than one extra launch). grid ceil(nblk / 64), block 256.
 extern "C" __global__ void quantize_q8(const float* x, int nblk, i8* xq, float* xd) {
+    GRID_DEP_ENTRY();
     quantize_blocks(x, nblk, xq, xd, blockIdx.x * 8 + (threadIdx.x >> 5), gridDim.x * 8);
 }
 
@@ -180,13 +182,13 @@ __device__ __forceinline__ void gemv_quant(const float* x, int t, int k, const u
 #define GEMV_ENTRY(NAME, TYPE, R)                                                               \
     extern "C" __global__ void __launch_bounds__(256) NAME(                                   \
         const float* x, int t, int k, const u8* w, i64 nb, const u8* bias, int btype, float* y, \
-        int n_out) {                                                                          \
+        int n_out) { GRID_DEP_ENTRY();                                                        \
         gemv_quant<TYPE, R>(x, t, k, w, nb, bias, btype, y, n_out);                           \
     }
 #define GEMV_PRE_ENTRY(NAME, TYPE, R)                                                          \
     extern "C" __global__ void __launch_bounds__(256) NAME(                                   \
         const i8* xq, const float* xd, int t, int k, const u8* w, i64 nb, const u8* bias,     \
-        int btype, float* y, int n_out) {                                                     \
+        int btype, float* y, int n_out) { GRID_DEP_ENTRY();                                   \
         gemv_rows<TYPE, R>(xq, xd, t, k, w, nb, bias, btype, y, n_out);                       \
     }
 GEMV_ENTRY(gemv_q8_0, T_Q8_0, MAX_ROWS)
@@ -203,6 +205,7 @@ GEMV_PRE_ENTRY(gemv_mxfp4_pre_r1, T_MXFP4, 1)
 // grid (ceil(n_out / 64), ceil(t / 64)), block 256.
 extern "C" __global__ void gemm_tiled(const float* x, int t, int k, const u8* w, int wtype, i64 nb,
                                       const u8* bias, int btype, float* y, int n_out) {
+    GRID_DEP_ENTRY();
     __shared__ float xs[32][64 + 4];
     __shared__ float ws[32][64 + 4];
     int r0 = blockIdx.y * 64, n0 = blockIdx.x * 64;
@@ -322,6 +325,9 @@ __device__ __forceinline__ void row_dot_f(const u8* w, i64 nb, i64 row, int nbk,
                 }
             }
         }
+        // The weights are never written: only x waits for the previous kernel (a no-op
+        // after the first step, and when this kernel was launched without the attribute).
+        GRID_DEP_WAIT();
 #pragma unroll
         for (int u = 0; u < FU; ++u) {
             int kb = kb0 + 8 * u;
@@ -364,7 +370,7 @@ __device__ __forceinline__ void gemv_f(const float* x, int t, int k, const u8* w
 #define GEMVF_ENTRY(NAME, TYPE, R)                                                              \
     extern "C" __global__ void __launch_bounds__(256) NAME(                                   \
         const float* x, int t, int k, const u8* w, i64 nb, const u8* bias, int btype, float* y, \
-        int n_out) {                                                                          \
+        int n_out) { GRID_DEP_LAUNCH();                                                       \
         gemv_f<TYPE, R>(x, t, k, w, nb, bias, btype, y, n_out);                               \
     }
 GEMVF_ENTRY(gemvf_q8_0, T_Q8_0, MAX_ROWS)
@@ -459,6 +465,7 @@ __device__ __forceinline__ void rows_dot_mxfp4(const u8* const* w, const i64* nb
 #define GEMVF3_ENTRY(NAME, TYPE, R)                                                             \
     extern "C" __global__ void __launch_bounds__(256) NAME(                                   \
         const float* x, int t, int k, MAT3_ARGS(0), MAT3_ARGS(1), MAT3_ARGS(2)) {             \
+        GRID_DEP_LAUNCH();                                                                    \
         int b = blockIdx.x;                                                                   \
         bool m1 = b >= nblk0, m2 = b >= nblk0 + nblk1;                                        \
         /* Selects, not an indexed array: the arguments stay in registers. */                 \
@@ -561,6 +568,7 @@ __device__ __forceinline__ float block_amax(const float* x, int n, float* red) {
 // the tile, partial sums meet in shared memory in warp order (deterministic). block 256.
 extern "C" __global__ void __launch_bounds__(256) gemv3_q8_0_mma(
     const float* x, int t, int k, MAT3_ARGS(0), MAT3_ARGS(1), MAT3_ARGS(2)) {
+    GRID_DEP_ENTRY();
     extern __shared__ int4 mq_smem[];
     __shared__ float red[8];
     __shared__ float xscale[2];

@@ -124,6 +124,7 @@ __device__ __forceinline__ void router_topk(const float* x, int d_model, const u
 extern "C" __global__ void moe_router_topk(const float* x, int d_model, const u8* wr, int wrt,
                                            i64 nbr, const u8* br, int brt, int n_exp, int k,
                                            float* logits, u32* counters, int* ids, float* wts) {
+    GRID_DEP_ENTRY();
     router_topk(x, d_model, wr, wrt, nbr, br, brt, n_exp, k, logits, counters, ids, wts, nullptr,
                 nullptr);
 }
@@ -132,6 +133,7 @@ extern "C" __global__ void moe_router_topk_q(const float* x, int d_model, const 
                                              i64 nbr, const u8* br, int brt, int n_exp, int k,
                                              float* logits, u32* counters, int* ids, float* wts,
                                              u8* xq, float* xsc) {
+    GRID_DEP_ENTRY();
     router_topk(x, d_model, wr, wrt, nbr, br, brt, n_exp, k, logits, counters, ids, wts, xq, xsc);
 }
 
@@ -142,6 +144,7 @@ extern "C" __global__ void moe_router_topk_q(const float* x, int d_model, const 
 extern "C" __global__ void __launch_bounds__(256) moe_gate_up_mxfp4(
     const float* x, int d_model, const u8* wg, i64 nbg, const u8* wu, i64 nbu, const u8* bg,
     int bgt, const u8* bu, int but, const int* ids, int k, int n_ff, float* h) {
+    GRID_DEP_ENTRY();
     extern __shared__ int4 moe_smem[];
     i8* xq = (i8*)moe_smem;
     float* xd = (float*)(xq + d_model);
@@ -197,6 +200,7 @@ extern "C" __global__ void __launch_bounds__(256) moe_gate_up_mxfp4(
 extern "C" __global__ void __launch_bounds__(256) moe_down_mxfp4(
     const float* h, int n_ff, const u8* wd, i64 nbd, const u8* bd, int bdt, const int* ids,
     const float* wts, int k, int d_model, float* y) {
+    GRID_DEP_ENTRY();
     extern __shared__ int4 down_smem[];
     i8* hq = (i8*)down_smem;
     float* hd = (float*)(hq + k * n_ff);
@@ -251,6 +255,7 @@ extern "C" __global__ void moe_gate_up_any(const float* x, int d_model, const u8
                                            i64 nbg, const u8* wu, int ut, i64 nbu, const u8* bg,
                                            int bgt, const u8* bu, int but, const int* ids, int k,
                                            int n_ff, float* h) {
+    GRID_DEP_ENTRY();
     int f = blockIdx.x * 8 + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     if (f >= n_ff) return;
@@ -275,6 +280,7 @@ extern "C" __global__ void moe_gate_up_any(const float* x, int d_model, const u8
 extern "C" __global__ void moe_down_any(const float* h, int n_ff, const u8* wd, int dt, i64 nbd,
                                         const u8* bd, int bdt, const int* ids, const float* wts,
                                         int k, int d_model, float* y) {
+    GRID_DEP_ENTRY();
     int d = blockIdx.x * 8 + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     if (d >= d_model) return;
@@ -300,6 +306,7 @@ extern "C" __global__ void moe_down_any(const float* h, int n_ff, const u8* wd, 
 extern "C" __global__ void __launch_bounds__(256) moe_gate_up_mxfp4_f(
     const float* x, int d_model, const u8* wg, i64 nbg, const u8* wu, i64 nbu, const u8* bg,
     int bgt, const u8* bu, int but, const int* ids, int k, int n_ff, float* h) {
+    GRID_DEP_ENTRY();
     int f = blockIdx.x * 8 + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     if (f >= n_ff) return;
@@ -320,6 +327,7 @@ extern "C" __global__ void __launch_bounds__(256) moe_gate_up_mxfp4_f(
 extern "C" __global__ void __launch_bounds__(256) moe_down_mxfp4_f(
     const float* h, int n_ff, const u8* wd, i64 nbd, const u8* bd, int bdt, const int* ids,
     const float* wts, int k, int d_model, float* y) {
+    GRID_DEP_ENTRY();
     int d = blockIdx.x * 8 + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     if (d >= d_model) return;
@@ -344,6 +352,7 @@ extern "C" __global__ void __launch_bounds__(256) moe_down_mxfp4_f(
 extern "C" __global__ void __launch_bounds__(256) moe_down_mxfp4_fk(
     const float* h, int n_ff, const u8* wd, i64 nbd, const u8* bd, int bdt, const int* ids,
     const float* wts, int k, int d_model, float* y) {
+    GRID_DEP_ENTRY();
     __shared__ float part[8];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int per = 8 / k;
@@ -454,13 +463,13 @@ __device__ __forceinline__ void moe_down_rows(const float* h, int n_ff, const u8
 #define MOE_GU_ENTRY(NAME, R)                                                                    \
     extern "C" __global__ void __launch_bounds__(256) NAME(                                    \
         const float* x, int d_model, const u8* wg, i64 nbg, const u8* wu, i64 nbu, const u8* bg, \
-        int bgt, const u8* bu, int but, const int* ids, int k, int n_ff, float* h) {           \
+        int bgt, const u8* bu, int but, const int* ids, int k, int n_ff, float* h) { GRID_DEP_ENTRY(); \
         moe_gate_up_rows<R>(x, d_model, wg, nbg, wu, nbu, bg, bgt, bu, but, ids, k, n_ff, h);  \
     }
 #define MOE_DOWN_ENTRY(NAME, R)                                                                  \
     extern "C" __global__ void __launch_bounds__(256) NAME(                                    \
         const float* h, int n_ff, const u8* wd, i64 nbd, const u8* bd, int bdt, const int* ids, \
-        const float* wts, int k, int d_model, float* y) {                                      \
+        const float* wts, int k, int d_model, float* y) { GRID_DEP_ENTRY();                    \
         moe_down_rows<R>(h, n_ff, wd, nbd, bd, bdt, ids, wts, k, d_model, y);                  \
     }
 MOE_GU_ENTRY(moe_gate_up_mxfp4_r1, 1)
@@ -510,6 +519,7 @@ __device__ __forceinline__ void mx_step_mma(const MxStep& s, float wt, float& ac
 extern "C" __global__ void __launch_bounds__(256) moe_gate_up_mma(
     const u8* xq, const float* xsc, int d_model, const u8* wg, i64 nbg, const u8* wu, i64 nbu,
     const u8* bg, int bgt, const u8* bu, int but, const int* ids, int k, int n_ff, u8* hq) {
+    GRID_DEP_ENTRY();
     __shared__ float part[8][16];
     int pair = blockIdx.y, row = pair / k;
     int e = ids[pair];
@@ -573,6 +583,7 @@ extern "C" __global__ void __launch_bounds__(256) moe_gate_up_mma(
 extern "C" __global__ void __launch_bounds__(256) moe_down_mma(
     const u8* hq, int n_ff, const u8* wd, i64 nbd, const u8* bd, int bdt, const int* ids,
     const float* wts, int k, int d_model, float* y) {
+    GRID_DEP_ENTRY();
     __shared__ float part[8][16];
     __shared__ int sid[16];
     __shared__ float swt[16];

@@ -405,23 +405,23 @@ __device__ __forceinline__ void qmoe_down(const float* h, int n_ff, const u8* wd
 #define QGEMV_ENTRY(NAME, T, NT)                                                                  \
     extern "C" __global__ void __launch_bounds__(32 * QG_WARPS)                                   \
         qgemv_##NAME##_n##NT(const float* x, int t, int k, const u8* w, i64 nu, const u8* bias, \
-                             int bt, float* y, int n) {                                           \
+                             int bt, float* y, int n) { GRID_DEP_ENTRY();                         \
         qgemv<T, NT>(x, t, k, w, nu, bias, bt, y, n);                                             \
     }
 #define QEMBED_ENTRY(NAME, T)                                                                     \
     extern "C" __global__ void __launch_bounds__(128)                                             \
-        qembed_##NAME(const u8* w, i64 nu, const u32* ids, int vocab, float* out, int d) {        \
+        qembed_##NAME(const u8* w, i64 nu, const u32* ids, int vocab, float* out, int d) { GRID_DEP_ENTRY(); \
         qembed<T>(w, nu, ids, vocab, out, d);                                                     \
     }
 #define QMOE_ENTRY(NAME, T)                                                                       \
     extern "C" __global__ void __launch_bounds__(32 * QG_WARPS) qmoe_gate_up_##NAME(              \
         const float* x, int d_model, const u8* wg, i64 nug, const u8* wu, i64 nuu, const u8* bg, \
-        int bgt, const u8* bu, int but, const int* ids, int k, int n_ff, float* h) {             \
+        int bgt, const u8* bu, int but, const int* ids, int k, int n_ff, float* h) { GRID_DEP_ENTRY(); \
         qmoe_gate_up<T>(x, d_model, wg, nug, wu, nuu, bg, bgt, bu, but, ids, k, n_ff, h);        \
     }                                                                                             \
     extern "C" __global__ void __launch_bounds__(32 * QG_WARPS) qmoe_down_##NAME(                 \
         const float* h, int n_ff, const u8* wd, i64 nud, const u8* bd, int bdt, const int* ids,   \
-        const float* wts, int k, int d_model, float* y) {                                         \
+        const float* wts, int k, int d_model, float* y) { GRID_DEP_ENTRY();                       \
         qmoe_down<T>(h, n_ff, wd, nud, bd, bdt, ids, wts, k, d_model, y);                         \
     }
 #define QTYPE_ENTRIES(NAME, T) \

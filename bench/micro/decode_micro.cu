@@ -1,0 +1,503 @@
+// Decode-kernel microbenchmark (one token, gpt-oss-20b shapes) on the GPU machine, built with
+// nvcc from the backend's own kernel sources:
+//   nvcc -O3 -std=c++17 -arch=sm_90a -o /tmp/micro bench/micro/decode_micro.cu && /tmp/micro
+// (bench/micro/run.sh does that.) It times, over 8 distinct layers of random weights (more than
+// L2 holds), the f32 decode kernels the backend uses today against the wide-load kernels of
+// decode_wide.cu in several shapes, reports each variant's error against the f32 kernel, and
+// times a 24-layer chain of the four big kernels launched plainly, with programmatic dependent
+// launch, and as a CUDA graph.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#define WIDE_ENTRIES                                                                             \
+    MOE_GU_WIDE(1, 1, 3) MOE_GU_WIDE(1, 2, 3) MOE_GU_WIDE(1, 3, 3) MOE_GU_WIDE(2, 1, 3)          \
+    MOE_GU_WIDE(2, 2, 3) MOE_GU_WIDE(2, 3, 3) MOE_DOWN_WIDE(1, 3, 3) MOE_DOWN_WIDE(2, 1, 3)      \
+    MOE_DOWN_WIDE(2, 2, 3) MOE_DOWN_WIDE(2, 3, 3) MOE_DOWN_WIDE(4, 3, 3) GEMV3_WIDE(1, 1, 3)     \
+    GEMV3_WIDE(1, 3, 3) GEMV3_WIDE(2, 3, 3) GEMV3_WIDE(1, 3, 4) GEMV3_WIDE(2, 3, 4)             \
+    GEMV3_WIDE(1, 3, 2) GEMV3_WIDE(2, 3, 2) GEMV3_WIDE(4, 3, 1)
+
+#include "../../kernels-cuda/src/kernels/common.cuh"
+#include "../../kernels-cuda/src/kernels/basic.cu"
+#include "../../kernels-cuda/src/kernels/linear.cu"
+#include "../../kernels-cuda/src/kernels/attention.cu"
+#include "../../kernels-cuda/src/kernels/moe.cu"
+#include "../../kernels-cuda/src/kernels/decode_wide.cu"
+
+#define CK(x)                                                                                    \
+    do {                                                                                         \
+        cudaError_t e_ = (x);                                                                    \
+        if (e_ != cudaSuccess) {                                                                 \
+            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));  \
+            exit(1);                                                                             \
+        }                                                                                        \
+    } while (0)
+
+// ---- random fills on the device ----
+__device__ u32 hash32(u64 i, u32 seed) {
+    u64 z = i * 0x9E3779B97F4A7C15ull + seed * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return (u32)(z ^ (z >> 31));
+}
+__global__ void fill_bytes(u8* p, u64 n, u32 seed, u32 lo, u32 span) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+        p[i] = (u8)(lo + hash32(i, seed) % span);
+}
+// f16 scales in [2^-9, 2^-6): exponent 6..8 (biased), random mantissa.
+__global__ void fill_f16_scales(u16* p, u64 n, u32 seed) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+        u32 h = hash32(i, seed);
+        p[i] = (u16)(((6 + h % 3) << 10) | ((h >> 8) & 1023));
+    }
+}
+__global__ void fill_floats(float* p, u64 n, u32 seed, float scale) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+        u32 h = hash32(i, seed);
+        float u = (h & 0xffffff) / 16777216.0f * 2.f - 1.f;
+        // a few outliers per block, as real activations have
+        p[i] = ((h >> 24) == 7 ? 8.f : 1.f) * u * scale;
+    }
+}
+__global__ void empty_kernel(int* p) {
+    GRID_DEP_LAUNCH();
+    GRID_DEP_WAIT();
+    if (p && threadIdx.x == 0 && blockIdx.x == 0) p[0] += 1;
+}
+
+static void rnd_bytes(u8* p, size_t n, u32 seed, u32 lo = 0, u32 span = 256) {
+    fill_bytes<<<1024, 256>>>(p, n, seed, lo, span);
+    CK(cudaGetLastError());
+}
+
+// ---- shapes (gpt-oss-20b) ----
+const int D = 2880, NFF = 2880, NE = 32, K = 4, NQ = 4096, NKV = 512, L = 8;
+
+struct Mx {  // MXFP4 stack [NE experts x rows x cols] in the device layout
+    u8* p;
+    i64 nb;
+};
+struct Q8 {  // Q8_0 matrix rows x cols
+    u8* p;
+    i64 nb;
+};
+static Mx make_mx(int rows, int cols, u32 seed) {
+    i64 nb = (i64)NE * rows * (cols / 32);
+    Mx m{nullptr, nb};
+    CK(cudaMalloc(&m.p, nb * 17));
+    rnd_bytes(m.p, nb * 16, seed);
+    rnd_bytes(m.p + nb * 16, nb, seed + 1, 119, 6);
+    return m;
+}
+static Q8 make_q8(int rows, int cols, u32 seed) {
+    i64 nb = (i64)rows * (cols / 32);
+    Q8 m{nullptr, nb};
+    CK(cudaMalloc(&m.p, nb * 34));
+    rnd_bytes(m.p, nb * 32, seed);
+    fill_f16_scales<<<1024, 256>>>((u16*)(m.p + nb * 32), nb, seed + 1);
+    return m;
+}
+static float* make_f(size_t n, u32 seed, float scale) {
+    float* p;
+    CK(cudaMalloc(&p, n * 4));
+    fill_floats<<<1024, 256>>>(p, n, seed, scale);
+    return p;
+}
+
+struct Layer {
+    Mx gate, up, down;
+    float *bg, *bu, *bd;
+    Q8 q, k, v, o;
+    float *bq, *bk, *bv, *bo;
+    int* ids;
+    float* wts;
+};
+
+static std::vector<Layer> layers;
+static float *x_in, *h_buf, *y_buf, *q_out, *k_out, *v_out, *o_out;
+
+template <typename... Exp, typename... Act>
+static void launch(bool pdl, void (*k)(Exp...), dim3 g, dim3 b, size_t smem, cudaStream_t s,
+                   Act... args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = g;
+    cfg.blockDim = b;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = s;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = pdl ? 1 : 0;
+    CK(cudaLaunchKernelEx(&cfg, k, ((Exp)args)...));
+}
+
+typedef void (*GuFn)(const float*, int, const u8*, i64, const u8*, i64, const u8*, int, const u8*,
+                     int, const int*, int, int, float*);
+typedef void (*DownFn)(const float*, int, const u8*, i64, const u8*, int, const int*,
+                       const float*, int, int, float*);
+typedef void (*G3Fn)(const float*, int, const u8*, i64, const u8*, int, float*, int, int,
+                     const u8*, i64, const u8*, int, float*, int, int, const u8*, i64, const u8*,
+                     int, float*, int, int);
+typedef void (*GfFn)(const float*, int, int, const u8*, i64, const u8*, int, float*, int);
+
+struct GuVar {
+    const char* name;
+    GuFn f;
+    int r, p;  // r = 0: the f32 kernel (8 rows per block, no smem)
+};
+struct DownVar {
+    const char* name;
+    DownFn f;
+    int r, p;
+};
+struct G3Var {
+    const char* name;
+    G3Fn f;
+    int r, p;
+};
+
+static void run_gu(const GuVar& v, int l, float* x, float* h, cudaStream_t s, bool pdl) {
+    Layer& L_ = layers[l];
+    int rows_per_block = 8 * (v.r ? v.r : 1);
+    size_t smem = v.p ? v.p * D + D / 8 : 0;
+    launch(pdl, v.f, dim3((NFF + rows_per_block - 1) / rows_per_block, K), dim3(256), smem,
+           s, x, D, L_.gate.p, L_.gate.nb, L_.up.p, L_.up.nb, (const u8*)L_.bg, T_F32,
+           (const u8*)L_.bu, T_F32, L_.ids, K, NFF, h);
+}
+static void run_down(const DownVar& v, int l, float* h, float* y, cudaStream_t s, bool pdl) {
+    Layer& L_ = layers[l];
+    int outs_per_block = v.r * 8 / K;
+    size_t smem = v.p ? K * (v.p * NFF + NFF / 8) : 0;
+    launch(pdl, v.f, dim3((D + outs_per_block - 1) / outs_per_block, 1), dim3(256), smem, s,
+           h, NFF, L_.down.p, L_.down.nb, (const u8*)L_.bd, T_F32, L_.ids, L_.wts, K, D, y);
+}
+// qkv: three matrices of k = D.
+static void run_qkv(const G3Var& v, int l, float* x, cudaStream_t s, bool pdl) {
+    Layer& L_ = layers[l];
+    int rpb = 8 * (v.r ? v.r : 1);
+    int n0 = (NQ + rpb - 1) / rpb, n1 = (NKV + rpb - 1) / rpb;
+    size_t smem = v.p ? v.p * D + D / 8 : 0;
+    if (v.p)
+        launch(pdl, v.f, dim3(n0 + 2 * n1), dim3(256), smem, s, x, D, L_.q.p, L_.q.nb,
+               (const u8*)L_.bq, T_F32, q_out, NQ, n0, L_.k.p, L_.k.nb, (const u8*)L_.bk, T_F32,
+               k_out, NKV, n1, L_.v.p, L_.v.nb, (const u8*)L_.bv, T_F32, v_out, NKV, n1);
+    else  // gemvf3_q8_0_r1 has (x, t, k, ...)
+        launch(pdl, gemvf3_q8_0_r1, dim3(n0 + 2 * n1), dim3(256), 0, s, x, 1, D, L_.q.p, L_.q.nb,
+               (const u8*)L_.bq, T_F32, q_out, NQ, n0, L_.k.p, L_.k.nb, (const u8*)L_.bk, T_F32,
+               k_out, NKV, n1, L_.v.p, L_.v.nb, (const u8*)L_.bv, T_F32, v_out, NKV, n1);
+}
+// o: one matrix NQ -> D.
+static void run_o(const G3Var& v, int l, float* x, float* y, cudaStream_t s, bool pdl) {
+    Layer& L_ = layers[l];
+    int rpb = 8 * (v.r ? v.r : 1);
+    int n0 = (D + rpb - 1) / rpb;
+    size_t smem = v.p ? v.p * NQ + NQ / 8 : 0;
+    if (v.p)
+        launch(pdl, v.f, dim3(n0), dim3(256), smem, s, x, NQ, L_.o.p, L_.o.nb, (const u8*)L_.bo,
+               T_F32, y, D, n0, L_.o.p, L_.o.nb, (const u8*)L_.bo, T_F32, y, D, 0, L_.o.p,
+               L_.o.nb, (const u8*)L_.bo, T_F32, y, D, 0);
+    else
+        launch(pdl, gemvf_q8_0_r1, dim3(n0), dim3(256), 0, s, x, 1, NQ, L_.o.p, L_.o.nb,
+               (const u8*)L_.bo, T_F32, y, D);
+}
+
+static double nmse(const std::vector<float>& a, const std::vector<float>& ref) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+        double d = (double)a[i] - ref[i];
+        num += d * d;
+        den += (double)ref[i] * ref[i];
+    }
+    return den > 0 ? num / den : num;
+}
+static cudaStream_t g_stream;
+static std::vector<float> fetch(const float* p, size_t n) {
+    CK(cudaStreamSynchronize(g_stream));
+    std::vector<float> v(n);
+    CK(cudaMemcpy(v.data(), p, n * 4, cudaMemcpyDeviceToHost));
+    return v;
+}
+
+// Microseconds per call of `body(i)` over `reps` calls (after a warm-up), by events.
+template <typename F>
+static double time_us(cudaStream_t s, int reps, F body) {
+    for (int i = 0; i < 2 * L; ++i) body(i);
+    cudaEvent_t a, b;
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+    CK(cudaEventRecord(a, s));
+    for (int i = 0; i < reps; ++i) body(i);
+    CK(cudaEventRecord(b, s));
+    CK(cudaEventSynchronize(b));
+    float ms;
+    CK(cudaEventElapsedTime(&ms, a, b));
+    CK(cudaGetLastError());
+    return ms * 1e3 / reps;
+}
+
+int main() {
+    cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, 0));
+    printf("device %s, %d SMs, L2 %d MiB\n", prop.name, prop.multiProcessorCount,
+           prop.l2CacheSize >> 20);
+    cudaStream_t s;
+    CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    g_stream = s;
+    for (auto f : {(const void*)moe_down_wide_r2_p3_n3, (const void*)moe_down_wide_r4_p3_n3,
+                   (const void*)moe_down_wide_r1_p3_n3})
+        CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024));
+
+    // weights
+    srand(1);
+    layers.resize(L);
+    for (int l = 0; l < L; ++l) {
+        Layer& y = layers[l];
+        u32 sd = 1000 * (l + 1);
+        y.gate = make_mx(NFF, D, sd + 1);
+        y.up = make_mx(NFF, D, sd + 3);
+        y.down = make_mx(D, NFF, sd + 5);
+        y.bg = make_f(NE * NFF, sd + 7, 0.5f);
+        y.bu = make_f(NE * NFF, sd + 8, 0.5f);
+        y.bd = make_f(NE * D, sd + 9, 0.5f);
+        y.q = make_q8(NQ, D, sd + 11);
+        y.k = make_q8(NKV, D, sd + 13);
+        y.v = make_q8(NKV, D, sd + 15);
+        y.o = make_q8(D, NQ, sd + 17);
+        y.bq = make_f(NQ, sd + 19, 0.5f);
+        y.bk = make_f(NKV, sd + 20, 0.5f);
+        y.bv = make_f(NKV, sd + 21, 0.5f);
+        y.bo = make_f(D, sd + 22, 0.5f);
+        int ids[K];
+        float wts[K];
+        for (int j = 0; j < K; ++j) {
+            bool dup;
+            do {
+                ids[j] = rand() % NE;
+                dup = false;
+                for (int i = 0; i < j; ++i) dup |= ids[i] == ids[j];
+            } while (dup);
+            wts[j] = 0.1f + 0.2f * j;
+        }
+        CK(cudaMalloc(&y.ids, sizeof ids));
+        CK(cudaMalloc(&y.wts, sizeof wts));
+        CK(cudaMemcpy(y.ids, ids, sizeof ids, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(y.wts, wts, sizeof wts, cudaMemcpyHostToDevice));
+    }
+    x_in = make_f(NQ, 77, 1.0f);
+    h_buf = make_f(K * NFF, 78, 2.0f);  // a stand-in h for the down timings
+    float* h_out;
+    CK(cudaMalloc(&h_out, K * NFF * 4));
+    CK(cudaMalloc(&y_buf, D * 4));
+    CK(cudaMalloc(&q_out, NQ * 4));
+    CK(cudaMalloc(&k_out, NKV * 4));
+    CK(cudaMalloc(&v_out, NKV * 4));
+    CK(cudaMalloc(&o_out, D * 4));
+    int* cnt;
+    CK(cudaMalloc(&cnt, 4));
+    CK(cudaDeviceSynchronize());
+
+    // copy bandwidth (read + write of 1 GiB)
+    {
+        size_t n = 1ull << 30;
+        void *a, *b;
+        CK(cudaMalloc(&a, n));
+        CK(cudaMalloc(&b, n));
+        double us = time_us(s, 10, [&](int) { CK(cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice, s)); });
+        printf("copy bandwidth %.0f GB/s\n", 2.0 * n / us / 1e3);
+        CK(cudaFree(a));
+        CK(cudaFree(b));
+    }
+
+    // launch cost of an empty kernel: plain, PDL, graph
+    {
+        double plain = time_us(s, 2000, [&](int) { launch(false, empty_kernel, dim3(132), dim3(128), 0, s, cnt); });
+        double pdl = time_us(s, 2000, [&](int) { launch(true, empty_kernel, dim3(132), dim3(128), 0, s, cnt); });
+        cudaGraph_t g;
+        cudaGraphExec_t ge;
+        for (int mode = 0; mode < 2; ++mode) {
+            CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+            for (int i = 0; i < 200; ++i) launch(mode == 1, empty_kernel, dim3(132), dim3(128), 0, s, cnt);
+            CK(cudaStreamEndCapture(s, &g));
+            CK(cudaGraphInstantiate(&ge, g, 0));
+            double us = time_us(s, 20, [&](int) { CK(cudaGraphLaunch(ge, s)); }) / 200;
+            printf("empty kernel: %s graph %.2f us/launch\n", mode ? "PDL" : "plain", us);
+            CK(cudaGraphExecDestroy(ge));
+            CK(cudaGraphDestroy(g));
+        }
+        printf("empty kernel: plain %.2f us/launch, PDL %.2f us/launch\n", plain, pdl);
+    }
+
+    // ---- MoE gate+up ----
+    const double gu_bytes = 2.0 * K * NFF * (D / 32) * 17;
+    std::vector<GuVar> gus = {
+        {"f32 r1 (today)", moe_gate_up_mxfp4_r1, 0, 0},
+        {"f32 r2", moe_gate_up_mxfp4_r2, 0, 0},
+        {"wide r1 p1", moe_gate_up_wide_r1_p1_n3, 1, 1},
+        {"wide r1 p2", moe_gate_up_wide_r1_p2_n3, 1, 2},
+        {"wide r1 p3", moe_gate_up_wide_r1_p3_n3, 1, 3},
+        {"wide r2 p1", moe_gate_up_wide_r2_p1_n3, 2, 1},
+        {"wide r2 p2", moe_gate_up_wide_r2_p2_n3, 2, 2},
+        {"wide r2 p3", moe_gate_up_wide_r2_p3_n3, 2, 3},
+    };
+    gus[1].r = 0;  // f32 r2 runs 16 rows per block
+    run_gu(gus[0], 0, x_in, h_out, s, false);
+    std::vector<float> ref_h = fetch(h_out, K * NFF);
+    for (auto& v : gus) {
+        bool r2f = !strcmp(v.name, "f32 r2");
+        auto go = [&](int i) {
+            if (r2f) {
+                Layer& L_ = layers[i % L];
+                launch(false, v.f, dim3(NFF / 16, K), dim3(256), 0, s, x_in, D, L_.gate.p, L_.gate.nb,
+                       L_.up.p, L_.up.nb, (const u8*)L_.bg, T_F32, (const u8*)L_.bu, T_F32, L_.ids, K,
+                       NFF, h_out);
+            } else
+                run_gu(v, i % L, x_in, h_out, s, false);
+        };
+        CK(cudaMemsetAsync(h_out, 0xff, K * NFF * 4, s));
+        go(0);
+        CK(cudaDeviceSynchronize());
+        double e = nmse(fetch(h_out, K * NFF), ref_h);
+        double us = time_us(s, 400, go);
+        printf("gate_up %-16s %7.2f us  %6.0f GB/s  nmse vs f32 %.2e\n", v.name, us, gu_bytes / us / 1e3, e);
+    }
+
+    // ---- MoE down ----
+    const double down_bytes = 1.0 * K * D * (NFF / 32) * 17;
+    std::vector<DownVar> downs = {
+        {"f32 r2 (today)", moe_down_mxfp4_r2, 2, 0},
+        {"f32 r4", moe_down_mxfp4_r4, 4, 0},
+        {"wide r1 p3", moe_down_wide_r1_p3_n3, 1, 3},
+        {"wide r2 p1", moe_down_wide_r2_p1_n3, 2, 1},
+        {"wide r2 p2", moe_down_wide_r2_p2_n3, 2, 2},
+        {"wide r2 p3", moe_down_wide_r2_p3_n3, 2, 3},
+        {"wide r4 p3", moe_down_wide_r4_p3_n3, 4, 3},
+    };
+    run_down(downs[0], 0, h_buf, y_buf, s, false);
+    std::vector<float> ref_y = fetch(y_buf, D);
+    for (auto& v : downs) {
+        CK(cudaMemsetAsync(y_buf, 0xff, D * 4, s));
+        run_down(v, 0, h_buf, y_buf, s, false);
+        CK(cudaDeviceSynchronize());
+        double e = nmse(fetch(y_buf, D), ref_y);
+        double us = time_us(s, 400, [&](int i) { run_down(v, i % L, h_buf, y_buf, s, false); });
+        printf("down    %-16s %7.2f us  %6.0f GB/s  nmse vs f32 %.2e\n", v.name, us, down_bytes / us / 1e3, e);
+    }
+
+    // ---- q/k/v and o (Q8_0) ----
+    const double qkv_bytes = (NQ + 2.0 * NKV) * (D / 32) * 34, o_bytes = 1.0 * D * (NQ / 32) * 34;
+    std::vector<G3Var> g3s = {
+        {"f32 r1 (today)", nullptr, 0, 0},
+        {"wide r1 p1 n3", gemv3_wide_q8_r1_p1_n3, 1, 1},
+        {"wide r1 p3 n3", gemv3_wide_q8_r1_p3_n3, 1, 3},
+        {"wide r2 p3 n3", gemv3_wide_q8_r2_p3_n3, 2, 3},
+        {"wide r1 p3 n4", gemv3_wide_q8_r1_p3_n4, 1, 3},
+        {"wide r2 p3 n4", gemv3_wide_q8_r2_p3_n4, 2, 3},
+        {"wide r1 p3 n2", gemv3_wide_q8_r1_p3_n2, 1, 3},
+        {"wide r2 p3 n2", gemv3_wide_q8_r2_p3_n2, 2, 3},
+        {"wide r4 p3 n1", gemv3_wide_q8_r4_p3_n1, 4, 3},
+    };
+    run_qkv(g3s[0], 0, x_in, s, false);
+    std::vector<float> ref_q = fetch(q_out, NQ);
+    run_o(g3s[0], 0, x_in, o_out, s, false);
+    std::vector<float> ref_o = fetch(o_out, D);
+    for (auto& v : g3s) {
+        CK(cudaMemsetAsync(q_out, 0xff, NQ * 4, s));
+        CK(cudaMemsetAsync(o_out, 0xff, D * 4, s));
+        run_qkv(v, 0, x_in, s, false);
+        run_o(v, 0, x_in, o_out, s, false);
+        CK(cudaDeviceSynchronize());
+        double eq = nmse(fetch(q_out, NQ), ref_q), eo = nmse(fetch(o_out, D), ref_o);
+        double uq = time_us(s, 400, [&](int i) { run_qkv(v, i % L, x_in, s, false); });
+        double uo = time_us(s, 400, [&](int i) { run_o(v, i % L, x_in, o_out, s, false); });
+        printf("qkv     %-16s %7.2f us  %6.0f GB/s  nmse %.2e | o %7.2f us  %6.0f GB/s  nmse %.2e\n",
+               v.name, uq, qkv_bytes / uq / 1e3, eq, uo, o_bytes / uo / 1e3, eo);
+    }
+
+    // ---- output matrix (Q8_0 2880 -> 201088) ----
+    {
+        const int NV = 201088;
+        Q8 w = make_q8(NV, D, 4242);
+        float* yv;
+        CK(cudaMalloc(&yv, (size_t)NV * 4));
+        const double bytes = (double)NV * (D / 32) * 34;
+        launch(false, gemvf_q8_0_r1, dim3(NV / 8), dim3(256), 0, s, x_in, 1, D, w.p, w.nb, (const u8*)nullptr, 0, yv, NV);
+        std::vector<float> ref = fetch(yv, NV);
+        double u0 = time_us(s, 50, [&](int) {
+            launch(false, gemvf_q8_0_r1, dim3(NV / 8), dim3(256), 0, s, x_in, 1, D, w.p, w.nb, (const u8*)nullptr, 0, yv, NV);
+        });
+        printf("output  f32 r1 (today)   %7.2f us  %6.0f GB/s\n", u0, bytes / u0 / 1e3);
+        for (auto& v : g3s) {
+            if (!v.p) continue;
+            int rpb = 8 * v.r, nb0 = (NV + rpb - 1) / rpb;
+            auto go = [&](int) {
+                launch(false, v.f, dim3(nb0), dim3(256), v.p * D + D / 8, s, x_in, D, w.p, w.nb,
+                       (const u8*)nullptr, 0, yv, NV, nb0, w.p, w.nb, (const u8*)nullptr, 0, yv, NV, 0,
+                       w.p, w.nb, (const u8*)nullptr, 0, yv, NV, 0);
+            };
+            go(0);
+            CK(cudaDeviceSynchronize());
+            double e = nmse(fetch(yv, NV), ref);
+            double u = time_us(s, 50, go);
+            printf("output  %-16s %7.2f us  %6.0f GB/s  nmse %.2e\n", v.name, u, bytes / u / 1e3, e);
+        }
+        CK(cudaFree(yv));
+        CK(cudaFree(w.p));
+    }
+
+    // ---- a 24-layer chain: qkv -> o -> gate_up -> down (the big four of a decode step) ----
+    {
+        double chain_bytes = 24 * (qkv_bytes + o_bytes + gu_bytes + down_bytes);
+        struct Cfg {
+            const char* name;
+            G3Var g3;
+            GuVar gu;
+            DownVar dn;
+            bool pdl, graph;
+        };
+        G3Var f3 = g3s[0], w3 = g3s[2];
+        std::vector<Cfg> cfgs = {
+            {"f32 plain", f3, gus[0], downs[0], false, false},
+            {"f32 graph", f3, gus[0], downs[0], false, true},
+            {"f32 PDL", f3, gus[0], downs[0], true, false},
+            {"f32 PDL+graph", f3, gus[0], downs[0], true, true},
+            {"wide p3 plain", w3, gus[4], downs[5], false, false},
+            {"wide p3 PDL", w3, gus[4], downs[5], true, false},
+            {"wide p3 graph", w3, gus[4], downs[5], false, true},
+            {"wide p3 PDL+graph", w3, gus[4], downs[5], true, true},
+        };
+        for (auto& c : cfgs) {
+            auto step = [&]() {
+                for (int l = 0; l < 24; ++l) {
+                    run_qkv(c.g3, l % L, y_buf, s, c.pdl);
+                    run_o(c.g3, l % L, q_out, o_out, s, c.pdl);
+                    run_gu(c.gu, l % L, o_out, h_out, s, c.pdl);
+                    run_down(c.dn, l % L, h_out, y_buf, s, c.pdl);
+                }
+            };
+            fill_floats<<<16, 256>>>(y_buf, D, 5, 1.0f);
+            double us;
+            if (c.graph) {
+                cudaGraph_t g;
+                cudaGraphExec_t ge;
+                CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+                step();
+                CK(cudaStreamEndCapture(s, &g));
+                CK(cudaGraphInstantiate(&ge, g, 0));
+                us = time_us(s, 20, [&](int) { CK(cudaGraphLaunch(ge, s)); });
+                CK(cudaGraphExecDestroy(ge));
+                CK(cudaGraphDestroy(g));
+            } else
+                us = time_us(s, 20, [&](int) { step(); });
+            printf("chain 24 x (qkv, o, gate_up, down) %-18s %8.1f us  %6.0f GB/s  (%.2f us per kernel)\n",
+                   c.name, us, chain_bytes / us / 1e3, us / 96);
+        }
+    }
+    CK(cudaDeviceSynchronize());
+    printf("done\n");
+    return 0;
+}

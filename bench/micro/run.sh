@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Build and run the decode microbenchmark on the GPU machine (needs nvcc; no Rust):
+#   OUT=/some/dir bash bench/micro/run.sh
+# Writes micro.log (and the build log) under $OUT.
+set -u
+OUT=${OUT:-/tmp/micro-out}
+mkdir -p "$OUT"
+ARCH=${ARCH:-sm_90a}
+NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
+cd "$(dirname "$0")/../.."
+nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem,driver_version --format=csv | tee "$OUT/micro.log"
+git log -1 --format='commit %H' 2>/dev/null | tee -a "$OUT/micro.log"
+if ! "$NVCC" -O3 -std=c++17 -arch="$ARCH" -Xptxas -v -o /tmp/decode_micro bench/micro/decode_micro.cu >"$OUT/build.log" 2>&1; then
+    echo "BUILD FAILED"; tail -40 "$OUT/build.log"; exit 1
+fi
+grep -A1 "wide\|_r1\b\|mxfp4_r" "$OUT/build.log" | grep -o "Function properties for [a-z0-9_]*\|Used [0-9]* registers" | paste - - | head -40 >> "$OUT/micro.log"
+/tmp/decode_micro 2>&1 | tee -a "$OUT/micro.log"
