@@ -15,3 +15,12 @@ if ! "$NVCC" -O3 -std=c++17 -arch="$ARCH" -Xptxas -v -o /tmp/decode_micro bench/
 fi
 grep -A1 "wide\|_r1\b\|mxfp4_r" "$OUT/build.log" | grep -o "Function properties for [a-z0-9_]*\|Used [0-9]* registers" | paste - - | head -40 >> "$OUT/micro.log"
 /tmp/decode_micro 2>&1 | tee -a "$OUT/micro.log"
+# NCU=1: also profile one launch of each named kernel (full section set) into $OUT/ncu.txt.
+if [ -n "${NCU:-}" ]; then
+  ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+  # The 25th launch of each kernel named (warm caches and clocks).
+  timeout 240 "$ncu_bin" --set full \
+    --kernel-id "::regex:^(${NCU_KERNELS:-moe_gate_up_mxfp4_r1|moe_down_mxfp4_r2|gemvf3_q8_0_r1})\$:25" \
+    /tmp/decode_micro > "$OUT/ncu.txt" 2>&1
+  echo "ncu rc $?" >> "$OUT/ncu.txt"
+fi

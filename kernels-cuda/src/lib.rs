@@ -18,6 +18,7 @@ pub mod compile;
 mod decode_attn;
 mod decode_moe;
 pub mod fp4;
+mod fused_norm;
 pub mod nccl;
 mod prefill;
 pub mod quants;
@@ -297,6 +298,22 @@ pub struct CudaBackend {
     decode_mma: bool,
     /// Decode attention (t = 1) on tensor cores with the combine fused (see [`decode_attn`]).
     decode_tc: bool,
+    /// Launch with programmatic dependent launch (sm_90+): see [`pdl_default`].
+    pdl: bool,
+    /// Fuse the residual add + norm into the next decode kernel (see [`fused_norm`]).
+    fuse_norm: bool,
+}
+
+/// Programmatic dependent launch: every kernel of the program begins with `GRID_DEP_ENTRY`
+/// (common.cuh), so each may be launched with the programmatic-serialization attribute: the
+/// driver then starts launching the next kernel while the current one still runs, and the next
+/// one's blocks wait (`griddepcontrol.wait`) for it before they touch memory; the f32
+/// matrix-vector kernels issue their first weight loads before they wait. On an H100 a kernel
+/// boundary costs ~4-5 us of mostly idle memory at batch 1 (bench/micro, 2026-11-26); this
+/// hides part of it. On by default from sm_90 (earlier chips lack the instructions);
+/// `GPTOSS_CUDA_PDL=0` turns it off.
+fn pdl_default(major: i32) -> bool {
+    major >= 9 && std::env::var("GPTOSS_CUDA_PDL").map_or(true, |v| v != "0")
 }
 
 const TICKETS_ROUTER: usize = 0;
@@ -389,6 +406,8 @@ impl CudaBackend {
             // dmoe): 291 vs 354 tok/s tg128 on the synthetic 20b.
             decode_mma: std::env::var("GPTOSS_CUDA_DECODE_MMA").is_ok_and(|v| v == "1"),
             decode_tc: decode_attn::tc_default(),
+            pdl: pdl_default(major),
+            fuse_norm: fused_norm::fuse_norm_default(),
         })
     }
 
@@ -584,6 +603,9 @@ impl CudaBackend {
             .funcs
             .get(name)
             .ok_or_else(|| dev_err(format!("kernel {name} not loaded")))?;
+        if self.pdl {
+            return self.launch_pdl(f, grid, block, smem, args);
+        }
         let mut b = self.stream.launch_builder(f);
         for a in args {
             match a {
@@ -604,6 +626,68 @@ impl CudaBackend {
         // checked by the callers).
         unsafe { b.launch(cfg) }.map_err(dev_err)?;
         Ok(())
+    }
+
+    /// `launch_smem` through cuLaunchKernelEx with the programmatic-serialization attribute.
+    fn launch_pdl(
+        &self,
+        f: &CudaFunction,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        args: &[A],
+    ) -> Result<()> {
+        use cudarc::driver::sys;
+        // Each argument's value in an 8-byte slot (little-endian: a 4-byte value is the slot's
+        // first bytes), and the address of each slot, as cuLaunchKernelEx takes them.
+        let mut vals: Vec<u64> = args
+            .iter()
+            .map(|a| match *a {
+                A::P(v) => v,
+                A::I(v) => v as u32 as u64,
+                A::L(v) => v as u64,
+                A::F(v) => v.to_bits() as u64,
+            })
+            .collect();
+        let mut ptrs: Vec<*mut std::ffi::c_void> = vals
+            .iter_mut()
+            .map(|v| (v as *mut u64).cast::<std::ffi::c_void>())
+            .collect();
+        let mut attr = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            value: sys::CUlaunchAttributeValue {
+                programmaticStreamSerializationAllowed: 1,
+            },
+        };
+        let cfg = sys::CUlaunchConfig {
+            gridDimX: grid.0,
+            gridDimY: grid.1,
+            gridDimZ: grid.2,
+            blockDimX: block,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: smem,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        self.ctx.bind_to_thread().map_err(dev_err)?;
+        // SAFETY: as in launch_smem (every argument list matches its kernel's signature; the
+        // values are 8-byte slots whose first bytes hold each argument, alive until the call
+        // returns, when the driver has copied them); `attr` and `cfg` outlive the call; every
+        // kernel of the program waits (GRID_DEP_ENTRY) for the previous kernel before it reads
+        // or writes memory another kernel wrote, which the attribute requires.
+        unsafe {
+            sys::cuLaunchKernelEx(
+                &cfg,
+                f.cu_function(),
+                ptrs.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        }
+        .result()
+        .map_err(dev_err)
     }
 
     /// The device address of at least `n` zeroed tickets of kind `which`.
@@ -951,6 +1035,7 @@ impl CudaBackend {
         w: &MoeWeights<CudaWeight>,
         cfg: &MoeConfig,
         experts: std::ops::Range<usize>,
+        norm: Option<&fused_norm::NormIn>,
     ) -> Result<CudaTensor> {
         let t = x.rows;
         let d_model = x.cols;
@@ -1036,7 +1121,35 @@ impl CudaBackend {
         } else {
             "moe_router_topk"
         };
-        self.launch(router, (e as u32, t as u32, 1), 256, &router_args)?;
+        match norm {
+            // The residual add and norm in the router (one token; see `fused_norm`): it writes
+            // the normed row into x for the experts below.
+            Some(n) if t == 1 && mma_planes.is_none() => {
+                let mut args = vec![
+                    A::P(self.ptr(&n.h.buf)),
+                    A::P(self.ptr(&n.y.buf)),
+                    A::P(self.ptr(&n.norm.buf)),
+                    A::I(n.norm.dtype.id() as i32),
+                    A::F(n.eps),
+                    A::P(self.ptr(&n.hout.buf)),
+                    A::P(xp),
+                ];
+                args.extend_from_slice(&router_args[1..]);
+                self.launch_smem(
+                    "moe_router_topk_n",
+                    (e as u32, 1, 1),
+                    256,
+                    (d_model * 4) as u32,
+                    &args,
+                )?;
+            }
+            Some(_) => {
+                return Err(dev_err(
+                    "moe: a fused norm needs one token on the f32 router path",
+                ));
+            }
+            None => self.launch(router, (e as u32, t as u32, 1), 256, &router_args)?,
+        }
         if partial {
             let n = t * kk;
             self.launch(
@@ -1518,6 +1631,29 @@ impl Backend for CudaBackend {
         self.rope_qk_impl(q, k, n_heads, n_kv_heads, pos0, rope)
     }
 
+    fn add_rms_norm_linear_many(
+        &self,
+        h: &mut CudaTensor,
+        y: &CudaTensor,
+        norm: &CudaWeight,
+        eps: f32,
+        ws: &[(&CudaWeight, Option<&CudaWeight>)],
+    ) -> Result<Vec<CudaTensor>> {
+        self.add_rms_norm_linear_many_impl(h, y, norm, eps, ws)
+    }
+
+    fn add_rms_norm_moe(
+        &self,
+        h: &mut CudaTensor,
+        y: &CudaTensor,
+        norm: &CudaWeight,
+        eps: f32,
+        w: &MoeWeights<CudaWeight>,
+        cfg: &MoeConfig,
+    ) -> Result<CudaTensor> {
+        self.add_rms_norm_moe_impl(h, y, norm, eps, w, cfg)
+    }
+
     fn new_kv_cache(&self, cfg: &KvCacheConfig) -> Result<CudaKvCache> {
         if cfg.window == Some(0)
             || cfg.n_kv_heads == 0
@@ -1724,7 +1860,7 @@ impl Backend for CudaBackend {
         w: &MoeWeights<CudaWeight>,
         cfg: &MoeConfig,
     ) -> Result<CudaTensor> {
-        self.moe_range(x, w, cfg, 0..cfg.n_experts)
+        self.moe_range(x, w, cfg, 0..cfg.n_experts, None)
     }
 
     fn moe_local(
@@ -1734,7 +1870,7 @@ impl Backend for CudaBackend {
         cfg: &MoeConfig,
         experts: std::ops::Range<usize>,
     ) -> Result<CudaTensor> {
-        self.moe_range(x, w, cfg, experts)
+        self.moe_range(x, w, cfg, experts, None)
     }
 
     fn argmax(&self, x: &CudaTensor) -> Result<Vec<u32>> {

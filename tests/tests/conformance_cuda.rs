@@ -457,6 +457,32 @@ fn linear_many_matches_linear() {
                         MATMUL_NMSE,
                     );
                 }
+                if t <= 2 {
+                    // The residual add + norm fused into the products (one token), or apart.
+                    let hv = randn(&mut r, t * k, 2.0);
+                    let nw = p.up(&random_weight(
+                        &mut r,
+                        "attn_norm.weight",
+                        GgmlType::F32,
+                        &[k],
+                        1.0,
+                    ));
+                    let (mut ch, mut gh) = p.x(&hv, t, k);
+                    p.poison();
+                    let c = p
+                        .cpu
+                        .add_rms_norm_linear_many(&mut ch, &cx, &nw.0, 1e-5, &cw)
+                        .unwrap();
+                    let g = p
+                        .gpu
+                        .add_rms_norm_linear_many(&mut gh, &gx, &nw.1, 1e-5, &gw)
+                        .unwrap();
+                    let what = format!("add_rms_norm_linear_many {dtype:?} t={t} k={k} n={ns:?}");
+                    for (i, (ci, gi)) in c.iter().zip(&g).enumerate() {
+                        p.check(&format!("{what} #{i}"), ci, gi, MATMUL_NMSE);
+                    }
+                    p.check(&format!("{what} sum"), &ch, &gh, EXACT_NMSE);
+                }
             }
         }
     }
@@ -913,6 +939,31 @@ fn moe_case_limit(
             &g,
             limit,
         );
+    }
+    // The residual add + norm fused into the router (one token), or apart.
+    let (cn, gn) = p.up(&random_weight(
+        r,
+        "ffn_norm.weight",
+        GgmlType::F32,
+        &[d_model],
+        1.0,
+    ));
+    for &t in ts.iter().take(2) {
+        let (mut ch, mut gh) = p.x(&randn(r, t * d_model, 2.0), t, d_model);
+        let (cy, gy) = p.x(&randn(r, t * d_model, 1.0), t, d_model);
+        p.poison();
+        let c = p
+            .cpu
+            .add_rms_norm_moe(&mut ch, &cy, &cn, 1e-5, &cw, &cfg)
+            .unwrap();
+        let g = p
+            .gpu
+            .add_rms_norm_moe(&mut gh, &gy, &gn, 1e-5, &gw, &cfg)
+            .unwrap();
+        let what =
+            format!("add_rms_norm_moe {expert_type:?}/{down_type:?} d={d_model} E={e} t={t}");
+        p.check(&what, &c, &g, limit);
+        p.check(&format!("{what} sum"), &ch, &gh, EXACT_NMSE);
     }
 }
 

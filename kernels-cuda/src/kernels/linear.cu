@@ -495,6 +495,94 @@ GEMVF3_ENTRY(gemvf3_mxfp4, T_MXFP4, MAX_ROWS)
 GEMVF3_ENTRY(gemvf3_q8_0_r1, T_Q8_0, 1)
 GEMVF3_ENTRY(gemvf3_mxfp4_r1, T_MXFP4, 1)
 
+// RMSNorm(h + y) * nw of one row of d floats (d a multiple of 4) into `xs` (shared memory),
+// with every thread of the block taking part; the sum itself also goes to `hout` when it is
+// not null. The same arithmetic as add_rms_norm (basic.cu) up to the order of the squares' sum.
+__device__ __forceinline__ void block_add_rms_norm(const float* h, const float* y, const u8* nw,
+                                                   int nwt, float eps, int d, float* xs,
+                                                   float* hout) {
+    __shared__ float nred[32];
+    int n4 = d >> 2;
+    float4* xs4 = (float4*)xs;
+    float ss = 0.f;
+    for (int c4 = threadIdx.x; c4 < n4; c4 += blockDim.x) {
+        float4 a = ((const float4*)h)[c4], b = ((const float4*)y)[c4];
+        a.x += b.x;
+        a.y += b.y;
+        a.z += b.z;
+        a.w += b.w;
+        if (hout) ((float4*)hout)[c4] = a;
+        xs4[c4] = a;
+        ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
+    }
+    ss = warp_sum(ss);
+    if ((threadIdx.x & 31) == 0) nred[threadIdx.x >> 5] = ss;
+    __syncthreads();
+    float tot = 0.f;
+    for (int i = 0; i < (int)(blockDim.x >> 5); ++i) tot += nred[i];
+    float inv = 1.0f / sqrtf(tot / (float)d + eps);
+    // Each thread rescales the float4s it wrote itself: no barrier needed before.
+    for (int c4 = threadIdx.x; c4 < n4; c4 += blockDim.x) {
+        float4 a = xs4[c4];
+        float4 w = nwt == T_F32 ? ((const float4*)nw)[c4]
+                                : make_float4(wload(nw, nwt, 0, 4 * c4), wload(nw, nwt, 0, 4 * c4 + 1),
+                                              wload(nw, nwt, 0, 4 * c4 + 2), wload(nw, nwt, 0, 4 * c4 + 3));
+        xs4[c4] = make_float4(a.x * inv * w.x, a.y * inv * w.y, a.z * inv * w.z, a.w * inv * w.w);
+    }
+    __syncthreads();
+}
+
+// Ask L2 for one weight row (Q8_0: 32-byte blocks, else MXFP4: 16) and its scales, one 128-byte
+// line per lane: issued before the kernel waits for its predecessor, so that the row is on its
+// way while the block computes its activations.
+template <int TYPE>
+__device__ __forceinline__ void prefetch_row_l2(const u8* w, i64 nb, i64 row, int nbk) {
+    int lane = threadIdx.x & 31;
+    const int bs = TYPE == T_Q8_0 ? 32 : 16;
+    const int ss = TYPE == T_Q8_0 ? 2 : 1;
+    const u8* q = w + row * nbk * bs;
+    const u8* sc = w + nb * bs + row * nbk * ss;
+    int qlines = (nbk * bs + 127) >> 7, slines = (nbk * ss + 127) >> 7;
+    for (int i = lane; i < qlines + slines; i += 32) {
+        const u8* p = i < qlines ? q + i * 128 : sc + (i - qlines) * 128;
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+    }
+}
+
+// gemvf3 at t = 1 of RMSNorm(h + yadd) * nw (the residual add and norm that end one sub-block
+// fused into the products that start the next): each block computes the normed row into
+// shared memory (dynamic: k floats) while its weight rows stream into L2; block 0 also writes
+// the new residual h + yadd to hout (which must not alias h). grid as gemvf3, block 256.
+#define GEMVF3N_ENTRY(NAME, TYPE)                                                                \
+    extern "C" __global__ void __launch_bounds__(256) NAME(                                    \
+        const float* h, const float* yadd, const u8* nw, int nwt, float eps, float* hout, int k, \
+        MAT3_ARGS(0), MAT3_ARGS(1), MAT3_ARGS(2)) {                                            \
+        extern __shared__ float4 gn_smem[];                                                    \
+        float* xs = (float*)gn_smem;                                                           \
+        GRID_DEP_LAUNCH();                                                                     \
+        int b = blockIdx.x;                                                                    \
+        bool m1 = b >= nblk0, m2 = b >= nblk0 + nblk1;                                         \
+        const u8* w = m2 ? w2 : (m1 ? w1 : w0);                                                \
+        i64 nb = m2 ? nb2 : (m1 ? nb1 : nb0);                                                  \
+        const u8* bias = m2 ? b2 : (m1 ? b1 : b0);                                             \
+        int bt = m2 ? bt2 : (m1 ? bt1 : bt0);                                                  \
+        float* y = m2 ? y2 : (m1 ? y1 : y0);                                                   \
+        int n_out = m2 ? n2 : (m1 ? n1 : n0);                                                  \
+        b -= m2 ? nblk0 + nblk1 : (m1 ? nblk0 : 0);                                            \
+        int n = b * 8 + (threadIdx.x >> 5);                                                    \
+        int lane = threadIdx.x & 31;                                                           \
+        if (n < n_out) prefetch_row_l2<TYPE>(w, nb, n, k >> 5);                                \
+        GRID_DEP_WAIT();                                                                       \
+        block_add_rms_norm(h, yadd, nw, nwt, eps, k, xs, blockIdx.x == 0 ? hout : nullptr);    \
+        if (n >= n_out) return;                                                                \
+        float acc[1] = {0.f};                                                                  \
+        row_dot_f<TYPE, 1>(w, nb, n, k >> 5, xs, k, 1, acc);                                   \
+        float s = warp_sum(acc[0]);                                                            \
+        if (lane == 0) y[n] = s + bias_at(bias, bt, n);                                        \
+    }
+GEMVF3N_ENTRY(gemvf3n_q8_0, T_Q8_0)
+GEMVF3N_ENTRY(gemvf3n_mxfp4, T_MXFP4)
+
 // ---- Int8 tensor-core decode products (t <= 2 for the dense GEMV; any t for the MoE) ----
 // The activation row is split into four int8 planes with one scale s per row:
 // x ~= s (p0 + p1 / 254 + p2 / 254^2 + p3 / 254^3), exact to ~2^-31 of the row's largest value
