@@ -10,7 +10,10 @@ NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
 cd "$(dirname "$0")/../.."
 nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem,driver_version --format=csv | tee "$OUT/micro.log"
 git log -1 --format='commit %H' 2>/dev/null | tee -a "$OUT/micro.log"
-if ! "$NVCC" -O3 -std=c++17 -arch="$ARCH" -Xptxas -v -o /tmp/decode_micro bench/micro/decode_micro.cu >"$OUT/build.log" 2>&1; then
+# PREBUILT=1: /tmp/decode_micro was built already (its log in /tmp/decode_micro.build.log).
+if [ -n "${PREBUILT:-}" ] && [ -x /tmp/decode_micro ]; then
+    cp /tmp/decode_micro.build.log "$OUT/build.log" 2>/dev/null
+elif ! "$NVCC" -O3 -std=c++17 -arch="$ARCH" -Xptxas -v -o /tmp/decode_micro bench/micro/decode_micro.cu >"$OUT/build.log" 2>&1; then
     echo "BUILD FAILED"; tail -40 "$OUT/build.log"; exit 1
 fi
 grep -A1 "wide\|_r1\b\|mxfp4_r" "$OUT/build.log" | grep -o "Function properties for [a-z0-9_]*\|Used [0-9]* registers" | paste - - | head -40 >> "$OUT/micro.log"
