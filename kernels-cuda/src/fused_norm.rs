@@ -3,8 +3,10 @@
 //! (`moe_router_topk_n` in moe.cu) each compute the normed row into shared memory themselves,
 //! every block its own copy, so that a decode step has no separate norm launches (48 fewer on
 //! gpt-oss-20b). Block 0 writes the new residual to a fresh tensor, which replaces `h`: the
-//! other blocks still read the old one. `GPTOSS_CUDA_FUSE_NORM=0` turns this off (the two
-//! kernels apart, as before).
+//! other blocks still read the old one. Opt-in (`GPTOSS_CUDA_FUSE_NORM=1`): on an H100 with
+//! programmatic dependent launch it measured slower than the separate norm kernel (tg128 411.6
+//! vs 425.9 tok/s, 2026-11-26, bench/RESULTS.md): every block then waits for its own norm,
+//! while the separate kernel runs as the products' weight loads are already in flight.
 
 use super::{A, CudaBackend, CudaTensor, CudaWeight, Result, check_linear};
 use gptoss_backend::{Backend, GgmlType, MoeConfig, MoeWeights};
@@ -12,9 +14,9 @@ use gptoss_backend::{Backend, GgmlType, MoeConfig, MoeWeights};
 /// Largest row whose normed copy fits the kernels' shared memory (48 KiB of f32).
 const MAX_NORM_COLS: usize = 12 * 1024;
 
-/// Whether the fused kernels are wanted (default yes).
+/// Whether the fused kernels are wanted (`GPTOSS_CUDA_FUSE_NORM=1`; default no).
 pub(crate) fn fuse_norm_default() -> bool {
-    std::env::var("GPTOSS_CUDA_FUSE_NORM").map_or(true, |v| v != "0")
+    std::env::var("GPTOSS_CUDA_FUSE_NORM").is_ok_and(|v| v == "1")
 }
 
 /// What the fused router needs besides the MoE weights: the residual, the sub-block output to

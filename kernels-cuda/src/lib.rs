@@ -316,6 +316,15 @@ fn pdl_default(major: i32) -> bool {
     major >= 9 && std::env::var("GPTOSS_CUDA_PDL").map_or(true, |v| v != "0")
 }
 
+/// The kernels launched with programmatic dependent launch: all but the prefill tensor-core
+/// GEMMs and flash attention, whose launches are few and long (on an H100 letting them launch
+/// early cost pp512 4.5 %, 2026-11-26, bench/RESULTS.md).
+fn pdl_kernel(name: &str) -> bool {
+    !["gemm_", "flash_attn", "moe_tc", "moe_sum_slots"]
+        .iter()
+        .any(|p| name.starts_with(p))
+}
+
 const TICKETS_ROUTER: usize = 0;
 const TICKETS_ARGMAX: usize = 1;
 const TICKETS_ATTN: usize = 2;
@@ -603,7 +612,7 @@ impl CudaBackend {
             .funcs
             .get(name)
             .ok_or_else(|| dev_err(format!("kernel {name} not loaded")))?;
-        if self.pdl {
+        if self.pdl && pdl_kernel(name) {
             return self.launch_pdl(f, grid, block, smem, args);
         }
         let mut b = self.stream.launch_builder(f);
