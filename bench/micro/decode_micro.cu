@@ -582,6 +582,7 @@ int main() {
             {"stream bulk PDL", f3, gu_named("bulk r8 s6"), dn_named("bulk r2 s8"), true, false},
             {"stream bulk PDL+graph", f3, gu_named("bulk r8 s6"), dn_named("bulk r2 s8"), true, true},
             {"stream pers PDL+graph", f3, gu_named("pers"), dn_named("pers s2"), true, true},
+            {"stream q3 PDL+graph", f3, gu_named("bulk q3 r8 s6"), dn_named("bulk q3 r2 s8"), true, true},
         };
         for (auto& c : cfgs) {
             auto step = [&]() {

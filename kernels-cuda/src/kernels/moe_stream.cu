@@ -76,15 +76,19 @@ __device__ __forceinline__ void ms_bulk_g2s(void* dst, const void* src, u32 byte
 #endif
 }
 // Waits until the phase of `bar` with the given parity has completed (its bytes have landed).
+// A wait that never ends (a copy that faulted silently, a byte count that does not match)
+// traps after ~2^26 tries (seconds) instead of hanging the stream.
 __device__ __forceinline__ void ms_bar_wait(u64* bar, u32 parity) {
 #if MS_HAS_BULK
     u32 a = ms_smem_addr(bar), done;
+    u32 tries = 0;
     do {
         asm volatile(
             "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
             : "=r"(done)
             : "r"(a), "r"(parity)
             : "memory");
+        if (++tries == (1u << 26)) __trap();
     } while (!done);
 #endif
 }
