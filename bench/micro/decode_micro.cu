@@ -27,6 +27,7 @@
 #include "../../kernels-cuda/src/kernels/attention.cu"
 #include "../../kernels-cuda/src/kernels/moe.cu"
 #include "../../kernels-cuda/src/kernels/decode_wide.cu"
+#include "../../kernels-cuda/src/kernels/moe_stream.cu"
 
 #define CK(x)                                                                                    \
     do {                                                                                         \
@@ -145,15 +146,25 @@ typedef void (*G3Fn)(const float*, int, const u8*, i64, const u8*, int, float*, 
                      int, float*, int, int);
 typedef void (*GfFn)(const float*, int, int, const u8*, i64, const u8*, int, float*, int);
 
+// kind 0: the per-row grids above; kind 1 (moe_stream.cu persistent) / 2 (bulk) / 3 (bulk with
+// int8-plane activations, the _q3 entries): grid
+// (CTAs per SM x SMs, 1), block `block`, smem from stream_smem, CTAs per SM = occupancy capped
+// at `want` (0: no cap). grid and smem are filled in by stream_setup.
 struct GuVar {
     const char* name;
     GuFn f;
     int r, p;  // r = 0: the f32 kernel (8 rows per block, no smem)
+    int kind = 0, R = 0, S = 0, block = 256, want = 0;
+    size_t smem = 0;
+    int grid = 0;
 };
 struct DownVar {
     const char* name;
     DownFn f;
     int r, p;
+    int kind = 0, R = 0, S = 0, block = 256, want = 0;
+    size_t smem = 0;
+    int grid = 0;
 };
 struct G3Var {
     const char* name;
@@ -161,8 +172,34 @@ struct G3Var {
     int r, p;
 };
 
+// Dynamic shared memory of a moe_stream.cu kernel (see the formulas there).
+static size_t stream_smem(int kind, bool down, int R, int S) {
+    if (kind == 1) return down ? (size_t)K * NFF * 4 : (size_t)D * 4;
+    int n = down ? NFF : D, nbk = n / 32;
+    size_t xrow = kind == 3 ? ((size_t)3 * n + (size_t)nbk * 4 + 15) & ~(size_t)15 : (size_t)n * 4;
+    size_t part = (size_t)R * nbk * 16 + ((R * nbk + 15) & ~15) + 16;
+    return down ? (size_t)K * xrow + (size_t)S * K * part : xrow + (size_t)S * 2 * part;
+}
+template <typename V>
+static void stream_setup(V& v, bool down, int sms) {
+    if (!v.kind) return;
+    v.smem = stream_smem(v.kind, down, v.R, v.S);
+    CK(cudaFuncSetAttribute((const void*)v.f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)v.smem));
+    int occ = 0;
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, (const void*)v.f, v.block, v.smem));
+    if (v.want > 0 && occ > v.want) occ = v.want;
+    v.grid = sms * occ;
+    printf("%s %-16s block %d, smem %zu B, %d CTAs/SM, grid %d%s\n", down ? "down   " : "gate_up", v.name,
+           v.block, v.smem, occ, v.grid, occ ? "" : " (does not fit: skipped)");
+}
+
 static void run_gu(const GuVar& v, int l, float* x, float* h, cudaStream_t s, bool pdl) {
     Layer& L_ = layers[l];
+    if (v.kind) {
+        launch(pdl, v.f, dim3(v.grid, 1), dim3(v.block), v.smem, s, x, D, L_.gate.p, L_.gate.nb,
+               L_.up.p, L_.up.nb, (const u8*)L_.bg, T_F32, (const u8*)L_.bu, T_F32, L_.ids, K, NFF, h);
+        return;
+    }
     int rows_per_block = 8 * (v.r ? v.r : 1);
     size_t smem = v.p ? v.p * D + D / 8 : 0;
     launch(pdl, v.f, dim3((NFF + rows_per_block - 1) / rows_per_block, K), dim3(256), smem,
@@ -171,6 +208,11 @@ static void run_gu(const GuVar& v, int l, float* x, float* h, cudaStream_t s, bo
 }
 static void run_down(const DownVar& v, int l, float* h, float* y, cudaStream_t s, bool pdl) {
     Layer& L_ = layers[l];
+    if (v.kind) {
+        launch(pdl, v.f, dim3(v.grid, 1), dim3(v.block), v.smem, s, h, NFF, L_.down.p, L_.down.nb,
+               (const u8*)L_.bd, T_F32, L_.ids, L_.wts, K, D, y);
+        return;
+    }
     int outs_per_block = v.r * 8 / K;
     size_t smem = v.p ? K * (v.p * NFF + NFF / 8) : 0;
     launch(pdl, v.f, dim3((D + outs_per_block - 1) / outs_per_block, 1), dim3(256), smem, s,
@@ -343,11 +385,23 @@ int main() {
         {"wide r2 p1", moe_gate_up_wide_r2_p1_n3, 2, 1},
         {"wide r2 p2", moe_gate_up_wide_r2_p2_n3, 2, 2},
         {"wide r2 p3", moe_gate_up_wide_r2_p3_n3, 2, 3},
+        // moe_stream.cu: {name, f, 0, 0, kind, R, S, block, CTAs/SM cap}
+        {"pers", moe_gate_up_pers, 0, 0, 1, 0, 0, 256, 2},
+        {"pers l2", moe_gate_up_pers_l2, 0, 0, 1, 0, 0, 256, 2},
+        {"bulk r8 s4", moe_gate_up_bulk_r8_s4, 0, 0, 2, 8, 4, 256, 0},
+        {"bulk r8 s6", moe_gate_up_bulk_r8_s6, 0, 0, 2, 8, 6, 256, 0},
+        {"bulk r8 s8", moe_gate_up_bulk_r8_s8, 0, 0, 2, 8, 8, 256, 0},
+        {"bulk r16 s4", moe_gate_up_bulk_r16_s4, 0, 0, 2, 16, 4, 256, 0},
+        {"bulk r16 s4 b512", moe_gate_up_bulk_r16_s4, 0, 0, 2, 16, 4, 512, 0},
+        {"bulk q3 r8 s6", moe_gate_up_bulk_q3_r8_s6, 0, 0, 3, 8, 6, 256, 0},
+        {"bulk q3 r16 s4", moe_gate_up_bulk_q3_r16_s4, 0, 0, 3, 16, 4, 512, 0},
     };
     gus[1].r = 0;  // f32 r2 runs 16 rows per block
+    for (auto& v : gus) stream_setup(v, false, prop.multiProcessorCount);
     run_gu(gus[0], 0, x_in, h_out, s, false);
     std::vector<float> ref_h = fetch(h_out, K * NFF);
     for (auto& v : gus) {
+        if (v.kind && !v.grid) continue;
         bool r2f = !strcmp(v.name, "f32 r2");
         auto go = [&](int i) {
             if (r2f) {
@@ -376,16 +430,61 @@ int main() {
         {"wide r2 p2", moe_down_wide_r2_p2_n3, 2, 2},
         {"wide r2 p3", moe_down_wide_r2_p3_n3, 2, 3},
         {"wide r4 p3", moe_down_wide_r4_p3_n3, 4, 3},
+        {"pers s1", moe_down_pers_s1, 0, 0, 1, 0, 0, 256, 2},
+        {"pers s2", moe_down_pers_s2, 0, 0, 1, 0, 0, 256, 2},
+        {"pers s2 l2", moe_down_pers_s2_l2, 0, 0, 1, 0, 0, 256, 2},
+        {"bulk r2 s6", moe_down_bulk_r2_s6, 0, 0, 2, 2, 6, 256, 0},
+        {"bulk r2 s8", moe_down_bulk_r2_s8, 0, 0, 2, 2, 8, 256, 0},
+        {"bulk r4 s4", moe_down_bulk_r4_s4, 0, 0, 2, 4, 4, 256, 0},
+        {"bulk r4 s4 b512", moe_down_bulk_r4_s4, 0, 0, 2, 4, 4, 512, 0},
+        {"bulk r8 s3", moe_down_bulk_r8_s3, 0, 0, 2, 8, 3, 256, 0},
+        {"bulk q3 r2 s8", moe_down_bulk_q3_r2_s8, 0, 0, 3, 2, 8, 256, 0},
+        {"bulk q3 r4 s4", moe_down_bulk_q3_r4_s4, 0, 0, 3, 4, 4, 512, 0},
     };
+    for (auto& v : downs) stream_setup(v, true, prop.multiProcessorCount);
     run_down(downs[0], 0, h_buf, y_buf, s, false);
     std::vector<float> ref_y = fetch(y_buf, D);
     for (auto& v : downs) {
+        if (v.kind && !v.grid) continue;
         CK(cudaMemsetAsync(y_buf, 0xff, D * 4, s));
         run_down(v, 0, h_buf, y_buf, s, false);
         CK(cudaDeviceSynchronize());
         double e = nmse(fetch(y_buf, D), ref_y);
         double us = time_us(s, 400, [&](int i) { run_down(v, i % L, h_buf, y_buf, s, false); });
         printf("down    %-16s %7.2f us  %6.0f GB/s  nmse vs f32 %.2e\n", v.name, us, down_bytes / us / 1e3, e);
+    }
+
+    // ---- expert parallelism: slot 1 of layer 0 is another rank's expert (id -1); each
+    // moe_stream.cu variant against the f32 kernel on zeroed outputs ----
+    {
+        int ids_h[K], ep[K];
+        CK(cudaDeviceSynchronize());
+        CK(cudaMemcpy(ids_h, layers[0].ids, sizeof ids_h, cudaMemcpyDeviceToHost));
+        memcpy(ep, ids_h, sizeof ep);
+        ep[1] = -1;
+        CK(cudaMemcpy(layers[0].ids, ep, sizeof ep, cudaMemcpyHostToDevice));
+        CK(cudaDeviceSynchronize());
+        CK(cudaMemsetAsync(h_out, 0, K * NFF * 4, s));
+        run_gu(gus[0], 0, x_in, h_out, s, false);
+        std::vector<float> rh = fetch(h_out, K * NFF);
+        CK(cudaMemsetAsync(y_buf, 0, D * 4, s));
+        run_down(downs[0], 0, h_buf, y_buf, s, false);
+        std::vector<float> ry = fetch(y_buf, D);
+        for (auto& v : gus) {
+            if (!v.kind || !v.grid) continue;
+            CK(cudaMemsetAsync(h_out, 0, K * NFF * 4, s));
+            run_gu(v, 0, x_in, h_out, s, false);
+            printf("EP gate_up %-16s nmse vs f32 %.2e\n", v.name, nmse(fetch(h_out, K * NFF), rh));
+        }
+        for (auto& v : downs) {
+            if (!v.kind || !v.grid) continue;
+            CK(cudaMemsetAsync(y_buf, 0, D * 4, s));
+            run_down(v, 0, h_buf, y_buf, s, false);
+            printf("EP down    %-16s nmse vs f32 %.2e\n", v.name, nmse(fetch(y_buf, D), ry));
+        }
+        CK(cudaDeviceSynchronize());
+        CK(cudaMemcpy(layers[0].ids, ids_h, sizeof ids_h, cudaMemcpyHostToDevice));
+        CK(cudaDeviceSynchronize());
     }
 
     // ---- q/k/v and o (Q8_0) ----
@@ -460,6 +559,16 @@ int main() {
             bool pdl, graph;
         };
         G3Var f3 = g3s[0], w3 = g3s[2];
+        auto gu_named = [&](const char* n) -> GuVar {
+            for (auto& v : gus)
+                if (!strcmp(v.name, n) && (!v.kind || v.grid)) return v;
+            return gus[0];
+        };
+        auto dn_named = [&](const char* n) -> DownVar {
+            for (auto& v : downs)
+                if (!strcmp(v.name, n) && (!v.kind || v.grid)) return v;
+            return downs[0];
+        };
         std::vector<Cfg> cfgs = {
             {"f32 plain", f3, gus[0], downs[0], false, false},
             {"f32 graph", f3, gus[0], downs[0], false, true},
@@ -469,6 +578,11 @@ int main() {
             {"wide p3 PDL", w3, gus[4], downs[5], true, false},
             {"wide p3 graph", w3, gus[4], downs[5], false, true},
             {"wide p3 PDL+graph", w3, gus[4], downs[5], true, true},
+            // moe_stream.cu best guesses (falls back to the f32 kernels if a name is missing)
+            {"stream bulk PDL", f3, gu_named("bulk r8 s6"), dn_named("bulk r2 s8"), true, false},
+            {"stream bulk PDL+graph", f3, gu_named("bulk r8 s6"), dn_named("bulk r2 s8"), true, true},
+            {"stream pers PDL+graph", f3, gu_named("pers"), dn_named("pers s2"), true, true},
+            {"stream q3 PDL+graph", f3, gu_named("bulk q3 r8 s6"), dn_named("bulk q3 r2 s8"), true, true},
         };
         for (auto& c : cfgs) {
             auto step = [&]() {

@@ -16,7 +16,11 @@ if [ -n "${PREBUILT:-}" ] && [ -x /tmp/decode_micro ]; then
 elif ! "$NVCC" -O3 -std=c++17 -arch="$ARCH" -Xptxas -v -o /tmp/decode_micro bench/micro/decode_micro.cu >"$OUT/build.log" 2>&1; then
     echo "BUILD FAILED"; tail -40 "$OUT/build.log"; exit 1
 fi
-grep -A1 "wide\|_r1\b\|mxfp4_r" "$OUT/build.log" | grep -o "Function properties for [a-z0-9_]*\|Used [0-9]* registers" | paste - - | head -40 >> "$OUT/micro.log"
+# registers and spills per kernel entry (ptxas -v prints the entry, its spills, then its registers)
+awk '/Compiling entry function/ {match($0, /function .[A-Za-z0-9_]+/); n=substr($0, RSTART+10, RLENGTH-10)}
+     /spill stores/ {match($0, /[0-9]+ bytes spill stores/); sp=substr($0, RSTART, RLENGTH)}
+     /Used [0-9]+ registers/ {match($0, /Used [0-9]+ registers/); print n, substr($0, RSTART, RLENGTH) ",", sp}' \
+    "$OUT/build.log" | grep "wide\|_r1\b\|mxfp4_r\|bulk\|pers" >> "$OUT/micro.log"
 /tmp/decode_micro 2>&1 | tee -a "$OUT/micro.log"
 # NCU=1: also profile one launch of each named kernel (full section set) into $OUT/ncu.txt.
 if [ -n "${NCU:-}" ]; then
