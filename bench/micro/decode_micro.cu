@@ -26,8 +26,16 @@
 #include "../../kernels-cuda/src/kernels/linear.cu"
 #include "../../kernels-cuda/src/kernels/attention.cu"
 #include "../../kernels-cuda/src/kernels/moe.cu"
-#include "../../kernels-cuda/src/kernels/decode_wide.cu"
-#include "../../kernels-cuda/src/kernels/moe_stream.cu"
+#include "decode_wide.cu"  // experiments: not part of the backend
+#include "moe_stream.cu"   // experiments: not part of the backend
+
+// Today's f32 gate+up kernel held to 64 registers (4 blocks of 256 per SM instead of 3).
+extern "C" __global__ void __launch_bounds__(256, 4) gu_r1_occ4(
+    const float* x, int d_model, const u8* wg, i64 nbg, const u8* wu, i64 nbu, const u8* bg, int bgt,
+    const u8* bu, int but, const int* ids, int k, int n_ff, float* h) {
+    GRID_DEP_ENTRY();
+    moe_gate_up_rows<1>(x, d_model, wg, nbg, wu, nbu, bg, bgt, bu, but, ids, k, n_ff, h);
+}
 
 #define CK(x)                                                                                    \
     do {                                                                                         \
@@ -379,6 +387,7 @@ int main() {
     std::vector<GuVar> gus = {
         {"f32 r1 (today)", moe_gate_up_mxfp4_r1, 0, 0},
         {"f32 r2", moe_gate_up_mxfp4_r2, 0, 0},
+        {"f32 r1 4 CTAs/SM", gu_r1_occ4, 0, 0},
         {"wide r1 p1", moe_gate_up_wide_r1_p1_n3, 1, 1},
         {"wide r1 p2", moe_gate_up_wide_r1_p2_n3, 1, 2},
         {"wide r1 p3", moe_gate_up_wide_r1_p3_n3, 1, 3},
@@ -418,6 +427,61 @@ int main() {
         double e = nmse(fetch(h_out, K * NFF), ref_h);
         double us = time_us(s, 400, go);
         printf("gate_up %-16s %7.2f us  %6.0f GB/s  nmse vs f32 %.2e\n", v.name, us, gu_bytes / us / 1e3, e);
+    }
+
+    // ---- what makes the MoE slow: the same bytes as dense matrices (MXFP4 and Q8_0), and
+    // gate_up with all four slots on one expert (L2 serves three of them) ----
+    {
+        struct Dense {
+            const char* name;
+            int type, rows;
+        };
+        for (Dense dn : {Dense{"dense mxfp4 11520x2880 (gate_up bytes)", T_MXFP4, 11520},
+                         Dense{"dense mxfp4 5760x2880 (down bytes)", T_MXFP4, 5760},
+                         Dense{"dense q8_0 5760x2880 (16.9 MB)", T_Q8_0, 5760},
+                         Dense{"dense q8_0 11520x2880 (33.8 MB)", T_Q8_0, 11520}}) {
+            std::vector<u8*> ws(L);
+            i64 nb = (i64)dn.rows * (D / 32);
+            size_t bytes = dn.type == T_MXFP4 ? nb * 17 : nb * 34;
+            for (int l = 0; l < L; ++l) {
+                CK(cudaMalloc(&ws[l], bytes));
+                if (dn.type == T_MXFP4) {
+                    rnd_bytes(ws[l], nb * 16, 900 + l);
+                    rnd_bytes(ws[l] + nb * 16, nb, 950 + l, 119, 6);
+                } else {
+                    rnd_bytes(ws[l], nb * 32, 900 + l);
+                    fill_f16_scales<<<1024, 256>>>((u16*)(ws[l] + nb * 32), nb, 950 + l);
+                }
+            }
+            float* yd;
+            CK(cudaMalloc(&yd, (size_t)dn.rows * 4));
+            auto kern = dn.type == T_MXFP4 ? gemvf_mxfp4_r1 : gemvf_q8_0_r1;
+            double us = time_us(s, 400, [&](int i) {
+                launch(false, kern, dim3(dn.rows / 8), dim3(256), 0, s, x_in, 1, D, ws[i % L], nb,
+                       (const u8*)nullptr, 0, yd, dn.rows);
+            });
+            printf("%-44s %7.2f us  %6.0f GB/s\n", dn.name, us, bytes / us / 1e3);
+            for (auto w : ws) CK(cudaFree(w));
+            CK(cudaFree(yd));
+        }
+        int same[K] = {7, 7, 7, 7};
+        int* ids_same;
+        CK(cudaMalloc(&ids_same, sizeof same));
+        CK(cudaMemcpy(ids_same, same, sizeof same, cudaMemcpyHostToDevice));
+        double us = time_us(s, 400, [&](int i) {
+            Layer& L_ = layers[i % L];
+            launch(false, moe_gate_up_mxfp4_r1, dim3(NFF / 8, K), dim3(256), 0, s, x_in, D, L_.gate.p,
+                   L_.gate.nb, L_.up.p, L_.up.nb, (const u8*)L_.bg, T_F32, (const u8*)L_.bu, T_F32,
+                   ids_same, K, NFF, h_out);
+        });
+        printf("%-44s %7.2f us  (one expert's 8.8 MB from DRAM)\n", "gate_up f32 r1, all slots expert 7", us);
+        us = time_us(s, 400, [&](int i) {
+            Layer& L_ = layers[i % L];
+            launch(false, moe_gate_up_mxfp4_r1, dim3(NFF / 8, 1), dim3(256), 0, s, x_in, D, L_.gate.p,
+                   L_.gate.nb, L_.up.p, L_.up.nb, (const u8*)L_.bg, T_F32, (const u8*)L_.bu, T_F32,
+                   L_.ids, K, NFF, h_out);
+        });
+        printf("%-44s %7.2f us  %6.0f GB/s\n", "gate_up f32 r1, one slot (grid y = 1)", us, gu_bytes / 4 / us / 1e3);
     }
 
     // ---- MoE down ----

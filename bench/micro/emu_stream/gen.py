@@ -18,7 +18,7 @@ moe=open(K+'moe.cu').read()
 i=moe.index('__device__ __forceinline__ float swiglu_oai(')
 j=moe.index('\n}\n',i)+3
 sw=moe[i:j]
-ms=open(K+'moe_stream.cu').read()
+ms=open(os.path.join(HERE, '../moe_stream.cu')).read()
 a='#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900\n#define MS_HAS_BULK 1'
 assert ms.count(a)==1
 ms=ms.replace(a,'#if 1\n#define MS_HAS_BULK 1')

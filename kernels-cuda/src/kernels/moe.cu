@@ -39,6 +39,12 @@ __device__ __forceinline__ void router_topk(const float* x, int d_model, const u
             for (int u = 0; u < 4; ++u) {
                 int c = c0 + 256 * u;
                 wv[u] = c < n4 ? __ldg(w4 + c) : make_float4(0.f, 0.f, 0.f, 0.f);
+            }
+            // The router is never written: only x waits for the previous kernel.
+            GRID_DEP_WAIT();
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                int c = c0 + 256 * u;
                 xv[u] = c < n4 ? x4[c] : make_float4(0.f, 0.f, 0.f, 0.f);
             }
 #pragma unroll
@@ -46,9 +52,11 @@ __device__ __forceinline__ void router_topk(const float* x, int d_model, const u
                 a += wv[u].x * xv[u].x + wv[u].y * xv[u].y + wv[u].z * xv[u].z + wv[u].w * xv[u].w;
         }
     } else {
+        GRID_DEP_WAIT();
 #pragma unroll 4
         for (int c = threadIdx.x; c < d_model; c += 256) a += wload(wr, wrt, nbr, (i64)e * d_model + c) * xr[c];
     }
+    GRID_DEP_WAIT();  // threads that ran no step above (4 * threadIdx.x >= d_model)
     if (xq != nullptr && e == 0) {
         __shared__ float qred[8];
         float amax = block_amax(xr, d_model, qred);
@@ -124,7 +132,7 @@ __device__ __forceinline__ void router_topk(const float* x, int d_model, const u
 extern "C" __global__ void moe_router_topk(const float* x, int d_model, const u8* wr, int wrt,
                                            i64 nbr, const u8* br, int brt, int n_exp, int k,
                                            float* logits, u32* counters, int* ids, float* wts) {
-    GRID_DEP_ENTRY();
+    GRID_DEP_LAUNCH();
     router_topk(x, d_model, wr, wrt, nbr, br, brt, n_exp, k, logits, counters, ids, wts, nullptr,
                 nullptr);
 }
@@ -133,7 +141,7 @@ extern "C" __global__ void moe_router_topk_q(const float* x, int d_model, const 
                                              i64 nbr, const u8* br, int brt, int n_exp, int k,
                                              float* logits, u32* counters, int* ids, float* wts,
                                              u8* xq, float* xsc) {
-    GRID_DEP_ENTRY();
+    GRID_DEP_LAUNCH();
     router_topk(x, d_model, wr, wrt, nbr, br, brt, n_exp, k, logits, counters, ids, wts, xq, xsc);
 }
 

@@ -1,3 +1,6 @@
+// EXPERIMENTS for bench/micro/decode_micro.cu, not compiled into the backend: on an H100 every
+// variant here measured slower than the backend's f32 decode kernels (bench/RESULTS.md, lead
+// session 13). Kept so that the measurements can be rerun.
 // Wide-load decode kernels (one token): each lane owns whole 32-weight blocks (one 16-byte load
 // per MXFP4 block, two per Q8_0 block), and a warp issues the loads of all its rows, up to
 // 32 * NI blocks each, before it uses any, so that a warp keeps several KiB in flight (the f32

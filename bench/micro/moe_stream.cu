@@ -1,3 +1,6 @@
+// EXPERIMENTS for bench/micro/decode_micro.cu, not compiled into the backend: on an H100 every
+// variant here measured slower than the backend's f32 decode kernels (bench/RESULTS.md, lead
+// session 13). Kept so that the measurements can be rerun.
 // Streaming decode MoE kernels (batch 1..few tokens, MXFP4 experts, f32 activations): variants
 // of moe_gate_up_mxfp4_r1 / moe_down_mxfp4_r2 (same argument lists, other grids) that try to
 // keep DRAM busy from the kernel's first microsecond to its last. A decode MoE kernel reads
