@@ -29,14 +29,6 @@
 #include "decode_wide.cu"  // experiments: not part of the backend
 #include "moe_stream.cu"   // experiments: not part of the backend
 
-// Today's f32 gate+up kernel held to 64 registers (4 blocks of 256 per SM instead of 3).
-extern "C" __global__ void __launch_bounds__(256, 4) gu_r1_occ4(
-    const float* x, int d_model, const u8* wg, i64 nbg, const u8* wu, i64 nbu, const u8* bg, int bgt,
-    const u8* bu, int but, const int* ids, int k, int n_ff, float* h) {
-    GRID_DEP_ENTRY();
-    moe_gate_up_rows<1>(x, d_model, wg, nbg, wu, nbu, bg, bgt, bu, but, ids, k, n_ff, h);
-}
-
 #define CK(x)                                                                                    \
     do {                                                                                         \
         cudaError_t e_ = (x);                                                                    \
@@ -387,7 +379,6 @@ int main() {
     std::vector<GuVar> gus = {
         {"f32 r1 (today)", moe_gate_up_mxfp4_r1, 0, 0},
         {"f32 r2", moe_gate_up_mxfp4_r2, 0, 0},
-        {"f32 r1 4 CTAs/SM", gu_r1_occ4, 0, 0},
         {"wide r1 p1", moe_gate_up_wide_r1_p1_n3, 1, 1},
         {"wide r1 p2", moe_gate_up_wide_r1_p2_n3, 1, 2},
         {"wide r1 p3", moe_gate_up_wide_r1_p3_n3, 1, 3},

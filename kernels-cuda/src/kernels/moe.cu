@@ -500,7 +500,15 @@ __device__ __forceinline__ void moe_down_rows(const float* h, int n_ff, const u8
         const float* wts, int k, int d_model, float* y) { GRID_DEP_ENTRY();                    \
         moe_down_rows<R>(h, n_ff, wd, nbd, bd, bdt, ids, wts, k, d_model, y);                  \
     }
-MOE_GU_ENTRY(moe_gate_up_mxfp4_r1, 1)
+// r1 held to 64 registers: 4 blocks per SM instead of 3 (29.5 vs 30.0 us on an H100, bench/micro).
+#define MOE_GU_ENTRY_OCC4(NAME, R)                                                               \
+    extern "C" __global__ void __launch_bounds__(256, 4) NAME(                                 \
+        const float* x, int d_model, const u8* wg, i64 nbg, const u8* wu, i64 nbu, const u8* bg, \
+        int bgt, const u8* bu, int but, const int* ids, int k, int n_ff, float* h) {           \
+        GRID_DEP_ENTRY();                                                                      \
+        moe_gate_up_rows<R>(x, d_model, wg, nbg, wu, nbu, bg, bgt, bu, but, ids, k, n_ff, h);  \
+    }
+MOE_GU_ENTRY_OCC4(moe_gate_up_mxfp4_r1, 1)
 MOE_GU_ENTRY(moe_gate_up_mxfp4_r2, 2)
 MOE_GU_ENTRY(moe_gate_up_mxfp4_r4, 4)
 MOE_DOWN_ENTRY(moe_down_mxfp4_r1, 1)
