@@ -427,8 +427,8 @@ int main() {
             const char* name;
             int type, rows;
         };
-        for (Dense dn : {Dense{"dense mxfp4 11520x2880 (gate_up bytes)", T_MXFP4, 11520},
-                         Dense{"dense mxfp4 5760x2880 (down bytes)", T_MXFP4, 5760},
+        for (Dense dn : {Dense{"dense mxfp4 11520x2880 (17.6 MB, down's bytes)", T_MXFP4, 11520},
+                         Dense{"dense mxfp4 5760x2880 (8.8 MB)", T_MXFP4, 5760},
                          Dense{"dense q8_0 5760x2880 (16.9 MB)", T_Q8_0, 5760},
                          Dense{"dense q8_0 11520x2880 (33.8 MB)", T_Q8_0, 11520}}) {
             std::vector<u8*> ws(L);
