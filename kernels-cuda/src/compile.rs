@@ -53,6 +53,8 @@ pub const KERNEL_NAMES: &[&str] = &[
     "moe_router_topk_q",
     "moe_gate_up_mma",
     "moe_down_mma",
+    "moe_gate_up_planes_r1",
+    "moe_down_planes_r2",
     "gemv3_q8_0_mma",
     "gemvf3_q8_0",
     "gemvf3_mxfp4",

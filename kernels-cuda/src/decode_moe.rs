@@ -81,7 +81,7 @@ impl CudaBackend {
         n_ff: usize,
         k: usize,
     ) -> bool {
-        self.decode_mma
+        (self.decode_mma || (self.decode_dp4a && 8 % k == 0))
             && !self.int8_activations
             && t <= MMA_MOE_MAX_ROWS
             && k <= 16
@@ -115,13 +115,23 @@ impl CudaBackend {
     ) -> Result<()> {
         let pairs = t * k;
         let hq = self.scratch(pairs * 4 * n_ff)?;
+        // The dp4a kernels (moe.cu, `*_planes_*`) read the same planes with the same arguments,
+        // one row per warp (gate+up) and two per warp with the k slots of a block (down).
+        let (gu_name, gu_grid, down_name, down_grid) = if self.decode_mma {
+            let gu = (n_ff.div_ceil(16) as u32, pairs as u32, 1);
+            ("moe_gate_up_mma", gu, "moe_down_mma", (d_model.div_ceil(16) as u32, t as u32, 1))
+        } else {
+            let gu = (n_ff.div_ceil(8) as u32, pairs as u32, 1);
+            let down = (d_model.div_ceil(2 * (8 / k)) as u32, t as u32, 1);
+            ("moe_gate_up_planes_r1", gu, "moe_down_planes_r2", down)
+        };
         let bp = |b: &CudaWeight| (A::P(self.ptr(&b.buf)), A::I(b.dtype.id() as i32));
         let (gb, gbt) = bp(&w.gate_bias);
         let (ub, ubt) = bp(&w.up_bias);
         let (db, dbt) = bp(&w.down_bias);
         self.launch(
-            "moe_gate_up_mma",
-            (n_ff.div_ceil(16) as u32, pairs as u32, 1),
+            gu_name,
+            gu_grid,
             256,
             &[
                 A::P(planes.0.ptr),
@@ -142,8 +152,8 @@ impl CudaBackend {
             ],
         )?;
         self.launch(
-            "moe_down_mma",
-            (d_model.div_ceil(16) as u32, t as u32, 1),
+            down_name,
+            down_grid,
             256,
             &[
                 A::P(hq.ptr),

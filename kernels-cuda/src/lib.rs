@@ -298,6 +298,9 @@ pub struct CudaBackend {
     decode_mma: bool,
     /// Decode attention (t = 1) on tensor cores with the combine fused (see [`decode_attn`]).
     decode_tc: bool,
+    /// The dp4a decode MoE on int8 planes of x and h (`GPTOSS_CUDA_DECODE_DP4A=1`; see
+    /// decode_moe.rs).
+    decode_dp4a: bool,
     /// Launch with programmatic dependent launch (sm_90+): see [`pdl_default`].
     pdl: bool,
     /// Fuse the residual add + norm into the next decode kernel (see [`fused_norm`]).
@@ -415,6 +418,7 @@ impl CudaBackend {
             // dmoe): 291 vs 354 tok/s tg128 on the synthetic 20b.
             decode_mma: std::env::var("GPTOSS_CUDA_DECODE_MMA").is_ok_and(|v| v == "1"),
             decode_tc: decode_attn::tc_default(),
+            decode_dp4a: std::env::var("GPTOSS_CUDA_DECODE_DP4A").is_ok_and(|v| v == "1"),
             pdl: pdl_default(major),
             fuse_norm: fused_norm::fuse_norm_default(),
         })
@@ -435,6 +439,14 @@ impl CudaBackend {
     /// slower (MoE 62.5 vs 53.1 us per layer, q+k+v 18.5 vs 8.4 us; bench/RESULTS.md).
     pub fn set_decode_mma(&mut self, on: bool) {
         self.decode_mma = on;
+    }
+
+    /// The dp4a decode MoE (MXFP4 experts, t <= 8, top-k dividing 8): x and h as int8 planes
+    /// (three of the four that moe_router_topk_q and the gate+up kernel write: ~1e-7 of the row
+    /// maximum), in the shape of the f32 kernels; [`CudaBackend::set_decode_mma`] takes
+    /// precedence. Default off (`GPTOSS_CUDA_DECODE_DP4A=1` turns it on).
+    pub fn set_decode_dp4a(&mut self, on: bool) {
+        self.decode_dp4a = on;
     }
 
     /// Rows each warp of the MXFP4 MoE kernels computes, for gate+up and for down (1, 2 or 4

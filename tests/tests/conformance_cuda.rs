@@ -1248,4 +1248,19 @@ fn decode_mma_and_f32_kernels() {
         moe_case(&p, &mut r, 64, 160, 9, 3, GgmlType::MXFP4, &[1, 5]);
         moe_case(&p, &mut r, 32, 32, 16, 16, GgmlType::MXFP4, &[1, 2]);
     }
+    // The dp4a decode MoE on three int8 planes, held to 1e-9 (f32-grade: llama.cpp-style int8
+    // activations sit near 1e-5); top-k not dividing 8 falls back to the f32 kernels.
+    p.gpu.set_decode_mma(false);
+    p.gpu.set_decode_dp4a(true);
+    let mx = GgmlType::MXFP4;
+    for (d, ff, e, k, ts) in [
+        (2880, 2880, 32, 4, &[1usize, 2, 8][..]),
+        (96, 160, 40, 4, &[1, 3, 7]),
+        (224, 96, 256, 8, &[1, 8]),
+        (64, 160, 8, 2, &[1, 5]),
+        (64, 160, 9, 3, &[1, 2]),
+    ] {
+        moe_case_limit(&p, &mut r, d, ff, e, k, mx, mx, ts, 1e-9);
+    }
+    p.gpu.set_decode_dp4a(false);
 }

@@ -688,3 +688,172 @@ extern "C" __global__ void __launch_bounds__(256) moe_down_mma(
         }
     }
 }
+
+// ---- dp4a decode MoE on the same planes, in the shape of the f32 kernels (four lanes per MXFP4
+// block, FU steps of 8 blocks in flight, one row per warp for gate+up, two for down) ----
+// Three of the four planes are used: x to ~1e-7 of its row maximum (h to 8e-6 absolute), so each
+// 8 weights cost 6 dp4a and a few integer steps instead of 8 decodes and 8 f32 FMAs.
+#define DQ_PLANES 3
+
+// |v| < 2^22 as a float without the slow int->float conversion: v added under the exponent of
+// 1.5 * 2^23, then that subtracted.
+__device__ __forceinline__ float small_i2f(int v) {
+    return __int_as_float(v + 0x4B400000) - 12582912.0f;
+}
+
+// R rows of NM MXFP4 matrices times one row given as planes (plane pl at xq + pl * stride, laid
+// out as planes4 writes them: element e of a block at byte 2 (e & 15) + (e >> 4)). acc[m * R + r]
+// in units of the doubled table, of the planes' scale and of 254^2.
+template <int NM, int R>
+__device__ __forceinline__ void rows_dot_mxfp4_planes(const u8* const* w, const i64* nb, i64 row0,
+                                                      i64 last_row, int nbk, const u8* xq,
+                                                      i64 stride, float* acc) {
+    int lane = threadIdx.x & 31, p = lane & 3, bl = lane >> 2;
+    i64 rows[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) rows[r] = min(row0 + r, last_row) * nbk;
+    for (int kb0 = bl; kb0 < nbk; kb0 += 8 * FU) {
+        u32 q[FU][NM][R], e[FU][NM][R];
+#pragma unroll
+        for (int u = 0; u < FU; ++u) {
+            int kb = kb0 + 8 * u;
+            if (kb < nbk) {
+#pragma unroll
+                for (int m = 0; m < NM; ++m)
+#pragma unroll
+                    for (int r = 0; r < R; ++r) {
+                        i64 bi = rows[r] + kb;
+                        q[u][m][r] = __ldg((const u32*)(w[m] + bi * 16) + p);
+                        e[u][m][r] = __ldg(w[m] + nb[m] * 16 + bi);
+                    }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < FU; ++u) {
+            int kb = kb0 + 8 * u;
+            if (kb < nbk) {
+                // Bytes 8p..8p+7 of the block: elements 4p..4p+3 and 16+4p..16+4p+3 interleaved,
+                // as mxfp4_s8 orders word p's weights.
+                uint2 xv[DQ_PLANES];
+#pragma unroll
+                for (int pl = 0; pl < DQ_PLANES; ++pl)
+                    xv[pl] = *(const uint2*)(xq + pl * stride + kb * 32 + 8 * p);
+#pragma unroll
+                for (int m = 0; m < NM; ++m)
+#pragma unroll
+                    for (int r = 0; r < R; ++r) {
+                        u32 t0, t1;
+                        mxfp4_s8(q[u][m][r], t0, t1);
+                        int s[DQ_PLANES];
+#pragma unroll
+                        for (int pl = 0; pl < DQ_PLANES; ++pl)
+                            s[pl] = __dp4a((int)t1, (int)xv[pl].y, __dp4a((int)t0, (int)xv[pl].x, 0));
+                        // |s| <= 8 * 12 * 127: s0 * 254 + s1 stays below 2^22.
+                        float v = fmaf(small_i2f(s[0] * 254 + s[1]), 254.0f, small_i2f(s[2]));
+                        acc[m * R + r] = fmaf(v, e8m0_to_f32(e[u][m][r]), acc[m * R + r]);
+                    }
+            }
+        }
+    }
+}
+
+// Gate+up from x's planes (moe_router_topk_q): rows f0 .. f0 + R - 1 of the pair's expert,
+// f0 = (8 block + warp) R; h written as planes with the fixed scale H_SCALE (hq [pairs, 4,
+// n_ff], as moe_gate_up_mma). grid (ceil(n_ff / (8 R)), t * k), block 256.
+template <int R>
+__device__ __forceinline__ void moe_gate_up_planes(const u8* xq, const float* xsc, int d_model,
+                                                   const u8* wg, i64 nbg, const u8* wu, i64 nbu,
+                                                   const u8* bg, int bgt, const u8* bu, int but,
+                                                   const int* ids, int k, int n_ff, u8* hq) {
+    int f0 = (blockIdx.x * 8 + (threadIdx.x >> 5)) * R;
+    int lane = threadIdx.x & 31;
+    if (f0 >= n_ff) return;
+    int pair = blockIdx.y, row = pair / k;
+    int e = ids[pair];
+    if (e < 0) return;  // another rank's expert: down skips this pair
+    i64 base = (i64)e * n_ff;
+    const u8* w[2] = {wg, wu};
+    i64 nb[2] = {nbg, nbu};
+    float acc[2 * R];
+#pragma unroll
+    for (int i = 0; i < 2 * R; ++i) acc[i] = 0.f;
+    rows_dot_mxfp4_planes<2, R>(w, nb, base + f0, base + n_ff - 1, d_model >> 5,
+                                xq + (i64)row * 4 * d_model, d_model, acc);
+    float f = 0.5f * xsc[row] * (1.0f / (254.0f * 254.0f));
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        float g = warp_sum(acc[r]) * f;
+        float u = warp_sum(acc[R + r]) * f;
+        int fi = f0 + r;
+        if (lane == 0 && fi < n_ff) {
+            float hv = swiglu_oai(g + wload(bg, bgt, 0, base + fi), u + wload(bu, but, 0, base + fi));
+            u32 pk = planes4(hv, 1.0f / H_SCALE);
+            u8* dst = hq + (i64)pair * 4 * n_ff;
+            int pos = (fi & ~31) + 2 * (fi & 15) + ((fi >> 4) & 1);
+#pragma unroll
+            for (int pl = 0; pl < 4; ++pl) dst[pl * n_ff + pos] = (u8)(pk >> (8 * pl));
+        }
+    }
+}
+
+// Down from h's planes, as moe_down_rows (slot sums combined in slot order). For k dividing 8.
+// grid (ceil(d_model / (R * 8 / k)), t), block 256.
+template <int R>
+__device__ __forceinline__ void moe_down_planes(const u8* hq, int n_ff, const u8* wd, i64 nbd,
+                                                const u8* bd, int bdt, const int* ids,
+                                                const float* wts, int k, int d_model, float* y) {
+    __shared__ float part[8][R];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int per = 8 / k;
+    int d0 = (blockIdx.x * per + warp / k) * R;
+    int j = warp % k;
+    int row = blockIdx.y;
+    int pair = row * k + j;
+    if (d0 < d_model && ids[pair] < 0) {
+        if (lane == 0)
+            for (int r = 0; r < R; ++r) part[warp][r] = 0.f;
+    } else if (d0 < d_model) {
+        int e = ids[pair];
+        i64 base = (i64)e * d_model;
+        float acc[R];
+#pragma unroll
+        for (int r = 0; r < R; ++r) acc[r] = 0.f;
+        const u8* w[1] = {wd};
+        i64 nb[1] = {nbd};
+        rows_dot_mxfp4_planes<1, R>(w, nb, base + d0, base + d_model - 1, n_ff >> 5,
+                                    hq + (i64)pair * 4 * n_ff, n_ff, acc);
+        float f = wts[pair] * 0.5f * H_SCALE * (1.0f / (254.0f * 254.0f));
+        float wt = wts[pair];
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            float a = warp_sum(acc[r]) * f;
+            int d = d0 + r;
+            if (lane == 0) part[warp][r] = d < d_model ? a + wt * wload(bd, bdt, 0, base + d) : 0.f;
+        }
+    }
+    __syncthreads();
+    if (lane == 0 && j == 0 && d0 < d_model) {
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            int d = d0 + r;
+            if (d >= d_model) break;
+            float s = 0.f;
+            for (int jj = 0; jj < k; ++jj) s += part[warp + jj][r];
+            y[(i64)row * d_model + d] = s;
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256, 4) moe_gate_up_planes_r1(
+    const u8* xq, const float* xsc, int d_model, const u8* wg, i64 nbg, const u8* wu, i64 nbu,
+    const u8* bg, int bgt, const u8* bu, int but, const int* ids, int k, int n_ff, u8* hq) {
+    GRID_DEP_ENTRY();
+    moe_gate_up_planes<1>(xq, xsc, d_model, wg, nbg, wu, nbu, bg, bgt, bu, but, ids, k, n_ff, hq);
+}
+
+extern "C" __global__ void __launch_bounds__(256) moe_down_planes_r2(
+    const u8* hq, int n_ff, const u8* wd, i64 nbd, const u8* bd, int bdt, const int* ids,
+    const float* wts, int k, int d_model, float* y) {
+    GRID_DEP_ENTRY();
+    moe_down_planes<2>(hq, n_ff, wd, nbd, bd, bdt, ids, wts, k, d_model, y);
+}
