@@ -1,4 +1,8 @@
-//! Decode-path launches of the int8 tensor-core products (kernels in linear.cu and moe.cu):
+//! Decode-path launches on int8 planes of the activations. The MoE (default): the router writes
+//! x as planes, gate+up writes h as planes, and dp4a kernels in the f32 kernels' shape read
+//! three of them (`moe_*_planes_*` in moe.cu: ~1e-7 of the row maximum, half the instructions
+//! of the f32 decode). Opt-in instead, the int8 tensor-core products (kernels in linear.cu and
+//! moe.cu):
 //! activations split into four int8 planes with one scale per row, weights fed to
 //! `mma.sync m16n8k32 s8` as they lie in memory (Q8_0 bytes, MXFP4 nibbles through a byte
 //! table), so that a weight byte costs a few instructions and the products stay f32-grade.
@@ -119,7 +123,12 @@ impl CudaBackend {
         // one row per warp (gate+up) and two per warp with the k slots of a block (down).
         let (gu_name, gu_grid, down_name, down_grid) = if self.decode_mma {
             let gu = (n_ff.div_ceil(16) as u32, pairs as u32, 1);
-            ("moe_gate_up_mma", gu, "moe_down_mma", (d_model.div_ceil(16) as u32, t as u32, 1))
+            (
+                "moe_gate_up_mma",
+                gu,
+                "moe_down_mma",
+                (d_model.div_ceil(16) as u32, t as u32, 1),
+            )
         } else {
             let gu = (n_ff.div_ceil(8) as u32, pairs as u32, 1);
             let down = (d_model.div_ceil(2 * (8 / k)) as u32, t as u32, 1);

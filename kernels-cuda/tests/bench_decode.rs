@@ -275,15 +275,19 @@ fn decode_and_prefill_20b_shapes() {
             D,
         )
         .unwrap();
-    // The int8 tensor-core decode kernels (set_decode_mma) against the f32-activation ones
-    // (the default), per stage.
+    // The int8 tensor-core decode kernels (set_decode_mma), the dp4a planes (set_decode_dp4a,
+    // the default MoE) and the f32-activation kernels, per stage.
     let x4096 = be.from_host(&vec![0.1f32; 4096], 1, 4096).unwrap();
     let x2 = be
         .from_host(&[hv.clone(), hv.clone()].concat(), 2, D)
         .unwrap();
-    for mma in [true, false] {
+    for (tag, mma, dp4a) in [
+        ("mma", true, false),
+        ("dp4a", false, true),
+        ("f32", false, false),
+    ] {
         be.set_decode_mma(mma);
-        let tag = if mma { "mma" } else { "f32" };
+        be.set_decode_dp4a(dp4a);
         let dev = |f: &mut dyn FnMut()| be.device_time_us(100, 30.0, f).unwrap();
         let moe = |xt: &<CudaBackend as Backend>::Tensor| {
             drop(

@@ -1198,6 +1198,8 @@ fn moe_requantized_types() {
 fn moe_rows_per_warp_variants() {
     let Some(mut p) = pair() else { return };
     let mut r = rng();
+    // The f32 kernels (the dp4a planes, on by default, would take these decode rows).
+    p.gpu.set_decode_dp4a(false);
     for (rg, rd) in [(1, 1), (1, 2), (2, 2), (4, 4), (4, 1), (1, 4)] {
         p.gpu.set_moe_rows_per_warp(rg, rd);
         eprintln!("rows per warp: gate+up {rg}, down {rd}");
@@ -1215,9 +1217,11 @@ fn moe_rows_per_warp_variants() {
 fn decode_mma_and_f32_kernels() {
     let Some(mut p) = pair() else { return };
     let mut r = rng();
-    for mma in [true, false] {
+    // The int8 tensor-core kernels, the dp4a planes (the default MoE) and the f32 kernels.
+    for (mma, dp4a) in [(true, false), (false, true), (false, false)] {
         p.gpu.set_decode_mma(mma);
-        eprintln!("decode mma: {mma}");
+        p.gpu.set_decode_dp4a(dp4a);
+        eprintln!("decode mma: {mma}, dp4a: {dp4a}");
         for &(t, k, n) in &[
             (1, 32, 1),
             (2, 96, 37),
@@ -1236,7 +1240,7 @@ fn decode_mma_and_f32_kernels() {
             let c = p.cpu.linear(&cx, &cw, Some(&cb)).unwrap();
             let g = p.gpu.linear(&gx, &gw, Some(&gb)).unwrap();
             p.check(
-                &format!("linear Q8_0 t={t} k={k} n={n} mma={mma}"),
+                &format!("linear Q8_0 t={t} k={k} n={n} mma={mma} dp4a={dp4a}"),
                 &c,
                 &g,
                 MATMUL_NMSE,
@@ -1262,5 +1266,5 @@ fn decode_mma_and_f32_kernels() {
     ] {
         moe_case_limit(&p, &mut r, d, ff, e, k, mx, mx, ts, 1e-9);
     }
-    p.gpu.set_decode_dp4a(false);
+    p.gpu.set_decode_dp4a(true);
 }
