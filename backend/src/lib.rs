@@ -256,39 +256,6 @@ pub trait Backend {
         self.rope(k, n_kv_heads, pos0, rope)
     }
 
-    /// [`Backend::add_rms_norm`] of `h += y` with `norm`, then [`Backend::linear_many`] of the
-    /// normed rows (a decoder layer's residual add, attention norm and q/k/v products). `h`
-    /// holds the sum afterwards, as after `add_rms_norm` (a backend may replace the tensor).
-    /// This default runs the two; a backend may fuse them.
-    fn add_rms_norm_linear_many(
-        &self,
-        h: &mut Self::Tensor,
-        y: &Self::Tensor,
-        norm: &Self::Weight,
-        eps: f32,
-        ws: &[(&Self::Weight, Option<&Self::Weight>)],
-    ) -> Result<Vec<Self::Tensor>> {
-        let x = self.add_rms_norm(h, y, norm, eps)?;
-        self.linear_many(&x, ws)
-    }
-
-    /// [`Backend::add_rms_norm`] of `h += y` with `norm`, then [`Backend::moe`] of the normed
-    /// rows (the residual add after attention, the MoE norm and the MoE block). `h` holds the
-    /// sum afterwards (a backend may replace the tensor). This default runs the two; a backend
-    /// may fuse them.
-    fn add_rms_norm_moe(
-        &self,
-        h: &mut Self::Tensor,
-        y: &Self::Tensor,
-        norm: &Self::Weight,
-        eps: f32,
-        w: &MoeWeights<Self::Weight>,
-        cfg: &MoeConfig,
-    ) -> Result<Self::Tensor> {
-        let x = self.add_rms_norm(h, y, norm, eps)?;
-        self.moe(&x, w, cfg)
-    }
-
     /// A fresh, empty KV cache for one layer.
     fn new_kv_cache(&self, cfg: &KvCacheConfig) -> Result<Self::KvCache>;
 

@@ -446,6 +446,7 @@ int main() {
             }
             float* yd;
             CK(cudaMalloc(&yd, (size_t)dn.rows * 4));
+            CK(cudaDeviceSynchronize());  // the fills ran on the legacy stream
             auto kern = dn.type == T_MXFP4 ? gemvf_mxfp4_r1 : gemvf_q8_0_r1;
             double us = time_us(s, 400, [&](int i) {
                 launch(false, kern, dim3(dn.rows / 8), dim3(256), 0, s, x_in, 1, D, ws[i % L], nb,
@@ -576,6 +577,7 @@ int main() {
     {
         const int NV = 201088;
         Q8 w = make_q8(NV, D, 4242);
+        CK(cudaDeviceSynchronize());  // the fills ran on the legacy stream, `s` does not wait for it
         float* yv;
         CK(cudaMalloc(&yv, (size_t)NV * 4));
         const double bytes = (double)NV * (D / 32) * 34;

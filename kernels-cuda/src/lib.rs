@@ -18,7 +18,6 @@ pub mod compile;
 mod decode_attn;
 mod decode_moe;
 pub mod fp4;
-mod fused_norm;
 pub mod nccl;
 mod prefill;
 pub mod quants;
@@ -303,17 +302,16 @@ pub struct CudaBackend {
     decode_dp4a: bool,
     /// Launch with programmatic dependent launch (sm_90+): see [`pdl_default`].
     pdl: bool,
-    /// Fuse the residual add + norm into the next decode kernel (see [`fused_norm`]).
-    fuse_norm: bool,
 }
 
 /// Programmatic dependent launch: every kernel of the program begins with `GRID_DEP_ENTRY`
 /// (common.cuh), so each may be launched with the programmatic-serialization attribute: the
 /// driver then starts launching the next kernel while the current one still runs, and the next
 /// one's blocks wait (`griddepcontrol.wait`) for it before they touch memory; the f32
-/// matrix-vector kernels issue their first weight loads before they wait. On an H100 a kernel
-/// boundary costs ~4-5 us of mostly idle memory at batch 1 (bench/micro, 2026-11-26); this
-/// hides part of it. On by default from sm_90 (earlier chips lack the instructions);
+/// matrix-vector kernels and the router issue their first weight loads before they wait. On an
+/// H100 each batch-1 matrix-vector kernel pays ~8 us of launch, ramp and tail (bench/micro,
+/// 2026-11-26); this hides part of it (decode tg128 427.6 vs 387.5 tok/s). On by default from
+/// sm_90 (earlier chips lack the instructions);
 /// `GPTOSS_CUDA_PDL=0` turns it off.
 fn pdl_default(major: i32) -> bool {
     major >= 9 && std::env::var("GPTOSS_CUDA_PDL").map_or(true, |v| v != "0")
@@ -321,7 +319,7 @@ fn pdl_default(major: i32) -> bool {
 
 /// The kernels launched with programmatic dependent launch: all but the prefill tensor-core
 /// GEMMs and flash attention, whose launches are few and long (on an H100 letting them launch
-/// early cost pp512 4.5 %, 2026-11-26, bench/RESULTS.md).
+/// early cost pp512 4.4 %, 2026-11-26, bench/RESULTS.md).
 fn pdl_kernel(name: &str) -> bool {
     !["gemm_", "flash_attn", "moe_tc", "moe_sum_slots"]
         .iter()
@@ -422,7 +420,6 @@ impl CudaBackend {
             // steps as the CPU reference (2026-11-26, bench/RESULTS.md).
             decode_dp4a: std::env::var("GPTOSS_CUDA_DECODE_DP4A").map_or(true, |v| v != "0"),
             pdl: pdl_default(major),
-            fuse_norm: fused_norm::fuse_norm_default(),
         })
     }
 
@@ -1059,7 +1056,6 @@ impl CudaBackend {
         w: &MoeWeights<CudaWeight>,
         cfg: &MoeConfig,
         experts: std::ops::Range<usize>,
-        norm: Option<&fused_norm::NormIn>,
     ) -> Result<CudaTensor> {
         let t = x.rows;
         let d_model = x.cols;
@@ -1145,35 +1141,7 @@ impl CudaBackend {
         } else {
             "moe_router_topk"
         };
-        match norm {
-            // The residual add and norm in the router (one token; see `fused_norm`): it writes
-            // the normed row into x for the experts below.
-            Some(n) if t == 1 && mma_planes.is_none() => {
-                let mut args = vec![
-                    A::P(self.ptr(&n.h.buf)),
-                    A::P(self.ptr(&n.y.buf)),
-                    A::P(self.ptr(&n.norm.buf)),
-                    A::I(n.norm.dtype.id() as i32),
-                    A::F(n.eps),
-                    A::P(self.ptr(&n.hout.buf)),
-                    A::P(xp),
-                ];
-                args.extend_from_slice(&router_args[1..]);
-                self.launch_smem(
-                    "moe_router_topk_n",
-                    (e as u32, 1, 1),
-                    256,
-                    (d_model * 4) as u32,
-                    &args,
-                )?;
-            }
-            Some(_) => {
-                return Err(dev_err(
-                    "moe: a fused norm needs one token on the f32 router path",
-                ));
-            }
-            None => self.launch(router, (e as u32, t as u32, 1), 256, &router_args)?,
-        }
+        self.launch(router, (e as u32, t as u32, 1), 256, &router_args)?;
         if partial {
             let n = t * kk;
             self.launch(
@@ -1655,29 +1623,6 @@ impl Backend for CudaBackend {
         self.rope_qk_impl(q, k, n_heads, n_kv_heads, pos0, rope)
     }
 
-    fn add_rms_norm_linear_many(
-        &self,
-        h: &mut CudaTensor,
-        y: &CudaTensor,
-        norm: &CudaWeight,
-        eps: f32,
-        ws: &[(&CudaWeight, Option<&CudaWeight>)],
-    ) -> Result<Vec<CudaTensor>> {
-        self.add_rms_norm_linear_many_impl(h, y, norm, eps, ws)
-    }
-
-    fn add_rms_norm_moe(
-        &self,
-        h: &mut CudaTensor,
-        y: &CudaTensor,
-        norm: &CudaWeight,
-        eps: f32,
-        w: &MoeWeights<CudaWeight>,
-        cfg: &MoeConfig,
-    ) -> Result<CudaTensor> {
-        self.add_rms_norm_moe_impl(h, y, norm, eps, w, cfg)
-    }
-
     fn new_kv_cache(&self, cfg: &KvCacheConfig) -> Result<CudaKvCache> {
         if cfg.window == Some(0)
             || cfg.n_kv_heads == 0
@@ -1884,7 +1829,7 @@ impl Backend for CudaBackend {
         w: &MoeWeights<CudaWeight>,
         cfg: &MoeConfig,
     ) -> Result<CudaTensor> {
-        self.moe_range(x, w, cfg, 0..cfg.n_experts, None)
+        self.moe_range(x, w, cfg, 0..cfg.n_experts)
     }
 
     fn moe_local(
@@ -1894,7 +1839,7 @@ impl Backend for CudaBackend {
         cfg: &MoeConfig,
         experts: std::ops::Range<usize>,
     ) -> Result<CudaTensor> {
-        self.moe_range(x, w, cfg, experts, None)
+        self.moe_range(x, w, cfg, experts)
     }
 
     fn argmax(&self, x: &CudaTensor) -> Result<Vec<u32>> {

@@ -91,9 +91,6 @@ fn fetch(src: &dyn TensorSource, name: &str, expected: &[usize]) -> Result<Weigh
     Ok(w)
 }
 
-/// The per-layer callback of [`Model::forward_with`].
-type LayerHook<'a, B> = &'a mut dyn FnMut(usize, &<B as Backend>::Tensor) -> Result<()>;
-
 impl<B: Backend> Model<B> {
     /// Load every tensor from `src`, check its shape against `config`, and upload it to `backend`.
     pub fn from_source(backend: B, config: ModelConfig, src: &dyn TensorSource) -> Result<Self> {
@@ -208,7 +205,7 @@ impl<B: Backend> Model<B> {
         tokens: &[u32],
         all_logits: bool,
     ) -> Result<B::Tensor> {
-        self.forward_checked(session, tokens, all_logits, None)
+        self.forward_with(session, tokens, all_logits, &mut |_, _| Ok(()))
     }
 
     /// [`Model::forward`], calling `on_layer(il, residual)` with the residual stream `[t, d]`
@@ -219,16 +216,6 @@ impl<B: Backend> Model<B> {
         tokens: &[u32],
         all_logits: bool,
         on_layer: &mut dyn FnMut(usize, &B::Tensor) -> Result<()>,
-    ) -> Result<B::Tensor> {
-        self.forward_checked(session, tokens, all_logits, Some(on_layer))
-    }
-
-    fn forward_checked(
-        &self,
-        session: &mut Session<B>,
-        tokens: &[u32],
-        all_logits: bool,
-        on_layer: Option<LayerHook<'_, B>>,
     ) -> Result<B::Tensor> {
         if session.poisoned {
             return Err(ModelError::SessionPoisoned);
@@ -264,18 +251,13 @@ impl<B: Backend> Model<B> {
         Ok(logits)
     }
 
-    /// The decoder layers. Without `on_layer` (plain [`Model::forward`]), a layer's MoE output
-    /// is added to the residual by the next layer's fused calls
-    /// ([`Backend::add_rms_norm_linear_many`], [`Backend::add_rms_norm_moe`]); with it, the
-    /// residual is complete after every layer, as the callback sees it.
     fn run_layers(
         &self,
         session: &mut Session<B>,
         tokens: &[u32],
         all_logits: bool,
-        mut on_layer: Option<LayerHook<'_, B>>,
+        on_layer: &mut dyn FnMut(usize, &B::Tensor) -> Result<()>,
     ) -> Result<B::Tensor> {
-        let defer = on_layer.is_none();
         let be = &self.backend;
         let c = &self.config;
         let pos0 = session.pos;
@@ -291,24 +273,22 @@ impl<B: Backend> Model<B> {
             None if fuse_final => be.rms_norm(&h, &self.output_norm, c.rms_eps)?,
             None => be.rms_norm(&be.last_row(&h)?, &self.output_norm, c.rms_eps)?,
         };
-        // The previous layer's MoE output while its residual add is deferred.
-        let mut pending: Option<B::Tensor> = None;
         for (il, (l, cache)) in self
             .layers
             .iter()
             .zip(session.caches.iter_mut())
             .enumerate()
         {
-            let ws = [
-                (&l.wq, Some(&l.bq)),
-                (&l.wk, Some(&l.bk)),
-                (&l.wv, Some(&l.bv)),
-            ];
-            let mut qkv = match pending.take() {
-                Some(m) => be.add_rms_norm_linear_many(&mut h, &m, &l.attn_norm, c.rms_eps, &ws)?,
-                None => be.linear_many(&x, &ws)?,
-            }
-            .into_iter();
+            let mut qkv = be
+                .linear_many(
+                    &x,
+                    &[
+                        (&l.wq, Some(&l.bq)),
+                        (&l.wk, Some(&l.bk)),
+                        (&l.wv, Some(&l.bv)),
+                    ],
+                )?
+                .into_iter();
             let (Some(mut q), Some(mut k), Some(v)) = (qkv.next(), qkv.next(), qkv.next()) else {
                 return Err(ModelError::InvalidInput(
                     "linear_many returned fewer than 3 outputs".into(),
@@ -317,16 +297,8 @@ impl<B: Backend> Model<B> {
             be.rope_qk(&mut q, &mut k, c.n_heads, c.n_kv_heads, pos0, &self.rope)?;
             let a = be.attention(&q, &k, &v, cache, pos0, &l.sinks, &c.attention(il))?;
             let o = be.linear(&a, &l.wo, Some(&l.bo))?;
-            let m = if defer {
-                be.add_rms_norm_moe(&mut h, &o, &l.moe_norm, c.rms_eps, &l.moe, &c.moe())?
-            } else {
-                let xm = be.add_rms_norm(&mut h, &o, &l.moe_norm, c.rms_eps)?;
-                be.moe(&xm, &l.moe, &c.moe())?
-            };
-            if defer && il + 1 < n_layers {
-                pending = Some(m);
-                continue;
-            }
+            let xm = be.add_rms_norm(&mut h, &o, &l.moe_norm, c.rms_eps)?;
+            let m = be.moe(&xm, &l.moe, &c.moe())?;
             if let Some(next) = self.layers.get(il + 1) {
                 x = be.add_rms_norm(&mut h, &m, &next.attn_norm, c.rms_eps)?;
             } else if fuse_final {
@@ -334,9 +306,7 @@ impl<B: Backend> Model<B> {
             } else {
                 be.add_assign(&mut h, &m)?;
             }
-            if let Some(f) = on_layer.as_mut() {
-                f(il, &h)?;
-            }
+            on_layer(il, &h)?;
         }
         if n_layers > 0 && !fuse_final {
             x = be.rms_norm(&be.last_row(&h)?, &self.output_norm, c.rms_eps)?;

@@ -145,26 +145,6 @@ extern "C" __global__ void moe_router_topk_q(const float* x, int d_model, const 
     router_topk(x, d_model, wr, wrt, nbr, br, brt, n_exp, k, logits, counters, ids, wts, xq, xsc);
 }
 
-// moe_router_topk for one token of RMSNorm(h + yadd) * nw: each block computes the normed row
-// into shared memory (dynamic: d_model floats) itself; block 0 writes it to xm (gate+up's
-// input) and the new residual h + yadd to hout (which must not alias h). grid (n_exp, 1).
-extern "C" __global__ void moe_router_topk_n(const float* h, const float* yadd, const u8* nw,
-                                             int nwt, float eps, float* hout, float* xm,
-                                             int d_model, const u8* wr, int wrt, i64 nbr,
-                                             const u8* br, int brt, int n_exp, int k,
-                                             float* logits, u32* counters, int* ids, float* wts) {
-    GRID_DEP_ENTRY();
-    extern __shared__ float4 rn_smem[];
-    float* xs = (float*)rn_smem;
-    bool first = blockIdx.x == 0;
-    block_add_rms_norm(h, yadd, nw, nwt, eps, d_model, xs, first ? hout : nullptr);
-    if (first)
-        for (int c4 = threadIdx.x; c4 < (d_model >> 2); c4 += blockDim.x)
-            ((float4*)xm)[c4] = rn_smem[c4];
-    router_topk(xs, d_model, wr, wrt, nbr, br, brt, n_exp, k, logits, counters, ids, wts, nullptr,
-                nullptr);
-}
-
 // MXFP4 gate+up for each (token, slot): h [t*k, n_ff] f32. The block quantizes its token's x
 // into shared memory (dynamic: d_model bytes + d_model/32 floats); each warp computes one row
 // (gate and up together, a lane's weight loads all issued before use).
