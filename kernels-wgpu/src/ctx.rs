@@ -255,6 +255,9 @@ fn env_u64(key: &str) -> Option<u64> {
     std::env::var(key).ok().and_then(|v| v.trim().parse().ok())
 }
 
+/// Device polls a read-back waits for its mapping callback at most.
+const MAP_POLLS: usize = 1000;
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding one of these locks cannot leave the data half-updated in a way
     // that matters more than the panic itself.
@@ -915,11 +918,22 @@ impl Ctx {
                 *lock(&done) = Some(r);
             });
         }
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| dev_err(format!("waiting for the device: {e}")))?;
+        // Another thread polling the same device may be the one that runs this callback, a
+        // moment after our own poll returned: poll again until it has run (a bounded number of
+        // times; seen as a rare "mapping never completed" in the multi-threaded tests on lavapipe).
+        let mut mapped = None;
+        for _ in 0..MAP_POLLS {
+            self.device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| dev_err(format!("waiting for the device: {e}")))?;
+            mapped = lock(&done).take();
+            if mapped.is_some() {
+                break;
+            }
+            std::thread::yield_now();
+        }
         self.check()?;
-        match lock(&done).take() {
+        match mapped {
             Some(Ok(())) => {}
             Some(Err(e)) => return Err(dev_err(format!("reading back a result: {e}"))),
             None => {
