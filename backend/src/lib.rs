@@ -256,6 +256,65 @@ pub trait Backend {
         self.rope(k, n_kv_heads, pos0, rope)
     }
 
+    /// The q, k and v products of one input, then RoPE of q and k: the same as
+    /// [`Backend::linear_many`] over the three then [`Backend::rope_qk`], which is what this
+    /// default does; a backend may apply the rotation as the products are written.
+    #[allow(clippy::too_many_arguments)]
+    fn qkv_rope(
+        &self,
+        x: &Self::Tensor,
+        q: (&Self::Weight, Option<&Self::Weight>),
+        k: (&Self::Weight, Option<&Self::Weight>),
+        v: (&Self::Weight, Option<&Self::Weight>),
+        n_heads: usize,
+        n_kv_heads: usize,
+        pos0: usize,
+        rope: &Rope,
+    ) -> Result<[Self::Tensor; 3]> {
+        let mut out = self.linear_many(x, &[q, k, v])?.into_iter();
+        let (Some(mut qt), Some(mut kt), Some(vt)) = (out.next(), out.next(), out.next()) else {
+            return Err(BackendError::Shape {
+                op: "qkv_rope",
+                detail: "linear_many returned fewer than 3 outputs".into(),
+            });
+        };
+        self.rope_qk(&mut qt, &mut kt, n_heads, n_kv_heads, pos0, rope)?;
+        Ok([qt, kt, vt])
+    }
+
+    /// `h += x @ W^T + bias`, then the RMSNorm of `h` times `weight` (the attention output
+    /// projection, the residual add and the norm before the MoE): the same as
+    /// [`Backend::linear`] then [`Backend::add_rms_norm`], which is what this default does; a
+    /// backend may fuse them.
+    fn linear_add_rms_norm(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Weight,
+        bias: Option<&Self::Weight>,
+        h: &mut Self::Tensor,
+        weight: &Self::Weight,
+        eps: f32,
+    ) -> Result<Self::Tensor> {
+        let y = self.linear(x, w, bias)?;
+        self.add_rms_norm(h, &y, weight, eps)
+    }
+
+    /// `h += moe(x)`, then the RMSNorm of `h` times `weight` (the MoE block, the residual add
+    /// and the next norm): the same as [`Backend::moe`] then [`Backend::add_rms_norm`], which
+    /// is what this default does; a backend may fuse them.
+    fn moe_add_rms_norm(
+        &self,
+        x: &Self::Tensor,
+        w: &MoeWeights<Self::Weight>,
+        cfg: &MoeConfig,
+        h: &mut Self::Tensor,
+        weight: &Self::Weight,
+        eps: f32,
+    ) -> Result<Self::Tensor> {
+        let y = self.moe(x, w, cfg)?;
+        self.add_rms_norm(h, &y, weight, eps)
+    }
+
     /// A fresh, empty KV cache for one layer.
     fn new_kv_cache(&self, cfg: &KvCacheConfig) -> Result<Self::KvCache>;
 

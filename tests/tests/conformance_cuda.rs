@@ -826,20 +826,21 @@ fn moe_case_types(
     );
 }
 
-/// As `moe_case_types`, held to `limit`.
-#[allow(clippy::too_many_arguments)]
-fn moe_case_limit(
+type MoePair = (
+    MoeWeights<<CpuBackend as Backend>::Weight>,
+    MoeWeights<<CudaBackend as Backend>::Weight>,
+);
+
+/// Random MoE weights (router F32, experts `expert_type`, down `down_type`) on both backends.
+fn moe_weights(
     p: &Pair,
     r: &mut StdRng,
     d_model: usize,
     n_ff: usize,
     e: usize,
-    k: usize,
     expert_type: GgmlType,
     down_type: GgmlType,
-    ts: &[usize],
-    limit: f64,
-) {
+) -> MoePair {
     let w = MoeWeights {
         router: random_weight(r, "ffn_gate_inp.weight", GgmlType::F32, &[d_model, e], 0.05),
         router_bias: random_weight(r, "ffn_gate_inp.bias", GgmlType::F32, &[e], 0.5),
@@ -897,6 +898,24 @@ fn moe_case_limit(
         down: gd,
         down_bias: gdb,
     };
+    (cw, gw)
+}
+
+/// As `moe_case_types`, held to `limit`.
+#[allow(clippy::too_many_arguments)]
+fn moe_case_limit(
+    p: &Pair,
+    r: &mut StdRng,
+    d_model: usize,
+    n_ff: usize,
+    e: usize,
+    k: usize,
+    expert_type: GgmlType,
+    down_type: GgmlType,
+    ts: &[usize],
+    limit: f64,
+) {
+    let (cw, gw) = moe_weights(p, r, d_model, n_ff, e, expert_type, down_type);
     let cfg = MoeConfig {
         n_experts: e,
         top_k: k,
@@ -1216,5 +1235,156 @@ fn decode_mma_and_f32_kernels() {
         (32, 32, 16, 16, &[1, 2]),
     ] {
         moe_case_limit(&p, &mut r, d, ff, e, k, mx, mx, ts, 1e-9);
+    }
+}
+
+/// The fused one-token forms (kernels-cuda/src/decode_fused.rs: q/k/v with RoPE in one launch,
+/// the residual add + norm run by the last block of the output projection and of the dp4a
+/// MoE's down projection) against the CPU reference's separate steps, on GPT-OSS shapes and odd
+/// ones, at t = 1 (fused) and t > 1 (the separate kernels); and against the same backend with
+/// the fused forms off. Each case runs twice, so a ticket left non-zero fails the second run.
+#[test]
+fn fused_decode_steps() {
+    let Some(mut p) = pair() else { return };
+    let mut r = rng();
+    let q8 = GgmlType::Q8_0;
+    let mx = GgmlType::MXFP4;
+    // q/k/v + RoPE: (type, k, head_dim, heads, kv heads, t, pos0).
+    for (dt, k, hd, nh, nkv, t, pos0) in [
+        (q8, 2880, 64, 64, 8, 1, 0),
+        (q8, 2880, 64, 64, 8, 1, 4097),
+        (q8, 2880, 64, 64, 8, 1, 131000),
+        (q8, 2880, 64, 64, 8, 3, 17),
+        (mx, 96, 32, 4, 2, 1, 9),
+        (q8, 64, 128, 2, 1, 1, 300),
+        (q8, 64, 8, 3, 1, 1, 5),
+    ] {
+        let rope = Rope::new(&RopeConfig {
+            head_dim: hd,
+            theta: 150000.0,
+            scaling_factor: 32.0,
+            original_context: 4096,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+        });
+        let mut mat = |name: &str, n: usize| {
+            let w = random_weight(&mut r, name, dt, &[k, n], 0.05);
+            let b = random_weight(&mut r, name, GgmlType::F32, &[n], 0.5);
+            (p.up(&w), p.up(&b))
+        };
+        let ((cq, gq), (cqb, gqb)) = mat("attn_q.weight", nh * hd);
+        let ((ck, gk), (ckb, gkb)) = mat("attn_k.weight", nkv * hd);
+        let ((cv, gv), (cvb, gvb)) = mat("attn_v.weight", nkv * hd);
+        let xv = randn(&mut r, t * k, 1.0);
+        let (cx, gx) = p.x(&xv, t, k);
+        let c = p
+            .cpu
+            .qkv_rope(
+                &cx,
+                (&cq, Some(&cqb)),
+                (&ck, Some(&ckb)),
+                (&cv, Some(&cvb)),
+                nh,
+                nkv,
+                pos0,
+                &rope,
+            )
+            .unwrap();
+        let mut runs = Vec::new();
+        for fuse in [true, true, false] {
+            p.gpu.set_decode_fuse(fuse);
+            p.poison();
+            let g = p
+                .gpu
+                .qkv_rope(
+                    &gx,
+                    (&gq, Some(&gqb)),
+                    (&gk, Some(&gkb)),
+                    (&gv, Some(&gvb)),
+                    nh,
+                    nkv,
+                    pos0,
+                    &rope,
+                )
+                .unwrap();
+            let what = format!(
+                "qkv_rope {dt:?} k={k} hd={hd} heads={nh}/{nkv} t={t} pos0={pos0} fuse={fuse}"
+            );
+            for (i, name) in ["q", "k", "v"].iter().enumerate() {
+                p.check(&format!("{what} {name}"), &c[i], &g[i], MATMUL_NMSE);
+            }
+            runs.push(g);
+        }
+        // Fused and separate launches do the same arithmetic.
+        for i in 0..3 {
+            let (a, ..) = p.gpu.to_host(&runs[0][i]).unwrap();
+            let (b, ..) = p.gpu.to_host(&runs[2][i]).unwrap();
+            let e = nmse(&a, &b);
+            assert!(e <= 1e-12, "qkv_rope fused vs separate: NMSE {e:e}");
+        }
+    }
+    p.gpu.set_decode_fuse(true);
+    // Output projection + residual add + norm: (type, k, n, t).
+    for (dt, k, n, t) in [
+        (q8, 4096, 2880, 1),
+        (q8, 4096, 2880, 2),
+        (mx, 64, 100, 1),
+        (q8, 32, 36, 1),
+    ] {
+        let w = random_weight(&mut r, "attn_output.weight", dt, &[k, n], 0.05);
+        let b = random_weight(&mut r, "attn_output.bias", GgmlType::F32, &[n], 0.5);
+        let nw = random_weight(&mut r, "ffn_norm.weight", GgmlType::F32, &[n], 1.0);
+        let ((cw, gw), (cb, gb), (cn, gn)) = (p.up(&w), p.up(&b), p.up(&nw));
+        let xv = randn(&mut r, t * k, 1.0);
+        let hv = randn(&mut r, t * n, 2.0);
+        let (cx, gx) = p.x(&xv, t, k);
+        for round in 0..2 {
+            let (mut ch, mut gh) = p.x(&hv, t, n);
+            p.poison();
+            let c = p
+                .cpu
+                .linear_add_rms_norm(&cx, &cw, Some(&cb), &mut ch, &cn, 1e-5)
+                .unwrap();
+            let g = p
+                .gpu
+                .linear_add_rms_norm(&gx, &gw, Some(&gb), &mut gh, &gn, 1e-5)
+                .unwrap();
+            let what = format!("linear_add_rms_norm {dt:?} k={k} n={n} t={t} run {round}");
+            p.check(&format!("{what} out"), &c, &g, MATMUL_NMSE);
+            p.check(&format!("{what} residual"), &ch, &gh, MATMUL_NMSE);
+        }
+    }
+    // MoE + residual add + next norm: the dp4a MoE (held to its 1e-9, as in
+    // decode_mma_and_f32_kernels) fuses at t = 1; t > 1 and top-3 take the separate kernels.
+    for (d, ff, e, k, ts, limit) in [
+        (2880, 2880, 32, 4, &[1usize, 1, 2][..], 1e-9),
+        (96, 160, 40, 4, &[1, 3], 1e-9),
+        (64, 160, 9, 3, &[1, 2], MATMUL_NMSE),
+    ] {
+        let (cw, gw) = moe_weights(&p, &mut r, d, ff, e, mx, mx);
+        let nw = random_weight(&mut r, "attn_norm.weight", GgmlType::F32, &[d], 1.0);
+        let (cn, gn) = p.up(&nw);
+        let cfg = MoeConfig {
+            n_experts: e,
+            top_k: k,
+        };
+        for &t in ts {
+            let xv = randn(&mut r, t * d, 1.0);
+            let hv = randn(&mut r, t * d, 2.0);
+            let (cx, gx) = p.x(&xv, t, d);
+            let (mut ch, mut gh) = p.x(&hv, t, d);
+            p.poison();
+            let c = p
+                .cpu
+                .moe_add_rms_norm(&cx, &cw, &cfg, &mut ch, &cn, 1e-5)
+                .unwrap();
+            let g = p
+                .gpu
+                .moe_add_rms_norm(&gx, &gw, &cfg, &mut gh, &gn, 1e-5)
+                .unwrap();
+            let what = format!("moe_add_rms_norm d={d} ff={ff} E={e} k={k} t={t}");
+            p.check(&format!("{what} out"), &c, &g, limit);
+            p.check(&format!("{what} residual"), &ch, &gh, limit);
+        }
     }
 }

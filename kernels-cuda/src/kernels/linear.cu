@@ -461,21 +461,25 @@ __device__ __forceinline__ void rows_dot_mxfp4(const u8* const* w, const i64* nb
 // launch: blocks [0, nblk0) run matrix 0, the next nblk1 matrix 1, the rest matrix 2; each
 // block 8 output rows, as gemvf_*. Per matrix: weight, its block count, bias (or null), bias
 // type, output, rows, blocks. grid nblk0 + nblk1 + nblk2, block 256.
+// The matrix of block blockIdx.x among three (MAT3_ARGS): declares w, nb, bias, bt, y, n_out and
+// b, the block's index within its matrix. Selects, not an indexed array: the arguments stay in
+// registers.
+#define MAT3_SELECT()                                                                          \
+    int b = blockIdx.x;                                                                       \
+    bool m1 = b >= nblk0, m2 = b >= nblk0 + nblk1;                                            \
+    const u8* w = m2 ? w2 : (m1 ? w1 : w0);                                                   \
+    i64 nb = m2 ? nb2 : (m1 ? nb1 : nb0);                                                     \
+    const u8* bias = m2 ? b2 : (m1 ? b1 : b0);                                                \
+    int bt = m2 ? bt2 : (m1 ? bt1 : bt0);                                                     \
+    float* y = m2 ? y2 : (m1 ? y1 : y0);                                                      \
+    int n_out = m2 ? n2 : (m1 ? n1 : n0);                                                     \
+    b -= m2 ? nblk0 + nblk1 : (m1 ? nblk0 : 0)
 #define MAT3_ARGS(I) const u8 *w##I, i64 nb##I, const u8 *b##I, int bt##I, float *y##I, int n##I, int nblk##I
 #define GEMVF3_ENTRY(NAME, TYPE, R)                                                             \
     extern "C" __global__ void __launch_bounds__(256) NAME(                                   \
         const float* x, int t, int k, MAT3_ARGS(0), MAT3_ARGS(1), MAT3_ARGS(2)) {             \
         GRID_DEP_LAUNCH();                                                                    \
-        int b = blockIdx.x;                                                                   \
-        bool m1 = b >= nblk0, m2 = b >= nblk0 + nblk1;                                        \
-        /* Selects, not an indexed array: the arguments stay in registers. */                 \
-        const u8* w = m2 ? w2 : (m1 ? w1 : w0);                                               \
-        i64 nb = m2 ? nb2 : (m1 ? nb1 : nb0);                                                 \
-        const u8* bias = m2 ? b2 : (m1 ? b1 : b0);                                            \
-        int bt = m2 ? bt2 : (m1 ? bt1 : bt0);                                                 \
-        float* y = m2 ? y2 : (m1 ? y1 : y0);                                                  \
-        int n_out = m2 ? n2 : (m1 ? n1 : n0);                                                 \
-        b -= m2 ? nblk0 + nblk1 : (m1 ? nblk0 : 0);                                           \
+        MAT3_SELECT();                                                                        \
         int n = b * 8 + (threadIdx.x >> 5);                                                   \
         int lane = threadIdx.x & 31;                                                          \
         if (n >= n_out) return;                                                               \
@@ -494,6 +498,93 @@ GEMVF3_ENTRY(gemvf3_q8_0, T_Q8_0, MAX_ROWS)
 GEMVF3_ENTRY(gemvf3_mxfp4, T_MXFP4, MAX_ROWS)
 GEMVF3_ENTRY(gemvf3_q8_0_r1, T_Q8_0, 1)
 GEMVF3_ENTRY(gemvf3_mxfp4_r1, T_MXFP4, 1)
+
+// ---- One-token products with their epilogues fused (the decode step's q/k/v + RoPE, and the
+// attention output projection + residual add + norm): a launch fewer each ----
+
+// One output row of a one-token product: warp-sum of row_dot_f plus the bias.
+template <int TYPE>
+__device__ __forceinline__ float gemv_row_r1(const float* x, int k, const u8* w, i64 nb,
+                                            const u8* bias, int btype, int n) {
+    float acc[1] = {0.f};
+    row_dot_f<TYPE, 1>(w, nb, n, k >> 5, x, k, 1, acc);
+    return warp_sum(acc[0]) + bias_at(bias, btype, n);
+}
+
+// y = x W^T + b for one token as gemvf_*_r1, then h += y and out = RMSNorm(h) * nw by the last
+// block (last_block_add_rms_norm; y [n_out] is its scratch). grid ceil(n_out / 8), block 256.
+template <int TYPE>
+__device__ __forceinline__ void gemv_add_norm(const float* x, int k, const u8* w, i64 nb,
+                                              const u8* bias, int btype, float* y, int n_out,
+                                              float* h, const u8* nw, int nwt, float eps,
+                                              float* out, u32* counter) {
+    int n = blockIdx.x * 8 + (threadIdx.x >> 5);
+    if (n < n_out) {
+        float s = gemv_row_r1<TYPE>(x, k, w, nb, bias, btype, n);
+        if ((threadIdx.x & 31) == 0) y[n] = s;
+    }
+    GRID_DEP_WAIT();  // warps without a row never waited inside row_dot_f
+    last_block_add_rms_norm(y, h, nw, nwt, out, n_out, eps, counter);
+}
+
+#define GEMV_ADD_NORM_ENTRY(NAME, TYPE)                                                        \
+    extern "C" __global__ void __launch_bounds__(256) NAME(                                   \
+        const float* x, int k, const u8* w, i64 nb, const u8* bias, int btype, float* y,      \
+        int n_out, float* h, const u8* nw, int nwt, float eps, float* out, u32* counter) {    \
+        GRID_DEP_LAUNCH();                                                                    \
+        gemv_add_norm<TYPE>(x, k, w, nb, bias, btype, y, n_out, h, nw, nwt, eps, out,         \
+                            counter);                                                         \
+    }
+GEMV_ADD_NORM_ENTRY(gemvf_q8_0_r1_add_norm, T_Q8_0)
+GEMV_ADD_NORM_ENTRY(gemvf_mxfp4_r1_add_norm, T_MXFP4)
+
+// q, k, v of one token as gemvf3_*_r1, with NEOX RoPE at position pos0 applied to matrices 0 (q)
+// and 1 (k) as they are written (the arithmetic of rope_qk). In a roped matrix block b holds
+// head b / (half / 4) and its warps the rotation pairs (i, i + half) of four consecutive i, so a
+// pair meets in shared memory; half = head_dim / 2 must be a multiple of 4 and every roped
+// matrix hold whole heads. grid nblk0 + nblk1 + nblk2, block 256.
+template <int TYPE>
+__device__ __forceinline__ void gemv3_rope(const float* x, int k, const u8* w, i64 nb,
+                                           const u8* bias, int bt, float* y, int n_out, int b,
+                                           bool roped, int head_dim, int pos0,
+                                           const float* inv_freq, float attn_factor) {
+    __shared__ float pairv[8];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (!roped) {
+        int n = b * 8 + warp;
+        if (n >= n_out) return;
+        float s = gemv_row_r1<TYPE>(x, k, w, nb, bias, bt, n);
+        if (lane == 0) y[n] = s;
+        return;
+    }
+    int half = head_dim >> 1, per_head = half >> 2;
+    int i = (b % per_head) * 4 + (warp & 3);
+    int n = (b / per_head) * head_dim + i + (warp >> 2) * half;
+    float s = gemv_row_r1<TYPE>(x, k, w, nb, bias, bt, n);
+    if (lane == 0) pairv[warp] = s;
+    __syncthreads();
+    if (warp < 4 && lane == 0) {
+        float angle = __fmul_rn((float)pos0, inv_freq[i]);
+        double sd, cd;
+        sincos((double)angle, &sd, &cd);
+        float cf = (float)cd * attn_factor, sf = (float)sd * attn_factor;
+        float x1 = pairv[warp], x2 = pairv[warp + 4];
+        y[n] = __fsub_rn(__fmul_rn(x1, cf), __fmul_rn(x2, sf));
+        y[n + half] = __fadd_rn(__fmul_rn(x2, cf), __fmul_rn(x1, sf));
+    }
+}
+
+#define GEMVF3_ROPE_ENTRY(NAME, TYPE)                                                          \
+    extern "C" __global__ void __launch_bounds__(256) NAME(                                   \
+        const float* x, int k, MAT3_ARGS(0), MAT3_ARGS(1), MAT3_ARGS(2), int head_dim,         \
+        int pos0, const float* inv_freq, float attn_factor) {                                 \
+        GRID_DEP_LAUNCH();                                                                    \
+        MAT3_SELECT();                                                                        \
+        gemv3_rope<TYPE>(x, k, w, nb, bias, bt, y, n_out, b, !m2, head_dim, pos0, inv_freq,   \
+                         attn_factor);                                                        \
+    }
+GEMVF3_ROPE_ENTRY(gemvf3_q8_0_r1_rope, T_Q8_0)
+GEMVF3_ROPE_ENTRY(gemvf3_mxfp4_r1_rope, T_MXFP4)
 
 // ---- Int8 tensor-core decode products (t <= 2 for the dense GEMV; any t for the MoE) ----
 // The activation row is split into four int8 planes with one scale s per row:
@@ -575,15 +666,7 @@ extern "C" __global__ void __launch_bounds__(256) gemv3_q8_0_mma(
     __shared__ float part[8][2][16];
     u8* xp = (u8*)mq_smem;
     int stride = k + 32;  // plane stride: 4 planes of one token fall in different banks
-    int b = blockIdx.x;
-    bool m1 = b >= nblk0, m2 = b >= nblk0 + nblk1;
-    const u8* w = m2 ? w2 : (m1 ? w1 : w0);
-    i64 nb = m2 ? nb2 : (m1 ? nb1 : nb0);
-    const u8* bias = m2 ? b2 : (m1 ? b1 : b0);
-    int bt = m2 ? bt2 : (m1 ? bt1 : bt0);
-    float* y = m2 ? y2 : (m1 ? y1 : y0);
-    int n_out = m2 ? n2 : (m1 ? n1 : n0);
-    b -= m2 ? nblk0 + nblk1 : (m1 ? nblk0 : 0);
+    MAT3_SELECT();
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     int nbk = k >> 5;
     int r0 = b * 16;
