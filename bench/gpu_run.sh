@@ -105,7 +105,7 @@ log "bench cuda"
 "$G" bench -m /tmp/m20.gguf --backend cuda -p 0 -n 128 -d 4096,16384 -r 2 -o md 2>>"$L/bench_cuda.err" | tee -a "$OUT/summary.txt"
 # The decode switches in the same binary: programmatic dependent launch off, the f32 MoE kernels instead
 # of the dp4a planes, the fused one-token steps (q/k/v + RoPE, products + residual add + norm) off.
-for v in "GPTOSS_CUDA_PDL=0" "GPTOSS_CUDA_DECODE_DP4A=0" "GPTOSS_CUDA_DECODE_FUSE=0"; do
+for v in "GPTOSS_CUDA_PDL=0" "GPTOSS_CUDA_DECODE_DP4A=0" ${FUSE_AB:-"GPTOSS_CUDA_DECODE_FUSE=0"}; do
   log "bench cuda decode, $v"
   env $v "$G" bench -m /tmp/m20.gguf --backend cuda -p 0 -n 128 -r 2 -o md 2>>"$L/bench_cuda.err" | tail -1 | tee -a "$OUT/summary.txt"
 done

@@ -93,6 +93,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "attn_dtc_d8",
     "add_rms_norm",
     "rope_qk",
+    "rope_cs",
     "kv_append",
     "moe_localize_ids",
     "moe_router_topk",

@@ -8,12 +8,13 @@
 //! Three launches fewer per layer than the separate `rope_qk` and `add_rms_norm` kernels. The
 //! arithmetic is that of the separate kernels (the norm sums its squares in another order).
 //! Anything else (several rows, other weight types, the opt-in int8 paths) takes the separate
-//! kernels. `GPTOSS_CUDA_DECODE_FUSE=0` (or [`CudaBackend::set_decode_fuse`]) turns the fused
-//! forms off, for A/B measurements.
+//! kernels. `GPTOSS_CUDA_DECODE_FUSE` picks the fused forms (`0`, `all`, or a list of `rope`,
+//! `o`, `down`; [`CudaBackend::set_decode_fuse`] turns all on or off), for A/B measurements.
 
 use crate::{
-    A, CudaBackend, CudaTensor, CudaWeight, Result, TICKETS_NORM, check_linear, shape_err,
+    A, CudaBackend, CudaTensor, CudaWeight, Result, TICKETS_NORM, check_linear, dev_err, shape_err,
 };
+use cudarc::driver::CudaSlice;
 use gptoss_backend::{Backend, GgmlType, MoeConfig, MoeWeights, Rope};
 
 /// What a fused residual add + norm epilogue needs: the residual h [d] (updated in place), the
@@ -41,9 +42,39 @@ impl AddNorm {
     }
 }
 
-/// Whether the fused forms are on by default (`GPTOSS_CUDA_DECODE_FUSE=0` turns them off).
-pub(crate) fn fuse_default() -> bool {
-    std::env::var("GPTOSS_CUDA_DECODE_FUSE").map_or(true, |v| v != "0")
+/// q/k/v with RoPE in one launch.
+pub(crate) const FUSE_ROPE: u8 = 1;
+/// The output projection's last block runs the residual add + norm.
+pub(crate) const FUSE_O: u8 = 2;
+/// The dp4a MoE down kernel's last block runs the residual add + norm.
+pub(crate) const FUSE_DOWN: u8 = 4;
+/// Every fused form.
+pub(crate) const FUSE_ALL: u8 = FUSE_ROPE | FUSE_O | FUSE_DOWN;
+
+/// The fused forms on by default: `GPTOSS_CUDA_DECODE_FUSE` = `0` (none), `all`, or a comma
+/// list of `rope`, `o`, `down`.
+pub(crate) fn fuse_default() -> u8 {
+    match std::env::var("GPTOSS_CUDA_DECODE_FUSE") {
+        Err(_) => FUSE_ALL,
+        Ok(v) if v == "all" || v == "1" => FUSE_ALL,
+        Ok(v) => v
+            .split(',')
+            .map(|p| match p.trim() {
+                "rope" => FUSE_ROPE,
+                "o" => FUSE_O,
+                "down" => FUSE_DOWN,
+                _ => 0,
+            })
+            .fold(0, |a, b| a | b),
+    }
+}
+
+/// The cos/sin table of one position for one [`Rope`] (see `rope_cs` in basic.cu).
+pub(crate) struct RopeCs {
+    /// The frequencies' and the attention factor's bits.
+    key: Vec<u32>,
+    pos: usize,
+    buf: CudaSlice<f32>,
 }
 
 impl CudaBackend {
@@ -52,12 +83,13 @@ impl CudaBackend {
     /// separate kernels (which also report any shape error).
     fn add_norm_spec(
         &self,
+        which: u8,
         h: &CudaTensor,
         weight: &CudaWeight,
         eps: f32,
         d: usize,
     ) -> Result<Option<(AddNorm, CudaTensor)>> {
-        if !self.decode_fuse
+        if self.decode_fuse & which == 0
             || h.rows != 1
             || h.cols != d
             || d == 0
@@ -76,6 +108,45 @@ impl CudaBackend {
             counter: self.tickets(TICKETS_NORM, 1)?,
         };
         Ok(Some((spec, out)))
+    }
+
+    /// The device address of the cos/sin table of `pos` for `rope`: made by one `rope_cs`
+    /// launch when the position changes (once per decode step: every layer shares it).
+    fn rope_cs(&self, rope: &Rope, pos: usize) -> Result<u64> {
+        let mut key: Vec<u32> = rope.inv_freq.iter().map(|f| f.to_bits()).collect();
+        key.push(rope.attention_factor.to_bits());
+        let mut cache = self
+            .rope_cs
+            .lock()
+            .map_err(|_| shape_err("rope_cs", "table lock poisoned".into()))?;
+        if let Some(c) = cache.as_ref()
+            && c.key == key
+            && c.pos == pos
+        {
+            return Ok(self.ptr(&c.buf));
+        }
+        let half = rope.inv_freq.len();
+        let buf = match cache.take() {
+            Some(c) if c.key == key => c.buf,
+            _ => self.stream.alloc_zeros::<f32>(2 * half).map_err(dev_err)?,
+        };
+        // The kernel overwrites the table only after every earlier kernel, which may still
+        // read the previous position's values, has finished (stream order; GRID_DEP_ENTRY).
+        self.launch(
+            "rope_cs",
+            (1, 1, 1),
+            (half.div_ceil(32) * 32).min(1024) as u32,
+            &[
+                A::P(self.rope_freqs(rope)?),
+                A::I(half as i32),
+                A::I(pos as i32),
+                A::F(rope.attention_factor),
+                A::P(self.ptr(&buf)),
+            ],
+        )?;
+        let p = self.ptr(&buf);
+        *cache = Some(RopeCs { key, pos, buf });
+        Ok(p)
     }
 
     /// [`gptoss_backend::Backend::qkv_rope`].
@@ -98,7 +169,7 @@ impl CudaBackend {
             .collect::<Result<Vec<_>>>()?;
         let hd = rope.head_dim;
         let dtype = q.0.dtype;
-        let fused = self.decode_fuse
+        let fused = self.decode_fuse & FUSE_ROPE != 0
             && x.rows == 1
             && !self.int8_activations
             && matches!(dtype, GgmlType::Q8_0 | GgmlType::MXFP4)
@@ -148,12 +219,7 @@ impl CudaBackend {
                 A::I(nblk as i32),
             ]);
         }
-        args.extend([
-            A::I(hd as i32),
-            A::I(pos0 as i32),
-            A::P(self.rope_freqs(rope)?),
-            A::F(rope.attention_factor),
-        ]);
+        args.extend([A::I(hd as i32), A::P(self.rope_cs(rope, pos0)?)]);
         let kern = if dtype == GgmlType::Q8_0 {
             "gemvf3_q8_0_r1_rope"
         } else {
@@ -178,7 +244,7 @@ impl CudaBackend {
             && !self.int8_activations
             && matches!(w.dtype, GgmlType::Q8_0 | GgmlType::MXFP4)
             && !self.mma_gemv_fits(w.dtype, 1, k, n);
-        if simple && let Some((post, out)) = self.add_norm_spec(h, weight, eps, n)? {
+        if simple && let Some((post, out)) = self.add_norm_spec(FUSE_O, h, weight, eps, n)? {
             let y = self.scratch(n * 4)?;
             let (bp, bt) = match bias {
                 Some(b) => (self.ptr(&b.buf), b.dtype.id() as i32),
@@ -219,7 +285,7 @@ impl CudaBackend {
         eps: f32,
     ) -> Result<CudaTensor> {
         let spec = if x.rows == 1 {
-            self.add_norm_spec(h, weight, eps, x.cols)?
+            self.add_norm_spec(FUSE_DOWN, h, weight, eps, x.cols)?
         } else {
             None
         };

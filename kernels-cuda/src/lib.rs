@@ -303,9 +303,10 @@ pub struct CudaBackend {
     decode_dp4a: bool,
     /// Launch with programmatic dependent launch (sm_90+): see [`pdl_default`].
     pdl: bool,
-    /// The fused one-token forms of decode_fused.rs (default; `GPTOSS_CUDA_DECODE_FUSE=0`
-    /// turns them off).
-    decode_fuse: bool,
+    /// The fused one-token forms of decode_fused.rs on (bits FUSE_ROPE, FUSE_O, FUSE_DOWN).
+    decode_fuse: u8,
+    /// The RoPE cos/sin table of the current decode position (decode_fused.rs).
+    rope_cs: Mutex<Option<decode_fused::RopeCs>>,
 }
 
 /// Programmatic dependent launch: every kernel of the program begins with `GRID_DEP_ENTRY`
@@ -427,6 +428,7 @@ impl CudaBackend {
             decode_dp4a: std::env::var("GPTOSS_CUDA_DECODE_DP4A").map_or(true, |v| v != "0"),
             pdl: pdl_default(major),
             decode_fuse: decode_fused::fuse_default(),
+            rope_cs: Mutex::new(None),
         })
     }
 
@@ -460,7 +462,7 @@ impl CudaBackend {
     /// residual add and norm run by the last block of the attention output projection and of
     /// the dp4a MoE's down projection. Default on (`GPTOSS_CUDA_DECODE_FUSE=0` turns it off).
     pub fn set_decode_fuse(&mut self, on: bool) {
-        self.decode_fuse = on;
+        self.decode_fuse = if on { decode_fused::FUSE_ALL } else { 0 };
     }
 
     /// Rows each warp of the MXFP4 MoE kernels computes, for gate+up and for down (1, 2 or 4

@@ -221,15 +221,14 @@ extern "C" __global__ void __launch_bounds__(1024) add_rms_norm(float* x, const 
 
 // The residual add and the norm that follow a one-token product, run by the product's own last
 // block instead of a launch of their own: every block calls this after it wrote its part of y
-// [d]; the last to arrive (a ticket on `counter`, reset for the next use) adds y into h [d] and
-// writes RMSNorm(h) * w into out [d], the arithmetic of add_rms_norm. Every thread of every
-// block must call it, after the previous kernel's writes are visible (GRID_DEP_WAIT).
+// [d], each writing thread having fenced its writes (__threadfence); the last block to arrive
+// (a ticket on `counter`, reset for the next use) adds y into h [d] and writes RMSNorm(h) * w
+// into out [d], the arithmetic of add_rms_norm. Every thread of every block must call it, after
+// the previous kernel's writes are visible (GRID_DEP_WAIT).
 __device__ void last_block_add_rms_norm(const float* y, float* h, const u8* w, int wtype,
                                         float* out, int d, float eps, u32* counter) {
     __shared__ u32 ticket;
     __shared__ float red[32];
-    // Each writer's y is made visible device-wide before its block takes a ticket.
-    __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) ticket = atomicAdd(counter, 1u);
     __syncthreads();
@@ -257,6 +256,21 @@ __device__ void last_block_add_rms_norm(const float* y, float* h, const u8* w, i
     // Each thread reads back only the h values it wrote itself.
     for (int i = threadIdx.x; i < d; i += blockDim.x) out[i] = h[i] * inv * wload(w, wtype, 0, i);
     if (threadIdx.x == 0) *counter = 0u;
+}
+
+// cos and sin of one position for each RoPE frequency, times the attention factor, computed as
+// `rope` does: cs [2 half] = (cos..., sin...). Read by the fused one-token q/k/v + RoPE kernels
+// (gemvf3_*_r1_rope). grid 1, block a multiple of 32.
+extern "C" __global__ void rope_cs(const float* inv_freq, int half, int pos, float attn_factor,
+                                   float* cs) {
+    GRID_DEP_ENTRY();
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        float angle = __fmul_rn((float)pos, inv_freq[i]);
+        double s, c;
+        sincos((double)angle, &s, &c);
+        cs[i] = (float)c * attn_factor;
+        cs[half + i] = (float)s * attn_factor;
+    }
 }
 
 // RoPE of q [t, nq * head_dim] and k [t, nk * head_dim] in one launch, the same arithmetic

@@ -521,7 +521,10 @@ __device__ __forceinline__ void gemv_add_norm(const float* x, int k, const u8* w
     int n = blockIdx.x * 8 + (threadIdx.x >> 5);
     if (n < n_out) {
         float s = gemv_row_r1<TYPE>(x, k, w, nb, bias, btype, n);
-        if ((threadIdx.x & 31) == 0) y[n] = s;
+        if ((threadIdx.x & 31) == 0) {
+            y[n] = s;
+            __threadfence();  // visible to the last block (last_block_add_rms_norm)
+        }
     }
     GRID_DEP_WAIT();  // warps without a row never waited inside row_dot_f
     last_block_add_rms_norm(y, h, nw, nwt, out, n_out, eps, counter);
@@ -538,16 +541,16 @@ __device__ __forceinline__ void gemv_add_norm(const float* x, int k, const u8* w
 GEMV_ADD_NORM_ENTRY(gemvf_q8_0_r1_add_norm, T_Q8_0)
 GEMV_ADD_NORM_ENTRY(gemvf_mxfp4_r1_add_norm, T_MXFP4)
 
-// q, k, v of one token as gemvf3_*_r1, with NEOX RoPE at position pos0 applied to matrices 0 (q)
-// and 1 (k) as they are written (the arithmetic of rope_qk). In a roped matrix block b holds
-// head b / (half / 4) and its warps the rotation pairs (i, i + half) of four consecutive i, so a
-// pair meets in shared memory; half = head_dim / 2 must be a multiple of 4 and every roped
-// matrix hold whole heads. grid nblk0 + nblk1 + nblk2, block 256.
+// q, k, v of one token as gemvf3_*_r1, with NEOX RoPE applied to matrices 0 (q) and 1 (k) as
+// they are written, from the position's cos/sin table cs [2 half] (rope_cs; the arithmetic of
+// rope_qk). In a roped matrix block b holds head b / (half / 4) and its warps the rotation pairs
+// (i, i + half) of four consecutive i, so a pair meets in shared memory; half = head_dim / 2
+// must be a multiple of 4 and every roped matrix hold whole heads. grid nblk0 + nblk1 + nblk2,
+// block 256.
 template <int TYPE>
 __device__ __forceinline__ void gemv3_rope(const float* x, int k, const u8* w, i64 nb,
                                            const u8* bias, int bt, float* y, int n_out, int b,
-                                           bool roped, int head_dim, int pos0,
-                                           const float* inv_freq, float attn_factor) {
+                                           bool roped, int head_dim, const float* cs) {
     __shared__ float pairv[8];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     if (!roped) {
@@ -564,10 +567,7 @@ __device__ __forceinline__ void gemv3_rope(const float* x, int k, const u8* w, i
     if (lane == 0) pairv[warp] = s;
     __syncthreads();
     if (warp < 4 && lane == 0) {
-        float angle = __fmul_rn((float)pos0, inv_freq[i]);
-        double sd, cd;
-        sincos((double)angle, &sd, &cd);
-        float cf = (float)cd * attn_factor, sf = (float)sd * attn_factor;
+        float cf = cs[i], sf = cs[half + i];
         float x1 = pairv[warp], x2 = pairv[warp + 4];
         y[n] = __fsub_rn(__fmul_rn(x1, cf), __fmul_rn(x2, sf));
         y[n + half] = __fadd_rn(__fmul_rn(x2, cf), __fmul_rn(x1, sf));
@@ -577,11 +577,10 @@ __device__ __forceinline__ void gemv3_rope(const float* x, int k, const u8* w, i
 #define GEMVF3_ROPE_ENTRY(NAME, TYPE)                                                          \
     extern "C" __global__ void __launch_bounds__(256) NAME(                                   \
         const float* x, int k, MAT3_ARGS(0), MAT3_ARGS(1), MAT3_ARGS(2), int head_dim,         \
-        int pos0, const float* inv_freq, float attn_factor) {                                 \
+        const float* cs) {                                                                    \
         GRID_DEP_LAUNCH();                                                                    \
         MAT3_SELECT();                                                                        \
-        gemv3_rope<TYPE>(x, k, w, nb, bias, bt, y, n_out, b, !m2, head_dim, pos0, inv_freq,   \
-                         attn_factor);                                                        \
+        gemv3_rope<TYPE>(x, k, w, nb, bias, bt, y, n_out, b, !m2, head_dim, cs);               \
     }
 GEMVF3_ROPE_ENTRY(gemvf3_q8_0_r1_rope, T_Q8_0)
 GEMVF3_ROPE_ENTRY(gemvf3_mxfp4_r1_rope, T_MXFP4)

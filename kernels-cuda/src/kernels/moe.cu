@@ -781,7 +781,7 @@ __device__ __forceinline__ void moe_gate_up_planes(const u8* xq, const float* xs
 
 // Down from h's planes, as moe_down_rows (slot sums combined in slot order). For k dividing 8.
 // grid (ceil(d_model / (R * 8 / k)), t), block 256.
-template <int R>
+template <int R, bool FENCE>
 __device__ __forceinline__ void moe_down_planes(const u8* hq, int n_ff, const u8* wd, i64 nbd,
                                                 const u8* bd, int bdt, const int* ids,
                                                 const float* wts, int k, int d_model, float* y) {
@@ -827,6 +827,7 @@ __device__ __forceinline__ void moe_down_planes(const u8* hq, int n_ff, const u8
             for (int jj = 0; jj < k; ++jj) s += part[warp + jj][r];
             y[(i64)row * d_model + d] = s;
         }
+        if (FENCE) __threadfence();  // visible to the last block (last_block_add_rms_norm)
     }
 }
 
@@ -846,7 +847,7 @@ extern "C" __global__ void __launch_bounds__(256) moe_down_planes_r2(
     const u8* hq, int n_ff, const u8* wd, i64 nbd, const u8* bd, int bdt, const int* ids,
     const float* wts, int k, int d_model, float* y) {
     GRID_DEP_LAUNCH();
-    moe_down_planes<2>(hq, n_ff, wd, nbd, bd, bdt, ids, wts, k, d_model, y);
+    moe_down_planes<2, false>(hq, n_ff, wd, nbd, bd, bdt, ids, wts, k, d_model, y);
 }
 
 // moe_down_planes_r2 for one token (grid (ceil(d_model / (16 / k)), 1)), then h += y and out =
@@ -857,6 +858,6 @@ extern "C" __global__ void __launch_bounds__(256) moe_down_planes_r2_add_norm(
     const float* wts, int k, int d_model, float* y, float* h, const u8* nw, int nwt, float eps,
     float* out, u32* counter) {
     GRID_DEP_LAUNCH();
-    moe_down_planes<2>(hq, n_ff, wd, nbd, bd, bdt, ids, wts, k, d_model, y);
+    moe_down_planes<2, true>(hq, n_ff, wd, nbd, bd, bdt, ids, wts, k, d_model, y);
     last_block_add_rms_norm(y, h, nw, nwt, out, d_model, eps, counter);
 }
