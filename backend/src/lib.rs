@@ -282,39 +282,6 @@ pub trait Backend {
         Ok([qt, kt, vt])
     }
 
-    /// `h += x @ W^T + bias`, then the RMSNorm of `h` times `weight` (the attention output
-    /// projection, the residual add and the norm before the MoE): the same as
-    /// [`Backend::linear`] then [`Backend::add_rms_norm`], which is what this default does; a
-    /// backend may fuse them.
-    fn linear_add_rms_norm(
-        &self,
-        x: &Self::Tensor,
-        w: &Self::Weight,
-        bias: Option<&Self::Weight>,
-        h: &mut Self::Tensor,
-        weight: &Self::Weight,
-        eps: f32,
-    ) -> Result<Self::Tensor> {
-        let y = self.linear(x, w, bias)?;
-        self.add_rms_norm(h, &y, weight, eps)
-    }
-
-    /// `h += moe(x)`, then the RMSNorm of `h` times `weight` (the MoE block, the residual add
-    /// and the next norm): the same as [`Backend::moe`] then [`Backend::add_rms_norm`], which
-    /// is what this default does; a backend may fuse them.
-    fn moe_add_rms_norm(
-        &self,
-        x: &Self::Tensor,
-        w: &MoeWeights<Self::Weight>,
-        cfg: &MoeConfig,
-        h: &mut Self::Tensor,
-        weight: &Self::Weight,
-        eps: f32,
-    ) -> Result<Self::Tensor> {
-        let y = self.moe(x, w, cfg)?;
-        self.add_rms_norm(h, &y, weight, eps)
-    }
-
     /// A fresh, empty KV cache for one layer.
     fn new_kv_cache(&self, cfg: &KvCacheConfig) -> Result<Self::KvCache>;
 

@@ -12,7 +12,6 @@
 //! the f32 kernels (2026-11-26, bench/RESULTS.md): they are not compute-bound there; the GEMV
 //! loses most to quantizing x in every block (two passes over x, each a chain of L2 loads).
 
-use crate::decode_fused::AddNorm;
 use crate::{A, CudaBackend, CudaWeight, DevBuf, Result};
 use gptoss_backend::{GgmlType, MoeWeights};
 
@@ -104,9 +103,7 @@ impl CudaBackend {
     }
 
     /// Gate+up and down of the MXFP4 experts for t <= 8 rows, after moe_router_topk_q wrote
-    /// ids, weights and x's planes. y [t, d_model] gets every row written. With `post`, one
-    /// token and the dp4a kernels, down's last block also runs the residual add and norm
-    /// (decode_fused.rs): returns whether it did.
+    /// ids, weights and x's planes. y [t, d_model] gets every row written.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn mma_moe_experts(
         &self,
@@ -119,8 +116,7 @@ impl CudaBackend {
         ids: u64,
         wts: u64,
         y: u64,
-        post: Option<&AddNorm>,
-    ) -> Result<bool> {
+    ) -> Result<()> {
         let pairs = t * k;
         let hq = self.scratch(pairs * 4 * n_ff)?;
         // The dp4a kernels (moe.cu, `*_planes_*`) read the same planes with the same arguments,
@@ -164,28 +160,23 @@ impl CudaBackend {
                 A::P(hq.ptr),
             ],
         )?;
-        let post = post.filter(|_| !self.decode_mma && t == 1);
-        let mut down_args = vec![
-            A::P(hq.ptr),
-            A::I(n_ff as i32),
-            A::P(self.ptr(&w.down.buf)),
-            A::L(w.down.nb),
-            db,
-            dbt,
-            A::P(ids),
-            A::P(wts),
-            A::I(k as i32),
-            A::I(d_model as i32),
-            A::P(y),
-        ];
-        let down_name = match post {
-            Some(p) => {
-                down_args.extend(p.args());
-                "moe_down_planes_r2_add_norm"
-            }
-            None => down_name,
-        };
-        self.launch(down_name, down_grid, 256, &down_args)?;
-        Ok(post.is_some())
+        self.launch(
+            down_name,
+            down_grid,
+            256,
+            &[
+                A::P(hq.ptr),
+                A::I(n_ff as i32),
+                A::P(self.ptr(&w.down.buf)),
+                A::L(w.down.nb),
+                db,
+                dbt,
+                A::P(ids),
+                A::P(wts),
+                A::I(k as i32),
+                A::I(d_model as i32),
+                A::P(y),
+            ],
+        )
     }
 }

@@ -282,7 +282,7 @@ pub struct CudaBackend {
     rope_cache: Mutex<Vec<(Vec<u32>, CudaSlice<f32>)>>,
     /// Zeroed per-row tickets of the kernels whose last block finishes a reduction (router
     /// top-k, argmax); each kernel leaves them zero again.
-    counters: Mutex<[Option<CudaSlice<u32>>; 4]>,
+    counters: Mutex<[Option<CudaSlice<u32>>; 3]>,
     /// Quantize activations to int8 (dp4a kernels) in the few-row Q8_0/MXFP4 products.
     int8_activations: bool,
     /// The Blackwell FP4 tensor-core MoE path: selection, kernels, self-check (see [`fp4`]).
@@ -303,8 +303,9 @@ pub struct CudaBackend {
     decode_dp4a: bool,
     /// Launch with programmatic dependent launch (sm_90+): see [`pdl_default`].
     pdl: bool,
-    /// The fused one-token forms of decode_fused.rs on (bits FUSE_ROPE, FUSE_O, FUSE_DOWN).
-    decode_fuse: u8,
+    /// q/k/v with RoPE in one launch for one token (decode_fused.rs; default on,
+    /// `GPTOSS_CUDA_DECODE_FUSE=0` turns it off).
+    decode_fuse: bool,
     /// The RoPE cos/sin table of the current decode position (decode_fused.rs).
     rope_cs: Mutex<Option<decode_fused::RopeCs>>,
 }
@@ -334,8 +335,6 @@ fn pdl_kernel(name: &str) -> bool {
 const TICKETS_ROUTER: usize = 0;
 const TICKETS_ARGMAX: usize = 1;
 const TICKETS_ATTN: usize = 2;
-/// The last-block residual add + norm of the fused one-token products (decode_fused.rs).
-const TICKETS_NORM: usize = 3;
 
 fn unavailable(reason: String) -> BackendError {
     BackendError::Unavailable {
@@ -411,7 +410,7 @@ impl CudaBackend {
             arch,
             mem,
             rope_cache: Mutex::new(Vec::new()),
-            counters: Mutex::new([None, None, None, None]),
+            counters: Mutex::new([None, None, None]),
             int8_activations: false,
             fp4: fp4::run::Fp4State::new(major, minor),
             // The fastest pair measured on an H100 (bench_decode, 2026-11-26): 53.5 us per
@@ -458,11 +457,11 @@ impl CudaBackend {
         self.decode_dp4a = on;
     }
 
-    /// The fused one-token forms (see `decode_fused.rs`): q/k/v with RoPE in one launch, the
-    /// residual add and norm run by the last block of the attention output projection and of
-    /// the dp4a MoE's down projection. Default on (`GPTOSS_CUDA_DECODE_FUSE=0` turns it off).
+    /// The one-token q/k/v products with RoPE applied as they are written (one launch instead
+    /// of two per layer; see `decode_fused.rs`). Default on (`GPTOSS_CUDA_DECODE_FUSE=0` turns
+    /// it off): tg128 457.1 vs 449.0 / 451.1 tok/s on an H100 (2026-11-26, bench/RESULTS.md).
     pub fn set_decode_fuse(&mut self, on: bool) {
-        self.decode_fuse = if on { decode_fused::FUSE_ALL } else { 0 };
+        self.decode_fuse = on;
     }
 
     /// Rows each warp of the MXFP4 MoE kernels computes, for gate+up and for down (1, 2 or 4
@@ -713,10 +712,8 @@ impl CudaBackend {
         // SAFETY: as in launch_smem (every argument list matches its kernel's signature; the
         // values are 8-byte slots whose first bytes hold each argument, alive until the call
         // returns, when the driver has copied them); `attr` and `cfg` outlive the call; every
-        // kernel of the program waits (GRID_DEP_WAIT) for the previous kernel before it reads
-        // or writes memory another kernel wrote, which the attribute requires. One exception,
-        // safe by construction: the dp4a MoE's down kernel reads the router's ids before its
-        // wait, because the gate+up kernel before it waits before it lets down launch.
+        // kernel of the program waits (GRID_DEP_ENTRY) for the previous kernel before it reads
+        // or writes memory another kernel wrote, which the attribute requires.
         unsafe {
             sys::cuLaunchKernelEx(
                 &cfg,
@@ -1074,8 +1071,7 @@ impl CudaBackend {
         w: &MoeWeights<CudaWeight>,
         cfg: &MoeConfig,
         experts: std::ops::Range<usize>,
-        post: Option<&decode_fused::AddNorm>,
-    ) -> Result<(CudaTensor, bool)> {
+    ) -> Result<CudaTensor> {
         let t = x.rows;
         let d_model = x.cols;
         let (e, kk) = (cfg.n_experts, cfg.top_k);
@@ -1124,7 +1120,7 @@ impl CudaBackend {
         }
         let y = self.tensor(t, d_model)?;
         if t == 0 {
-            return Ok((y, false));
+            return Ok(y);
         }
         let xp = self.ptr(&x.buf);
         // Router logits and top-k, on the GPU: no host round trip.
@@ -1178,7 +1174,7 @@ impl CudaBackend {
         if Self::q_moe_wanted(w) {
             let (ip, wp, yp) = (self.ptr(&ids), self.ptr(&wts), self.ptr(&y.buf));
             self.q_moe_experts(xp, t, kk, d_model, n_ff, w, ip, wp, yp)?;
-            return Ok((y, false));
+            return Ok(y);
         }
         let pairs = t * kk;
         let bp = |b: &CudaWeight| (A::P(self.ptr(&b.buf)), A::I(b.dtype.id() as i32));
@@ -1191,18 +1187,18 @@ impl CudaBackend {
         // Blackwell: the FP4 tensor-core experts, when selected and self-checked (see `fp4`).
         // (Not for a partial expert range: its grouping and combine kernels do not skip picks.)
         if all_mxfp4 && !partial && fp4::run::moe_hook(self, x, w, &ids, &wts, kk, e, n_ff, &y)? {
-            return Ok((y, false));
+            return Ok(y);
         }
         // Many rows: grouped tensor-core GEMMs (prefill.rs), unless the FP4 path took it.
         let yp = self.ptr(&y.buf);
         if let Some(r) = self.moe_tc(xp, t, d_model, n_ff, w, n_loc, kk, &ids, &wts, yp, partial) {
             r?;
-            return Ok((y, false));
+            return Ok(y);
         }
         if let Some(p) = &mma_planes {
             let (ip, wp) = (self.ptr(&ids), self.ptr(&wts));
-            let fused = self.mma_moe_experts(p, t, kk, d_model, n_ff, w, ip, wp, yp, post)?;
-            return Ok((y, fused));
+            self.mma_moe_experts(p, t, kk, d_model, n_ff, w, ip, wp, yp)?;
+            return Ok(y);
         }
         let smem = d_model + d_model / 8;
         let smem_down = kk * n_ff + kk * n_ff / 8;
@@ -1320,7 +1316,7 @@ impl CudaBackend {
                 ],
             )?;
         }
-        Ok((y, false))
+        Ok(y)
     }
 }
 
@@ -1656,30 +1652,6 @@ impl Backend for CudaBackend {
         self.qkv_rope_impl(x, q, k, v, n_heads, n_kv_heads, pos0, rope)
     }
 
-    fn linear_add_rms_norm(
-        &self,
-        x: &CudaTensor,
-        w: &CudaWeight,
-        bias: Option<&CudaWeight>,
-        h: &mut CudaTensor,
-        weight: &CudaWeight,
-        eps: f32,
-    ) -> Result<CudaTensor> {
-        self.linear_add_rms_norm_impl(x, w, bias, h, weight, eps)
-    }
-
-    fn moe_add_rms_norm(
-        &self,
-        x: &CudaTensor,
-        w: &MoeWeights<CudaWeight>,
-        cfg: &MoeConfig,
-        h: &mut CudaTensor,
-        weight: &CudaWeight,
-        eps: f32,
-    ) -> Result<CudaTensor> {
-        self.moe_add_rms_norm_impl(x, w, cfg, h, weight, eps)
-    }
-
     fn new_kv_cache(&self, cfg: &KvCacheConfig) -> Result<CudaKvCache> {
         if cfg.window == Some(0)
             || cfg.n_kv_heads == 0
@@ -1886,7 +1858,7 @@ impl Backend for CudaBackend {
         w: &MoeWeights<CudaWeight>,
         cfg: &MoeConfig,
     ) -> Result<CudaTensor> {
-        Ok(self.moe_range(x, w, cfg, 0..cfg.n_experts, None)?.0)
+        self.moe_range(x, w, cfg, 0..cfg.n_experts)
     }
 
     fn moe_local(
@@ -1896,7 +1868,7 @@ impl Backend for CudaBackend {
         cfg: &MoeConfig,
         experts: std::ops::Range<usize>,
     ) -> Result<CudaTensor> {
-        Ok(self.moe_range(x, w, cfg, experts, None)?.0)
+        self.moe_range(x, w, cfg, experts)
     }
 
     fn argmax(&self, x: &CudaTensor) -> Result<Vec<u32>> {

@@ -290,21 +290,15 @@ impl<B: Backend> Model<B> {
                 &self.rope,
             )?;
             let a = be.attention(&q, &k, &v, cache, pos0, &l.sinks, &c.attention(il))?;
-            // The output projection, the residual add and the MoE's norm (one step for the
-            // backend, which may fuse them), then the MoE with the add and the next norm.
-            let xm =
-                be.linear_add_rms_norm(&a, &l.wo, Some(&l.bo), &mut h, &l.moe_norm, c.rms_eps)?;
-            let next_norm = match self.layers.get(il + 1) {
-                Some(next) => Some(&next.attn_norm),
-                None if fuse_final => Some(&self.output_norm),
-                None => None,
-            };
-            match next_norm {
-                Some(w) => x = be.moe_add_rms_norm(&xm, &l.moe, &c.moe(), &mut h, w, c.rms_eps)?,
-                None => {
-                    let m = be.moe(&xm, &l.moe, &c.moe())?;
-                    be.add_assign(&mut h, &m)?;
-                }
+            let o = be.linear(&a, &l.wo, Some(&l.bo))?;
+            let xm = be.add_rms_norm(&mut h, &o, &l.moe_norm, c.rms_eps)?;
+            let m = be.moe(&xm, &l.moe, &c.moe())?;
+            if let Some(next) = self.layers.get(il + 1) {
+                x = be.add_rms_norm(&mut h, &m, &next.attn_norm, c.rms_eps)?;
+            } else if fuse_final {
+                x = be.add_rms_norm(&mut h, &m, &self.output_norm, c.rms_eps)?;
+            } else {
+                be.add_assign(&mut h, &m)?;
             }
             on_layer(il, &h)?;
         }

@@ -219,45 +219,6 @@ extern "C" __global__ void __launch_bounds__(1024) add_rms_norm(float* x, const 
     }
 }
 
-// The residual add and the norm that follow a one-token product, run by the product's own last
-// block instead of a launch of their own: every block calls this after it wrote its part of y
-// [d], each writing thread having fenced its writes (__threadfence); the last block to arrive
-// (a ticket on `counter`, reset for the next use) adds y into h [d] and writes RMSNorm(h) * w
-// into out [d], the arithmetic of add_rms_norm. Every thread of every block must call it, after
-// the previous kernel's writes are visible (GRID_DEP_WAIT).
-__device__ void last_block_add_rms_norm(const float* y, float* h, const u8* w, int wtype,
-                                        float* out, int d, float eps, u32* counter) {
-    __shared__ u32 ticket;
-    __shared__ float red[32];
-    __syncthreads();
-    if (threadIdx.x == 0) ticket = atomicAdd(counter, 1u);
-    __syncthreads();
-    if (ticket != gridDim.x * gridDim.y * gridDim.z - 1) return;
-    __threadfence();
-    float ss = 0.f;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) {
-        // L2 loads: other blocks wrote y; this block's L1 never held it, but is not coherent.
-        float v = h[i] + __ldcg(y + i);
-        h[i] = v;
-        ss += v * v;
-    }
-    ss = warp_sum(ss);
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    if (lane == 0) red[warp] = ss;
-    __syncthreads();
-    if (warp == 0) {
-        int nw = blockDim.x >> 5;
-        float v = lane < nw ? red[lane] : 0.f;
-        v = warp_sum(v);
-        if (lane == 0) red[0] = v;
-    }
-    __syncthreads();
-    float inv = 1.0f / sqrtf(red[0] / (float)d + eps);
-    // Each thread reads back only the h values it wrote itself.
-    for (int i = threadIdx.x; i < d; i += blockDim.x) out[i] = h[i] * inv * wload(w, wtype, 0, i);
-    if (threadIdx.x == 0) *counter = 0u;
-}
-
 // cos and sin of one position for each RoPE frequency, times the attention factor, computed as
 // `rope` does: cs [2 half] = (cos..., sin...). Read by the fused one-token q/k/v + RoPE kernels
 // (gemvf3_*_r1_rope). grid 1, block a multiple of 32.

@@ -457,10 +457,9 @@ __device__ __forceinline__ void rows_dot_mxfp4(const u8* const* w, const i64* nb
     }
 }
 
-// Up to three Q8_0 or MXFP4 matrices with the same k (the q, k and v projections) in one
-// launch: blocks [0, nblk0) run matrix 0, the next nblk1 matrix 1, the rest matrix 2; each
-// block 8 output rows, as gemvf_*. Per matrix: weight, its block count, bias (or null), bias
-// type, output, rows, blocks. grid nblk0 + nblk1 + nblk2, block 256.
+// Three matrices' arguments (weight, its block count, bias or null, bias type, output, rows,
+// blocks) for the kernels that run up to three products of one input in one launch.
+#define MAT3_ARGS(I) const u8 *w##I, i64 nb##I, const u8 *b##I, int bt##I, float *y##I, int n##I, int nblk##I
 // The matrix of block blockIdx.x among three (MAT3_ARGS): declares w, nb, bias, bt, y, n_out and
 // b, the block's index within its matrix. Selects, not an indexed array: the arguments stay in
 // registers.
@@ -474,7 +473,11 @@ __device__ __forceinline__ void rows_dot_mxfp4(const u8* const* w, const i64* nb
     float* y = m2 ? y2 : (m1 ? y1 : y0);                                                      \
     int n_out = m2 ? n2 : (m1 ? n1 : n0);                                                     \
     b -= m2 ? nblk0 + nblk1 : (m1 ? nblk0 : 0)
-#define MAT3_ARGS(I) const u8 *w##I, i64 nb##I, const u8 *b##I, int bt##I, float *y##I, int n##I, int nblk##I
+
+// Up to three Q8_0 or MXFP4 matrices with the same k (the q, k and v projections) in one
+// launch: blocks [0, nblk0) run matrix 0, the next nblk1 matrix 1, the rest matrix 2; each
+// block 8 output rows, as gemvf_*. Per matrix: weight, its block count, bias (or null), bias
+// type, output, rows, blocks. grid nblk0 + nblk1 + nblk2, block 256.
 #define GEMVF3_ENTRY(NAME, TYPE, R)                                                             \
     extern "C" __global__ void __launch_bounds__(256) NAME(                                   \
         const float* x, int t, int k, MAT3_ARGS(0), MAT3_ARGS(1), MAT3_ARGS(2)) {             \
@@ -499,8 +502,8 @@ GEMVF3_ENTRY(gemvf3_mxfp4, T_MXFP4, MAX_ROWS)
 GEMVF3_ENTRY(gemvf3_q8_0_r1, T_Q8_0, 1)
 GEMVF3_ENTRY(gemvf3_mxfp4_r1, T_MXFP4, 1)
 
-// ---- One-token products with their epilogues fused (the decode step's q/k/v + RoPE, and the
-// attention output projection + residual add + norm): a launch fewer each ----
+// ---- The decode step's q/k/v products with RoPE applied as they are written: a launch fewer
+// per layer than gemvf3_*_r1 then rope_qk ----
 
 // One output row of a one-token product: warp-sum of row_dot_f plus the bias.
 template <int TYPE>
@@ -510,36 +513,6 @@ __device__ __forceinline__ float gemv_row_r1(const float* x, int k, const u8* w,
     row_dot_f<TYPE, 1>(w, nb, n, k >> 5, x, k, 1, acc);
     return warp_sum(acc[0]) + bias_at(bias, btype, n);
 }
-
-// y = x W^T + b for one token as gemvf_*_r1, then h += y and out = RMSNorm(h) * nw by the last
-// block (last_block_add_rms_norm; y [n_out] is its scratch). grid ceil(n_out / 8), block 256.
-template <int TYPE>
-__device__ __forceinline__ void gemv_add_norm(const float* x, int k, const u8* w, i64 nb,
-                                              const u8* bias, int btype, float* y, int n_out,
-                                              float* h, const u8* nw, int nwt, float eps,
-                                              float* out, u32* counter) {
-    int n = blockIdx.x * 8 + (threadIdx.x >> 5);
-    if (n < n_out) {
-        float s = gemv_row_r1<TYPE>(x, k, w, nb, bias, btype, n);
-        if ((threadIdx.x & 31) == 0) {
-            y[n] = s;
-            __threadfence();  // visible to the last block (last_block_add_rms_norm)
-        }
-    }
-    GRID_DEP_WAIT();  // warps without a row never waited inside row_dot_f
-    last_block_add_rms_norm(y, h, nw, nwt, out, n_out, eps, counter);
-}
-
-#define GEMV_ADD_NORM_ENTRY(NAME, TYPE)                                                        \
-    extern "C" __global__ void __launch_bounds__(256) NAME(                                   \
-        const float* x, int k, const u8* w, i64 nb, const u8* bias, int btype, float* y,      \
-        int n_out, float* h, const u8* nw, int nwt, float eps, float* out, u32* counter) {    \
-        GRID_DEP_LAUNCH();                                                                    \
-        gemv_add_norm<TYPE>(x, k, w, nb, bias, btype, y, n_out, h, nw, nwt, eps, out,         \
-                            counter);                                                         \
-    }
-GEMV_ADD_NORM_ENTRY(gemvf_q8_0_r1_add_norm, T_Q8_0)
-GEMV_ADD_NORM_ENTRY(gemvf_mxfp4_r1_add_norm, T_MXFP4)
 
 // q, k, v of one token as gemvf3_*_r1, with NEOX RoPE applied to matrices 0 (q) and 1 (k) as
 // they are written, from the position's cos/sin table cs [2 half] (rope_cs; the arithmetic of

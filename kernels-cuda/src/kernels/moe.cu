@@ -708,9 +708,6 @@ __device__ __forceinline__ void rows_dot_mxfp4_planes(const u8* const* w, const 
                     }
             }
         }
-        // The weights are never written: only the planes wait for the previous kernel (a
-        // no-op after the first step, and in a kernel that waited at its start).
-        GRID_DEP_WAIT();
 #pragma unroll
         for (int u = 0; u < FU; ++u) {
             int kb = kb0 + 8 * u;
@@ -781,7 +778,7 @@ __device__ __forceinline__ void moe_gate_up_planes(const u8* xq, const float* xs
 
 // Down from h's planes, as moe_down_rows (slot sums combined in slot order). For k dividing 8.
 // grid (ceil(d_model / (R * 8 / k)), t), block 256.
-template <int R, bool FENCE>
+template <int R>
 __device__ __forceinline__ void moe_down_planes(const u8* hq, int n_ff, const u8* wd, i64 nbd,
                                                 const u8* bd, int bdt, const int* ids,
                                                 const float* wts, int k, int d_model, float* y) {
@@ -792,13 +789,11 @@ __device__ __forceinline__ void moe_down_planes(const u8* hq, int n_ff, const u8
     int j = warp % k;
     int row = blockIdx.y;
     int pair = row * k + j;
-    // Read before this kernel's wait: gate+up waited for the router before it let this kernel
-    // launch (moe_gate_up_planes_r1), so the ids are final; through L2, which is coherent.
-    int e = d0 < d_model ? __ldcg(ids + pair) : -1;
-    if (d0 < d_model && e < 0) {
+    if (d0 < d_model && ids[pair] < 0) {
         if (lane == 0)
             for (int r = 0; r < R; ++r) part[warp][r] = 0.f;
     } else if (d0 < d_model) {
+        int e = ids[pair];
         i64 base = (i64)e * d_model;
         float acc[R];
 #pragma unroll
@@ -816,7 +811,6 @@ __device__ __forceinline__ void moe_down_planes(const u8* hq, int n_ff, const u8
             if (lane == 0) part[warp][r] = d < d_model ? a + wt * wload(bd, bdt, 0, base + d) : 0.f;
         }
     }
-    GRID_DEP_WAIT();  // warps that computed nothing still must not write y early
     __syncthreads();
     if (lane == 0 && j == 0 && d0 < d_model) {
 #pragma unroll
@@ -827,37 +821,19 @@ __device__ __forceinline__ void moe_down_planes(const u8* hq, int n_ff, const u8
             for (int jj = 0; jj < k; ++jj) s += part[warp + jj][r];
             y[(i64)row * d_model + d] = s;
         }
-        if (FENCE) __threadfence();  // visible to the last block (last_block_add_rms_norm)
     }
 }
 
-// Waits before it lets the next kernel launch (the reverse of GRID_DEP_ENTRY): down, launched
-// next, may then read the router's ids and start its weight loads before its own wait.
 extern "C" __global__ void __launch_bounds__(256, 4) moe_gate_up_planes_r1(
     const u8* xq, const float* xsc, int d_model, const u8* wg, i64 nbg, const u8* wu, i64 nbu,
     const u8* bg, int bgt, const u8* bu, int but, const int* ids, int k, int n_ff, u8* hq) {
-    GRID_DEP_WAIT();
-    GRID_DEP_LAUNCH();
+    GRID_DEP_ENTRY();
     moe_gate_up_planes<1>(xq, xsc, d_model, wg, nbg, wu, nbu, bg, bgt, bu, but, ids, k, n_ff, hq);
 }
 
-// Launched right after moe_gate_up_planes_r1 (which see): waits inside, after its first weight
-// loads.
 extern "C" __global__ void __launch_bounds__(256) moe_down_planes_r2(
     const u8* hq, int n_ff, const u8* wd, i64 nbd, const u8* bd, int bdt, const int* ids,
     const float* wts, int k, int d_model, float* y) {
-    GRID_DEP_LAUNCH();
-    moe_down_planes<2, false>(hq, n_ff, wd, nbd, bd, bdt, ids, wts, k, d_model, y);
-}
-
-// moe_down_planes_r2 for one token (grid (ceil(d_model / (16 / k)), 1)), then h += y and out =
-// RMSNorm(h) * nw by the last block (last_block_add_rms_norm): the residual add and the next
-// norm without a launch of their own.
-extern "C" __global__ void __launch_bounds__(256) moe_down_planes_r2_add_norm(
-    const u8* hq, int n_ff, const u8* wd, i64 nbd, const u8* bd, int bdt, const int* ids,
-    const float* wts, int k, int d_model, float* y, float* h, const u8* nw, int nwt, float eps,
-    float* out, u32* counter) {
-    GRID_DEP_LAUNCH();
-    moe_down_planes<2, true>(hq, n_ff, wd, nbd, bd, bdt, ids, wts, k, d_model, y);
-    last_block_add_rms_norm(y, h, nw, nwt, out, d_model, eps, counter);
+    GRID_DEP_ENTRY();
+    moe_down_planes<2>(hq, n_ff, wd, nbd, bd, bdt, ids, wts, k, d_model, y);
 }
