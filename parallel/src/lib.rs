@@ -600,6 +600,14 @@ impl<B: Backend, C: Collective<B>> SplitBackend<B, C> {
     }
 }
 
+/// Rank `r`'s part of a (weight, optional bias) pair.
+fn rank_pair<'a, W>(
+    r: usize,
+    (w, b): (&'a SplitWeight<W>, Option<&'a SplitWeight<W>>),
+) -> (&'a W, Option<&'a W>) {
+    (&w.parts[r], b.map(|b| &b.parts[r]))
+}
+
 /// `blk.N.` prefix and the rest of a tensor name, if it is a layer tensor.
 fn layer_of(name: &str) -> Option<(&str, &str)> {
     let rest = name.strip_prefix("blk.")?;
@@ -785,6 +793,52 @@ impl<B: Backend, C: Collective<B>> Backend for SplitBackend<B, C> {
             b.rope(&mut x.parts[r], n, pos0, rope)?;
         }
         Ok(())
+    }
+
+    /// Each rank runs its own heads' q/k/v products and RoPE (in one launch where its backend
+    /// fuses them): the weights are split by whole heads, so nothing crosses ranks.
+    fn qkv_rope(
+        &self,
+        x: &Self::Tensor,
+        q: (&Self::Weight, Option<&Self::Weight>),
+        k: (&Self::Weight, Option<&Self::Weight>),
+        v: (&Self::Weight, Option<&Self::Weight>),
+        n_heads: usize,
+        n_kv_heads: usize,
+        pos0: usize,
+        rope: &Rope,
+    ) -> Result<[Self::Tensor; 3]> {
+        Self::expect_layout("qkv_rope", x, Layout::Replicated)?;
+        for (w, b) in [q, k, v] {
+            Self::expect_role("qkv_rope", w, Role::Rows)?;
+            if let Some(b) = b {
+                Self::expect_role("qkv_rope", b, Role::Rows)?;
+            }
+        }
+        let nh = self.heads_per_rank("qkv_rope", n_heads, "heads")?;
+        let nkv = self.heads_per_rank("qkv_rope", n_kv_heads, "key/value heads")?;
+        let per_rank = self.each(|r, b| {
+            b.qkv_rope(
+                &x.parts[r],
+                rank_pair(r, q),
+                rank_pair(r, k),
+                rank_pair(r, v),
+                nh,
+                nkv,
+                pos0,
+                rope,
+            )
+        })?;
+        let mut outs: [Vec<B::Tensor>; 3] = Default::default();
+        for [qr, kr, vr] in per_rank {
+            outs[0].push(qr);
+            outs[1].push(kr);
+            outs[2].push(vr);
+        }
+        Ok(outs.map(|parts| SplitTensor {
+            parts,
+            layout: Layout::Heads,
+        }))
     }
 
     fn new_kv_cache(&self, cfg: &KvCacheConfig) -> Result<Self::KvCache> {
