@@ -1324,3 +1324,57 @@ fn fused_qkv_rope() {
         }
     }
 }
+
+/// The residual add and the norm before the MoE folded into the router
+/// (`Backend::add_rms_norm_moe`, kernels-cuda/src/decode_fused.rs) against the CPU reference's
+/// separate steps: the MoE output and the new residual, at decode rows (fused) and past them
+/// (separate kernels), with the dp4a and the f32 decode MoE, and with the fused form off.
+#[test]
+fn add_rms_norm_moe_matches() {
+    let Some(mut p) = pair() else { return };
+    let mut r = rng();
+    let mx = GgmlType::MXFP4;
+    for (d, ff, e, k, ts) in [
+        (2880, 2880, 32, 4, &[1usize, 1, 2, 9][..]),
+        (96, 160, 40, 4, &[1, 3]),
+        (64, 160, 9, 3, &[1, 2]),
+    ] {
+        let (cw, gw) = moe_weights(&p, &mut r, d, ff, e, mx, mx);
+        let nw = random_weight(&mut r, "ffn_norm.weight", GgmlType::F32, &[d], 1.0);
+        let (cn, gn) = p.up(&nw);
+        let cfg = MoeConfig {
+            n_experts: e,
+            top_k: k,
+        };
+        for &t in ts {
+            let hv = randn(&mut r, t * d, 2.0);
+            let yv = randn(&mut r, t * d, 1.0);
+            let (mut ch, _) = p.x(&hv, t, d);
+            let (cy, gy) = p.x(&yv, t, d);
+            let c = p
+                .cpu
+                .add_rms_norm_moe(&mut ch, &cy, &cn, 1e-5, &cw, &cfg)
+                .unwrap();
+            for (dp4a, fuse) in [(true, true), (false, true), (true, false)] {
+                p.gpu.set_decode_dp4a(dp4a);
+                p.gpu.set_decode_fuse(fuse);
+                let (_, mut gh) = p.x(&hv, t, d);
+                p.poison();
+                let g = p
+                    .gpu
+                    .add_rms_norm_moe(&mut gh, &gy, &gn, 1e-5, &gw, &cfg)
+                    .unwrap();
+                let what = format!(
+                    "add_rms_norm_moe d={d} ff={ff} E={e} k={k} t={t} dp4a={dp4a} fuse={fuse}"
+                );
+                // Decode rows are f32-grade (the dp4a MoE is held to 1e-9 in
+                // decode_mma_and_f32_kernels); more rows take the bf16 tensor cores.
+                let limit = if t <= 8 { 1e-8 } else { MATMUL_NMSE };
+                p.check(&format!("{what} out"), &c, &g, limit);
+                p.check(&format!("{what} residual"), &ch, &gh, EXACT_NMSE);
+            }
+        }
+    }
+    p.gpu.set_decode_dp4a(true);
+    p.gpu.set_decode_fuse(true);
+}
