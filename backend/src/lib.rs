@@ -282,23 +282,6 @@ pub trait Backend {
         Ok([qt, kt, vt])
     }
 
-    /// `h += y`, then the MoE block on the RMSNorm of `h` times `weight` (the residual add after
-    /// attention, the norm before the MoE, the MoE): the same as [`Backend::add_rms_norm`] then
-    /// [`Backend::moe`], which is what this default does; a backend may fold the add and the
-    /// norm into the router. Returns the MoE's output.
-    fn add_rms_norm_moe(
-        &self,
-        h: &mut Self::Tensor,
-        y: &Self::Tensor,
-        weight: &Self::Weight,
-        eps: f32,
-        w: &MoeWeights<Self::Weight>,
-        cfg: &MoeConfig,
-    ) -> Result<Self::Tensor> {
-        let x = self.add_rms_norm(h, y, weight, eps)?;
-        self.moe(&x, w, cfg)
-    }
-
     /// A fresh, empty KV cache for one layer.
     fn new_kv_cache(&self, cfg: &KvCacheConfig) -> Result<Self::KvCache>;
 

@@ -1,28 +1,22 @@
-//! Decode-step work folded into neighbouring launches (one launch fewer per layer each):
-//! - the q/k/v products with RoPE applied as q and k are written (`gemvf3_*_r1_rope` in
-//!   linear.cu) instead of the products then `rope_qk`. The rotation's cos/sin come from a table
-//!   of the step's position, made once per token by `rope_cs` (all layers share it); the
-//!   arithmetic is that of `rope_qk`, so the two forms agree bit for bit;
-//! - the residual add after attention and the norm before the MoE done by the router
-//!   (`moe_router_norm_topk*` in moe.cu) instead of `add_rms_norm`: each router block makes v =
-//!   h + y and its expert's logit in one pass (the logit scaled by 1 / rms afterwards), block 0
-//!   writes the new residual and the normed row.
-//!
-//! Several rows (past the decode kernels), other weight types and the opt-in int8 paths take the
-//! separate kernels. `GPTOSS_CUDA_DECODE_FUSE=0` (or [`CudaBackend::set_decode_fuse`]) turns both
+//! The decode step's q/k/v products with RoPE applied as q and k are written
+//! (`gemvf3_*_r1_rope` in linear.cu): one launch per layer instead of the products then
+//! `rope_qk`. The rotation's cos/sin come from a table of the step's position, made once per
+//! token by `rope_cs` (all layers share it); the arithmetic is that of `rope_qk`, so the two
+//! forms agree bit for bit. Several rows, other weight types and the opt-in int8 paths take the
+//! separate kernels. `GPTOSS_CUDA_DECODE_FUSE=0` (or [`CudaBackend::set_decode_fuse`]) turns it
 //! off, for A/B measurements.
 //!
-//! Measured and removed (2026-11-26, bench/RESULTS.md): the residual add + norm run by the last
-//! block of the attention output projection or of the MoE's down kernel (a ticket elects the
-//! block) instead of the separate one-block `add_rms_norm`; tg128 fell from 457 to 426 and 413
-//! tok/s on an H100.
+//! Measured and removed (2026-11-26, bench/RESULTS.md, H100):
+//! - the residual add + norm run by the last block of the attention output projection or of the
+//!   MoE's down kernel (a ticket elects the block) instead of the separate one-block
+//!   `add_rms_norm`: tg128 fell from 457 to 426 and 413 tok/s;
+//! - the residual add + norm before the MoE folded into the router (each router block makes
+//!   v = h + y, the sum of squares and its logit in one pass; block 0 writes the new residual and
+//!   the normed row): 455.2 against 459.1 tok/s with RoPE fused alone (commit 4edf33f's tree).
 
-use crate::{
-    A, CudaBackend, CudaTensor, CudaWeight, MAX_GEMV_ROWS, Result, check_linear, dev_err,
-    matrix_dims, shape_err,
-};
+use crate::{A, CudaBackend, CudaTensor, CudaWeight, Result, check_linear, dev_err, shape_err};
 use cudarc::driver::CudaSlice;
-use gptoss_backend::{Backend, GgmlType, MoeConfig, MoeWeights, Rope};
+use gptoss_backend::{Backend, GgmlType, Rope};
 
 /// Whether the fused form is on by default (`GPTOSS_CUDA_DECODE_FUSE=0` turns it off).
 pub(crate) fn fuse_default() -> bool {
@@ -35,29 +29,6 @@ pub(crate) struct RopeCs {
     key: Vec<u32>,
     pos: usize,
     buf: CudaSlice<f32>,
-}
-
-/// The router's part of `add_rms_norm_moe` (see `router_norm_topk` in moe.cu): the residual h,
-/// the attention output y, the norm weight and eps, and the buffer for the new residual.
-pub(crate) struct RouterNorm {
-    pub(crate) h: u64,
-    y: u64,
-    w: u64,
-    eps: f32,
-    hout: u64,
-}
-
-impl RouterNorm {
-    /// The arguments after the router's own, `xm` being where the normed rows go.
-    pub(crate) fn args(&self, xm: u64) -> [A; 5] {
-        [
-            A::P(self.y),
-            A::P(self.w),
-            A::F(self.eps),
-            A::P(self.hout),
-            A::P(xm),
-        ]
-    }
 }
 
 impl CudaBackend {
@@ -178,46 +149,5 @@ impl CudaBackend {
         };
         self.launch(kern, (blocks as u32, 1, 1), 256, &args)?;
         Ok(outs)
-    }
-
-    /// [`gptoss_backend::Backend::add_rms_norm_moe`]: the router does the add and the norm
-    /// where it can (a few rows, F32 router and norm weight, d_model a multiple of 4).
-    pub(crate) fn add_rms_norm_moe_impl(
-        &self,
-        h: &mut CudaTensor,
-        y: &CudaTensor,
-        weight: &CudaWeight,
-        eps: f32,
-        w: &MoeWeights<CudaWeight>,
-        cfg: &MoeConfig,
-    ) -> Result<CudaTensor> {
-        let (t, d) = (h.rows, h.cols);
-        let fits = self.decode_fuse
-            && (1..=MAX_GEMV_ROWS).contains(&t)
-            && y.rows == t
-            && y.cols == d
-            && d.is_multiple_of(4)
-            && weight.numel() == d
-            && weight.dtype == GgmlType::F32
-            && w.router.dtype == GgmlType::F32
-            && matrix_dims(&w.router).0 == d;
-        if !fits {
-            let x = self.add_rms_norm_impl(h, y, weight, eps)?;
-            return self.moe_range(&x, w, cfg, 0..cfg.n_experts, None);
-        }
-        let xm = self.tensor(t, d)?;
-        let mut hout = self.tensor(t, d)?;
-        let norm = RouterNorm {
-            h: self.ptr(&h.buf),
-            y: self.ptr(&y.buf),
-            w: self.ptr(&weight.buf),
-            eps,
-            hout: self.ptr(&hout.buf),
-        };
-        let m = self.moe_range(&xm, w, cfg, 0..cfg.n_experts, Some(&norm))?;
-        // The router wrote the new residual into hout; the old buffer goes back to the pool
-        // (a later kernel that reuses it runs after the router, in stream order).
-        std::mem::swap(&mut h.buf, &mut hout.buf);
-        Ok(m)
     }
 }

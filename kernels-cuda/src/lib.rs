@@ -1071,7 +1071,6 @@ impl CudaBackend {
         w: &MoeWeights<CudaWeight>,
         cfg: &MoeConfig,
         experts: std::ops::Range<usize>,
-        norm: Option<&decode_fused::RouterNorm>,
     ) -> Result<CudaTensor> {
         let t = x.rows;
         let d_model = x.cols;
@@ -1152,16 +1151,10 @@ impl CudaBackend {
         } else {
             None
         };
-        // With `norm`, x is the normed row the router writes: the router reads the residual.
-        if let Some(n) = norm {
-            router_args[0] = A::P(n.h);
-            router_args.extend(n.args(xp));
-        }
-        let router = match (mma_planes.is_some(), norm.is_some()) {
-            (true, false) => "moe_router_topk_q",
-            (false, false) => "moe_router_topk",
-            (true, true) => "moe_router_norm_topk_q",
-            (false, true) => "moe_router_norm_topk",
+        let router = if mma_planes.is_some() {
+            "moe_router_topk_q"
+        } else {
+            "moe_router_topk"
         };
         self.launch(router, (e as u32, t as u32, 1), 256, &router_args)?;
         if partial {
@@ -1659,18 +1652,6 @@ impl Backend for CudaBackend {
         self.qkv_rope_impl(x, q, k, v, n_heads, n_kv_heads, pos0, rope)
     }
 
-    fn add_rms_norm_moe(
-        &self,
-        h: &mut CudaTensor,
-        y: &CudaTensor,
-        weight: &CudaWeight,
-        eps: f32,
-        w: &MoeWeights<CudaWeight>,
-        cfg: &MoeConfig,
-    ) -> Result<CudaTensor> {
-        self.add_rms_norm_moe_impl(h, y, weight, eps, w, cfg)
-    }
-
     fn new_kv_cache(&self, cfg: &KvCacheConfig) -> Result<CudaKvCache> {
         if cfg.window == Some(0)
             || cfg.n_kv_heads == 0
@@ -1877,7 +1858,7 @@ impl Backend for CudaBackend {
         w: &MoeWeights<CudaWeight>,
         cfg: &MoeConfig,
     ) -> Result<CudaTensor> {
-        self.moe_range(x, w, cfg, 0..cfg.n_experts, None)
+        self.moe_range(x, w, cfg, 0..cfg.n_experts)
     }
 
     fn moe_local(
@@ -1887,7 +1868,7 @@ impl Backend for CudaBackend {
         cfg: &MoeConfig,
         experts: std::ops::Range<usize>,
     ) -> Result<CudaTensor> {
-        self.moe_range(x, w, cfg, experts, None)
+        self.moe_range(x, w, cfg, experts)
     }
 
     fn argmax(&self, x: &CudaTensor) -> Result<Vec<u32>> {

@@ -11,30 +11,52 @@ __device__ __forceinline__ float swiglu_oai(float gate, float up) {
     return g / (1.0f + expf(-1.702f * g)) * (u + 1.0f);
 }
 
-// The sum of v over a block of 256 threads, in every thread (red: 8 floats of shared memory;
-// the warps' sums are added in warp order).
-__device__ __forceinline__ float block_sum256(float v, float* red) {
-    v = warp_sum(v);
-    __syncthreads();  // red may still be read from a previous use
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
-    __syncthreads();
-    float s = 0.f;
-    for (int i = 0; i < 8; ++i) s += red[i];
-    return s;
-}
-
-// The end of a router launch, once block (e, r) holds expert e's logit of token r (less the
-// bias) in `logit`, in every thread: with `xq` non-null, block e = 0 of each row first writes the
-// row xr as four int8 planes in the MXFP4 product order (xq [t, 4, d_model], scale xsc [t]) for
-// the decode MoE kernels; the last block of the row to finish (a per-row ticket in `counters`,
-// which it resets to zero) picks the k largest (ties: lower id) and softmaxes them.
-__device__ __forceinline__ void router_finish(float logit, const float* xr, int d_model,
-                                              const u8* br, int brt, int n_exp, int k,
-                                              float* logits, u32* counters, int* ids, float* wts,
-                                              u8* xq, float* xsc) {
+// Router logits and top-k in one launch: block (e, r) computes expert e's logit of token r
+// (256 threads over d_model, loads issued 4 at a time) into `logits`; the last block of the row
+// to finish (a per-row ticket in `counters`, which it resets to zero) picks the k largest
+// (ties: lower id) and softmaxes them. grid (n_exp, t), block 256.
+// With `xq` non-null, block e = 0 of each row also writes the row as four int8 planes in the
+// MXFP4 product order (xq [t, 4, d_model], scale xsc [t]) for moe_gate_up_mma.
+__device__ __forceinline__ void router_topk(const float* x, int d_model, const u8* wr, int wrt,
+                                            i64 nbr, const u8* br, int brt, int n_exp, int k,
+                                            float* logits, u32* counters, int* ids, float* wts,
+                                            u8* xq, float* xsc) {
     __shared__ u32 ticket;
+    __shared__ float red[8];
     int r = blockIdx.y, e = blockIdx.x;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const float* xr = x + (i64)r * d_model;
+    float a = 0.f;
+    if (wrt == T_F32 && (d_model & 3) == 0) {
+        // The usual case (an F32 router): float4 loads, all of a thread's issued together for
+        // d_model <= 4096.
+        const float4* w4 = (const float4*)(wr + (i64)e * d_model * 4);
+        const float4* x4 = (const float4*)xr;
+        int n4 = d_model >> 2;
+        for (int c0 = threadIdx.x; c0 < n4; c0 += 1024) {
+            float4 wv[4], xv[4];
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                int c = c0 + 256 * u;
+                wv[u] = c < n4 ? __ldg(w4 + c) : make_float4(0.f, 0.f, 0.f, 0.f);
+            }
+            // The router is never written: only x waits for the previous kernel.
+            GRID_DEP_WAIT();
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                int c = c0 + 256 * u;
+                xv[u] = c < n4 ? x4[c] : make_float4(0.f, 0.f, 0.f, 0.f);
+            }
+#pragma unroll
+            for (int u = 0; u < 4; ++u)
+                a += wv[u].x * xv[u].x + wv[u].y * xv[u].y + wv[u].z * xv[u].z + wv[u].w * xv[u].w;
+        }
+    } else {
+        GRID_DEP_WAIT();
+#pragma unroll 4
+        for (int c = threadIdx.x; c < d_model; c += 256) a += wload(wr, wrt, nbr, (i64)e * d_model + c) * xr[c];
+    }
+    GRID_DEP_WAIT();  // threads that ran no step above (4 * threadIdx.x >= d_model)
     if (xq != nullptr && e == 0) {
         __shared__ float qred[8];
         float amax = block_amax(xr, d_model, qred);
@@ -48,8 +70,13 @@ __device__ __forceinline__ void router_finish(float logit, const float* xr, int 
             for (int pl = 0; pl < 4; ++pl) dst[pl * d_model + pos] = (u8)(p >> (8 * pl));
         }
     }
+    a = warp_sum(a);
+    if (lane == 0) red[warp] = a;
+    __syncthreads();
     if (threadIdx.x == 0) {
-        logits[(i64)r * n_exp + e] = logit + wload(br, brt, 0, e);
+        float s = 0.f;
+        for (int i = 0; i < 8; ++i) s += red[i];
+        logits[(i64)r * n_exp + e] = s + wload(br, brt, 0, e);
         __threadfence();
         ticket = atomicAdd(&counters[r], 1u);
     }
@@ -102,111 +129,6 @@ __device__ __forceinline__ void router_finish(float logit, const float* xr, int 
     }
 }
 
-// Router logits and top-k in one launch: block (e, r) computes expert e's logit of token r
-// (256 threads over d_model, loads issued 4 at a time), then router_finish. grid (n_exp, t),
-// block 256.
-__device__ __forceinline__ void router_topk(const float* x, int d_model, const u8* wr, int wrt,
-                                            i64 nbr, const u8* br, int brt, int n_exp, int k,
-                                            float* logits, u32* counters, int* ids, float* wts,
-                                            u8* xq, float* xsc) {
-    __shared__ float red[8];
-    int r = blockIdx.y, e = blockIdx.x;
-    const float* xr = x + (i64)r * d_model;
-    float a = 0.f;
-    if (wrt == T_F32 && (d_model & 3) == 0) {
-        // The usual case (an F32 router): float4 loads, all of a thread's issued together for
-        // d_model <= 4096.
-        const float4* w4 = (const float4*)(wr + (i64)e * d_model * 4);
-        const float4* x4 = (const float4*)xr;
-        int n4 = d_model >> 2;
-        for (int c0 = threadIdx.x; c0 < n4; c0 += 1024) {
-            float4 wv[4], xv[4];
-#pragma unroll
-            for (int u = 0; u < 4; ++u) {
-                int c = c0 + 256 * u;
-                wv[u] = c < n4 ? __ldg(w4 + c) : make_float4(0.f, 0.f, 0.f, 0.f);
-            }
-            // The router is never written: only x waits for the previous kernel.
-            GRID_DEP_WAIT();
-#pragma unroll
-            for (int u = 0; u < 4; ++u) {
-                int c = c0 + 256 * u;
-                xv[u] = c < n4 ? x4[c] : make_float4(0.f, 0.f, 0.f, 0.f);
-            }
-#pragma unroll
-            for (int u = 0; u < 4; ++u)
-                a += wv[u].x * xv[u].x + wv[u].y * xv[u].y + wv[u].z * xv[u].z + wv[u].w * xv[u].w;
-        }
-    } else {
-        GRID_DEP_WAIT();
-#pragma unroll 4
-        for (int c = threadIdx.x; c < d_model; c += 256) a += wload(wr, wrt, nbr, (i64)e * d_model + c) * xr[c];
-    }
-    GRID_DEP_WAIT();  // threads that ran no step above (4 * threadIdx.x >= d_model)
-    router_finish(block_sum256(a, red), xr, d_model, br, brt, n_exp, k, logits, counters, ids, wts,
-                  xq, xsc);
-}
-
-// The residual add and the norm before the MoE, in the router's launch (one launch fewer per
-// layer): block (e, r) reads the residual h and the attention output y of token r, and computes
-// in one pass v = h + y, the sum of v^2 and expert e's dot product with v * nw, so that its
-// logit is that dot product times RMSNorm's 1 / rms; block e = 0 also writes v into hout (a
-// buffer of its own: the other blocks still read h) and the normed row v * inv * nw into xm (the
-// arithmetic of add_rms_norm), from which router_finish takes the planes. An F32 router and
-// norm weight, d_model a multiple of 4. grid (n_exp, t), block 256.
-__device__ __forceinline__ void router_norm_topk(const float* h, int d_model, const u8* wr,
-                                                 const u8* br, int brt, int n_exp, int k,
-                                                 float* logits, u32* counters, int* ids,
-                                                 float* wts, u8* xq, float* xsc, const float* y,
-                                                 const float* nw, float eps, float* hout,
-                                                 float* xm) {
-    __shared__ float red[8];
-    int r = blockIdx.y, e = blockIdx.x;
-    const float4* w4 = (const float4*)(wr + (i64)e * d_model * 4);
-    const float4* h4 = (const float4*)(h + (i64)r * d_model);
-    const float4* y4 = (const float4*)(y + (i64)r * d_model);
-    const float4* n4w = (const float4*)nw;
-    int n4 = d_model >> 2;
-    float a = 0.f, ss = 0.f;
-    for (int c0 = threadIdx.x; c0 < n4; c0 += 1024) {
-        float4 wv[4];
-#pragma unroll
-        for (int u = 0; u < 4; ++u) {
-            int c = c0 + 256 * u;
-            wv[u] = c < n4 ? __ldg(w4 + c) : make_float4(0.f, 0.f, 0.f, 0.f);
-        }
-        // The router and the norm weight are never written: only h and y wait.
-        GRID_DEP_WAIT();
-#pragma unroll
-        for (int u = 0; u < 4; ++u) {
-            int c = c0 + 256 * u;
-            if (c < n4) {
-                float4 hv = h4[c], yv = y4[c], nv = __ldg(n4w + c);
-                float4 v = make_float4(hv.x + yv.x, hv.y + yv.y, hv.z + yv.z, hv.w + yv.w);
-                ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-                a += wv[u].x * (v.x * nv.x) + wv[u].y * (v.y * nv.y) + wv[u].z * (v.z * nv.z) +
-                     wv[u].w * (v.w * nv.w);
-            }
-        }
-    }
-    GRID_DEP_WAIT();  // threads that ran no step above
-    float inv = 1.0f / sqrtf(block_sum256(ss, red) / (float)d_model + eps);
-    float dot = block_sum256(a, red);
-    float* xr = xm + (i64)r * d_model;
-    if (e == 0) {
-        float4* ho = (float4*)(hout + (i64)r * d_model);
-        float4* xo = (float4*)xr;
-        for (int c = threadIdx.x; c < n4; c += 256) {
-            float4 hv = h4[c], yv = y4[c], nv = __ldg(n4w + c);
-            float4 v = make_float4(hv.x + yv.x, hv.y + yv.y, hv.z + yv.z, hv.w + yv.w);
-            ho[c] = v;
-            xo[c] = make_float4(v.x * inv * nv.x, v.y * inv * nv.y, v.z * inv * nv.z, v.w * inv * nv.w);
-        }
-        __syncthreads();  // the planes below read xm back
-    }
-    router_finish(dot * inv, xr, d_model, br, brt, n_exp, k, logits, counters, ids, wts, xq, xsc);
-}
-
 extern "C" __global__ void moe_router_topk(const float* x, int d_model, const u8* wr, int wrt,
                                            i64 nbr, const u8* br, int brt, int n_exp, int k,
                                            float* logits, u32* counters, int* ids, float* wts) {
@@ -221,32 +143,6 @@ extern "C" __global__ void moe_router_topk_q(const float* x, int d_model, const 
                                              u8* xq, float* xsc) {
     GRID_DEP_LAUNCH();
     router_topk(x, d_model, wr, wrt, nbr, br, brt, n_exp, k, logits, counters, ids, wts, xq, xsc);
-}
-
-// router_norm_topk; x is the residual h. The arguments of moe_router_topk, then y, nw, eps,
-// hout, xm.
-extern "C" __global__ void moe_router_norm_topk(const float* x, int d_model, const u8* wr,
-                                                int wrt, i64 nbr, const u8* br, int brt,
-                                                int n_exp, int k, float* logits, u32* counters,
-                                                int* ids, float* wts, const float* y,
-                                                const float* nw, float eps, float* hout,
-                                                float* xm) {
-    GRID_DEP_LAUNCH();
-    router_norm_topk(x, d_model, wr, br, brt, n_exp, k, logits, counters, ids, wts, nullptr,
-                     nullptr, y, nw, eps, hout, xm);
-}
-
-// router_norm_topk writing x's planes: the arguments of moe_router_topk_q, then y, nw, eps,
-// hout, xm.
-extern "C" __global__ void moe_router_norm_topk_q(const float* x, int d_model, const u8* wr,
-                                                  int wrt, i64 nbr, const u8* br, int brt,
-                                                  int n_exp, int k, float* logits,
-                                                  u32* counters, int* ids, float* wts, u8* xq,
-                                                  float* xsc, const float* y, const float* nw,
-                                                  float eps, float* hout, float* xm) {
-    GRID_DEP_LAUNCH();
-    router_norm_topk(x, d_model, wr, br, brt, n_exp, k, logits, counters, ids, wts, xq, xsc, y,
-                     nw, eps, hout, xm);
 }
 
 // MXFP4 gate+up for each (token, slot): h [t*k, n_ff] f32. The block quantizes its token's x
