@@ -1316,9 +1316,9 @@ fn fused_qkv_rope() {
             runs.push(g);
         }
         // Fused and separate launches do the same arithmetic.
-        for i in 0..3 {
-            let (a, ..) = p.gpu.to_host(&runs[0][i]).unwrap();
-            let (b, ..) = p.gpu.to_host(&runs[2][i]).unwrap();
+        for (fused, separate) in runs[0].iter().zip(&runs[2]) {
+            let (a, ..) = p.gpu.to_host(fused).unwrap();
+            let (b, ..) = p.gpu.to_host(separate).unwrap();
             let e = nmse(&a, &b);
             assert!(e <= 1e-12, "qkv_rope fused vs separate: NMSE {e:e}");
         }
