@@ -459,7 +459,7 @@ impl CudaBackend {
 
     /// The one-token q/k/v products with RoPE applied as they are written (one launch instead
     /// of two per layer; see `decode_fused.rs`). Default on (`GPTOSS_CUDA_DECODE_FUSE=0` turns
-    /// it off): tg128 457.1 vs 449.0 / 451.1 tok/s on an H100 (2026-11-26, bench/RESULTS.md).
+    /// it off): tg128 457.1 vs 448.9 / 451.1 tok/s on an H100 (2026-11-26, bench/RESULTS.md).
     pub fn set_decode_fuse(&mut self, on: bool) {
         self.decode_fuse = on;
     }

@@ -540,14 +540,7 @@ fn rope_matches() {
         (64, 64, 1, 131000),
         (32, 4, 9, 17),
     ] {
-        let rope = Rope::new(&RopeConfig {
-            head_dim: hd,
-            theta: 150000.0,
-            scaling_factor: 32.0,
-            original_context: 4096,
-            beta_fast: 32.0,
-            beta_slow: 1.0,
-        });
+        let rope = gptoss_rope(hd);
         let xv = randn(&mut r, t * heads * hd, 1.0);
         let (mut cx, mut gx) = p.x(&xv, t, heads * hd);
         p.cpu.rope(&mut cx, heads, pos0, &rope).unwrap();
@@ -617,14 +610,7 @@ fn add_rms_norm_and_rope_qk() {
         (64, 64, 8, 1, 131000),
         (32, 4, 2, 9, 17),
     ] {
-        let rope = Rope::new(&RopeConfig {
-            head_dim: hd,
-            theta: 150000.0,
-            scaling_factor: 32.0,
-            original_context: 4096,
-            beta_fast: 32.0,
-            beta_slow: 1.0,
-        });
+        let rope = gptoss_rope(hd);
         let qv = randn(&mut r, t * heads * hd, 1.0);
         let kv = randn(&mut r, t * kvh * hd, 1.0);
         let (mut cq, mut gq) = p.x(&qv, t, heads * hd);
@@ -638,6 +624,33 @@ fn add_rms_norm_and_rope_qk() {
         p.check(&format!("{what} q"), &cq, &gq, EXACT_NMSE);
         p.check(&format!("{what} k"), &ck, &gk, EXACT_NMSE);
     }
+}
+
+/// GPT-OSS's YaRN RoPE for heads of `hd`.
+fn gptoss_rope(hd: usize) -> Rope {
+    Rope::new(&RopeConfig {
+        head_dim: hd,
+        theta: 150000.0,
+        scaling_factor: 32.0,
+        original_context: 4096,
+        beta_fast: 32.0,
+        beta_slow: 1.0,
+    })
+}
+
+/// `b.qkv_rope` with biases, the weights given as (weight, bias) pairs.
+#[allow(clippy::too_many_arguments)]
+fn qkv_rope_of<B: Backend>(
+    b: &B,
+    x: &B::Tensor,
+    w: [(&B::Weight, &B::Weight); 3],
+    nh: usize,
+    nkv: usize,
+    pos0: usize,
+    rope: &Rope,
+) -> [B::Tensor; 3] {
+    let [q, k, v] = w.map(|(w, b)| (w, Some(b)));
+    b.qkv_rope(x, q, k, v, nh, nkv, pos0, rope).unwrap()
 }
 
 #[test]
@@ -1259,14 +1272,7 @@ fn fused_qkv_rope() {
         (q8, 64, 128, 2, 1, 1, 300),
         (q8, 64, 8, 3, 1, 1, 5),
     ] {
-        let rope = Rope::new(&RopeConfig {
-            head_dim: hd,
-            theta: 150000.0,
-            scaling_factor: 32.0,
-            original_context: 4096,
-            beta_fast: 32.0,
-            beta_slow: 1.0,
-        });
+        let rope = gptoss_rope(hd);
         let mut mat = |name: &str, n: usize| {
             let w = random_weight(&mut r, name, dt, &[k, n], 0.05);
             let b = random_weight(&mut r, name, GgmlType::F32, &[n], 0.5);
@@ -1277,36 +1283,14 @@ fn fused_qkv_rope() {
         let ((cv, gv), (cvb, gvb)) = mat("attn_v.weight", nkv * hd);
         let xv = randn(&mut r, t * k, 1.0);
         let (cx, gx) = p.x(&xv, t, k);
-        let c = p
-            .cpu
-            .qkv_rope(
-                &cx,
-                (&cq, Some(&cqb)),
-                (&ck, Some(&ckb)),
-                (&cv, Some(&cvb)),
-                nh,
-                nkv,
-                pos0,
-                &rope,
-            )
-            .unwrap();
+        let cw = [(&cq, &cqb), (&ck, &ckb), (&cv, &cvb)];
+        let c = qkv_rope_of(&p.cpu, &cx, cw, nh, nkv, pos0, &rope);
         let mut runs = Vec::new();
         for fuse in [true, true, false] {
             p.gpu.set_decode_fuse(fuse);
             p.poison();
-            let g = p
-                .gpu
-                .qkv_rope(
-                    &gx,
-                    (&gq, Some(&gqb)),
-                    (&gk, Some(&gkb)),
-                    (&gv, Some(&gvb)),
-                    nh,
-                    nkv,
-                    pos0,
-                    &rope,
-                )
-                .unwrap();
+            let gw = [(&gq, &gqb), (&gk, &gkb), (&gv, &gvb)];
+            let g = qkv_rope_of(&p.gpu, &gx, gw, nh, nkv, pos0, &rope);
             let what = format!(
                 "qkv_rope {dt:?} k={k} hd={hd} heads={nh}/{nkv} t={t} pos0={pos0} fuse={fuse}"
             );
