@@ -25,31 +25,43 @@ pub(crate) fn fuse_default() -> bool {
 
 /// The cos/sin table of one position for one [`Rope`] (see `rope_cs` in basic.cu).
 pub(crate) struct RopeCs {
-    /// The frequencies' and the attention factor's bits.
-    key: Vec<u32>,
+    inv_freq: Vec<f32>,
+    attention_factor: f32,
     pos: usize,
     buf: CudaSlice<f32>,
+}
+
+impl RopeCs {
+    /// Whether the table was made for `rope` (compared bit for bit, without allocating: this
+    /// runs in every layer of every decode step).
+    fn is_for(&self, rope: &Rope) -> bool {
+        self.attention_factor.to_bits() == rope.attention_factor.to_bits()
+            && self.inv_freq.len() == rope.inv_freq.len()
+            && self
+                .inv_freq
+                .iter()
+                .zip(&rope.inv_freq)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+    }
 }
 
 impl CudaBackend {
     /// The device address of the cos/sin table of `pos` for `rope`: made by one `rope_cs`
     /// launch when the position changes (once per decode step: every layer shares it).
     fn rope_cs(&self, rope: &Rope, pos: usize) -> Result<u64> {
-        let mut key: Vec<u32> = rope.inv_freq.iter().map(|f| f.to_bits()).collect();
-        key.push(rope.attention_factor.to_bits());
         let mut cache = self
             .rope_cs
             .lock()
-            .map_err(|_| shape_err("rope_cs", "table lock poisoned".into()))?;
+            .map_err(|_| dev_err("rope cos/sin table lock poisoned"))?;
         if let Some(c) = cache.as_ref()
-            && c.key == key
             && c.pos == pos
+            && c.is_for(rope)
         {
             return Ok(self.ptr(&c.buf));
         }
         let half = rope.inv_freq.len();
         let buf = match cache.take() {
-            Some(c) if c.key == key => c.buf,
+            Some(c) if c.is_for(rope) => c.buf,
             _ => self.stream.alloc_zeros::<f32>(2 * half).map_err(dev_err)?,
         };
         // The kernel overwrites the table only after every earlier kernel, which may still
@@ -67,7 +79,12 @@ impl CudaBackend {
             ],
         )?;
         let p = self.ptr(&buf);
-        *cache = Some(RopeCs { key, pos, buf });
+        *cache = Some(RopeCs {
+            inv_freq: rope.inv_freq.clone(),
+            attention_factor: rope.attention_factor,
+            pos,
+            buf,
+        });
         Ok(p)
     }
 

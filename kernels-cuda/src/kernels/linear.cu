@@ -412,6 +412,29 @@ __device__ __forceinline__ void row_dot2_mxfp4(const u8* wa, i64 nba, const u8* 
     }
 }
 
+// The loads of FU steps (blocks kb0, kb0 + 8, ...) of R rows (block offsets rows[r]) of NM
+// MXFP4 matrices: word p of each block's nibbles into q, its E8M0 scale into e. Shared by the
+// f32 and the dp4a (moe.cu) decode kernels.
+template <int NM, int R>
+__device__ __forceinline__ void mxfp4_rows_load(const u8* const* w, const i64* nb,
+                                                const i64 (&rows)[R], int kb0, int nbk, int p,
+                                                u32 (&q)[FU][NM][R], u32 (&e)[FU][NM][R]) {
+#pragma unroll
+    for (int u = 0; u < FU; ++u) {
+        int kb = kb0 + 8 * u;
+        if (kb < nbk) {
+#pragma unroll
+            for (int m = 0; m < NM; ++m)
+#pragma unroll
+                for (int r = 0; r < R; ++r) {
+                    i64 bi = rows[r] + kb;
+                    q[u][m][r] = __ldg((const u32*)(w[m] + bi * 16) + p);
+                    e[u][m][r] = __ldg(w[m] + nb[m] * 16 + bi);
+                }
+        }
+    }
+}
+
 // R rows (row0 .. row0 + R - 1, each clamped to last_row) of NM MXFP4 matrices of the same
 // shape dotted with one row of x: the loads of every row and matrix for FU steps are issued
 // before any is used, and each x value loaded serves all R * NM rows. acc[m * R + r].
@@ -425,20 +448,7 @@ __device__ __forceinline__ void rows_dot_mxfp4(const u8* const* w, const i64* nb
     for (int r = 0; r < R; ++r) rows[r] = min(row0 + r, last_row) * nbk;
     for (int kb0 = bl; kb0 < nbk; kb0 += 8 * FU) {
         u32 q[FU][NM][R], e[FU][NM][R];
-#pragma unroll
-        for (int u = 0; u < FU; ++u) {
-            int kb = kb0 + 8 * u;
-            if (kb < nbk) {
-#pragma unroll
-                for (int m = 0; m < NM; ++m)
-#pragma unroll
-                    for (int r = 0; r < R; ++r) {
-                        i64 bi = rows[r] + kb;
-                        q[u][m][r] = __ldg((const u32*)(w[m] + bi * 16) + p);
-                        e[u][m][r] = __ldg(w[m] + nb[m] * 16 + bi);
-                    }
-            }
-        }
+        mxfp4_rows_load<NM, R>(w, nb, rows, kb0, nbk, p, q, e);
 #pragma unroll
         for (int u = 0; u < FU; ++u) {
             int kb = kb0 + 8 * u;

@@ -419,6 +419,25 @@ __device__ __forceinline__ void moe_gate_up_rows(const float* x, int d_model, co
     }
 }
 
+// The end of a down kernel whose warps hold partial sums part[warp][r] of k slots in warp order
+// (warp w: slot w % k of rows d0 .. d0 + R - 1): after the block syncs, the first warp of each
+// row group adds its k slots in slot order and writes the rows into yrow.
+template <int R>
+__device__ __forceinline__ void down_slots_store(const float (&part)[8][R], int warp, int j,
+                                                 int k, int d0, int d_model, float* yrow) {
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0 && j == 0 && d0 < d_model) {
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            int d = d0 + r;
+            if (d >= d_model) break;
+            float s = 0.f;
+            for (int jj = 0; jj < k; ++jj) s += part[warp + jj][r];
+            yrow[d] = s;
+        }
+    }
+}
+
 // Down: one warp per (R outputs, slot), 8 / k output groups per block; the k slots' weighted
 // partial sums are combined in slot order in shared memory (deterministic). For k dividing 8.
 // grid (ceil(d_model / (R * 8 / k)), t), block 256.
@@ -455,17 +474,7 @@ __device__ __forceinline__ void moe_down_rows(const float* h, int n_ff, const u8
             if (lane == 0) part[warp][r] = d < d_model ? wt * (a + wload(bd, bdt, 0, base + d)) : 0.f;
         }
     }
-    __syncthreads();
-    if (lane == 0 && j == 0 && d0 < d_model) {
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-            int d = d0 + r;
-            if (d >= d_model) break;
-            float s = 0.f;
-            for (int jj = 0; jj < k; ++jj) s += part[warp + jj][r];
-            y[(i64)row * d_model + d] = s;
-        }
-    }
+    down_slots_store<R>(part, warp, j, k, d0, d_model, y + (i64)row * d_model);
 }
 
 #define MOE_GU_ENTRY(NAME, R)                                                                    \
@@ -694,20 +703,7 @@ __device__ __forceinline__ void rows_dot_mxfp4_planes(const u8* const* w, const 
     for (int r = 0; r < R; ++r) rows[r] = min(row0 + r, last_row) * nbk;
     for (int kb0 = bl; kb0 < nbk; kb0 += 8 * FU) {
         u32 q[FU][NM][R], e[FU][NM][R];
-#pragma unroll
-        for (int u = 0; u < FU; ++u) {
-            int kb = kb0 + 8 * u;
-            if (kb < nbk) {
-#pragma unroll
-                for (int m = 0; m < NM; ++m)
-#pragma unroll
-                    for (int r = 0; r < R; ++r) {
-                        i64 bi = rows[r] + kb;
-                        q[u][m][r] = __ldg((const u32*)(w[m] + bi * 16) + p);
-                        e[u][m][r] = __ldg(w[m] + nb[m] * 16 + bi);
-                    }
-            }
-        }
+        mxfp4_rows_load<NM, R>(w, nb, rows, kb0, nbk, p, q, e);
 #pragma unroll
         for (int u = 0; u < FU; ++u) {
             int kb = kb0 + 8 * u;
@@ -811,17 +807,7 @@ __device__ __forceinline__ void moe_down_planes(const u8* hq, int n_ff, const u8
             if (lane == 0) part[warp][r] = d < d_model ? a + wt * wload(bd, bdt, 0, base + d) : 0.f;
         }
     }
-    __syncthreads();
-    if (lane == 0 && j == 0 && d0 < d_model) {
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-            int d = d0 + r;
-            if (d >= d_model) break;
-            float s = 0.f;
-            for (int jj = 0; jj < k; ++jj) s += part[warp + jj][r];
-            y[(i64)row * d_model + d] = s;
-        }
-    }
+    down_slots_store<R>(part, warp, j, k, d0, d_model, y + (i64)row * d_model);
 }
 
 extern "C" __global__ void __launch_bounds__(256, 4) moe_gate_up_planes_r1(
