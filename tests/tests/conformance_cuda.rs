@@ -1308,3 +1308,64 @@ fn fused_qkv_rope() {
         }
     }
 }
+
+/// Weights fetched into L2 ahead of their product (`Backend::fetch_ahead`, kernels-cuda
+/// l2_ahead.rs) change no result: the fused q/k/v + RoPE and the decode MoE with every
+/// fetch-ahead site on and a hint given agree bit for bit with the same calls with the sites
+/// off, and both with the CPU reference.
+#[test]
+fn fetch_ahead_changes_nothing() {
+    let Some(mut p) = pair() else { return };
+    let mut r = rng();
+    let (d, hd, nh, nkv) = (2880, 64, 64, 8);
+    let rope = gptoss_rope(hd);
+    let mut mat = |name: &str, k: usize, n: usize| {
+        let w = random_weight(&mut r, name, GgmlType::Q8_0, &[k, n], 0.05);
+        let b = random_weight(&mut r, name, GgmlType::F32, &[n], 0.5);
+        (p.up(&w), p.up(&b))
+    };
+    let ((cq, gq), (cqb, gqb)) = mat("attn_q.weight", d, nh * hd);
+    let ((ck, gk), (ckb, gkb)) = mat("attn_k.weight", d, nkv * hd);
+    let ((cv, gv), (cvb, gvb)) = mat("attn_v.weight", d, nkv * hd);
+    let ((_, go), _) = mat("attn_output.weight", nh * hd, d);
+    let (cw, gw) = moe_weights(&p, &mut r, d, d, 32, GgmlType::MXFP4, GgmlType::MXFP4);
+    let cfg = MoeConfig {
+        n_experts: 32,
+        top_k: 4,
+    };
+    for (t, pos0) in [(1, 0), (1, 4097), (3, 17)] {
+        let xv = randn(&mut r, t * d, 1.0);
+        let (cx, gx) = p.x(&xv, t, d);
+        let c = qkv_rope_of(
+            &p.cpu,
+            &cx,
+            [(&cq, &cqb), (&ck, &ckb), (&cv, &cvb)],
+            nh,
+            nkv,
+            pos0,
+            &rope,
+        );
+        let cm = p.cpu.moe(&cx, &cw, &cfg).unwrap();
+        let mut runs = Vec::new();
+        for sites in [7u8, 0] {
+            p.gpu.set_l2_ahead(sites);
+            p.poison();
+            p.gpu.fetch_ahead(&[&go]).unwrap();
+            let gwq = [(&gq, &gqb), (&gk, &gkb), (&gv, &gvb)];
+            let g = qkv_rope_of(&p.gpu, &gx, gwq, nh, nkv, pos0, &rope);
+            p.gpu.fetch_ahead(&[&gq, &gk, &gv]).unwrap();
+            let gm = p.gpu.moe(&gx, &gw, &cfg).unwrap();
+            let what = format!("fetch-ahead sites {sites} t={t} pos0={pos0}");
+            for (i, name) in ["q", "k", "v"].iter().enumerate() {
+                p.check(&format!("{what} {name}"), &c[i], &g[i], MATMUL_NMSE);
+            }
+            p.check(&format!("{what} moe"), &cm, &gm, MATMUL_NMSE);
+            runs.push([&g[0], &g[1], &g[2], &gm].map(|t| p.gpu.to_host(t).unwrap().0));
+        }
+        assert!(
+            runs[0] == runs[1],
+            "t={t}: outputs differ with the fetch-ahead sites on and off"
+        );
+    }
+    p.gpu.set_l2_ahead(7);
+}
