@@ -282,15 +282,6 @@ pub trait Backend {
         Ok([qt, kt, vt])
     }
 
-    /// A hint, without effect on any result: the operation after the next [`Backend::qkv_rope`]
-    /// or [`Backend::moe`] call reads `weights`. A backend may start moving them toward the
-    /// compute units (a GPU's L2) while that call runs, so that memory keeps streaming through
-    /// the small operations in between. The hint applies to that next call only. Default: none.
-    fn fetch_ahead(&self, weights: &[&Self::Weight]) -> Result<()> {
-        let _ = weights;
-        Ok(())
-    }
-
     /// A fresh, empty KV cache for one layer.
     fn new_kv_cache(&self, cfg: &KvCacheConfig) -> Result<Self::KvCache>;
 

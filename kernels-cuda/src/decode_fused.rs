@@ -101,8 +101,6 @@ impl CudaBackend {
         pos0: usize,
         rope: &Rope,
     ) -> Result<[CudaTensor; 3]> {
-        // The weights named by fetch_ahead (the output projection) go to the fused kernel.
-        let ahead = self.take_ahead(crate::l2_ahead::AHEAD_WO)?;
         let mats = [q, k, v];
         let dims = mats
             .iter()
@@ -161,7 +159,6 @@ impl CudaBackend {
             ]);
         }
         args.extend([A::I(hd as i32), A::P(self.rope_cs(rope, pos0)?)]);
-        args.extend(ahead);
         let kern = if dtype == GgmlType::Q8_0 {
             "gemvf3_q8_0_r1_rope"
         } else {

@@ -103,8 +103,7 @@ impl CudaBackend {
     }
 
     /// Gate+up and down of the MXFP4 experts for t <= 8 rows, after moe_router_topk_q wrote
-    /// ids, weights and x's planes. y [t, d_model] gets every row written. `ahead`: the
-    /// L2_AHEAD_ARGS of the down kernel (l2_ahead.rs), used by the dp4a kernels.
+    /// ids, weights and x's planes. y [t, d_model] gets every row written.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn mma_moe_experts(
         &self,
@@ -117,13 +116,11 @@ impl CudaBackend {
         ids: u64,
         wts: u64,
         y: u64,
-        ahead: &[A],
     ) -> Result<()> {
         let pairs = t * k;
         let hq = self.scratch(pairs * 4 * n_ff)?;
         // The dp4a kernels (moe.cu, `*_planes_*`) read the same planes with the same arguments,
         // one row per warp (gate+up) and two per warp with the k slots of a block (down).
-        let dp4a = !self.decode_mma;
         let (gu_name, gu_grid, down_name, down_grid) = if self.decode_mma {
             let gu = (n_ff.div_ceil(16) as u32, pairs as u32, 1);
             (
@@ -141,46 +138,45 @@ impl CudaBackend {
         let (gb, gbt) = bp(&w.gate_bias);
         let (ub, ubt) = bp(&w.up_bias);
         let (db, dbt) = bp(&w.down_bias);
-        let mut gu_args = vec![
-            A::P(planes.0.ptr),
-            A::P(planes.1.ptr),
-            A::I(d_model as i32),
-            A::P(self.ptr(&w.gate.buf)),
-            A::L(w.gate.nb),
-            A::P(self.ptr(&w.up.buf)),
-            A::L(w.up.nb),
-            gb,
-            gbt,
-            ub,
-            ubt,
-            A::P(ids),
-            A::I(k as i32),
-            A::I(n_ff as i32),
-            A::P(hq.ptr),
-        ];
-        let mut down_args = vec![
-            A::P(hq.ptr),
-            A::I(n_ff as i32),
-            A::P(self.ptr(&w.down.buf)),
-            A::L(w.down.nb),
-            db,
-            dbt,
-            A::P(ids),
-            A::P(wts),
-            A::I(k as i32),
-            A::I(d_model as i32),
-            A::P(y),
-        ];
-        if dp4a {
-            // Gate+up fetches its experts' down rows into L2, down the hinted weights.
-            gu_args.extend([
+        self.launch(
+            gu_name,
+            gu_grid,
+            256,
+            &[
+                A::P(planes.0.ptr),
+                A::P(planes.1.ptr),
+                A::I(d_model as i32),
+                A::P(self.ptr(&w.gate.buf)),
+                A::L(w.gate.nb),
+                A::P(self.ptr(&w.up.buf)),
+                A::L(w.up.nb),
+                gb,
+                gbt,
+                ub,
+                ubt,
+                A::P(ids),
+                A::I(k as i32),
+                A::I(n_ff as i32),
+                A::P(hq.ptr),
+            ],
+        )?;
+        self.launch(
+            down_name,
+            down_grid,
+            256,
+            &[
+                A::P(hq.ptr),
+                A::I(n_ff as i32),
                 A::P(self.ptr(&w.down.buf)),
                 A::L(w.down.nb),
-                A::I(self.ahead_down() as i32),
-            ]);
-            down_args.extend_from_slice(ahead);
-        }
-        self.launch(gu_name, gu_grid, 256, &gu_args)?;
-        self.launch(down_name, down_grid, 256, &down_args)
+                db,
+                dbt,
+                A::P(ids),
+                A::P(wts),
+                A::I(k as i32),
+                A::I(d_model as i32),
+                A::P(y),
+            ],
+        )
     }
 }

@@ -19,7 +19,6 @@ mod decode_attn;
 mod decode_fused;
 mod decode_moe;
 pub mod fp4;
-mod l2_ahead;
 pub mod nccl;
 mod prefill;
 pub mod quants;
@@ -309,10 +308,6 @@ pub struct CudaBackend {
     decode_fuse: bool,
     /// The RoPE cos/sin table of the current decode position (decode_fused.rs).
     rope_cs: Mutex<Option<decode_fused::RopeCs>>,
-    /// Decode kernels that fetch a later product's weights into L2 (l2_ahead.rs: bits).
-    l2_ahead: u8,
-    /// Weights named by `fetch_ahead` for the next `qkv_rope` or `moe`: (address, bytes).
-    ahead: Mutex<Vec<(u64, i64)>>,
 }
 
 /// Programmatic dependent launch: every kernel of the program begins with `GRID_DEP_ENTRY`
@@ -433,8 +428,6 @@ impl CudaBackend {
             pdl: pdl_default(major),
             decode_fuse: decode_fused::fuse_default(),
             rope_cs: Mutex::new(None),
-            l2_ahead: l2_ahead::ahead_default(),
-            ahead: Mutex::new(Vec::new()),
         })
     }
 
@@ -1125,8 +1118,6 @@ impl CudaBackend {
                 return bad(format!("bias {} is {:?}, need {n} values", b.name, b.shape));
             }
         }
-        // The weights named by fetch_ahead go to the down kernel of the dp4a decode MoE.
-        let ahead = self.take_ahead(l2_ahead::AHEAD_QKV)?;
         let y = self.tensor(t, d_model)?;
         if t == 0 {
             return Ok(y);
@@ -1206,7 +1197,7 @@ impl CudaBackend {
         }
         if let Some(p) = &mma_planes {
             let (ip, wp) = (self.ptr(&ids), self.ptr(&wts));
-            self.mma_moe_experts(p, t, kk, d_model, n_ff, w, ip, wp, yp, &ahead)?;
+            self.mma_moe_experts(p, t, kk, d_model, n_ff, w, ip, wp, yp)?;
             return Ok(y);
         }
         let smem = d_model + d_model / 8;
@@ -1659,10 +1650,6 @@ impl Backend for CudaBackend {
         rope: &Rope,
     ) -> Result<[CudaTensor; 3]> {
         self.qkv_rope_impl(x, q, k, v, n_heads, n_kv_heads, pos0, rope)
-    }
-
-    fn fetch_ahead(&self, weights: &[&CudaWeight]) -> Result<()> {
-        self.fetch_ahead_impl(weights)
     }
 
     fn new_kv_cache(&self, cfg: &KvCacheConfig) -> Result<CudaKvCache> {

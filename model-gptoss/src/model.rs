@@ -279,9 +279,6 @@ impl<B: Backend> Model<B> {
             .zip(session.caches.iter_mut())
             .enumerate()
         {
-            // Hints (no effect on results): a backend may stream the weights of the product after
-            // the next call into a cache while that call runs (Backend::fetch_ahead).
-            be.fetch_ahead(&[&l.wo])?;
             let [q, k, v] = be.qkv_rope(
                 &x,
                 (&l.wq, Some(&l.bq)),
@@ -295,9 +292,6 @@ impl<B: Backend> Model<B> {
             let a = be.attention(&q, &k, &v, cache, pos0, &l.sinks, &c.attention(il))?;
             let o = be.linear(&a, &l.wo, Some(&l.bo))?;
             let xm = be.add_rms_norm(&mut h, &o, &l.moe_norm, c.rms_eps)?;
-            if let Some(next) = self.layers.get(il + 1) {
-                be.fetch_ahead(&[&next.wq, &next.wk, &next.wv])?;
-            }
             let m = be.moe(&xm, &l.moe, &c.moe())?;
             if let Some(next) = self.layers.get(il + 1) {
                 x = be.add_rms_norm(&mut h, &m, &next.attn_norm, c.rms_eps)?;

@@ -41,38 +41,6 @@ typedef unsigned long long u64;
         GRID_DEP_WAIT();    \
     } while (0)
 
-// ---- Fetching the next operation's weights into L2 ahead of it (decode) ----
-// At batch 1 each matrix-vector kernel pays a fixed ramp and tail (~8 us on an H100) during which
-// DRAM idles, and so it does through the small kernels between products (attention, norms,
-// router). A kernel given the byte ranges of weights that a later kernel reads asks L2 for its
-// block's share of them after its own work: `prefetch` holds no register and nobody waits for
-// it, so DRAM keeps streaming through this kernel's tail and the kernels after it, and the
-// later kernel finds its weights in L2. Results do not depend on it.
-#define L2_AHEAD_ARGS const u8 *pf0, i64 pl0, const u8 *pf1, i64 pl1, const u8 *pf2, i64 pl2
-#define L2_AHEAD_PASS pf0, pl0, pf1, pl1, pf2, pl2
-
-__device__ __forceinline__ void l2_prefetch_line(const u8* p) {
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
-}
-
-// Block `blk` of `nblk` asks for its share (whole 128-byte lines) of bytes [p, p + len).
-__device__ __forceinline__ void l2_ahead_share(const u8* p, i64 len, i64 blk, i64 nblk) {
-    if (p == nullptr || len <= 0) return;
-    i64 lines = (len + 127) >> 7;
-    i64 per = (lines + nblk - 1) / nblk;
-    i64 l0 = blk * per, l1 = min(l0 + per, lines);
-    for (i64 l = l0 + threadIdx.x; l < l1; l += blockDim.x) l2_prefetch_line(p + (l << 7));
-}
-
-// The block's share of up to three ranges (L2_AHEAD_ARGS), blocks counted over the whole grid.
-__device__ __forceinline__ void l2_ahead3(L2_AHEAD_ARGS) {
-    i64 nblk = (i64)gridDim.x * gridDim.y * gridDim.z;
-    i64 blk = ((i64)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
-    l2_ahead_share(pf0, pl0, blk, nblk);
-    l2_ahead_share(pf1, pl1, blk, nblk);
-    l2_ahead_share(pf2, pl2, blk, nblk);
-}
-
 __device__ __forceinline__ float h2f(u16 h) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));

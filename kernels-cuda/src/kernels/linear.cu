@@ -557,18 +557,13 @@ __device__ __forceinline__ void gemv3_rope(const float* x, int k, const u8* w, i
     }
 }
 
-// After its rows, each block asks L2 for its share of the L2_AHEAD_ARGS ranges (the attention
-// output projection's weights: see common.cuh).
 #define GEMVF3_ROPE_ENTRY(NAME, TYPE)                                                          \
     extern "C" __global__ void __launch_bounds__(256) NAME(                                   \
         const float* x, int k, MAT3_ARGS(0), MAT3_ARGS(1), MAT3_ARGS(2), int head_dim,         \
-        const float* cs, L2_AHEAD_ARGS) {                                                     \
+        const float* cs) {                                                                    \
         GRID_DEP_LAUNCH();                                                                    \
-        {                                                                                     \
-            MAT3_SELECT();                                                                    \
-            gemv3_rope<TYPE>(x, k, w, nb, bias, bt, y, n_out, b, !m2, head_dim, cs);           \
-        }                                                                                     \
-        l2_ahead3(L2_AHEAD_PASS);                                                             \
+        MAT3_SELECT();                                                                        \
+        gemv3_rope<TYPE>(x, k, w, nb, bias, bt, y, n_out, b, !m2, head_dim, cs);               \
     }
 GEMVF3_ROPE_ENTRY(gemvf3_q8_0_r1_rope, T_Q8_0)
 GEMVF3_ROPE_ENTRY(gemvf3_mxfp4_r1_rope, T_MXFP4)

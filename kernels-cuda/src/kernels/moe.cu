@@ -810,29 +810,16 @@ __device__ __forceinline__ void moe_down_planes(const u8* hq, int n_ff, const u8
     down_slots_store<R>(part, warp, j, k, d0, d_model, y + (i64)row * d_model);
 }
 
-// With `ahead` set, each block then asks L2 for its share (over blockIdx.x) of the down
-// matrix of its pair's expert (wd: [experts, d_model, n_ff] MXFP4, nbd blocks in all), so that
-// the down kernel finds its weights there (common.cuh: l2_ahead_share).
 extern "C" __global__ void __launch_bounds__(256, 4) moe_gate_up_planes_r1(
     const u8* xq, const float* xsc, int d_model, const u8* wg, i64 nbg, const u8* wu, i64 nbu,
-    const u8* bg, int bgt, const u8* bu, int but, const int* ids, int k, int n_ff, u8* hq,
-    const u8* wd, i64 nbd, int ahead) {
+    const u8* bg, int bgt, const u8* bu, int but, const int* ids, int k, int n_ff, u8* hq) {
     GRID_DEP_ENTRY();
     moe_gate_up_planes<1>(xq, xsc, d_model, wg, nbg, wu, nbu, bg, bgt, bu, but, ids, k, n_ff, hq);
-    int e = ahead ? ids[blockIdx.y] : -1;
-    if (e >= 0) {
-        i64 blocks = (i64)d_model * (n_ff >> 5);
-        l2_ahead_share(wd + (i64)e * blocks * 16, blocks * 16, blockIdx.x, gridDim.x);
-        l2_ahead_share(wd + nbd * 16 + (i64)e * blocks, blocks, blockIdx.x, gridDim.x);
-    }
 }
 
-// After its rows, each block asks L2 for its share of the L2_AHEAD_ARGS ranges (the next
-// layer's q/k/v weights).
 extern "C" __global__ void __launch_bounds__(256) moe_down_planes_r2(
     const u8* hq, int n_ff, const u8* wd, i64 nbd, const u8* bd, int bdt, const int* ids,
-    const float* wts, int k, int d_model, float* y, L2_AHEAD_ARGS) {
+    const float* wts, int k, int d_model, float* y) {
     GRID_DEP_ENTRY();
     moe_down_planes<2>(hq, n_ff, wd, nbd, bd, bdt, ids, wts, k, d_model, y);
-    l2_ahead3(L2_AHEAD_PASS);
 }
