@@ -482,6 +482,58 @@ __device__ __forceinline__ u32 dtc_pack(float lo, float hi) {
 // S * heads per group <= this).
 #define DTC_MAX_GS 512
 
+// The new key/value row of kv head kh appended to the ring, as f16 (after every read of the
+// step: the slot held position pos0 - cap, outside the window).
+__device__ __forceinline__ void dtc_append(const float* knew, const float* vnew, u16* kc, u16* vc,
+                                           int pos0, int cap, int n_kv, int kh, int hd) {
+    i64 dst = ((i64)(pos0 % cap) * n_kv + kh) * hd;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        kc[dst + d] = f2h(knew[(i64)kh * hd + d]);
+        vc[dst + d] = f2h(vnew[(i64)kh * hd + d]);
+    }
+}
+
+// The output of a kv head's gq query heads from the four warps' partials in shared memory
+// (max wm, sum wl, unnormalized wacc), the new key (f32 score against q) and the sink, when the
+// whole range is one block's. wf: 32 floats of scratch (each warp's factor per head).
+template <int HD>
+__device__ __forceinline__ void dtc_merge_one(const float* q, const float* knew,
+                                              const float* vnew, int kh, int h0, int gq,
+                                              float scale, const u8* sinks, int sink_type,
+                                              const float (&wm)[4][8], const float (&wl)[4][8],
+                                              const float (&wacc)[4][8][HD], float* wf,
+                                              float* hfn, float* hinv, float* out) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    for (int g = warp; g < gq; g += 4) {
+        float dot = 0.f;
+        for (int d = lane; d < HD; d += 32)
+            dot += q[(i64)(h0 + g) * HD + d] * knew[(i64)kh * HD + d];
+        float sn = warp_sum(dot) * scale;
+        float sink = wload(sinks, sink_type, 0, h0 + g);
+        float M = fmaxf(fmaxf(sink, sn), fmaxf(fmaxf(wm[0][g], wm[1][g]), fmaxf(wm[2][g], wm[3][g])));
+        if (lane == 0) {
+            float L = 0.f;
+#pragma unroll
+            for (int w = 0; w < 4; ++w) {
+                float f = wm[w][g] == NEG_INF ? 0.f : __expf(wm[w][g] - M);
+                wf[w * 8 + g] = f;
+                L += wl[w][g] * f;
+            }
+            float fn = __expf(sn - M);
+            hfn[g] = fn;
+            hinv[g] = 1.f / (L + __expf(sink - M) + fn);
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < gq * HD; i += blockDim.x) {
+        int g = i / HD, d = i % HD;
+        float acc = hfn[g] * vnew[(i64)kh * HD + d];
+#pragma unroll
+        for (int w = 0; w < 4; ++w) acc += wf[w * 8 + g] * wacc[w][g][d];
+        out[(i64)(h0 + g) * HD + d] = acc * hinv[g];
+    }
+}
+
 template <int DPL>
 __device__ __forceinline__ void attn_dtc_t(const float* q, const float* knew, const float* vnew,
                                            u16* kc, u16* vc, int pos0, int n_heads, int n_kv,
@@ -639,6 +691,15 @@ __device__ __forceinline__ void attn_dtc_t(const float* q, const float* knew, co
         wacc[warp][2 * c + 1][d0 + 1] = o[mt][3];
     }
     __syncthreads();
+    if (S == 1) {
+        // One split (every window layer, and full layers up to 256 cached keys): the block
+        // merges its warps, the new key and the sink itself; no partials through global
+        // memory, no ticket.
+        dtc_merge_one<HD>(q, knew, vnew, kh, h0, gq, scale, sinks, sink_type, wm, wl, wacc, pf,
+                          hfn, hinv, out);
+        dtc_append(knew, vnew, kc, vc, pos0, cap, n_kv, kh, HD);
+        return;
+    }
     for (int i = threadIdx.x; i < gq * HD; i += blockDim.x) {
         int g = i / HD, d = i % HD;
         float M = fmaxf(fmaxf(wm[0][g], wm[1][g]), fmaxf(wm[2][g], wm[3][g]));
@@ -719,11 +780,7 @@ __device__ __forceinline__ void attn_dtc_t(const float* q, const float* knew, co
         ((float4*)(out + (i64)h * HD))[d4] =
             make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
     }
-    i64 dst = ((i64)(pos0 % cap) * n_kv + kh) * HD;
-    for (int d = threadIdx.x; d < HD; d += blockDim.x) {
-        kc[dst + d] = f2h(knew[(i64)kh * HD + d]);
-        vc[dst + d] = f2h(vnew[(i64)kh * HD + d]);
-    }
+    dtc_append(knew, vnew, kc, vc, pos0, cap, n_kv, kh, HD);
     if (threadIdx.x == 0) tickets[kh] = 0u;
 }
 

@@ -15,8 +15,10 @@ __device__ __forceinline__ float swiglu_oai(float gate, float up) {
 // (256 threads over d_model, loads issued 4 at a time) into `logits`; the last block of the row
 // to finish (a per-row ticket in `counters`, which it resets to zero) picks the k largest
 // (ties: lower id) and softmaxes them. grid (n_exp, t), block 256.
-// With `xq` non-null, block e = 0 of each row also writes the row as four int8 planes in the
-// MXFP4 product order (xq [t, 4, d_model], scale xsc [t]) for moe_gate_up_mma.
+// With `xq` non-null, the blocks of a row also write it as four int8 planes in the MXFP4
+// product order (xq [t, 4, d_model], scale xsc [t]) for the decode MoE kernels: each block
+// finds the row's max |x| from the values it loaded for its logit, and writes its share of the
+// 32-element groups (d_model % 32 == 0), so that no block carries the whole row's planes.
 __device__ __forceinline__ void router_topk(const float* x, int d_model, const u8* wr, int wrt,
                                             i64 nbr, const u8* br, int brt, int n_exp, int k,
                                             float* logits, u32* counters, int* ids, float* wts,
@@ -26,7 +28,7 @@ __device__ __forceinline__ void router_topk(const float* x, int d_model, const u
     int r = blockIdx.y, e = blockIdx.x;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const float* xr = x + (i64)r * d_model;
-    float a = 0.f;
+    float a = 0.f, amax = 0.f;  // amax: the largest |x| this thread loaded
     if (wrt == T_F32 && (d_model & 3) == 0) {
         // The usual case (an F32 router): float4 loads, all of a thread's issued together for
         // d_model <= 4096.
@@ -48,31 +50,44 @@ __device__ __forceinline__ void router_topk(const float* x, int d_model, const u
                 xv[u] = c < n4 ? x4[c] : make_float4(0.f, 0.f, 0.f, 0.f);
             }
 #pragma unroll
-            for (int u = 0; u < 4; ++u)
+            for (int u = 0; u < 4; ++u) {
                 a += wv[u].x * xv[u].x + wv[u].y * xv[u].y + wv[u].z * xv[u].z + wv[u].w * xv[u].w;
+                amax = fmaxf(amax, fmaxf(fmaxf(fabsf(xv[u].x), fabsf(xv[u].y)),
+                                         fmaxf(fabsf(xv[u].z), fabsf(xv[u].w))));
+            }
         }
     } else {
         GRID_DEP_WAIT();
 #pragma unroll 4
-        for (int c = threadIdx.x; c < d_model; c += 256) a += wload(wr, wrt, nbr, (i64)e * d_model + c) * xr[c];
+        for (int c = threadIdx.x; c < d_model; c += 256) {
+            a += wload(wr, wrt, nbr, (i64)e * d_model + c) * xr[c];
+            amax = fmaxf(amax, fabsf(xr[c]));
+        }
     }
     GRID_DEP_WAIT();  // threads that ran no step above (4 * threadIdx.x >= d_model)
-    if (xq != nullptr && e == 0) {
-        __shared__ float qred[8];
-        float amax = block_amax(xr, d_model, qred);
+    __shared__ float ared[8];
+    a = warp_sum(a);
+    amax = warp_max(amax);
+    if (lane == 0) {
+        red[warp] = a;
+        ared[warp] = amax;
+    }
+    __syncthreads();
+    if (xq != nullptr) {
+        amax = 0.f;
+        for (int i = 0; i < 8; ++i) amax = fmaxf(amax, ared[i]);
         float inv = amax > 0.f ? 127.f / amax : 0.f;
-        if (threadIdx.x == 0) xsc[r] = amax / 127.f;
+        if (e == 0 && threadIdx.x == 0) xsc[r] = amax / 127.f;
         u8* dst = xq + (i64)r * 4 * d_model;
-        for (int i = threadIdx.x; i < d_model; i += blockDim.x) {
+        int groups = d_model >> 5, per = (groups + gridDim.x - 1) / gridDim.x;
+        int i1 = min(groups, (e + 1) * per) * 32;
+        for (int i = e * per * 32 + threadIdx.x; i < i1; i += blockDim.x) {
             u32 p = planes4(xr[i], inv);
             int pos = (i & ~31) + 2 * (i & 15) + ((i >> 4) & 1);
 #pragma unroll
             for (int pl = 0; pl < 4; ++pl) dst[pl * d_model + pos] = (u8)(p >> (8 * pl));
         }
     }
-    a = warp_sum(a);
-    if (lane == 0) red[warp] = a;
-    __syncthreads();
     if (threadIdx.x == 0) {
         float s = 0.f;
         for (int i = 0; i < 8; ++i) s += red[i];
