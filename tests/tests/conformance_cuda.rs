@@ -1308,3 +1308,74 @@ fn fused_qkv_rope() {
         }
     }
 }
+
+/// The wide one-token kernels (`CudaBackend::set_decode_wide`: a row's weight loads in one
+/// round) against the CPU reference and against the default kernels: q/k/v + RoPE, Q8_0
+/// matrix-vector products (k 2880 and 4096, odd sizes) and the dp4a MoE at t = 1 and 3.
+#[test]
+fn wide_decode_kernels() {
+    let Some(mut p) = pair() else { return };
+    let mut r = rng();
+    let (d, hd, nh, nkv) = (2880, 64, 64, 8);
+    let rope = gptoss_rope(hd);
+    let mut mat = |name: &str, k: usize, n: usize| {
+        let w = random_weight(&mut r, name, GgmlType::Q8_0, &[k, n], 0.05);
+        let b = random_weight(&mut r, name, GgmlType::F32, &[n], 0.5);
+        (p.up(&w), p.up(&b))
+    };
+    let ((cq, gq), (cqb, gqb)) = mat("attn_q.weight", d, nh * hd);
+    let ((ck, gk), (ckb, gkb)) = mat("attn_k.weight", d, nkv * hd);
+    let ((cv, gv), (cvb, gvb)) = mat("attn_v.weight", d, nkv * hd);
+    let lins = [
+        mat("attn_output.weight", nh * hd, d),
+        mat("odd.weight", 96, 37),
+        mat("long.weight", 8192, 100),
+    ];
+    let (cw, gw) = moe_weights(&p, &mut r, d, d, 32, GgmlType::MXFP4, GgmlType::MXFP4);
+    let cfg = MoeConfig {
+        n_experts: 32,
+        top_k: 4,
+    };
+    for t in [1, 3] {
+        let xv = randn(&mut r, t * d, 1.0);
+        let (cx, gx) = p.x(&xv, t, d);
+        let cwq = [(&cq, &cqb), (&ck, &ckb), (&cv, &cvb)];
+        let c = qkv_rope_of(&p.cpu, &cx, cwq, nh, nkv, 9, &rope);
+        let cm = p.cpu.moe(&cx, &cw, &cfg).unwrap();
+        let mut runs: Vec<Vec<Vec<f32>>> = Vec::new();
+        for bits in [15u8, 0] {
+            p.gpu.set_decode_wide(bits);
+            p.poison();
+            let gwq = [(&gq, &gqb), (&gk, &gkb), (&gv, &gvb)];
+            let g = qkv_rope_of(&p.gpu, &gx, gwq, nh, nkv, 9, &rope);
+            let what = format!("wide {bits} t={t}");
+            for (i, name) in ["q", "k", "v"].iter().enumerate() {
+                p.check(&format!("{what} {name}"), &c[i], &g[i], MATMUL_NMSE);
+            }
+            let gm = p.gpu.moe(&gx, &gw, &cfg).unwrap();
+            p.check(&format!("{what} moe"), &cm, &gm, MATMUL_NMSE);
+            let mut outs: Vec<Vec<f32>> = g
+                .iter()
+                .chain([&gm])
+                .map(|x| p.gpu.to_host(x).unwrap().0)
+                .collect();
+            for ((cwl, gwl), (cb, gb)) in &lins {
+                let k = cwl.shape()[0];
+                let lv = randn(&mut r, t * k, 1.0);
+                let (clx, glx) = p.x(&lv, t, k);
+                let cl = p.cpu.linear(&clx, cwl, Some(cb)).unwrap();
+                let gl = p.gpu.linear(&glx, gwl, Some(gb)).unwrap();
+                p.check(&format!("{what} linear k={k}"), &cl, &gl, MATMUL_NMSE);
+                outs.push(p.gpu.to_host(&gl).unwrap().0);
+            }
+            runs.push(outs);
+        }
+        // Same products, the sums in another order: f32 rounding apart. (The linear inputs
+        // are drawn afresh per run, so only the q/k/v and MoE outputs compare.)
+        for (a, b) in runs[0].iter().zip(&runs[1]).take(4) {
+            let e = nmse(a, b);
+            assert!(e <= 1e-12, "t={t}: wide vs default kernels NMSE {e:e}");
+        }
+    }
+    p.gpu.set_decode_wide(0);
+}
