@@ -159,9 +159,7 @@ impl CudaBackend {
             ]);
         }
         args.extend([A::I(hd as i32), A::P(self.rope_cs(rope, pos0)?)]);
-        let kern = if dtype == GgmlType::Q8_0 && self.decode_wide & crate::WIDE_QKV != 0 {
-            "gemvf3_q8_0_r1_rope_w"
-        } else if dtype == GgmlType::Q8_0 {
+        let kern = if dtype == GgmlType::Q8_0 {
             "gemvf3_q8_0_r1_rope"
         } else {
             "gemvf3_mxfp4_r1_rope"

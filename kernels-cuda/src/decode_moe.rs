@@ -132,23 +132,7 @@ impl CudaBackend {
         } else {
             let gu = (n_ff.div_ceil(8) as u32, pairs as u32, 1);
             let down = (d_model.div_ceil(2 * (8 / k)) as u32, t as u32, 1);
-            let wide = |bit: u8, name: &'static str, w: &'static str| {
-                if self.decode_wide & bit != 0 { w } else { name }
-            };
-            (
-                wide(
-                    crate::WIDE_GATE_UP,
-                    "moe_gate_up_planes_r1",
-                    "moe_gate_up_planes_r1_w",
-                ),
-                gu,
-                wide(
-                    crate::WIDE_DOWN,
-                    "moe_down_planes_r2",
-                    "moe_down_planes_r2_w",
-                ),
-                down,
-            )
+            ("moe_gate_up_planes_r1", gu, "moe_down_planes_r2", down)
         };
         let bp = |b: &CudaWeight| (A::P(self.ptr(&b.buf)), A::I(b.dtype.id() as i32));
         let (gb, gbt) = bp(&w.gate_bias);

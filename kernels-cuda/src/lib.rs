@@ -308,19 +308,7 @@ pub struct CudaBackend {
     decode_fuse: bool,
     /// The RoPE cos/sin table of the current decode position (decode_fused.rs).
     rope_cs: Mutex<Option<decode_fused::RopeCs>>,
-    /// One-token kernels that issue a whole 2880-wide row's loads in one round (`*_w`, FU_W in
-    /// linear.cu): bits WIDE_QKV, WIDE_LINEAR, WIDE_GATE_UP, WIDE_DOWN.
-    decode_wide: u8,
 }
-
-/// [`CudaBackend::decode_wide`] bit: the fused q/k/v + RoPE kernel.
-const WIDE_QKV: u8 = 1;
-/// The one-token Q8_0 matrix-vector kernel (attention output, output matrix).
-const WIDE_LINEAR: u8 = 2;
-/// The dp4a MoE gate+up kernel.
-const WIDE_GATE_UP: u8 = 4;
-/// The dp4a MoE down kernel.
-const WIDE_DOWN: u8 = 8;
 
 /// Programmatic dependent launch: every kernel of the program begins with `GRID_DEP_ENTRY`
 /// (common.cuh), so each may be launched with the programmatic-serialization attribute: the
@@ -440,10 +428,6 @@ impl CudaBackend {
             pdl: pdl_default(major),
             decode_fuse: decode_fused::fuse_default(),
             rope_cs: Mutex::new(None),
-            decode_wide: std::env::var("GPTOSS_CUDA_DECODE_WIDE")
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0),
         })
     }
 
@@ -478,13 +462,6 @@ impl CudaBackend {
     /// it off): tg128 457.1 vs 448.9 / 451.1 tok/s on an H100 (2026-11-26, bench/RESULTS.md).
     pub fn set_decode_fuse(&mut self, on: bool) {
         self.decode_fuse = on;
-    }
-
-    /// The wide one-token kernels (a 2880-wide row's weight loads in one round instead of
-    /// three; bits: 1 q/k/v + RoPE, 2 Q8_0 matrix-vector, 4 MoE gate+up, 8 MoE down). Default
-    /// from `GPTOSS_CUDA_DECODE_WIDE` (0 when unset).
-    pub fn set_decode_wide(&mut self, bits: u8) {
-        self.decode_wide = bits;
     }
 
     /// Rows each warp of the MXFP4 MoE kernels computes, for gate+up and for down (1, 2 or 4
@@ -897,7 +874,6 @@ impl CudaBackend {
             self.mma_gemv(x, t, k, &[(w, bp, bt, y, n)])
         } else if t <= MAX_GEMV_ROWS && quant && !self.int8_activations {
             let kern = match (w.dtype == GgmlType::Q8_0, t == 1) {
-                (true, true) if self.decode_wide & WIDE_LINEAR != 0 => "gemvf_q8_0_r1_w",
                 (true, true) => "gemvf_q8_0_r1",
                 (true, false) => "gemvf_q8_0",
                 (false, true) => "gemvf_mxfp4_r1",

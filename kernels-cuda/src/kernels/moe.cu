@@ -708,7 +708,7 @@ __device__ __forceinline__ float small_i2f(int v) {
 // R rows of NM MXFP4 matrices times one row given as planes (plane pl at xq + pl * stride, laid
 // out as planes4 writes them: element e of a block at byte 2 (e & 15) + (e >> 4)). acc[m * R + r]
 // in units of the doubled table, of the planes' scale and of 254^2.
-template <int NM, int R, int NU>
+template <int NM, int R>
 __device__ __forceinline__ void rows_dot_mxfp4_planes(const u8* const* w, const i64* nb, i64 row0,
                                                       i64 last_row, int nbk, const u8* xq,
                                                       i64 stride, float* acc) {
@@ -716,11 +716,11 @@ __device__ __forceinline__ void rows_dot_mxfp4_planes(const u8* const* w, const 
     i64 rows[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) rows[r] = min(row0 + r, last_row) * nbk;
-    for (int kb0 = bl; kb0 < nbk; kb0 += 8 * NU) {
-        u32 q[NU][NM][R], e[NU][NM][R];
-        mxfp4_rows_load<NM, R, NU>(w, nb, rows, kb0, nbk, p, q, e);
+    for (int kb0 = bl; kb0 < nbk; kb0 += 8 * FU) {
+        u32 q[FU][NM][R], e[FU][NM][R];
+        mxfp4_rows_load<NM, R>(w, nb, rows, kb0, nbk, p, q, e);
 #pragma unroll
-        for (int u = 0; u < NU; ++u) {
+        for (int u = 0; u < FU; ++u) {
             int kb = kb0 + 8 * u;
             if (kb < nbk) {
                 // Bytes 8p..8p+7 of the block: elements 4p..4p+3 and 16+4p..16+4p+3 interleaved,
@@ -751,7 +751,7 @@ __device__ __forceinline__ void rows_dot_mxfp4_planes(const u8* const* w, const 
 // Gate+up from x's planes (moe_router_topk_q): rows f0 .. f0 + R - 1 of the pair's expert,
 // f0 = (8 block + warp) R; h written as planes with the fixed scale H_SCALE (hq [pairs, 4,
 // n_ff], as moe_gate_up_mma). grid (ceil(n_ff / (8 R)), t * k), block 256.
-template <int R, int NU>
+template <int R>
 __device__ __forceinline__ void moe_gate_up_planes(const u8* xq, const float* xsc, int d_model,
                                                    const u8* wg, i64 nbg, const u8* wu, i64 nbu,
                                                    const u8* bg, int bgt, const u8* bu, int but,
@@ -768,7 +768,7 @@ __device__ __forceinline__ void moe_gate_up_planes(const u8* xq, const float* xs
     float acc[2 * R];
 #pragma unroll
     for (int i = 0; i < 2 * R; ++i) acc[i] = 0.f;
-    rows_dot_mxfp4_planes<2, R, NU>(w, nb, base + f0, base + n_ff - 1, d_model >> 5,
+    rows_dot_mxfp4_planes<2, R>(w, nb, base + f0, base + n_ff - 1, d_model >> 5,
                                 xq + (i64)row * 4 * d_model, d_model, acc);
     float f = 0.5f * xsc[row] * (1.0f / (254.0f * 254.0f));
 #pragma unroll
@@ -789,7 +789,7 @@ __device__ __forceinline__ void moe_gate_up_planes(const u8* xq, const float* xs
 
 // Down from h's planes, as moe_down_rows (slot sums combined in slot order). For k dividing 8.
 // grid (ceil(d_model / (R * 8 / k)), t), block 256.
-template <int R, int NU>
+template <int R>
 __device__ __forceinline__ void moe_down_planes(const u8* hq, int n_ff, const u8* wd, i64 nbd,
                                                 const u8* bd, int bdt, const int* ids,
                                                 const float* wts, int k, int d_model, float* y) {
@@ -811,7 +811,7 @@ __device__ __forceinline__ void moe_down_planes(const u8* hq, int n_ff, const u8
         for (int r = 0; r < R; ++r) acc[r] = 0.f;
         const u8* w[1] = {wd};
         i64 nb[1] = {nbd};
-        rows_dot_mxfp4_planes<1, R, NU>(w, nb, base + d0, base + d_model - 1, n_ff >> 5,
+        rows_dot_mxfp4_planes<1, R>(w, nb, base + d0, base + d_model - 1, n_ff >> 5,
                                     hq + (i64)pair * 4 * n_ff, n_ff, acc);
         float f = wts[pair] * 0.5f * H_SCALE * (1.0f / (254.0f * 254.0f));
         float wt = wts[pair];
@@ -825,24 +825,16 @@ __device__ __forceinline__ void moe_down_planes(const u8* hq, int n_ff, const u8
     down_slots_store<R>(part, warp, j, k, d0, d_model, y + (i64)row * d_model);
 }
 
-#define MOE_GATE_UP_PLANES_ENTRY(NAME, MINB, NU)                                                \
-    extern "C" __global__ void __launch_bounds__(256, MINB) NAME(                              \
-        const u8* xq, const float* xsc, int d_model, const u8* wg, i64 nbg, const u8* wu,       \
-        i64 nbu, const u8* bg, int bgt, const u8* bu, int but, const int* ids, int k, int n_ff, \
-        u8* hq) {                                                                              \
-        GRID_DEP_ENTRY();                                                                      \
-        moe_gate_up_planes<1, NU>(xq, xsc, d_model, wg, nbg, wu, nbu, bg, bgt, bu, but, ids, k, \
-                                  n_ff, hq);                                                   \
-    }
-#define MOE_DOWN_PLANES_ENTRY(NAME, MINB, NU)                                                   \
-    extern "C" __global__ void __launch_bounds__(256, MINB) NAME(                              \
-        const u8* hq, int n_ff, const u8* wd, i64 nbd, const u8* bd, int bdt, const int* ids,   \
-        const float* wts, int k, int d_model, float* y) {                                      \
-        GRID_DEP_ENTRY();                                                                      \
-        moe_down_planes<2, NU>(hq, n_ff, wd, nbd, bd, bdt, ids, wts, k, d_model, y);           \
-    }
-MOE_GATE_UP_PLANES_ENTRY(moe_gate_up_planes_r1, 4, FU)
-MOE_DOWN_PLANES_ENTRY(moe_down_planes_r2, 1, FU)
-// Wide (GPTOSS_CUDA_DECODE_WIDE): a 2880-wide row's loads in one round, fewer blocks per SM.
-MOE_GATE_UP_PLANES_ENTRY(moe_gate_up_planes_r1_w, 3, FU_W)
-MOE_DOWN_PLANES_ENTRY(moe_down_planes_r2_w, 2, FU_W)
+extern "C" __global__ void __launch_bounds__(256, 4) moe_gate_up_planes_r1(
+    const u8* xq, const float* xsc, int d_model, const u8* wg, i64 nbg, const u8* wu, i64 nbu,
+    const u8* bg, int bgt, const u8* bu, int but, const int* ids, int k, int n_ff, u8* hq) {
+    GRID_DEP_ENTRY();
+    moe_gate_up_planes<1>(xq, xsc, d_model, wg, nbg, wu, nbu, bg, bgt, bu, but, ids, k, n_ff, hq);
+}
+
+extern "C" __global__ void __launch_bounds__(256) moe_down_planes_r2(
+    const u8* hq, int n_ff, const u8* wd, i64 nbd, const u8* bd, int bdt, const int* ids,
+    const float* wts, int k, int d_model, float* y) {
+    GRID_DEP_ENTRY();
+    moe_down_planes<2>(hq, n_ff, wd, nbd, bd, bdt, ids, wts, k, d_model, y);
+}
