@@ -201,10 +201,14 @@ extern "C" __global__ void __launch_bounds__(1024) add_rms_norm(float* x, const 
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     if (lane == 0) red[warp] = ss;
     __syncthreads();
-    // Every warp sums the partials itself (the same order in each): one barrier, not two.
-    int nw = blockDim.x >> 5;
-    float tot = warp_sum(lane < nw ? red[lane] : 0.f);
-    float inv = 1.0f / sqrtf(tot / (float)d + eps);
+    if (warp == 0) {
+        int nw = blockDim.x >> 5;
+        float v = lane < nw ? red[lane] : 0.f;
+        v = warp_sum(v);
+        if (lane == 0) red[0] = v;
+    }
+    __syncthreads();
+    float inv = 1.0f / sqrtf(red[0] / (float)d + eps);
     float4* orow = (float4*)(out + (i64)blockIdx.x * d);
 #pragma unroll
     for (int i = 0; i < RN_R; ++i) {

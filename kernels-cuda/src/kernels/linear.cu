@@ -352,13 +352,11 @@ __device__ __forceinline__ void gemv_f(const float* x, int t, int k, const u8* w
     int n = blockIdx.x * 8 + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     if (n >= n_out) return;
-    // The bias (a weight: never written, so before the wait) is loaded first, so that its
-    // latency is not added after the last product (it is usually not in L2 any more).
-    float b = bias_at(bias, btype, n);
     float acc[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r] = 0.f;
     row_dot_f<TYPE, R>(w, nb, n, k >> 5, x, k, t, acc);
+    float b = bias_at(bias, btype, n);
 #pragma unroll
     for (int r = 0; r < R; ++r) {
         if (r < t) {
@@ -498,10 +496,10 @@ __device__ __forceinline__ void rows_dot_mxfp4(const u8* const* w, const i64* nb
         int n = b * 8 + (threadIdx.x >> 5);                                                   \
         int lane = threadIdx.x & 31;                                                          \
         if (n >= n_out) return;                                                               \
-        float bv = bias_at(bias, bt, n); /* first: see gemv_f */                              \
         float acc[R];                                                                         \
         for (int r = 0; r < R; ++r) acc[r] = 0.f;                                             \
         row_dot_f<TYPE, R>(w, nb, n, k >> 5, x, k, t, acc);                                   \
+        float bv = bias_at(bias, bt, n);                                                      \
         for (int r = 0; r < R; ++r) {                                                         \
             if (r < t) {                                                                      \
                 float s = warp_sum(acc[r]);                                                   \
@@ -521,10 +519,9 @@ GEMVF3_ENTRY(gemvf3_mxfp4_r1, T_MXFP4, 1)
 template <int TYPE>
 __device__ __forceinline__ float gemv_row_r1(const float* x, int k, const u8* w, i64 nb,
                                             const u8* bias, int btype, int n) {
-    float b = bias_at(bias, btype, n);  // first: see gemv_f
     float acc[1] = {0.f};
     row_dot_f<TYPE, 1>(w, nb, n, k >> 5, x, k, 1, acc);
-    return warp_sum(acc[0]) + b;
+    return warp_sum(acc[0]) + bias_at(bias, btype, n);
 }
 
 // q, k, v of one token as gemvf3_*_r1, with NEOX RoPE applied to matrices 0 (q) and 1 (k) as
@@ -549,20 +546,11 @@ __device__ __forceinline__ void gemv3_rope(const float* x, int k, const u8* w, i
     int half = head_dim >> 1, per_head = half >> 2;
     int i = (b % per_head) * 4 + (warp & 3);
     int n = (b / per_head) * head_dim + i + (warp >> 2) * half;
-    float bv = bias_at(bias, bt, n);  // first: see gemv_f
-    float acc[1] = {0.f};
-    row_dot_f<TYPE, 1>(w, nb, n, k >> 5, x, k, 1, acc);
-    // The table was written by an earlier kernel: read after the dot (which waited for it),
-    // but issued before the sums and the barrier, so that they hide its latency.
-    float cf = 0.f, sf = 0.f;
-    if (warp < 4 && lane == 0) {
-        cf = cs[i];
-        sf = cs[half + i];
-    }
-    float s = warp_sum(acc[0]) + bv;
+    float s = gemv_row_r1<TYPE>(x, k, w, nb, bias, bt, n);
     if (lane == 0) pairv[warp] = s;
     __syncthreads();
     if (warp < 4 && lane == 0) {
+        float cf = cs[i], sf = cs[half + i];
         float x1 = pairv[warp], x2 = pairv[warp + 4];
         y[n] = __fsub_rn(__fmul_rn(x1, cf), __fmul_rn(x2, sf));
         y[n + half] = __fadd_rn(__fmul_rn(x2, cf), __fmul_rn(x1, sf));

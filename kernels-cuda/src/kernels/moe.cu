@@ -765,28 +765,19 @@ __device__ __forceinline__ void moe_gate_up_planes(const u8* xq, const float* xs
     i64 base = (i64)e * n_ff;
     const u8* w[2] = {wg, wu};
     i64 nb[2] = {nbg, nbu};
-    // The epilogue's operands are loaded before the products, so that their latency (the
-    // biases are usually not in L2 any more) is not added after the last one.
-    float f = 0.5f * xsc[row] * (1.0f / (254.0f * 254.0f));
-    float gb[R], ub[R];
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-        int fi = min(f0 + r, n_ff - 1);
-        gb[r] = wload(bg, bgt, 0, base + fi);
-        ub[r] = wload(bu, but, 0, base + fi);
-    }
     float acc[2 * R];
 #pragma unroll
     for (int i = 0; i < 2 * R; ++i) acc[i] = 0.f;
     rows_dot_mxfp4_planes<2, R>(w, nb, base + f0, base + n_ff - 1, d_model >> 5,
                                 xq + (i64)row * 4 * d_model, d_model, acc);
+    float f = 0.5f * xsc[row] * (1.0f / (254.0f * 254.0f));
 #pragma unroll
     for (int r = 0; r < R; ++r) {
         float g = warp_sum(acc[r]) * f;
         float u = warp_sum(acc[R + r]) * f;
         int fi = f0 + r;
         if (lane == 0 && fi < n_ff) {
-            float hv = swiglu_oai(g + gb[r], u + ub[r]);
+            float hv = swiglu_oai(g + wload(bg, bgt, 0, base + fi), u + wload(bu, but, 0, base + fi));
             u32 pk = planes4(hv, 1.0f / H_SCALE);
             u8* dst = hq + (i64)pair * 4 * n_ff;
             int pos = (fi & ~31) + 2 * (fi & 15) + ((fi >> 4) & 1);
@@ -815,12 +806,6 @@ __device__ __forceinline__ void moe_down_planes(const u8* hq, int n_ff, const u8
     } else if (d0 < d_model) {
         int e = ids[pair];
         i64 base = (i64)e * d_model;
-        // The epilogue's operands first (see moe_gate_up_planes).
-        float wt = wts[pair];
-        float f = wt * 0.5f * H_SCALE * (1.0f / (254.0f * 254.0f));
-        float db[R];
-#pragma unroll
-        for (int r = 0; r < R; ++r) db[r] = wload(bd, bdt, 0, base + min(d0 + r, d_model - 1));
         float acc[R];
 #pragma unroll
         for (int r = 0; r < R; ++r) acc[r] = 0.f;
@@ -828,11 +813,13 @@ __device__ __forceinline__ void moe_down_planes(const u8* hq, int n_ff, const u8
         i64 nb[1] = {nbd};
         rows_dot_mxfp4_planes<1, R>(w, nb, base + d0, base + d_model - 1, n_ff >> 5,
                                     hq + (i64)pair * 4 * n_ff, n_ff, acc);
+        float f = wts[pair] * 0.5f * H_SCALE * (1.0f / (254.0f * 254.0f));
+        float wt = wts[pair];
 #pragma unroll
         for (int r = 0; r < R; ++r) {
             float a = warp_sum(acc[r]) * f;
             int d = d0 + r;
-            if (lane == 0) part[warp][r] = d < d_model ? a + wt * db[r] : 0.f;
+            if (lane == 0) part[warp][r] = d < d_model ? a + wt * wload(bd, bdt, 0, base + d) : 0.f;
         }
     }
     down_slots_store<R>(part, warp, j, k, d0, d_model, y + (i64)row * d_model);
