@@ -32,6 +32,11 @@ impl CudaBackend {
     /// split over the cached keys so that a long context fills the GPU; the last block of
     /// each kv head merges the splits, the new key and the sink, and appends the new
     /// key/value row to the ring. One launch. Shapes were checked by the caller.
+    ///
+    /// With one split (every sliding-window layer, and full layers up to 256 cached keys) the
+    /// block merges in shared memory instead: no partials through global memory, no fence and
+    /// ticket (tg128 483.0 vs 458.7 tok/s on an H100 together with the router change of the
+    /// same commit, 2026-11-26, bench/RESULTS.md session 15).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn attention_dtc(
         &self,

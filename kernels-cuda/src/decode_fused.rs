@@ -13,6 +13,12 @@
 //! - the residual add + norm before the MoE folded into the router (each router block makes
 //!   v = h + y, the sum of squares and its logit in one pass; block 0 writes the new residual and
 //!   the normed row): 455.2 against 459.1 tok/s with RoPE fused alone (commit 4edf33f's tree).
+//! - (session 15, bench/RESULTS.md) the next product's weights fetched into L2 by the kernel
+//!   before it (`prefetch.global.L2` after a block's own rows; commit 03a21f0): 413-447 against
+//!   430-450 tok/s off, no site faster; a 2880-wide row's loads in one round (FU 12 instead of 4
+//!   steps; commit 19785dc): slower at every site (395 against 479 with all four); the
+//!   epilogue's biases and routing weight loaded before the products (commit bb7c728): the
+//!   GEMVs unchanged, the 64-register MoE gate+up 2.7 % slower.
 
 use crate::{A, CudaBackend, CudaTensor, CudaWeight, Result, check_linear, dev_err, shape_err};
 use cudarc::driver::CudaSlice;
