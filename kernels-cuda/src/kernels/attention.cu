@@ -493,6 +493,16 @@ __device__ __forceinline__ void dtc_append(const float* knew, const float* vnew,
     }
 }
 
+// Query head h's score of the new key of kv head kh (f32: q against knew, times the scale),
+// summed by the calling warp.
+template <int HD>
+__device__ __forceinline__ float dtc_new_key_score(const float* q, const float* knew, int kh, int h,
+                                                   float scale) {
+    float dot = 0.f;
+    for (int d = threadIdx.x & 31; d < HD; d += 32) dot += q[(i64)h * HD + d] * knew[(i64)kh * HD + d];
+    return warp_sum(dot) * scale;
+}
+
 // The output of a kv head's gq query heads from the four warps' partials in shared memory
 // (max wm, sum wl, unnormalized wacc), the new key (f32 score against q) and the sink, when the
 // whole range is one block's. wf: 32 floats of scratch (each warp's factor per head).
@@ -505,10 +515,7 @@ __device__ __forceinline__ void dtc_merge_one(const float* q, const float* knew,
                                               float* hfn, float* hinv, float* out) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     for (int g = warp; g < gq; g += 4) {
-        float dot = 0.f;
-        for (int d = lane; d < HD; d += 32)
-            dot += q[(i64)(h0 + g) * HD + d] * knew[(i64)kh * HD + d];
-        float sn = warp_sum(dot) * scale;
+        float sn = dtc_new_key_score<HD>(q, knew, kh, h0 + g, scale);
         float sink = wload(sinks, sink_type, 0, h0 + g);
         float M = fmaxf(fmaxf(sink, sn), fmaxf(fmaxf(wm[0][g], wm[1][g]), fmaxf(wm[2][g], wm[3][g])));
         if (lane == 0) {
@@ -738,10 +745,7 @@ __device__ __forceinline__ void attn_dtc_t(const float* q, const float* knew, co
     }
     __syncthreads();
     for (int g = warp; g < gq; g += 4) {
-        float dot = 0.f;
-        for (int d = lane; d < HD; d += 32)
-            dot += q[(i64)(h0 + g) * HD + d] * knew[(i64)kh * HD + d];
-        float sn = warp_sum(dot) * scale;
+        float sn = dtc_new_key_score<HD>(q, knew, kh, h0 + g, scale);
         float sink = wload(sinks, sink_type, 0, h0 + g);
         float M = fmaxf(sink, sn);
         for (int ss = lane; ss < S; ss += 32) M = fmaxf(M, pf[g * S + ss]);
