@@ -44,23 +44,30 @@ extern "C" __global__ void add_assign(float* x, const float* y, i64 n) {
     if (i < n) x[i] += y[i];
 }
 
-// NEOX RoPE in place: x [t, n_heads * head_dim], row r at position pos0 + r. cos/sin are
-// computed the way the reference does: angle = pos * inv_freq in f32, cos/sin in double,
-// rounded to f32, times the attention factor. grid (t, n_heads), block head_dim / 2.
+// cos/sin of position pos for one frequency, computed the way the reference does: angle =
+// pos * inv_freq in f32, cos/sin in double, rounded to f32, times the attention factor. The one
+// formula of rope, rope_qk and rope_cs.
+__device__ __forceinline__ void rope_cos_sin(int pos, float inv_freq, float attn_factor,
+                                             float& cf, float& sf) {
+    float angle = __fmul_rn((float)pos, inv_freq);
+    double s, c;
+    sincos((double)angle, &s, &c);
+    cf = (float)c * attn_factor;
+    sf = (float)s * attn_factor;
+}
+
+// NEOX RoPE in place: x [t, n_heads * head_dim], row r at position pos0 + r (rope_cos_sin,
+// rope_rotate). grid (t, n_heads), block head_dim / 2.
 extern "C" __global__ void rope(float* x, int n_heads, int head_dim, int pos0,
                                 const float* inv_freq, float attn_factor) {
     GRID_DEP_ENTRY();
     int r = blockIdx.x, h = blockIdx.y, i = threadIdx.x;
     int half = head_dim >> 1;
     if (i >= half) return;
-    float angle = __fmul_rn((float)(pos0 + r), inv_freq[i]);
-    double s, c;
-    sincos((double)angle, &s, &c);
-    float cf = (float)c * attn_factor, sf = (float)s * attn_factor;
+    float cf, sf;
+    rope_cos_sin(pos0 + r, inv_freq[i], attn_factor, cf, sf);
     float* hp = x + ((i64)r * n_heads + h) * head_dim;
-    float x1 = hp[i], x2 = hp[i + half];
-    hp[i] = __fsub_rn(__fmul_rn(x1, cf), __fmul_rn(x2, sf));
-    hp[i + half] = __fadd_rn(__fmul_rn(x2, cf), __fmul_rn(x1, sf));
+    rope_rotate(hp[i], hp[i + half], cf, sf, hp[i], hp[i + half]);
 }
 
 __device__ __forceinline__ void argmax_merge(float& best, int& bi, float ov, int oi) {
@@ -225,13 +232,8 @@ extern "C" __global__ void __launch_bounds__(1024) add_rms_norm(float* x, const 
 extern "C" __global__ void rope_cs(const float* inv_freq, int half, int pos, float attn_factor,
                                    float* cs) {
     GRID_DEP_ENTRY();
-    for (int i = threadIdx.x; i < half; i += blockDim.x) {
-        float angle = __fmul_rn((float)pos, inv_freq[i]);
-        double s, c;
-        sincos((double)angle, &s, &c);
-        cs[i] = (float)c * attn_factor;
-        cs[half + i] = (float)s * attn_factor;
-    }
+    for (int i = threadIdx.x; i < half; i += blockDim.x)
+        rope_cos_sin(pos, inv_freq[i], attn_factor, cs[i], cs[half + i]);
 }
 
 // RoPE of q [t, nq * head_dim] and k [t, nk * head_dim] in one launch, the same arithmetic
@@ -242,12 +244,8 @@ extern "C" __global__ void rope_qk(float* q, int nq, float* k, int nk, int head_
     int r = blockIdx.x, h = blockIdx.y, i = threadIdx.x;
     int half = head_dim >> 1;
     if (i >= half) return;
-    float angle = __fmul_rn((float)(pos0 + r), inv_freq[i]);
-    double s, c;
-    sincos((double)angle, &s, &c);
-    float cf = (float)c * attn_factor, sf = (float)s * attn_factor;
+    float cf, sf;
+    rope_cos_sin(pos0 + r, inv_freq[i], attn_factor, cf, sf);
     float* hp = h < nq ? q + ((i64)r * nq + h) * head_dim : k + ((i64)r * nk + (h - nq)) * head_dim;
-    float x1 = hp[i], x2 = hp[i + half];
-    hp[i] = __fsub_rn(__fmul_rn(x1, cf), __fmul_rn(x2, sf));
-    hp[i + half] = __fadd_rn(__fmul_rn(x2, cf), __fmul_rn(x1, sf));
+    rope_rotate(hp[i], hp[i + half], cf, sf, hp[i], hp[i + half]);
 }

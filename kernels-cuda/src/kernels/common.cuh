@@ -145,6 +145,15 @@ __device__ __forceinline__ float wload(const u8* w, int type, i64 nb, i64 i) {
     }
 }
 
+// One NEOX RoPE rotation pair (x1 at i, x2 at i + half) by cos/sin (cf, sf), rounded as the
+// reference rounds (no fused multiply-add): the one formula of rope, rope_qk and the fused q/k/v
+// kernels, so that they agree bit for bit.
+__device__ __forceinline__ void rope_rotate(float x1, float x2, float cf, float sf, float& y1,
+                                            float& y2) {
+    y1 = __fsub_rn(__fmul_rn(x1, cf), __fmul_rn(x2, sf));
+    y2 = __fadd_rn(__fmul_rn(x2, cf), __fmul_rn(x1, sf));
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -551,9 +551,7 @@ __device__ __forceinline__ void gemv3_rope(const float* x, int k, const u8* w, i
     __syncthreads();
     if (warp < 4 && lane == 0) {
         float cf = cs[i], sf = cs[half + i];
-        float x1 = pairv[warp], x2 = pairv[warp + 4];
-        y[n] = __fsub_rn(__fmul_rn(x1, cf), __fmul_rn(x2, sf));
-        y[n + half] = __fadd_rn(__fmul_rn(x2, cf), __fmul_rn(x1, sf));
+        rope_rotate(pairv[warp], pairv[warp + 4], cf, sf, y[n], y[n + half]);
     }
 }
 
