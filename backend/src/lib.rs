@@ -349,6 +349,43 @@ pub trait Backend {
     /// during generation).
     fn last_row(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
 
+    /// Replay the recorded single-token forward pass (see [`Backend::step_record_begin`]) for
+    /// `token` at position `pos` over `caches`, when one was recorded for these caches and its
+    /// launch shapes fit `pos`: returns the logits `[1, vocab]`, and the caches then hold
+    /// `pos + 1` positions, as after the forward pass itself. `Ok(None)`: nothing to replay.
+    /// Default: never.
+    fn step_replay(
+        &self,
+        caches: &mut [Self::KvCache],
+        token: u32,
+        pos: usize,
+    ) -> Result<Option<Self::Tensor>> {
+        let _ = (caches, token, pos);
+        Ok(None)
+    }
+
+    /// Begin recording the single-token forward pass of `token` at `pos` over `caches` (a CUDA
+    /// graph): when this returns true, the operations called next are recorded, not yet run,
+    /// until [`Backend::step_record_end`]. Default: false (the backend does not record).
+    fn step_record_begin(&self, caches: &[Self::KvCache], token: u32, pos: usize) -> Result<bool> {
+        let _ = (caches, token, pos);
+        Ok(false)
+    }
+
+    /// End a recording begun by [`Backend::step_record_begin`] with the pass's logits (`None`
+    /// when the pass returned an error), and run it: returns the logits, or `Ok(None)` when the
+    /// pass could not be recorded, in which case nothing ran and `caches` are as before the
+    /// pass (run it plainly: a genuine error then shows there). Default: the logits as given.
+    fn step_record_end(
+        &self,
+        caches: &mut [Self::KvCache],
+        pos: usize,
+        logits: Option<Self::Tensor>,
+    ) -> Result<Option<Self::Tensor>> {
+        let _ = (caches, pos);
+        Ok(logits)
+    }
+
     /// Bytes of device memory in use at most so far, if the backend can tell.
     fn peak_memory_bytes(&self) -> Option<u64> {
         None

@@ -4,6 +4,7 @@
 //! A decode step runs ~290 kernels of which most are this small: each launch saved or made
 //! shorter counts.
 
+use super::step_graph::{AttnShape, dtc_splits};
 use super::{A, CudaBackend, CudaKvCache, CudaTensor, CudaWeight, TICKETS_ATTN, shape_err};
 use gptoss_backend::{AttentionConfig, Backend, Result, Rope};
 
@@ -52,14 +53,20 @@ impl CudaBackend {
         let (h, kvh, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
         let lo = cfg.window.map_or(0, |w| (pos0 + 1).saturating_sub(w));
         let cached = pos0 - lo;
-        // Splits of >= 256 keys (one 64-key step for each of a block's 4 warps), at most ~2
-        // blocks per SM of an H100 in all: 16 blocks of 8 kv heads at depth 4096, 32 (512
-        // keys each) at 16384.
-        // The last block merges at most DTC_MAX_GS (512) splits x heads of the group.
-        let splits = cached
-            .div_ceil(256)
-            .clamp(1, (264 / kvh).min(512 / (h / kvh)).max(1));
+        let splits = dtc_splits(pos0, cfg.window, h, kvh);
+        // A recorded step's kernel computes the same chunk from the slot's position.
         let chunk = (cached.div_ceil(splits).div_ceil(64) * 64).max(64);
+        let step = if self.recording() {
+            self.note_attention(AttnShape {
+                window: cfg.window,
+                heads: h,
+                kv_heads: kvh,
+                splits,
+            })?;
+            self.step_slot()?
+        } else {
+            0
+        };
         // Partial outputs [h, splits, hd], then (max, sum) [h, splits, 2].
         let part = self.scratch(h * splits * (hd + 2) * 4)?;
         let tickets = self.tickets(TICKETS_ATTN, kvh)?;
@@ -95,6 +102,7 @@ impl CudaBackend {
                 sink_args[0],
                 sink_args[1],
                 A::P(self.ptr(&out.buf)),
+                A::P(step),
             ],
         )?;
         cache.len = pos0 + 1;
@@ -204,6 +212,7 @@ impl CudaBackend {
         if q.rows == 0 || n_heads + n_kv_heads == 0 {
             return Ok(());
         }
+        self.refuse_while_recording("rope_qk with the position as an argument")?;
         let f = self.rope_freqs(rope)?;
         self.launch(
             "rope_qk",

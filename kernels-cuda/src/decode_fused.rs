@@ -55,6 +55,9 @@ impl CudaBackend {
     /// The device address of the cos/sin table of `pos` for `rope`: made by one `rope_cs`
     /// launch when the position changes (once per decode step: every layer shares it).
     fn rope_cs(&self, rope: &Rope, pos: usize) -> Result<u64> {
+        if self.recording() {
+            return self.recorded_rope_cs(rope);
+        }
         let mut cache = self
             .rope_cs
             .lock()
@@ -72,6 +75,27 @@ impl CudaBackend {
         };
         // The kernel overwrites the table only after every earlier kernel, which may still
         // read the previous position's values, has finished (stream order; GRID_DEP_ENTRY).
+        self.launch_rope_cs(rope, pos, self.ptr(&buf), 0)?;
+        let p = self.ptr(&buf);
+        *cache = Some(RopeCs {
+            inv_freq: rope.inv_freq.clone(),
+            attention_factor: rope.attention_factor,
+            pos,
+            buf,
+        });
+        Ok(p)
+    }
+
+    /// One `rope_cs` launch: the cos/sin table of `pos` (or of the position in the step slot
+    /// `step`, when not 0) into `table`.
+    pub(crate) fn launch_rope_cs(
+        &self,
+        rope: &Rope,
+        pos: usize,
+        table: u64,
+        step: u64,
+    ) -> Result<()> {
+        let half = rope.inv_freq.len();
         self.launch(
             "rope_cs",
             (1, 1, 1),
@@ -81,17 +105,10 @@ impl CudaBackend {
                 A::I(half as i32),
                 A::I(pos as i32),
                 A::F(rope.attention_factor),
-                A::P(self.ptr(&buf)),
+                A::P(table),
+                A::P(step),
             ],
-        )?;
-        let p = self.ptr(&buf);
-        *cache = Some(RopeCs {
-            inv_freq: rope.inv_freq.clone(),
-            attention_factor: rope.attention_factor,
-            pos,
-            buf,
-        });
-        Ok(p)
+        )
     }
 
     /// [`gptoss_backend::Backend::qkv_rope`].

@@ -22,11 +22,12 @@ pub mod fp4;
 pub mod nccl;
 mod prefill;
 pub mod quants;
+mod step_graph;
 
 pub use prefill::{TcPrecision, set_tc_min_width, tc_min_rows, tc_min_width};
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
@@ -100,6 +101,8 @@ struct Pool {
     ctx: Arc<CudaContext>,
     free: Mutex<HashMap<usize, Vec<u64>>>,
     mem: Arc<MemCounter>,
+    /// Buffers of the recorded decode step (step_graph.rs).
+    graph: Mutex<step_graph::PoolGraphState>,
 }
 
 /// Size classes: 4 KiB minimum, then four steps per power of two (at most 25 % slack).
@@ -131,6 +134,7 @@ impl Pool {
                 p
             }
         };
+        self.note_handed_out(ptr, class);
         Ok(DevBuf {
             ptr,
             class,
@@ -145,7 +149,11 @@ impl Drop for Pool {
             return;
         }
         let _ = self.ctx.synchronize();
+        let parked = self.take_parked();
         if let Ok(free) = self.free.get_mut() {
+            for (p, class) in parked {
+                free.entry(class).or_default().push(p);
+            }
             for (class, ptrs) in free.drain() {
                 for p in ptrs {
                     // SAFETY: allocated by malloc_sync in Pool::get, no longer referenced.
@@ -166,6 +174,9 @@ struct DevBuf {
 
 impl Drop for DevBuf {
     fn drop(&mut self) {
+        if self.pool.park_if_owned(self.ptr, self.class) {
+            return;
+        }
         if let Ok(mut free) = self.pool.free.lock() {
             free.entry(self.class).or_default().push(self.ptr);
         }
@@ -308,6 +319,13 @@ pub struct CudaBackend {
     decode_fuse: bool,
     /// The RoPE cos/sin table of the current decode position (decode_fused.rs).
     rope_cs: Mutex<Option<decode_fused::RopeCs>>,
+    /// Record the decode step as a CUDA graph and replay it (step_graph.rs; default on,
+    /// `GPTOSS_CUDA_GRAPH=0` turns it off).
+    step_graphs: bool,
+    /// The recorded step, its slot and the recording in progress.
+    step: Mutex<step_graph::StepState>,
+    /// A decode step is being recorded (stream capture).
+    recording: AtomicBool,
 }
 
 /// Programmatic dependent launch: every kernel of the program begins with `GRID_DEP_ENTRY`
@@ -399,6 +417,7 @@ impl CudaBackend {
             ctx: ctx.clone(),
             free: Mutex::new(HashMap::new()),
             mem: mem.clone(),
+            graph: Mutex::new(Default::default()),
         });
         Ok(CudaBackend {
             pool,
@@ -428,6 +447,9 @@ impl CudaBackend {
             pdl: pdl_default(major),
             decode_fuse: decode_fused::fuse_default(),
             rope_cs: Mutex::new(None),
+            step_graphs: step_graph::graph_default(),
+            step: Mutex::new(Default::default()),
+            recording: AtomicBool::new(false),
         })
     }
 
@@ -599,6 +621,8 @@ impl CudaBackend {
     }
 
     fn htod<T: DeviceRepr>(&self, dst: &DevBuf, src: &[T]) -> Result<()> {
+        // A recorded copy would read the host memory again at every replay.
+        self.refuse_while_recording("a copy from the host")?;
         if src.is_empty() {
             return Ok(());
         }
@@ -609,6 +633,7 @@ impl CudaBackend {
     }
 
     fn dtoh<T: DeviceRepr + Default + Clone>(&self, src: &DevBuf, n: usize) -> Result<Vec<T>> {
+        self.refuse_while_recording("a copy to the host")?;
         let mut v = vec![T::default(); n];
         if n == 0 {
             return Ok(v);
@@ -733,6 +758,7 @@ impl CudaBackend {
             .lock()
             .map_err(|_| dev_err("tickets poisoned"))?;
         if c[which].as_ref().is_none_or(|b| b.len() < n) {
+            self.refuse_while_recording("allocating tickets")?;
             let b = self
                 .stream
                 .alloc_zeros::<u32>(n.max(1024))
@@ -751,6 +777,7 @@ impl CudaBackend {
         if let Some((_, buf)) = cache.iter().find(|(k, _)| *k == key) {
             return Ok(self.ptr(buf));
         }
+        self.refuse_while_recording("uploading RoPE frequencies")?;
         let buf = self.stream.clone_htod(&rope.inv_freq).map_err(dev_err)?;
         let p = self.ptr(&buf);
         cache.push((key, buf));
@@ -1415,10 +1442,18 @@ impl Backend for CudaBackend {
         if ids.is_empty() || d == 0 {
             return Ok(out);
         }
-        let idb = self.scratch(ids.len() * 4)?;
-        self.htod(&idb, ids)?;
+        // A recorded step reads its token from the step slot (step_graph.rs), whose first
+        // word is the token id.
+        let (_idb, idp) = if self.recording() && ids.len() == 1 {
+            (None, self.step_slot()?)
+        } else {
+            let idb = self.scratch(ids.len() * 4)?;
+            self.htod(&idb, ids)?;
+            let p = idb.ptr;
+            (Some(idb), p)
+        };
         if quants::supported(table.dtype) {
-            self.q_embed(table, &idb, ids.len(), vocab, self.ptr(&out.buf), d)?;
+            self.q_embed(table, idp, ids.len(), vocab, self.ptr(&out.buf), d)?;
             return Ok(out);
         }
         self.launch(
@@ -1429,7 +1464,7 @@ impl Backend for CudaBackend {
                 A::P(self.ptr(&table.buf)),
                 A::I(table.dtype.id() as i32),
                 A::L(table.nb),
-                A::P(self.ptr(&idb)),
+                A::P(idp),
                 A::I(vocab.min(i32::MAX as usize) as i32),
                 A::P(self.ptr(&out.buf)),
                 A::I(d as i32),
@@ -1586,6 +1621,7 @@ impl Backend for CudaBackend {
     }
 
     fn rope(&self, x: &mut CudaTensor, n_heads: usize, pos0: usize, rope: &Rope) -> Result<()> {
+        self.refuse_while_recording("rope with the position as an argument")?;
         let hd = rope.head_dim;
         if x.cols != n_heads * hd
             || !hd.is_multiple_of(2)
@@ -1758,6 +1794,8 @@ impl Backend for CudaBackend {
         if self.decode_tc && !self.grouped_decode && t == 1 && h / kvh <= 8 {
             return self.attention_dtc(q, k, v, cache, pos0, cfg, sink_args, out);
         }
+        // The other kernels take the position as an argument.
+        self.refuse_while_recording("this attention kernel")?;
         if self.grouped_decode && t == 1 && h / kvh <= 8 {
             return self.attention_decode(q, k, v, cache, pos0, cfg, max_keys, sink_args, out);
         }
@@ -1916,6 +1954,28 @@ impl Backend for CudaBackend {
         }
         .map_err(dev_err)?;
         Ok(out)
+    }
+
+    fn step_replay(
+        &self,
+        caches: &mut [CudaKvCache],
+        token: u32,
+        pos: usize,
+    ) -> Result<Option<CudaTensor>> {
+        self.step_replay_impl(caches, token, pos)
+    }
+
+    fn step_record_begin(&self, caches: &[CudaKvCache], token: u32, pos: usize) -> Result<bool> {
+        self.step_record_begin_impl(caches, token, pos)
+    }
+
+    fn step_record_end(
+        &self,
+        caches: &mut [CudaKvCache],
+        pos: usize,
+        logits: Option<CudaTensor>,
+    ) -> Result<Option<CudaTensor>> {
+        self.step_record_end_impl(caches, pos, logits)
     }
 
     fn peak_memory_bytes(&self) -> Option<u64> {

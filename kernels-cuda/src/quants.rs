@@ -12,7 +12,7 @@
 
 use gptoss_backend::{BackendError, GgmlType, MoeWeights, Result};
 
-use crate::{A, CudaBackend, CudaWeight, DevBuf, shape_err};
+use crate::{A, CudaBackend, CudaWeight, shape_err};
 
 /// Rows per warp times warps per block in the kernels (`QG_R * QG_WARPS` in quants.cu).
 const ROWS_PER_BLOCK: usize = 8;
@@ -250,7 +250,7 @@ impl CudaBackend {
     pub(crate) fn q_embed(
         &self,
         table: &CudaWeight,
-        idb: &DevBuf,
+        idb: u64,
         rows: usize,
         vocab: usize,
         out: u64,
@@ -268,7 +268,7 @@ impl CudaBackend {
             &[
                 A::P(self.ptr(&table.buf)),
                 A::L(units(table)),
-                A::P(idb.ptr),
+                A::P(idb),
                 A::I(vocab.min(i32::MAX as usize) as i32),
                 A::P(out),
                 A::I(d as i32),

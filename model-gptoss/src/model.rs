@@ -205,18 +205,44 @@ impl<B: Backend> Model<B> {
         tokens: &[u32],
         all_logits: bool,
     ) -> Result<B::Tensor> {
+        if let [token] = *tokens {
+            self.check_forward(session, tokens)?;
+            if let Some(logits) = self.forward_recorded(session, token)? {
+                return Ok(logits);
+            }
+        }
         self.forward_with(session, tokens, all_logits, &mut |_, _| Ok(()))
     }
 
-    /// [`Model::forward`], calling `on_layer(il, residual)` with the residual stream `[t, d]`
-    /// after each decoder layer (for comparing against a reference layer by layer).
-    pub fn forward_with(
-        &self,
-        session: &mut Session<B>,
-        tokens: &[u32],
-        all_logits: bool,
-        on_layer: &mut dyn FnMut(usize, &B::Tensor) -> Result<()>,
-    ) -> Result<B::Tensor> {
+    /// One token through a recorded step where the backend keeps one (a CUDA graph: the step's
+    /// ~200 launches in one): a replay when the backend holds a recording that fits, else a
+    /// new recording. `Ok(None)`: the backend does not record this step; run it plainly.
+    fn forward_recorded(&self, session: &mut Session<B>, token: u32) -> Result<Option<B::Tensor>> {
+        let be = &self.backend;
+        let pos = session.pos;
+        if let Some(logits) = be.step_replay(&mut session.caches, token, pos)? {
+            session.pos += 1;
+            return Ok(Some(logits));
+        }
+        if !be.step_record_begin(&session.caches, token, pos)? {
+            return Ok(None);
+        }
+        session.poisoned = true;
+        // An error of the recorded pass is not returned here: the plain pass that follows a
+        // failed recording meets it again, and reports it.
+        let run = self
+            .run_layers(session, &[token], false, &mut |_, _| Ok(()))
+            .ok();
+        let logits = be.step_record_end(&mut session.caches, pos, run)?;
+        session.poisoned = false;
+        if logits.is_some() {
+            session.pos += 1;
+        }
+        Ok(logits)
+    }
+
+    /// The checks of a forward pass before anything runs.
+    fn check_forward(&self, session: &Session<B>, tokens: &[u32]) -> Result<()> {
         if session.poisoned {
             return Err(ModelError::SessionPoisoned);
         }
@@ -243,6 +269,19 @@ impl<B: Backend> Model<B> {
                 limit: session.capacity,
             });
         }
+        Ok(())
+    }
+
+    /// [`Model::forward`], calling `on_layer(il, residual)` with the residual stream `[t, d]`
+    /// after each decoder layer (for comparing against a reference layer by layer).
+    pub fn forward_with(
+        &self,
+        session: &mut Session<B>,
+        tokens: &[u32],
+        all_logits: bool,
+        on_layer: &mut dyn FnMut(usize, &B::Tensor) -> Result<()>,
+    ) -> Result<B::Tensor> {
+        self.check_forward(session, tokens)?;
         // From here on the caches get written: a failure leaves them inconsistent.
         session.poisoned = true;
         let logits = self.run_layers(session, tokens, all_logits, on_layer)?;

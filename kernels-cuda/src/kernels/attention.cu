@@ -788,11 +788,25 @@ __device__ __forceinline__ void attn_dtc_t(const float* q, const float* knew, co
     if (threadIdx.x == 0) tickets[kh] = 0u;
 }
 
+// A recorded decode step (step_graph.rs) passes `step`, its (token, position) slot: the
+// position comes from there, and the chunk of each of the S splits is derived from it as the
+// host does it (attention_dtc in decode_attn.rs), so one graph serves every position with the
+// same number of splits.
+__device__ __forceinline__ void dtc_step_position(const int* step, int window, int S, int& pos0,
+                                                  int& chunk) {
+    pos0 = step[1];
+    const int lo = window > 0 ? max(0, pos0 - window + 1) : 0;
+    const int per = (pos0 - lo + S - 1) / S;
+    chunk = max(64, (per + 63) / 64 * 64);
+}
+
 #define ATTN_DTC_ENTRY(NAME, DPL)                                                               \
     extern "C" __global__ void __launch_bounds__(128) NAME(                                    \
         const float* q, const float* knew, const float* vnew, u16* kc, u16* vc, int pos0,      \
         int n_heads, int n_kv, int cap, int window, float scale, int chunk, float* part,       \
-        u32* tickets, const u8* sinks, int sink_type, float* out) { GRID_DEP_ENTRY();          \
+        u32* tickets, const u8* sinks, int sink_type, float* out, const int* step) {           \
+        GRID_DEP_ENTRY();                                                                      \
+        if (step) dtc_step_position(step, window, gridDim.y, pos0, chunk);                     \
         attn_dtc_t<DPL>(q, knew, vnew, kc, vc, pos0, n_heads, n_kv, cap, window, scale, chunk,  \
                         part, tickets, sinks, sink_type, out);                                 \
     }

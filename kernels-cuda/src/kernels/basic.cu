@@ -229,9 +229,12 @@ extern "C" __global__ void __launch_bounds__(1024) add_rms_norm(float* x, const 
 // cos and sin of one position for each RoPE frequency, times the attention factor, computed as
 // `rope` does: cs [2 half] = (cos..., sin...). Read by the fused one-token q/k/v + RoPE kernels
 // (gemvf3_*_r1_rope). grid 1, block a multiple of 32.
+// `step`, when not null, is a recorded decode step's (token, position) slot: the position is
+// read from it, so that one recorded graph serves every position (step_graph.rs).
 extern "C" __global__ void rope_cs(const float* inv_freq, int half, int pos, float attn_factor,
-                                   float* cs) {
+                                   float* cs, const int* step) {
     GRID_DEP_ENTRY();
+    if (step) pos = step[1];
     for (int i = threadIdx.x; i < half; i += blockDim.x)
         rope_cos_sin(pos, inv_freq[i], attn_factor, cs[i], cs[half + i]);
 }
