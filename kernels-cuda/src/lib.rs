@@ -410,7 +410,9 @@ impl CudaBackend {
         // SAFETY: the backend uses one stream, so cudarc's per-allocation events (for ordering
         // across streams) are not needed; they would cost two driver calls per launch.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A stream of our own, not the legacy default stream: a decode step can only be
+        // recorded (stream capture, step_graph.rs) on a created stream.
+        let stream = ctx.new_stream().map_err(dev_err)?;
         let dev_name = ctx.name().unwrap_or_else(|_| "unknown".into());
         let mem = Arc::new(MemCounter::default());
         let pool = Arc::new(Pool {
