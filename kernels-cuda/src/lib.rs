@@ -761,6 +761,8 @@ impl CudaBackend {
             .map_err(|_| dev_err("tickets poisoned"))?;
         if c[which].as_ref().is_none_or(|b| b.len() < n) {
             self.refuse_while_recording("allocating tickets")?;
+            // A recorded step holds the address of the buffer replaced here.
+            self.forget_step_graph()?;
             let b = self
                 .stream
                 .alloc_zeros::<u32>(n.max(1024))

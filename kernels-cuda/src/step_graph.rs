@@ -430,6 +430,19 @@ impl CudaBackend {
         }
     }
 
+    /// Drop the recorded step (a buffer it uses is about to be replaced); the next step is
+    /// recorded anew.
+    pub(crate) fn forget_step_graph(&self) -> Result<()> {
+        let mut st = self
+            .step
+            .lock()
+            .map_err(|_| dev_err("step state poisoned"))?;
+        if st.graph.take().is_some() {
+            self.pool.release_graph()?;
+        }
+        Ok(())
+    }
+
     /// Decode steps recorded as a graph (and run) and steps replayed from one, so far.
     pub fn step_graph_counts(&self) -> (usize, usize) {
         self.step
