@@ -314,6 +314,10 @@ pub struct CudaBackend {
     decode_dp4a: bool,
     /// Launch with programmatic dependent launch (sm_90+): see [`pdl_default`].
     pdl: bool,
+    /// Only kernels whose names start with one of these launch with PDL, in and out of a
+    /// recorded step (`GPTOSS_CUDA_PDL_ONLY=gemvf,moe_router`, for measurements; default: see
+    /// [`PDL_IN_GRAPH`]).
+    pdl_only: Option<Vec<String>>,
     /// q/k/v with RoPE in one launch for one token (decode_fused.rs; default on,
     /// `GPTOSS_CUDA_DECODE_FUSE=0` turns it off).
     decode_fuse: bool,
@@ -349,6 +353,15 @@ fn pdl_kernel(name: &str) -> bool {
         .iter()
         .any(|p| name.starts_with(p))
 }
+
+/// The kernels that keep programmatic dependent launch inside a recorded decode step (CUDA
+/// graph): those that load their weights before they wait for the previous kernel (the f32
+/// matrix-vector products and the router). In a graph the launch itself costs little, and the
+/// other kernels' blocks, resident early and waiting, only take SM slots: tg128 506.0 against
+/// 495.8 tok/s with every decode kernel launched so and 497.6 with none (H100, three
+/// alternating rounds each; 458.9 / 445.3 / 454.4 at depth 16384; 2026-11-26,
+/// bench/RESULTS.md session 16). Outside a graph every decode kernel keeps it.
+const PDL_IN_GRAPH: [&str; 2] = ["gemvf", "moe_router"];
 
 const TICKETS_ROUTER: usize = 0;
 const TICKETS_ARGMAX: usize = 1;
@@ -447,6 +460,9 @@ impl CudaBackend {
             // steps as the CPU reference (2026-11-26, bench/RESULTS.md).
             decode_dp4a: std::env::var("GPTOSS_CUDA_DECODE_DP4A").map_or(true, |v| v != "0"),
             pdl: pdl_default(major),
+            pdl_only: std::env::var("GPTOSS_CUDA_PDL_ONLY")
+                .ok()
+                .map(|v| v.split(',').map(|s| s.trim().to_string()).collect()),
             decode_fuse: decode_fused::fuse_default(),
             rope_cs: Mutex::new(None),
             step_graphs: step_graph::graph_default(),
@@ -666,7 +682,7 @@ impl CudaBackend {
             .funcs
             .get(name)
             .ok_or_else(|| dev_err(format!("kernel {name} not loaded")))?;
-        if self.pdl && pdl_kernel(name) {
+        if self.pdl && pdl_kernel(name) && self.pdl_here(name) {
             return self.launch_pdl(f, grid, block, smem, args);
         }
         let mut b = self.stream.launch_builder(f);
@@ -689,6 +705,14 @@ impl CudaBackend {
         // checked by the callers).
         unsafe { b.launch(cfg) }.map_err(dev_err)?;
         Ok(())
+    }
+
+    /// Whether `name` launches with PDL here (recording or not; see [`PDL_IN_GRAPH`]).
+    fn pdl_here(&self, name: &str) -> bool {
+        match &self.pdl_only {
+            Some(ps) => ps.iter().any(|p| name.starts_with(p.as_str())),
+            None => !self.recording() || PDL_IN_GRAPH.iter().any(|p| name.starts_with(p)),
+        }
     }
 
     /// `launch_smem` through cuLaunchKernelEx with the programmatic-serialization attribute.
