@@ -361,7 +361,7 @@ fn pdl_kernel(name: &str) -> bool {
 /// 495.8 tok/s with every decode kernel launched so and 497.6 with none (H100, three
 /// alternating rounds each; 458.9 / 445.3 / 454.4 at depth 16384; 2026-11-26,
 /// bench/RESULTS.md session 16). Outside a graph every decode kernel keeps it.
-const PDL_IN_GRAPH: [&str; 2] = ["gemvf", "moe_router"];
+const PDL_IN_GRAPH: [&str; 3] = ["gemvf", "moe_router", "moe_down_planes"];
 
 const TICKETS_ROUTER: usize = 0;
 const TICKETS_ARGMAX: usize = 1;

@@ -707,8 +707,10 @@ __device__ __forceinline__ float small_i2f(int v) {
 
 // R rows of NM MXFP4 matrices times one row given as planes (plane pl at xq + pl * stride, laid
 // out as planes4 writes them: element e of a block at byte 2 (e & 15) + (e >> 4)). acc[m * R + r]
-// in units of the doubled table, of the planes' scale and of 254^2.
-template <int NM, int R>
+// in units of the doubled table, of the planes' scale and of 254^2. PREWAIT: the caller has not
+// waited for the previous kernel (GRID_DEP_WAIT) yet; the first round's weights are loaded
+// before the wait, the planes (the previous kernel's output) after it.
+template <int NM, int R, bool PREWAIT = false>
 __device__ __forceinline__ void rows_dot_mxfp4_planes(const u8* const* w, const i64* nb, i64 row0,
                                                       i64 last_row, int nbk, const u8* xq,
                                                       i64 stride, float* acc) {
@@ -716,9 +718,14 @@ __device__ __forceinline__ void rows_dot_mxfp4_planes(const u8* const* w, const 
     i64 rows[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) rows[r] = min(row0 + r, last_row) * nbk;
+    bool waited = !PREWAIT;
     for (int kb0 = bl; kb0 < nbk; kb0 += 8 * FU) {
         u32 q[FU][NM][R], e[FU][NM][R];
         mxfp4_rows_load<NM, R>(w, nb, rows, kb0, nbk, p, q, e);
+        if (!waited) {
+            GRID_DEP_WAIT();
+            waited = true;
+        }
 #pragma unroll
         for (int u = 0; u < FU; ++u) {
             int kb = kb0 + 8 * u;
@@ -788,7 +795,10 @@ __device__ __forceinline__ void moe_gate_up_planes(const u8* xq, const float* xs
 }
 
 // Down from h's planes, as moe_down_rows (slot sums combined in slot order). For k dividing 8.
-// grid (ceil(d_model / (R * 8 / k)), t), block 256.
+// grid (ceil(d_model / (R * 8 / k)), t), block 256. Called before the wait for the previous
+// kernel (gate+up): the router's ids and weights are read and the first weights loaded before
+// it. That is safe because gate+up lets this kernel launch only after its own wait, when the
+// router has finished (moe_gate_up_planes_r1).
 template <int R>
 __device__ __forceinline__ void moe_down_planes(const u8* hq, int n_ff, const u8* wd, i64 nbd,
                                                 const u8* bd, int bdt, const int* ids,
@@ -800,21 +810,23 @@ __device__ __forceinline__ void moe_down_planes(const u8* hq, int n_ff, const u8
     int j = warp % k;
     int row = blockIdx.y;
     int pair = row * k + j;
-    if (d0 < d_model && ids[pair] < 0) {
+    // Read before the wait, so from L2 (__ldcg): an SM's L1 may still hold the previous step's
+    // values at these addresses.
+    int e = __ldcg(ids + pair);
+    if (d0 < d_model && e < 0) {
         if (lane == 0)
             for (int r = 0; r < R; ++r) part[warp][r] = 0.f;
     } else if (d0 < d_model) {
-        int e = ids[pair];
         i64 base = (i64)e * d_model;
         float acc[R];
 #pragma unroll
         for (int r = 0; r < R; ++r) acc[r] = 0.f;
         const u8* w[1] = {wd};
         i64 nb[1] = {nbd};
-        rows_dot_mxfp4_planes<1, R>(w, nb, base + d0, base + d_model - 1, n_ff >> 5,
-                                    hq + (i64)pair * 4 * n_ff, n_ff, acc);
-        float f = wts[pair] * 0.5f * H_SCALE * (1.0f / (254.0f * 254.0f));
-        float wt = wts[pair];
+        rows_dot_mxfp4_planes<1, R, true>(w, nb, base + d0, base + d_model - 1, n_ff >> 5,
+                                          hq + (i64)pair * 4 * n_ff, n_ff, acc);
+        float wt = __ldcg(wts + pair);
+        float f = wt * 0.5f * H_SCALE * (1.0f / (254.0f * 254.0f));
 #pragma unroll
         for (int r = 0; r < R; ++r) {
             float a = warp_sum(acc[r]) * f;
@@ -822,19 +834,23 @@ __device__ __forceinline__ void moe_down_planes(const u8* hq, int n_ff, const u8
             if (lane == 0) part[warp][r] = d < d_model ? a + wt * wload(bd, bdt, 0, base + d) : 0.f;
         }
     }
+    GRID_DEP_WAIT();  // for the threads that ran no product above; y is written after it
     down_slots_store<R>(part, warp, j, k, d0, d_model, y + (i64)row * d_model);
 }
 
 extern "C" __global__ void __launch_bounds__(256, 4) moe_gate_up_planes_r1(
     const u8* xq, const float* xsc, int d_model, const u8* wg, i64 nbg, const u8* wu, i64 nbu,
     const u8* bg, int bgt, const u8* bu, int but, const int* ids, int k, int n_ff, u8* hq) {
-    GRID_DEP_ENTRY();
+    // Wait before letting the next kernel (moe_down_planes_r2) launch: it reads the router's
+    // output before its own wait.
+    GRID_DEP_WAIT();
+    GRID_DEP_LAUNCH();
     moe_gate_up_planes<1>(xq, xsc, d_model, wg, nbg, wu, nbu, bg, bgt, bu, but, ids, k, n_ff, hq);
 }
 
 extern "C" __global__ void __launch_bounds__(256) moe_down_planes_r2(
     const u8* hq, int n_ff, const u8* wd, i64 nbd, const u8* bd, int bdt, const int* ids,
     const float* wts, int k, int d_model, float* y) {
-    GRID_DEP_ENTRY();
+    GRID_DEP_LAUNCH();
     moe_down_planes<2>(hq, n_ff, wd, nbd, bd, bdt, ids, wts, k, d_model, y);
 }
