@@ -4,7 +4,7 @@
 //! A decode step runs ~290 kernels of which most are this small: each launch saved or made
 //! shorter counts.
 
-use super::step_graph::{AttnShape, dtc_splits};
+use super::step_graph::AttnShape;
 use super::{A, CudaBackend, CudaKvCache, CudaTensor, CudaWeight, TICKETS_ATTN, shape_err};
 use gptoss_backend::{AttentionConfig, Backend, Result, Rope};
 
@@ -18,6 +18,17 @@ pub(crate) fn tc_default() -> bool {
     !std::env::var("GPTOSS_CUDA_TC_OFF")
         .map(|v| v.split(',').any(|s| s.trim() == "attention"))
         .unwrap_or(false)
+}
+
+/// Splits over the cached keys of one decode attention launch (`attn_dtc_*`): >= 256 keys
+/// each (one 64-key step for each of a block's 4 warps), at most ~2 blocks per SM of an H100
+/// in all (16 blocks of 8 kv heads at depth 4096, 32 at 16384); the last block merges at most
+/// DTC_MAX_GS (512) splits x heads of a group.
+pub(crate) fn dtc_splits(pos0: usize, window: Option<usize>, h: usize, kvh: usize) -> usize {
+    let lo = window.map_or(0, |w| (pos0 + 1).saturating_sub(w));
+    (pos0 - lo)
+        .div_ceil(256)
+        .clamp(1, (264 / kvh).min(512 / (h / kvh)).max(1))
 }
 
 impl CudaBackend {

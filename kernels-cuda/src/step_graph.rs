@@ -28,22 +28,12 @@ use std::sync::atomic::Ordering;
 use cudarc::driver::{CudaGraph, CudaSlice, sys};
 use gptoss_backend::{BackendError, Result, Rope};
 
+use crate::decode_attn::dtc_splits;
 use crate::{BACKEND, CudaBackend, CudaKvCache, CudaTensor, DevBuf, Pool, dev_err};
 
 /// Whether recording is on by default (`GPTOSS_CUDA_GRAPH=0` turns it off).
 pub(crate) fn graph_default() -> bool {
     std::env::var("GPTOSS_CUDA_GRAPH").map_or(true, |v| v != "0")
-}
-
-/// Splits over the cached keys of one decode attention launch (`attn_dtc_*`): >= 256 keys
-/// each (one 64-key step for each of a block's 4 warps), at most ~2 blocks per SM of an H100
-/// in all (16 blocks of 8 kv heads at depth 4096, 32 at 16384); the last block merges at most
-/// DTC_MAX_GS (512) splits x heads of a group.
-pub(crate) fn dtc_splits(pos0: usize, window: Option<usize>, h: usize, kvh: usize) -> usize {
-    let lo = window.map_or(0, |w| (pos0 + 1).saturating_sub(w));
-    (pos0 - lo)
-        .div_ceil(256)
-        .clamp(1, (264 / kvh).min(512 / (h / kvh)).max(1))
 }
 
 /// One decode attention launch of a recording: what decides its grid.
@@ -89,7 +79,8 @@ pub(crate) struct StepState {
     slot: Option<CudaSlice<u32>>,
     rec: Option<Recording>,
     graph: Option<SendGraph>,
-    /// A plain single-token step has run: every buffer and table made on first use exists.
+    /// The backend's first single-token step was let run plainly (it makes the buffers and
+    /// tables created on first use, which a recording must not); later ones may be recorded.
     warm: bool,
     /// Why recording failed, after which it stays off.
     failed: Option<String>,

@@ -796,9 +796,10 @@ __device__ __forceinline__ void moe_gate_up_planes(const u8* xq, const float* xs
 
 // Down from h's planes, as moe_down_rows (slot sums combined in slot order). For k dividing 8.
 // grid (ceil(d_model / (R * 8 / k)), t), block 256. Called before the wait for the previous
-// kernel (gate+up): the router's ids and weights are read and the first weights loaded before
-// it. That is safe because gate+up lets this kernel launch only after its own wait, when the
-// router has finished (moe_gate_up_planes_r1).
+// kernel (gate+up): the router's expert ids (and, in lanes with no round of the product, its
+// weights) are read and the first weights loaded before it. That is safe because gate+up lets
+// this kernel launch only after its own wait, when the router has finished
+// (moe_gate_up_planes_r1).
 template <int R>
 __device__ __forceinline__ void moe_down_planes(const u8* hq, int n_ff, const u8* wd, i64 nbd,
                                                 const u8* bd, int bdt, const int* ids,
@@ -825,6 +826,7 @@ __device__ __forceinline__ void moe_down_planes(const u8* hq, int n_ff, const u8
         i64 nb[1] = {nbd};
         rows_dot_mxfp4_planes<1, R, true>(w, nb, base + d0, base + d_model - 1, n_ff >> 5,
                                           hq + (i64)pair * 4 * n_ff, n_ff, acc);
+        // From L2 too: a lane with no round in rows_dot_mxfp4_planes (n_ff < 256) has not waited.
         float wt = __ldcg(wts + pair);
         float f = wt * 0.5f * H_SCALE * (1.0f / (254.0f * 254.0f));
 #pragma unroll
