@@ -29,85 +29,7 @@
 #include "decode_wide.cu"  // experiments: not part of the backend
 #include "moe_stream.cu"   // experiments: not part of the backend
 
-#define CK(x)                                                                                    \
-    do {                                                                                         \
-        cudaError_t e_ = (x);                                                                    \
-        if (e_ != cudaSuccess) {                                                                 \
-            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));  \
-            exit(1);                                                                             \
-        }                                                                                        \
-    } while (0)
-
-// ---- random fills on the device ----
-__device__ u32 hash32(u64 i, u32 seed) {
-    u64 z = i * 0x9E3779B97F4A7C15ull + seed * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return (u32)(z ^ (z >> 31));
-}
-__global__ void fill_bytes(u8* p, u64 n, u32 seed, u32 lo, u32 span) {
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
-        p[i] = (u8)(lo + hash32(i, seed) % span);
-}
-// f16 scales in [2^-9, 2^-6): exponent 6..8 (biased), random mantissa.
-__global__ void fill_f16_scales(u16* p, u64 n, u32 seed) {
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
-        u32 h = hash32(i, seed);
-        p[i] = (u16)(((6 + h % 3) << 10) | ((h >> 8) & 1023));
-    }
-}
-__global__ void fill_floats(float* p, u64 n, u32 seed, float scale) {
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
-        u32 h = hash32(i, seed);
-        float u = (h & 0xffffff) / 16777216.0f * 2.f - 1.f;
-        // a few outliers per block, as real activations have
-        p[i] = ((h >> 24) == 7 ? 8.f : 1.f) * u * scale;
-    }
-}
-__global__ void empty_kernel(int* p) {
-    GRID_DEP_LAUNCH();
-    GRID_DEP_WAIT();
-    if (p && threadIdx.x == 0 && blockIdx.x == 0) p[0] += 1;
-}
-
-static void rnd_bytes(u8* p, size_t n, u32 seed, u32 lo = 0, u32 span = 256) {
-    fill_bytes<<<1024, 256>>>(p, n, seed, lo, span);
-    CK(cudaGetLastError());
-}
-
-// ---- shapes (gpt-oss-20b) ----
-const int D = 2880, NFF = 2880, NE = 32, K = 4, NQ = 4096, NKV = 512, L = 8;
-
-struct Mx {  // MXFP4 stack [NE experts x rows x cols] in the device layout
-    u8* p;
-    i64 nb;
-};
-struct Q8 {  // Q8_0 matrix rows x cols
-    u8* p;
-    i64 nb;
-};
-static Mx make_mx(int rows, int cols, u32 seed) {
-    i64 nb = (i64)NE * rows * (cols / 32);
-    Mx m{nullptr, nb};
-    CK(cudaMalloc(&m.p, nb * 17));
-    rnd_bytes(m.p, nb * 16, seed);
-    rnd_bytes(m.p + nb * 16, nb, seed + 1, 119, 6);
-    return m;
-}
-static Q8 make_q8(int rows, int cols, u32 seed) {
-    i64 nb = (i64)rows * (cols / 32);
-    Q8 m{nullptr, nb};
-    CK(cudaMalloc(&m.p, nb * 34));
-    rnd_bytes(m.p, nb * 32, seed);
-    fill_f16_scales<<<1024, 256>>>((u16*)(m.p + nb * 32), nb, seed + 1);
-    return m;
-}
-static float* make_f(size_t n, u32 seed, float scale) {
-    float* p;
-    CK(cudaMalloc(&p, n * 4));
-    fill_floats<<<1024, 256>>>(p, n, seed, scale);
-    return p;
-}
+#include "micro_common.cuh"
 
 struct Layer {
     Mx gate, up, down;
@@ -120,22 +42,6 @@ struct Layer {
 
 static std::vector<Layer> layers;
 static float *x_in, *h_buf, *y_buf, *q_out, *k_out, *v_out, *o_out;
-
-template <typename... Exp, typename... Act>
-static void launch(bool pdl, void (*k)(Exp...), dim3 g, dim3 b, size_t smem, cudaStream_t s,
-                   Act... args) {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = g;
-    cfg.blockDim = b;
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = s;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = pdl ? 1 : 0;
-    CK(cudaLaunchKernelEx(&cfg, k, ((Exp)args)...));
-}
 
 typedef void (*GuFn)(const float*, int, const u8*, i64, const u8*, i64, const u8*, int, const u8*,
                      int, const int*, int, int, float*);
@@ -263,23 +169,6 @@ static std::vector<float> fetch(const float* p, size_t n) {
     std::vector<float> v(n);
     CK(cudaMemcpy(v.data(), p, n * 4, cudaMemcpyDeviceToHost));
     return v;
-}
-
-// Microseconds per call of `body(i)` over `reps` calls (after a warm-up), by events.
-template <typename F>
-static double time_us(cudaStream_t s, int reps, F body) {
-    for (int i = 0; i < 2 * L; ++i) body(i);
-    cudaEvent_t a, b;
-    CK(cudaEventCreate(&a));
-    CK(cudaEventCreate(&b));
-    CK(cudaEventRecord(a, s));
-    for (int i = 0; i < reps; ++i) body(i);
-    CK(cudaEventRecord(b, s));
-    CK(cudaEventSynchronize(b));
-    float ms;
-    CK(cudaEventElapsedTime(&ms, a, b));
-    CK(cudaGetLastError());
-    return ms * 1e3 / reps;
 }
 
 int main() {

@@ -693,8 +693,8 @@ extern "C" __global__ void __launch_bounds__(256) moe_down_mma(
     }
 }
 
-// ---- dp4a decode MoE on the same planes, in the shape of the f32 kernels (four lanes per MXFP4
-// block, FU steps of 8 blocks in flight, one row per warp for gate+up, two for down) ----
+// ---- dp4a decode MoE on the same planes (whole MXFP4 blocks per lane, one row per warp for
+// gate+up, two for down) ----
 // Three of the four planes are used: x to ~1e-7 of its row maximum (h to 8e-6 absolute), so each
 // 8 weights cost 6 dp4a and a few integer steps instead of 8 decodes and 8 f32 FMAs.
 #define DQ_PLANES 3
@@ -705,54 +705,128 @@ __device__ __forceinline__ float small_i2f(int v) {
     return __int_as_float(v + 0x4B400000) - 12582912.0f;
 }
 
+// The doubled-E2M1 table's first words (KV_0, KV_2) in registers for mxfp4_s8r, loaded from
+// memory so that the compiler cannot rebuild them from constants: left as constants (or as a
+// shuffle of constants, which it folds), it rebuilds them before every lookup, an instruction
+// each, rather than keep two registers.
+__device__ const u32 kv_words[2] = {KV_0, KV_2};
+struct Kv {
+    u32 pos, neg;
+};
+__device__ __forceinline__ Kv kv_regs() {
+    return {*(const volatile u32*)&kv_words[0], *(const volatile u32*)&kv_words[1]};
+}
+// prmt without __byte_perm's masking of each selector's bit 3 (the callers' selectors have it
+// clear).
+__device__ __forceinline__ u32 prmt(u32 a, u32 b, u32 sel) {
+    u32 d;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
+    return d;
+}
+// mxfp4_s8 in fewer instructions: one mask and one sign selection for all eight codes.
+__device__ __forceinline__ void mxfp4_s8r(u32 q, const Kv& kv, u32& t0, u32& t1) {
+    u32 m = q & 0x77777777u;                             // magnitudes (sign bits cleared)
+    u32 sel = 0x32103210u | ((q & 0x88888888u) >> 1);  // per byte: positive or negative half
+    u32 m1 = m >> 16, sel1 = sel >> 16;
+    t0 = prmt(prmt(kv.pos, KV_1, m), prmt(kv.neg, KV_3, m), sel);
+    t1 = prmt(prmt(kv.pos, KV_1, m1), prmt(kv.neg, KV_3, m1), sel1);
+}
+
+// One whole MXFP4 block of each of NM x R rows (q: its 16 nibble bytes, e: its scale) against
+// the planes' 32 bytes of that block (plane pl at x + pl * stride). The plane sums stay integers
+// over the block's four words (|s| <= 32 * 12 * 127 < 2^22), so a block costs one conversion
+// and one scale per row.
+template <int NM, int R>
+__device__ __forceinline__ void planes_block(const uint4 (&q)[NM][R], const u32 (&e)[NM][R],
+                                             const u8* x, i64 stride, const Kv& kv, float* acc) {
+    int s[NM][R][DQ_PLANES];
+#pragma unroll
+    for (int m = 0; m < NM; ++m)
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+            for (int pl = 0; pl < DQ_PLANES; ++pl) s[m][r][pl] = 0;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        // Half h of the block: words 2h and 2h + 1 (bytes 8p..8p+7 of each plane for word p).
+        uint4 xv[DQ_PLANES];
+#pragma unroll
+        for (int pl = 0; pl < DQ_PLANES; ++pl) xv[pl] = *(const uint4*)(x + pl * stride + 16 * h);
+#pragma unroll
+        for (int m = 0; m < NM; ++m)
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                u32 t0, t1, t2, t3;
+                mxfp4_s8r(h ? q[m][r].z : q[m][r].x, kv, t0, t1);
+                mxfp4_s8r(h ? q[m][r].w : q[m][r].y, kv, t2, t3);
+#pragma unroll
+                for (int pl = 0; pl < DQ_PLANES; ++pl) {
+                    int a = __dp4a((int)t0, (int)xv[pl].x, s[m][r][pl]);
+                    a = __dp4a((int)t1, (int)xv[pl].y, a);
+                    a = __dp4a((int)t2, (int)xv[pl].z, a);
+                    s[m][r][pl] = __dp4a((int)t3, (int)xv[pl].w, a);
+                }
+            }
+    }
+#pragma unroll
+    for (int m = 0; m < NM; ++m)
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            // s0 * 254 + s1 is exact in f32 (< 2^24); the last step rounds once.
+            float v = fmaf(fmaf(small_i2f(s[m][r][0]), 254.0f, small_i2f(s[m][r][1])), 254.0f,
+                           small_i2f(s[m][r][2]));
+            acc[m * R + r] = fmaf(v, e8m0_to_f32(e[m][r]), acc[m * R + r]);
+        }
+}
+
 // R rows of NM MXFP4 matrices times one row given as planes (plane pl at xq + pl * stride, laid
 // out as planes4 writes them: element e of a block at byte 2 (e & 15) + (e >> 4)). acc[m * R + r]
-// in units of the doubled table, of the planes' scale and of 254^2. PREWAIT: the caller has not
-// waited for the previous kernel (GRID_DEP_WAIT) yet; the first round's weights are loaded
-// before the wait, the planes (the previous kernel's output) after it.
+// in units of the doubled table, of the planes' scale and of 254^2. Lane l takes blocks l,
+// l + 32, ... of each row (consecutive lanes read consecutive 16-byte blocks), one block per
+// step with its loads for all rows issued first. Whole blocks per lane rather than a word each
+// of four lanes: a block's conversions and scale are paid once, not four times, and the
+// table lookups share their masks (mxfp4_s8r): half the instructions per weight, which bound
+// these kernels (bench/RESULTS.md, session 17). PREWAIT: the caller has not waited for the
+// previous kernel (GRID_DEP_WAIT) yet; the first block's weights are loaded before the wait,
+// the planes (the previous kernel's output) after it.
 template <int NM, int R, bool PREWAIT = false>
 __device__ __forceinline__ void rows_dot_mxfp4_planes(const u8* const* w, const i64* nb, i64 row0,
                                                       i64 last_row, int nbk, const u8* xq,
                                                       i64 stride, float* acc) {
-    int lane = threadIdx.x & 31, p = lane & 3, bl = lane >> 2;
-    i64 rows[R];
+    int lane = threadIdx.x & 31;
+    int nj = lane < nbk ? (nbk - lane + 31) >> 5 : 0;  // this lane's blocks
+    const uint4* wq[NM][R];
+    const u8* ws[NM][R];
 #pragma unroll
-    for (int r = 0; r < R; ++r) rows[r] = min(row0 + r, last_row) * nbk;
+    for (int m = 0; m < NM; ++m)
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            i64 b = min(row0 + r, last_row) * nbk + lane;
+            wq[m][r] = (const uint4*)(w[m] + b * 16);
+            ws[m][r] = w[m] + nb[m] * 16 + b;
+        }
+    const u8* x = xq + lane * 32;
+    Kv kv = kv_regs();
     bool waited = !PREWAIT;
-    for (int kb0 = bl; kb0 < nbk; kb0 += 8 * FU) {
-        u32 q[FU][NM][R], e[FU][NM][R];
-        mxfp4_rows_load<NM, R>(w, nb, rows, kb0, nbk, p, q, e);
+    for (int j = 0; j < nj; ++j) {
+        // Two or more blocks in flight per lane measured slower: the registers they take
+        // (64 at most for four blocks per SM) spill.
+        uint4 q[NM][R];
+        u32 e[NM][R];
+#pragma unroll
+        for (int m = 0; m < NM; ++m)
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                q[m][r] = __ldg(wq[m][r] + 32 * j);
+                e[m][r] = __ldg(ws[m][r] + 32 * j);
+            }
         if (!waited) {
             GRID_DEP_WAIT();
             waited = true;
         }
-#pragma unroll
-        for (int u = 0; u < FU; ++u) {
-            int kb = kb0 + 8 * u;
-            if (kb < nbk) {
-                // Bytes 8p..8p+7 of the block: elements 4p..4p+3 and 16+4p..16+4p+3 interleaved,
-                // as mxfp4_s8 orders word p's weights.
-                uint2 xv[DQ_PLANES];
-#pragma unroll
-                for (int pl = 0; pl < DQ_PLANES; ++pl)
-                    xv[pl] = *(const uint2*)(xq + pl * stride + kb * 32 + 8 * p);
-#pragma unroll
-                for (int m = 0; m < NM; ++m)
-#pragma unroll
-                    for (int r = 0; r < R; ++r) {
-                        u32 t0, t1;
-                        mxfp4_s8(q[u][m][r], t0, t1);
-                        int s[DQ_PLANES];
-#pragma unroll
-                        for (int pl = 0; pl < DQ_PLANES; ++pl)
-                            s[pl] = __dp4a((int)t1, (int)xv[pl].y, __dp4a((int)t0, (int)xv[pl].x, 0));
-                        // |s| <= 8 * 12 * 127: s0 * 254 + s1 stays below 2^22.
-                        float v = fmaf(small_i2f(s[0] * 254 + s[1]), 254.0f, small_i2f(s[2]));
-                        acc[m * R + r] = fmaf(v, e8m0_to_f32(e[u][m][r]), acc[m * R + r]);
-                    }
-            }
-        }
+        planes_block<NM, R>(q, e, x + 1024 * j, stride, kv, acc);
     }
+    if (!waited) GRID_DEP_WAIT();
 }
 
 // Gate+up from x's planes (moe_router_topk_q): rows f0 .. f0 + R - 1 of the pair's expert,
@@ -796,7 +870,7 @@ __device__ __forceinline__ void moe_gate_up_planes(const u8* xq, const float* xs
 
 // Down from h's planes, as moe_down_rows (slot sums combined in slot order). For k dividing 8.
 // grid (ceil(d_model / (R * 8 / k)), t), block 256. Called before the wait for the previous
-// kernel (gate+up): the router's expert ids (and, in lanes with no round of the product, its
+// kernel (gate+up): the router's expert ids (and, in lanes with no block of the product, its
 // weights) are read and the first weights loaded before it. That is safe because gate+up lets
 // this kernel launch only after its own wait, when the router has finished
 // (moe_gate_up_planes_r1).
@@ -826,7 +900,8 @@ __device__ __forceinline__ void moe_down_planes(const u8* hq, int n_ff, const u8
         i64 nb[1] = {nbd};
         rows_dot_mxfp4_planes<1, R, true>(w, nb, base + d0, base + d_model - 1, n_ff >> 5,
                                           hq + (i64)pair * 4 * n_ff, n_ff, acc);
-        // From L2 too: a lane with no round in rows_dot_mxfp4_planes (n_ff < 256) has not waited.
+        // From L2 too: a lane with no block in rows_dot_mxfp4_planes (lane >= n_ff / 32) has
+        // not waited.
         float wt = __ldcg(wts + pair);
         float f = wt * 0.5f * H_SCALE * (1.0f / (254.0f * 254.0f));
 #pragma unroll
