@@ -208,6 +208,12 @@ __device__ __forceinline__ void v_down(const u8* hq, int n_ff, const u8* wd, i64
         v_gate_up<F, DB, H>(xq, xsc, d_model, wg, nbg, wu, nbu, bg, bgt, bu, but, ids, k, n_ff, hq); \
     }
 GU_V(gu_f4, 4, 4, false, false)
+// The session-16 form with biases loaded first (h), the next round's loads issued before the
+// current round's products (db), other round sizes and occupancy: all within +-3 % or slower.
+GU_V(gu_f4_h, 4, 4, false, true)
+GU_V(gu_f2_db_h, 4, 2, true, true)
+GU_V(gu_f4_db_h, 3, 4, true, true)
+GU_V(gu_f12_h, 2, 12, false, true)
 
 #define DN_V(NAME, MINB, R, F, DB, H)                                                             \
     __global__ void __launch_bounds__(256, MINB) NAME(                                           \
@@ -216,6 +222,32 @@ GU_V(gu_f4, 4, 4, false, false)
         v_down<R, F, DB, H>(hq, n_ff, wd, nbd, bd, bdt, ids, wts, k, d_model, y);                 \
     }
 DN_V(dn_r2_f4, 1, 2, 4, false, false)
+DN_V(dn_r2_f4_h, 1, 2, 4, false, true)
+DN_V(dn_r2_f2_db_h, 1, 2, 2, true, true)
+
+// Shapes of today's kernels (moe.cu templates) with other rows per warp and occupancy.
+#define GU_R(NAME, R, MINB)                                                                      \
+    __global__ void __launch_bounds__(256, MINB) NAME(                                           \
+        const u8* xq, const float* xsc, int d_model, const u8* wg, i64 nbg, const u8* wu, i64 nbu, \
+        const u8* bg, int bgt, const u8* bu, int but, const int* ids, int k, int n_ff, u8* hq) {   \
+        GRID_DEP_WAIT();                                                                         \
+        GRID_DEP_LAUNCH();                                                                       \
+        moe_gate_up_planes<R>(xq, xsc, d_model, wg, nbg, wu, nbu, bg, bgt, bu, but, ids, k, n_ff, hq); \
+    }
+GU_R(gu_r2_b3, 2, 3)
+GU_R(gu_r2_b2, 2, 2)
+GU_R(gu_r1_b3, 1, 3)
+#define DN_R(NAME, R, MINB)                                                                      \
+    __global__ void __launch_bounds__(256, MINB) NAME(                                           \
+        const u8* hq, int n_ff, const u8* wd, i64 nbd, const u8* bd, int bdt, const int* ids,     \
+        const float* wts, int k, int d_model, float* y) {                                         \
+        GRID_DEP_LAUNCH();                                                                       \
+        moe_down_planes<R>(hq, n_ff, wd, nbd, bd, bdt, ids, wts, k, d_model, y);                 \
+    }
+DN_R(dn_r1_b4, 1, 4)
+DN_R(dn_r4_b2, 4, 2)
+DN_R(dn_r4_b3, 4, 3)
+DN_R(dn_r2_b3, 2, 3)
 
 struct Layer {
     Mx gate, up, down;
@@ -231,9 +263,9 @@ typedef void (*GuFn)(const u8*, const float*, int, const u8*, i64, const u8*, i6
                      const u8*, int, const int*, int, int, u8*);
 typedef void (*DnFn)(const u8*, int, const u8*, i64, const u8*, int, const int*, const float*, int,
                      int, float*);
-static void gate_up(GuFn f, int l, bool pdl, cudaStream_t s) {
+static void gate_up(GuFn f, int r, int l, bool pdl, cudaStream_t s) {
     Layer& y = layers[l];
-    launch(pdl, f, dim3((NFF + 7) / 8, K), dim3(256), 0, s, (const u8*)xq, (const float*)xsc, D,
+    launch(pdl, f, dim3((NFF + 8 * r - 1) / (8 * r), K), dim3(256), 0, s, (const u8*)xq, (const float*)xsc, D,
            (const u8*)y.gate.p, y.gate.nb, (const u8*)y.up.p, y.up.nb, (const u8*)y.bg, T_F32,
            (const u8*)y.bu, T_F32, (const int*)y.ids, K, NFF, hq);
 }
@@ -289,7 +321,7 @@ int main() {
     const double gu_mb = 2.0 * K * NFF * (D / 32) * 17 / 1e6, dn_mb = 1.0 * K * D * (NFF / 32) * 17 / 1e6;
     const int REPS = 400;
     // The backend's kernels first: the reference bits and times.
-    gate_up(moe_gate_up_planes_r1, 0, false, s);
+    gate_up(moe_gate_up_planes_r1, 1, 0, false, s);
     std::vector<u8> ref_h((size_t)K * 4 * NFF);
     CK(cudaStreamSynchronize(s));
     CK(cudaMemcpy(ref_h.data(), hq, ref_h.size(), cudaMemcpyDeviceToHost));
@@ -301,13 +333,21 @@ int main() {
     struct Gu {
         const char* name;
         GuFn f;
+        int r = 1;
     };
     std::vector<Gu> gus = {{"old: four lanes per block (this file)", gu_f4},
-                           {"backend moe_gate_up_planes_r1", moe_gate_up_planes_r1}};
+                           {"old, biases first", gu_f4_h},
+                           {"old, f2 double-buffered", gu_f2_db_h},
+                           {"old, f4 double-buffered (3 blocks/SM)", gu_f4_db_h},
+                           {"old, f12 (2 blocks/SM)", gu_f12_h},
+                           {"backend moe_gate_up_planes_r1", moe_gate_up_planes_r1},
+                           {"r2, 3 blocks/SM", gu_r2_b3, 2},
+                           {"r2, 2 blocks/SM", gu_r2_b2, 2},
+                           {"r1, 3 blocks/SM", gu_r1_b3}};
     for (int round = 0; round < 2; ++round)
         for (auto& g : gus) {
             CK(cudaMemsetAsync(hq, 0x55, ref_h.size(), s));
-            gate_up(g.f, 0, false, s);
+            gate_up(g.f, g.r, 0, false, s);
             std::vector<u8> h(ref_h.size());
             CK(cudaStreamSynchronize(s));
             CK(cudaMemcpy(h.data(), hq, h.size(), cudaMemcpyDeviceToHost));
@@ -317,8 +357,8 @@ int main() {
             CK(cudaFuncGetAttributes(&fa, (const void*)g.f));
             int occ = 0;
             CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, (const void*)g.f, 256, 0));
-            double cold = time_us(s, REPS, [&](int i) { gate_up(g.f, i % L, false, s); });
-            double hot = time_us(s, REPS, [&](int) { gate_up(g.f, 0, false, s); });
+            double cold = time_us(s, REPS, [&](int i) { gate_up(g.f, g.r, i % L, false, s); });
+            double hot = time_us(s, REPS, [&](int) { gate_up(g.f, g.r, 0, false, s); });
             printf("gate_up %-30s regs %3d, %d blocks/SM, local %3zu B: cold %6.2f us (%5.0f GB/s), hot %6.2f us, plane bytes differing %zu/%zu/%zu/%zu\n",
                    g.name, fa.numRegs, occ, (size_t)fa.localSizeBytes, cold, gu_mb * 1e3 / cold, hot, bad[0], bad[1], bad[2], bad[3]);
         }
@@ -329,7 +369,13 @@ int main() {
         int r;
     };
     std::vector<Dn> dns = {{"old: four lanes per block (this file)", dn_r2_f4, 2},
-                           {"backend moe_down_planes_r2", moe_down_planes_r2, 2}};
+                           {"old, biases first", dn_r2_f4_h, 2},
+                           {"old, f2 double-buffered", dn_r2_f2_db_h, 2},
+                           {"backend moe_down_planes_r2", moe_down_planes_r2, 2},
+                           {"r1, 4 blocks/SM", dn_r1_b4, 1},
+                           {"r4, 2 blocks/SM", dn_r4_b2, 4},
+                           {"r4, 3 blocks/SM", dn_r4_b3, 4},
+                           {"r2, 3 blocks/SM", dn_r2_b3, 2}};
     for (int round = 0; round < 2; ++round)
         for (auto& d : dns) {
             CK(cudaMemsetAsync(y_buf, 0x55, D * 4, s));
@@ -360,13 +406,17 @@ int main() {
         GuFn g;
         DnFn d;
         int r;
+        int gr = 1;
     };
     std::vector<Pair> pairs = {{"old", gu_f4, dn_r2_f4, 2},
-                               {"backend", moe_gate_up_planes_r1, moe_down_planes_r2, 2}};
+                               {"backend", moe_gate_up_planes_r1, moe_down_planes_r2, 2},
+                               {"gu r2 b2 / dn r4 b2", gu_r2_b2, dn_r4_b2, 4, 2},
+                               {"backend gu / dn r4 b3", moe_gate_up_planes_r1, dn_r4_b3, 4},
+                               {"backend gu / dn r1 b4", moe_gate_up_planes_r1, dn_r1_b4, 1}};
     for (int round = 0; round < 3; ++round)
         for (auto& pr : pairs) {
             double us = time_us(s, REPS, [&](int i) {
-                gate_up(pr.g, i % L, true, s);
+                gate_up(pr.g, pr.gr, i % L, true, s);
                 down(pr.d, pr.r, i % L, hq, true, s);
             });
             printf("pair %-24s %6.2f us (%5.0f GB/s)\n", pr.name, us, (gu_mb + dn_mb) * 1e3 / us);
