@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Session 17, call 3: whole-block-per-lane dp4a MoE kernels: conformance (dp4a cases) with each
 # candidate, alternating tg128 against the current kernels, and the moe_variants micro.
+# GPTOSS_CUDA_MOE_DP4A was an override in that uncommitted build only (45000c5 makes these kernels the default).
 set -uo pipefail
 D=.device/final
 [ -x "$D/gptoss" ] || tar -xJf "$D/staged.tar.xz" -C "$D"
@@ -19,13 +20,13 @@ bld=$!
 A="moe_gate_up_blocks_f1:moe_down_blocks_r1_f2:1"
 B="moe_gate_up_blocks_f1:moe_down_blocks_r2_f1:2"
 for v in "$A" "$B"; do
-  log "conformance dp4a, GPTOSS_CUDA_MOE_DP4A (an override in that build only)=$v"
-  GPTOSS_CUDA_MOE_DP4A (an override in that build only)=$v timeout 200 $D/conformance_cuda decode_mma_and_f32_kernels --test-threads 1 --nocapture > $OUT/conf_$(echo $v | md5sum | cut -c1-6).log 2>&1
+  log "conformance dp4a, GPTOSS_CUDA_MOE_DP4A=$v"
+  GPTOSS_CUDA_MOE_DP4A=$v timeout 200 $D/conformance_cuda decode_mma_and_f32_kernels --test-threads 1 --nocapture > $OUT/conf_$(echo $v | md5sum | cut -c1-6).log 2>&1
   grep -E "^test result|panicked|nmse|FAIL" $OUT/conf_$(echo $v | md5sum | cut -c1-6).log | grep -v "^ok" | tail -4 | tee -a "$S"
 done
 wait $syn; log "synth done"
 for r in 1 2; do
-  for v in "X=1" "GPTOSS_CUDA_MOE_DP4A (an override in that build only)=$A" "GPTOSS_CUDA_MOE_DP4A=$B"; do
+  for v in "X=1" "GPTOSS_CUDA_MOE_DP4A=$A" "GPTOSS_CUDA_MOE_DP4A=$B"; do
     echo -n "round $r $v: " | tee -a "$S"
     env $v "$G" bench -m /tmp/m20.gguf --backend cuda -p 0 -n 128 -r 3 -o md 2>>$OUT/bench.err | tail -1 | tee -a "$S"
   done
