@@ -203,21 +203,7 @@ int main() {
         y.bk = make_f(NKV, sd + 20, 0.5f);
         y.bv = make_f(NKV, sd + 21, 0.5f);
         y.bo = make_f(D, sd + 22, 0.5f);
-        int ids[K];
-        float wts[K];
-        for (int j = 0; j < K; ++j) {
-            bool dup;
-            do {
-                ids[j] = rand() % NE;
-                dup = false;
-                for (int i = 0; i < j; ++i) dup |= ids[i] == ids[j];
-            } while (dup);
-            wts[j] = 0.1f + 0.2f * j;
-        }
-        CK(cudaMalloc(&y.ids, sizeof ids));
-        CK(cudaMalloc(&y.wts, sizeof wts));
-        CK(cudaMemcpy(y.ids, ids, sizeof ids, cudaMemcpyHostToDevice));
-        CK(cudaMemcpy(y.wts, wts, sizeof wts, cudaMemcpyHostToDevice));
+        random_routing(&y.ids, &y.wts);
     }
     x_in = make_f(NQ, 77, 1.0f);
     h_buf = make_f(K * NFF, 78, 2.0f);  // a stand-in h for the down timings
@@ -232,17 +218,7 @@ int main() {
     CK(cudaMalloc(&cnt, 4));
     CK(cudaDeviceSynchronize());
 
-    // copy bandwidth (read + write of 1 GiB)
-    {
-        size_t n = 1ull << 30;
-        void *a, *b;
-        CK(cudaMalloc(&a, n));
-        CK(cudaMalloc(&b, n));
-        double us = time_us(s, 10, [&](int) { CK(cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice, s)); });
-        printf("copy bandwidth %.0f GB/s\n", 2.0 * n / us / 1e3);
-        CK(cudaFree(a));
-        CK(cudaFree(b));
-    }
+    print_copy_bandwidth(s);
 
     // launch cost of an empty kernel: plain, PDL, graph
     {

@@ -176,21 +176,7 @@ int main() {
         y.bk = make_f(NKV, sd + 20, 0.5f);
         y.bv = make_f(NKV, sd + 21, 0.5f);
         y.bo = make_f(D, sd + 22, 0.5f);
-        int ids[K];
-        float wts[K];
-        for (int j = 0; j < K; ++j) {
-            bool dup;
-            do {
-                ids[j] = rand() % NE;
-                dup = false;
-                for (int i = 0; i < j; ++i) dup |= ids[i] == ids[j];
-            } while (dup);
-            wts[j] = 0.1f + 0.2f * j;
-        }
-        CK(cudaMalloc(&y.ids, sizeof ids));
-        CK(cudaMalloc(&y.wts, sizeof wts));
-        CK(cudaMemcpy(y.ids, ids, sizeof ids, cudaMemcpyHostToDevice));
-        CK(cudaMemcpy(y.wts, wts, sizeof wts, cudaMemcpyHostToDevice));
+        random_routing(&y.ids, &y.wts);
     }
     CK(cudaMalloc(&xq, 4 * D));
     rnd_bytes(xq, 4 * D, 71, 1, 253);  // int8 planes in [-126, 126] (as bytes 1..253)
@@ -204,16 +190,7 @@ int main() {
     CK(cudaMalloc(&v_out, NKV * 4));
     CK(cudaDeviceSynchronize());
 
-    {
-        size_t n = 1ull << 30;
-        void *a, *b;
-        CK(cudaMalloc(&a, n));
-        CK(cudaMalloc(&b, n));
-        double us = time_us(s, 10, [&](int) { CK(cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice, s)); });
-        printf("copy bandwidth %.0f GB/s\n", 2.0 * n / us / 1e3);
-        CK(cudaFree(a));
-        CK(cudaFree(b));
-    }
+    print_copy_bandwidth(s);
     const double gu_mb = 2.0 * K * NFF * (D / 32) * 17 / 1e6, dn_mb = 1.0 * K * D * (NFF / 32) * 17 / 1e6;
     const double qkv_mb = (NQ + 2.0 * NKV) * (D / 32) * 34 / 1e6, o_mb = 1.0 * D * (NQ / 32) * 34 / 1e6;
     printf("bytes per layer: gate+up %.1f MB, down %.1f MB, qkv %.1f MB, o %.1f MB\n", gu_mb, dn_mb, qkv_mb, o_mb);

@@ -116,3 +116,35 @@ static double time_us(cudaStream_t s, int reps, F body) {
     return ms * 1e3 / reps;
 }
 
+
+// K distinct random experts of NE (rand()) with routing weights 0.1, 0.3, ..., copied to the
+// device.
+static void random_routing(int** ids_d, float** wts_d) {
+    int ids[K];
+    float wts[K];
+    for (int j = 0; j < K; ++j) {
+        bool dup;
+        do {
+            ids[j] = rand() % NE;
+            dup = false;
+            for (int i = 0; i < j; ++i) dup |= ids[i] == ids[j];
+        } while (dup);
+        wts[j] = 0.1f + 0.2f * j;
+    }
+    CK(cudaMalloc(ids_d, sizeof ids));
+    CK(cudaMalloc(wts_d, sizeof wts));
+    CK(cudaMemcpy(*ids_d, ids, sizeof ids, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(*wts_d, wts, sizeof wts, cudaMemcpyHostToDevice));
+}
+
+// The device's copy bandwidth (read + write of 1 GiB, device to device), printed.
+static void print_copy_bandwidth(cudaStream_t s) {
+    size_t n = 1ull << 30;
+    void *a, *b;
+    CK(cudaMalloc(&a, n));
+    CK(cudaMalloc(&b, n));
+    double us = time_us(s, 10, [&](int) { CK(cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice, s)); });
+    printf("copy bandwidth %.0f GB/s\n", 2.0 * n / us / 1e3);
+    CK(cudaFree(a));
+    CK(cudaFree(b));
+}

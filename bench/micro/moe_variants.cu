@@ -293,21 +293,7 @@ int main() {
         y.bg = make_f(NE * NFF, sd + 7, 0.5f);
         y.bu = make_f(NE * NFF, sd + 8, 0.5f);
         y.bd = make_f(NE * D, sd + 9, 0.5f);
-        int ids[K];
-        float wts[K];
-        for (int j = 0; j < K; ++j) {
-            bool dup;
-            do {
-                ids[j] = rand() % NE;
-                dup = false;
-                for (int i = 0; i < j; ++i) dup |= ids[i] == ids[j];
-            } while (dup);
-            wts[j] = 0.1f + 0.2f * j;
-        }
-        CK(cudaMalloc(&y.ids, sizeof ids));
-        CK(cudaMalloc(&y.wts, sizeof wts));
-        CK(cudaMemcpy(y.ids, ids, sizeof ids, cudaMemcpyHostToDevice));
-        CK(cudaMemcpy(y.wts, wts, sizeof wts, cudaMemcpyHostToDevice));
+        random_routing(&y.ids, &y.wts);
     }
     CK(cudaMalloc(&xq, 4 * D));
     rnd_bytes(xq, 4 * D, 71, 1, 253);
