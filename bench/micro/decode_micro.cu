@@ -31,14 +31,7 @@
 
 #include "micro_common.cuh"
 
-struct Layer {
-    Mx gate, up, down;
-    float *bg, *bu, *bd;
-    Q8 q, k, v, o;
-    float *bq, *bk, *bv, *bo;
-    int* ids;
-    float* wts;
-};
+struct Layer : MoeLayer, AttnLayer {};
 
 static std::vector<Layer> layers;
 static float *x_in, *h_buf, *y_buf, *q_out, *k_out, *v_out, *o_out;
@@ -189,21 +182,8 @@ int main() {
     for (int l = 0; l < L; ++l) {
         Layer& y = layers[l];
         u32 sd = 1000 * (l + 1);
-        y.gate = make_mx(NFF, D, sd + 1);
-        y.up = make_mx(NFF, D, sd + 3);
-        y.down = make_mx(D, NFF, sd + 5);
-        y.bg = make_f(NE * NFF, sd + 7, 0.5f);
-        y.bu = make_f(NE * NFF, sd + 8, 0.5f);
-        y.bd = make_f(NE * D, sd + 9, 0.5f);
-        y.q = make_q8(NQ, D, sd + 11);
-        y.k = make_q8(NKV, D, sd + 13);
-        y.v = make_q8(NKV, D, sd + 15);
-        y.o = make_q8(D, NQ, sd + 17);
-        y.bq = make_f(NQ, sd + 19, 0.5f);
-        y.bk = make_f(NKV, sd + 20, 0.5f);
-        y.bv = make_f(NKV, sd + 21, 0.5f);
-        y.bo = make_f(D, sd + 22, 0.5f);
-        random_routing(&y.ids, &y.wts);
+        make_moe_layer(y, sd);
+        make_attn_layer(y, sd);
     }
     x_in = make_f(NQ, 77, 1.0f);
     h_buf = make_f(K * NFF, 78, 2.0f);  // a stand-in h for the down timings

@@ -137,6 +137,38 @@ static void random_routing(int** ids_d, float** wts_d) {
     CK(cudaMemcpy(*wts_d, wts, sizeof wts, cudaMemcpyHostToDevice));
 }
 
+// A layer's MoE (the three MXFP4 stacks, their biases, a routing) and attention matrices (Q8_0,
+// with biases), from seeds sd + 1 ...
+struct MoeLayer {
+    Mx gate, up, down;
+    float *bg, *bu, *bd;
+    int* ids;
+    float* wts;
+};
+static void make_moe_layer(MoeLayer& y, u32 sd) {
+    y.gate = make_mx(NFF, D, sd + 1);
+    y.up = make_mx(NFF, D, sd + 3);
+    y.down = make_mx(D, NFF, sd + 5);
+    y.bg = make_f(NE * NFF, sd + 7, 0.5f);
+    y.bu = make_f(NE * NFF, sd + 8, 0.5f);
+    y.bd = make_f(NE * D, sd + 9, 0.5f);
+    random_routing(&y.ids, &y.wts);
+}
+struct AttnLayer {
+    Q8 q, k, v, o;
+    float *bq, *bk, *bv, *bo;
+};
+static void make_attn_layer(AttnLayer& y, u32 sd) {
+    y.q = make_q8(NQ, D, sd + 11);
+    y.k = make_q8(NKV, D, sd + 13);
+    y.v = make_q8(NKV, D, sd + 15);
+    y.o = make_q8(D, NQ, sd + 17);
+    y.bq = make_f(NQ, sd + 19, 0.5f);
+    y.bk = make_f(NKV, sd + 20, 0.5f);
+    y.bv = make_f(NKV, sd + 21, 0.5f);
+    y.bo = make_f(D, sd + 22, 0.5f);
+}
+
 // The device's copy bandwidth (read + write of 1 GiB, device to device), printed.
 static void print_copy_bandwidth(cudaStream_t s) {
     size_t n = 1ull << 30;

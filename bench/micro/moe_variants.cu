@@ -249,12 +249,7 @@ DN_R(dn_r4_b2, 4, 2)
 DN_R(dn_r4_b3, 4, 3)
 DN_R(dn_r2_b3, 2, 3)
 
-struct Layer {
-    Mx gate, up, down;
-    float *bg, *bu, *bd;
-    int* ids;
-    float* wts;
-};
+struct Layer : MoeLayer {};
 static std::vector<Layer> layers;
 static u8 *xq, *hq, *hq_in;
 static float *xsc, *y_buf;
@@ -287,13 +282,7 @@ int main() {
     for (int l = 0; l < L; ++l) {
         Layer& y = layers[l];
         u32 sd = 1000 * (l + 1);
-        y.gate = make_mx(NFF, D, sd + 1);
-        y.up = make_mx(NFF, D, sd + 3);
-        y.down = make_mx(D, NFF, sd + 5);
-        y.bg = make_f(NE * NFF, sd + 7, 0.5f);
-        y.bu = make_f(NE * NFF, sd + 8, 0.5f);
-        y.bd = make_f(NE * D, sd + 9, 0.5f);
-        random_routing(&y.ids, &y.wts);
+        make_moe_layer(y, sd);
     }
     CK(cudaMalloc(&xq, 4 * D));
     rnd_bytes(xq, 4 * D, 71, 1, 253);
