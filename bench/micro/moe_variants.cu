@@ -21,27 +21,6 @@
 #include "../../kernels-cuda/src/kernels/moe.cu"
 #include "micro_common.cuh"
 
-// One round's loads: F steps of 8 blocks (kb0, kb0 + 8, ...) of R rows of NM stacks.
-template <int NM, int R, int F>
-__device__ __forceinline__ void v_load(const u8* const* w, const i64* nb, const i64 (&rows)[R],
-                                       int kb0, int nbk, int p, u32 (&q)[F][NM][R],
-                                       u32 (&e)[F][NM][R]) {
-#pragma unroll
-    for (int u = 0; u < F; ++u) {
-        int kb = kb0 + 8 * u;
-        if (kb < nbk) {
-#pragma unroll
-            for (int m = 0; m < NM; ++m)
-#pragma unroll
-                for (int r = 0; r < R; ++r) {
-                    i64 bi = rows[r] + kb;
-                    q[u][m][r] = __ldg((const u32*)(w[m] + bi * 16) + p);
-                    e[u][m][r] = __ldg(w[m] + nb[m] * 16 + bi);
-                }
-        }
-    }
-}
-
 // One round's products, as the session-16 rows_dot_mxfp4_planes computed them.
 template <int NM, int R, int F>
 __device__ __forceinline__ void v_dot(const u32 (&q)[F][NM][R], const u32 (&e)[F][NM][R], int kb0,
@@ -83,7 +62,7 @@ __device__ __forceinline__ void v_rows_dot(const u8* const* w, const i64* nb, i6
         bool waited = !PREWAIT;
         for (int kb0 = bl; kb0 < nbk; kb0 += 8 * F) {
             u32 q[F][NM][R], e[F][NM][R];
-            v_load<NM, R, F>(w, nb, rows, kb0, nbk, p, q, e);
+            mxfp4_rows_load<NM, R, F>(w, nb, rows, kb0, nbk, p, q, e);
             if (!waited) {
                 GRID_DEP_WAIT();
                 waited = true;
@@ -95,16 +74,16 @@ __device__ __forceinline__ void v_rows_dot(const u8* const* w, const i64* nb, i6
     }
     u32 qa[F][NM][R], ea[F][NM][R], qb[F][NM][R], eb[F][NM][R];
     int kb0 = bl;
-    if (kb0 < nbk) v_load<NM, R, F>(w, nb, rows, kb0, nbk, p, qa, ea);
+    if (kb0 < nbk) mxfp4_rows_load<NM, R, F>(w, nb, rows, kb0, nbk, p, qa, ea);
     if (PREWAIT) GRID_DEP_WAIT();
     while (kb0 < nbk) {
         int kn = kb0 + 8 * F;
-        if (kn < nbk) v_load<NM, R, F>(w, nb, rows, kn, nbk, p, qb, eb);
+        if (kn < nbk) mxfp4_rows_load<NM, R, F>(w, nb, rows, kn, nbk, p, qb, eb);
         v_dot<NM, R, F>(qa, ea, kb0, nbk, p, xq, stride, acc);
         kb0 = kn;
         if (kb0 >= nbk) break;
         kn = kb0 + 8 * F;
-        if (kn < nbk) v_load<NM, R, F>(w, nb, rows, kn, nbk, p, qa, ea);
+        if (kn < nbk) mxfp4_rows_load<NM, R, F>(w, nb, rows, kn, nbk, p, qa, ea);
         v_dot<NM, R, F>(qb, eb, kb0, nbk, p, xq, stride, acc);
         kb0 = kn;
     }

@@ -419,15 +419,15 @@ __device__ __forceinline__ void row_dot2_mxfp4(const u8* wa, i64 nba, const u8* 
     }
 }
 
-// The loads of FU steps (blocks kb0, kb0 + 8, ...) of R rows (block offsets rows[r]) of NM
-// MXFP4 matrices: word p of each block's nibbles into q, its E8M0 scale into e. Shared by the
-// f32 and the dp4a (moe.cu) decode kernels.
-template <int NM, int R>
+// The loads of F steps (blocks kb0, kb0 + 8, ...) of R rows (block offsets rows[r]) of NM
+// MXFP4 matrices: word p of each block's nibbles into q, its E8M0 scale into e. Used by the f32
+// decode kernels (and, with other F, by bench/micro/moe_variants.cu).
+template <int NM, int R, int F = FU>
 __device__ __forceinline__ void mxfp4_rows_load(const u8* const* w, const i64* nb,
                                                 const i64 (&rows)[R], int kb0, int nbk, int p,
-                                                u32 (&q)[FU][NM][R], u32 (&e)[FU][NM][R]) {
+                                                u32 (&q)[F][NM][R], u32 (&e)[F][NM][R]) {
 #pragma unroll
-    for (int u = 0; u < FU; ++u) {
+    for (int u = 0; u < F; ++u) {
         int kb = kb0 + 8 * u;
         if (kb < nbk) {
 #pragma unroll
