@@ -182,9 +182,7 @@ impl CudaBackend {
             ]);
         }
         args.extend([A::I(hd as i32), A::P(self.rope_cs(rope, pos0)?)]);
-        let kern = if dtype == GgmlType::Q8_0 && self.gemv_s8 {
-            "gemvf3_q8_0_r1_rope_s8"
-        } else if dtype == GgmlType::Q8_0 {
+        let kern = if dtype == GgmlType::Q8_0 {
             "gemvf3_q8_0_r1_rope"
         } else {
             "gemvf3_mxfp4_r1_rope"

@@ -309,10 +309,6 @@ pub struct CudaBackend {
     decode_mma: bool,
     /// Decode attention (t = 1) on tensor cores with the combine fused (see [`decode_attn`]).
     decode_tc: bool,
-    /// One-token Q8_0 products (o, output, fused q/k/v + RoPE) with 8 steps of 8 blocks per
-    /// round instead of 4 (`*_s8` kernels; opt-in with `GPTOSS_CUDA_GEMV_STEPS=8`: measured
-    /// slower on an H100, tg128 528 vs 560 tok/s, same bits; bench/RESULTS.md, session 17).
-    gemv_s8: bool,
     /// The dp4a decode MoE on int8 planes of x and h (default; `GPTOSS_CUDA_DECODE_DP4A=0`
     /// turns it off; see decode_moe.rs).
     decode_dp4a: bool,
@@ -463,7 +459,6 @@ impl CudaBackend {
             // dmoe): 291 vs 354 tok/s tg128 on the synthetic 20b.
             decode_mma: std::env::var("GPTOSS_CUDA_DECODE_MMA").is_ok_and(|v| v == "1"),
             decode_tc: decode_attn::tc_default(),
-            gemv_s8: std::env::var("GPTOSS_CUDA_GEMV_STEPS").is_ok_and(|v| v == "8"),
             // On: tg128 452.6 vs 430.7 tok/s with the f32 kernels on an H100, 64 of 64 greedy
             // steps as the CPU reference (2026-11-26, bench/RESULTS.md).
             decode_dp4a: std::env::var("GPTOSS_CUDA_DECODE_DP4A").map_or(true, |v| v != "0"),
@@ -937,7 +932,6 @@ impl CudaBackend {
             self.mma_gemv(x, t, k, &[(w, bp, bt, y, n)])
         } else if t <= MAX_GEMV_ROWS && quant && !self.int8_activations {
             let kern = match (w.dtype == GgmlType::Q8_0, t == 1) {
-                (true, true) if self.gemv_s8 => "gemvf_q8_0_r1_s8",
                 (true, true) => "gemvf_q8_0_r1",
                 (true, false) => "gemvf_q8_0",
                 (false, true) => "gemvf_mxfp4_r1",

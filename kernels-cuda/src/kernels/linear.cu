@@ -303,18 +303,16 @@ __device__ __forceinline__ float q8_part_dot(int2 q, const float* xb, int p) {
 #define FU 4  // steps of 8 blocks whose loads are issued before use
 
 // Row `row` (global row index into W of nbk blocks per row) dotted with R rows of x (stride k).
-// F steps of 8 blocks per round (FU unless named); the blocks are summed in the same order for
-// any F.
-template <int TYPE, int R, int F = FU>
+template <int TYPE, int R>
 __device__ __forceinline__ void row_dot_f(const u8* w, i64 nb, i64 row, int nbk, const float* x,
                                           int k, int t, float* acc) {
     int lane = threadIdx.x & 31, p = lane & 3, bl = lane >> 2;
     const u8* sc = TYPE == T_Q8_0 ? w + nb * 32 : w + nb * 16;
-    for (int kb0 = bl; kb0 < nbk; kb0 += 8 * F) {
-        int2 q[F];
-        float d[F];
+    for (int kb0 = bl; kb0 < nbk; kb0 += 8 * FU) {
+        int2 q[FU];
+        float d[FU];
 #pragma unroll
-        for (int u = 0; u < F; ++u) {
+        for (int u = 0; u < FU; ++u) {
             int kb = kb0 + 8 * u;
             if (kb < nbk) {
                 i64 bi = row * nbk + kb;
@@ -331,7 +329,7 @@ __device__ __forceinline__ void row_dot_f(const u8* w, i64 nb, i64 row, int nbk,
         // after the first step, and when this kernel was launched without the attribute).
         GRID_DEP_WAIT();
 #pragma unroll
-        for (int u = 0; u < F; ++u) {
+        for (int u = 0; u < FU; ++u) {
             int kb = kb0 + 8 * u;
             if (kb < nbk) {
 #pragma unroll
@@ -348,7 +346,7 @@ __device__ __forceinline__ void row_dot_f(const u8* w, i64 nb, i64 row, int nbk,
     }
 }
 
-template <int TYPE, int R, int F = FU>
+template <int TYPE, int R>
 __device__ __forceinline__ void gemv_f(const float* x, int t, int k, const u8* w, i64 nb,
                                        const u8* bias, int btype, float* y, int n_out) {
     int n = blockIdx.x * 8 + (threadIdx.x >> 5);
@@ -357,7 +355,7 @@ __device__ __forceinline__ void gemv_f(const float* x, int t, int k, const u8* w
     float acc[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r] = 0.f;
-    row_dot_f<TYPE, R, F>(w, nb, n, k >> 5, x, k, t, acc);
+    row_dot_f<TYPE, R>(w, nb, n, k >> 5, x, k, t, acc);
     float b = bias_at(bias, btype, n);
 #pragma unroll
     for (int r = 0; r < R; ++r) {
@@ -369,21 +367,16 @@ __device__ __forceinline__ void gemv_f(const float* x, int t, int k, const u8* w
 }
 
 // grid ceil(n_out / 8), block 256.
-#define GEMVF_ENTRY_F(NAME, TYPE, R, F)                                                         \
+#define GEMVF_ENTRY(NAME, TYPE, R)                                                              \
     extern "C" __global__ void __launch_bounds__(256) NAME(                                   \
         const float* x, int t, int k, const u8* w, i64 nb, const u8* bias, int btype, float* y, \
         int n_out) { GRID_DEP_LAUNCH();                                                       \
-        gemv_f<TYPE, R, F>(x, t, k, w, nb, bias, btype, y, n_out);                            \
+        gemv_f<TYPE, R>(x, t, k, w, nb, bias, btype, y, n_out);                               \
     }
-#define GEMVF_ENTRY(NAME, TYPE, R) GEMVF_ENTRY_F(NAME, TYPE, R, FU)
 GEMVF_ENTRY(gemvf_q8_0, T_Q8_0, MAX_ROWS)
 GEMVF_ENTRY(gemvf_mxfp4, T_MXFP4, MAX_ROWS)
 GEMVF_ENTRY(gemvf_q8_0_r1, T_Q8_0, 1)
 GEMVF_ENTRY(gemvf_mxfp4_r1, T_MXFP4, 1)
-// Eight steps per round: half the dependent rounds of weight loads per warp, for 18 more
-// registers (4 blocks per SM instead of 5). Opt-in (GPTOSS_CUDA_GEMV_STEPS=8): measured slower
-// in a decode step on an H100 (bench/RESULTS.md, session 17).
-GEMVF_ENTRY_F(gemvf_q8_0_r1_s8, T_Q8_0, 1, 8)
 
 // Two rows of two matrices of the same shape (the MoE gate and up projections) dotted with
 // one row of x in a single pass, so both matrices' loads are in flight together.
@@ -523,11 +516,11 @@ GEMVF3_ENTRY(gemvf3_mxfp4_r1, T_MXFP4, 1)
 // per layer than gemvf3_*_r1 then rope_qk ----
 
 // One output row of a one-token product: warp-sum of row_dot_f plus the bias.
-template <int TYPE, int F = FU>
+template <int TYPE>
 __device__ __forceinline__ float gemv_row_r1(const float* x, int k, const u8* w, i64 nb,
                                             const u8* bias, int btype, int n) {
     float acc[1] = {0.f};
-    row_dot_f<TYPE, 1, F>(w, nb, n, k >> 5, x, k, 1, acc);
+    row_dot_f<TYPE, 1>(w, nb, n, k >> 5, x, k, 1, acc);
     return warp_sum(acc[0]) + bias_at(bias, btype, n);
 }
 
@@ -537,7 +530,7 @@ __device__ __forceinline__ float gemv_row_r1(const float* x, int k, const u8* w,
 // (i, i + half) of four consecutive i, so a pair meets in shared memory; half = head_dim / 2
 // must be a multiple of 4 and every roped matrix hold whole heads. grid nblk0 + nblk1 + nblk2,
 // block 256.
-template <int TYPE, int F = FU>
+template <int TYPE>
 __device__ __forceinline__ void gemv3_rope(const float* x, int k, const u8* w, i64 nb,
                                            const u8* bias, int bt, float* y, int n_out, int b,
                                            bool roped, int head_dim, const float* cs) {
@@ -546,14 +539,14 @@ __device__ __forceinline__ void gemv3_rope(const float* x, int k, const u8* w, i
     if (!roped) {
         int n = b * 8 + warp;
         if (n >= n_out) return;
-        float s = gemv_row_r1<TYPE, F>(x, k, w, nb, bias, bt, n);
+        float s = gemv_row_r1<TYPE>(x, k, w, nb, bias, bt, n);
         if (lane == 0) y[n] = s;
         return;
     }
     int half = head_dim >> 1, per_head = half >> 2;
     int i = (b % per_head) * 4 + (warp & 3);
     int n = (b / per_head) * head_dim + i + (warp >> 2) * half;
-    float s = gemv_row_r1<TYPE, F>(x, k, w, nb, bias, bt, n);
+    float s = gemv_row_r1<TYPE>(x, k, w, nb, bias, bt, n);
     if (lane == 0) pairv[warp] = s;
     __syncthreads();
     if (warp < 4 && lane == 0) {
@@ -562,17 +555,16 @@ __device__ __forceinline__ void gemv3_rope(const float* x, int k, const u8* w, i
     }
 }
 
-#define GEMVF3_ROPE_ENTRY_F(NAME, TYPE, F)                                                     \
+#define GEMVF3_ROPE_ENTRY(NAME, TYPE)                                                          \
     extern "C" __global__ void __launch_bounds__(256) NAME(                                   \
         const float* x, int k, MAT3_ARGS(0), MAT3_ARGS(1), MAT3_ARGS(2), int head_dim,         \
         const float* cs) {                                                                    \
         GRID_DEP_LAUNCH();                                                                    \
         MAT3_SELECT();                                                                        \
-        gemv3_rope<TYPE, F>(x, k, w, nb, bias, bt, y, n_out, b, !m2, head_dim, cs);            \
+        gemv3_rope<TYPE>(x, k, w, nb, bias, bt, y, n_out, b, !m2, head_dim, cs);               \
     }
-GEMVF3_ROPE_ENTRY_F(gemvf3_q8_0_r1_rope, T_Q8_0, FU)
-GEMVF3_ROPE_ENTRY_F(gemvf3_mxfp4_r1_rope, T_MXFP4, FU)
-GEMVF3_ROPE_ENTRY_F(gemvf3_q8_0_r1_rope_s8, T_Q8_0, 8)
+GEMVF3_ROPE_ENTRY(gemvf3_q8_0_r1_rope, T_Q8_0)
+GEMVF3_ROPE_ENTRY(gemvf3_mxfp4_r1_rope, T_MXFP4)
 
 // ---- Int8 tensor-core decode products (t <= 2 for the dense GEMV; any t for the MoE) ----
 // The activation row is split into four int8 planes with one scale s per row:
