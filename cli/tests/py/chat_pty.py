@@ -56,9 +56,15 @@ ok("/reasoning")
 send("/help\n")
 read_until(rb"/reset")
 read_until(rb"> ")
-# A long reply (no token limit that could end it soon): stop it with Ctrl-C after output starts.
+# A long reply (no token limit that could end it soon): stop it with Ctrl-C while it runs. The
+# tiny model's greedy reply is ~1000 tokens with nothing printed until its end, and it took as
+# little as 1.5 s on a fast run (the wait here was 1.5 s then, and that run failed for want of
+# anything to interrupt). So the Ctrl-C goes 0.3 s after the line is echoed: before it marks the
+# reply as running (a Ctrl-C earlier would end the chat), the chat only renders and tokenizes the
+# prompt and opens a session, milliseconds; the reply itself needs 1.4 s or more.
 send("Hello there\n")
-time.sleep(1.5)
+read_until(rb"Hello there\r?\n")
+time.sleep(0.3)
 send("\x03")
 out = read_until(rb"\[interrupted\]|\[\d+ tokens", timeout=120)
 if b"[interrupted]" not in out:
