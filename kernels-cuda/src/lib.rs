@@ -318,6 +318,10 @@ pub struct CudaBackend {
     /// recorded step (`GPTOSS_CUDA_PDL_ONLY=gemvf,moe_router`, for measurements; default: see
     /// [`PDL_IN_GRAPH`]).
     pdl_only: Option<Vec<String>>,
+    /// Kernels not launched at all (`GPTOSS_CUDA_SKIP=add_rms_norm,attn_dtc`): a timing
+    /// tool only, to measure what one stage costs inside the whole step by leaving it out
+    /// (its outputs are then stale, so results are wrong). See [`skip_from_env`].
+    skip: Vec<String>,
     /// q/k/v with RoPE in one launch for one token (decode_fused.rs; default on,
     /// `GPTOSS_CUDA_DECODE_FUSE=0` turns it off).
     decode_fuse: bool,
@@ -364,6 +368,30 @@ fn pdl_kernel(name: &str) -> bool {
 /// weights before its wait): 500.2 against 491.4 in another call (three rounds; 450.6 / 443.7
 /// at depth 16384). 2026-11-26, bench/RESULTS.md session 16. Outside a graph every decode
 /// kernel keeps it.
+/// `GPTOSS_CUDA_SKIP`'s prefixes, less those of kernels whose outputs are indices or
+/// counters (the router's expert ids, argmax, the embedding's token, tickets): stale values
+/// there could address memory out of range, so they always run.
+fn skip_from_env() -> Vec<String> {
+    const NEVER: [&str; 5] = ["moe_router", "argmax", "embed", "qembed", "rope_cs"];
+    let Ok(v) = std::env::var("GPTOSS_CUDA_SKIP") else {
+        return Vec::new();
+    };
+    let skip: Vec<String> = v
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .filter(|s| {
+            !NEVER
+                .iter()
+                .any(|n| n.starts_with(s.as_str()) || s.starts_with(n))
+        })
+        .collect();
+    if !skip.is_empty() {
+        eprintln!("GPTOSS_CUDA_SKIP: not launching {skip:?} (timing only: outputs are wrong)");
+    }
+    skip
+}
+
 const PDL_IN_GRAPH: [&str; 3] = ["gemvf", "moe_router", "moe_down_planes"];
 
 const TICKETS_ROUTER: usize = 0;
@@ -466,6 +494,7 @@ impl CudaBackend {
             pdl_only: std::env::var("GPTOSS_CUDA_PDL_ONLY")
                 .ok()
                 .map(|v| v.split(',').map(|s| s.trim().to_string()).collect()),
+            skip: skip_from_env(),
             decode_fuse: decode_fused::fuse_default(),
             rope_cs: Mutex::new(None),
             step_graphs: step_graph::graph_default(),
@@ -685,6 +714,9 @@ impl CudaBackend {
             .funcs
             .get(name)
             .ok_or_else(|| dev_err(format!("kernel {name} not loaded")))?;
+        if self.skipped(name, grid.0) {
+            return Ok(());
+        }
         if self.pdl && pdl_kernel(name) && self.pdl_here(name) {
             return self.launch_pdl(f, grid, block, smem, args);
         }
@@ -708,6 +740,16 @@ impl CudaBackend {
         // checked by the callers).
         unsafe { b.launch(cfg) }.map_err(dev_err)?;
         Ok(())
+    }
+
+    /// Whether `GPTOSS_CUDA_SKIP` leaves this launch out: an entry `prefix` matches every
+    /// kernel whose name starts with it, `prefix/N` only launches of N blocks in x (the output
+    /// matrix's product apart from the layers' of the same kernel).
+    fn skipped(&self, name: &str, grid_x: u32) -> bool {
+        self.skip.iter().any(|e| match e.split_once('/') {
+            Some((p, n)) => name.starts_with(p) && n.parse() == Ok(grid_x),
+            None => name.starts_with(e.as_str()),
+        })
     }
 
     /// Whether `name` launches with PDL here (recording or not; see [`PDL_IN_GRAPH`]).
