@@ -15,21 +15,6 @@ pub(crate) const BULK_DEFAULT: u8 = BULK_LINEAR | BULK_QKV;
 /// Rows above which a product counts as tall.
 pub(crate) const TALL_ROWS: usize = 32768;
 
-/// Rows of a block (of eight) whose copies are issued before the block waits for the previous
-/// kernel, the rest after it: (attention output, q/k/v). `GPTOSS_CUDA_BULK_PRE=o,qkv` for A/B
-/// measurements.
-pub(crate) fn bulk_pre_from_env() -> (i32, i32) {
-    let parse = |s: &str| s.trim().parse::<i32>().ok().map(|v| v.clamp(0, 8));
-    let env = std::env::var("GPTOSS_CUDA_BULK_PRE").ok();
-    let mut it = env.as_deref().unwrap_or("").split(',');
-    let o = it.next().and_then(parse).unwrap_or(BULK_PRE_DEFAULT.0);
-    let qkv = it.next().and_then(parse).unwrap_or(BULK_PRE_DEFAULT.1);
-    (o, qkv)
-}
-
-/// See [`bulk_pre_from_env`].
-pub(crate) const BULK_PRE_DEFAULT: (i32, i32) = (8, 2);
-
 /// The bit set for a device of compute capability `major` (bulk copies and mbarriers need
 /// sm_90).
 pub(crate) fn bulk_from_env(major: i32) -> u8 {
@@ -44,11 +29,10 @@ pub(crate) fn bulk_from_env(major: i32) -> u8 {
 
 /// The dynamic shared memory of a bulk-fed block for rows of `k` values: eight rows of Q8_0
 /// blocks (32 bytes of values, 2 of scale each), within the 48 KiB a launch gets without an
-/// opt-in; None where k does not allow it: not an even number of blocks (the scales are copied
-/// as two 16-byte aligned runs of four rows), too wide.
+/// opt-in; None where k does not allow it (not whole blocks, too wide).
 pub(crate) fn bulk_smem(k: usize) -> Option<u32> {
     let bytes = 8 * (k / 32) * 34;
-    (k > 0 && k.is_multiple_of(64) && bytes <= 48 * 1024).then_some(bytes as u32)
+    (k > 0 && k.is_multiple_of(32) && bytes <= 48 * 1024).then_some(bytes as u32)
 }
 
 #[cfg(test)]
@@ -62,7 +46,6 @@ mod tests {
         assert_eq!(bulk_smem(5760), Some(48960).filter(|&b| b <= 49152));
         assert_eq!(bulk_smem(5792), None);
         assert_eq!(bulk_smem(100), None);
-        assert_eq!(bulk_smem(2880 + 32), None);
         assert_eq!(bulk_smem(0), None);
     }
 }

@@ -325,8 +325,6 @@ pub struct CudaBackend {
     skip: Vec<String>,
     /// Which one-token Q8_0 products are fed by bulk copies (decode_bulk.rs bits).
     gemv_bulk: u8,
-    /// Rows of eight copied before the wait in the bulk-fed products: (output projection, q/k/v).
-    bulk_pre: (i32, i32),
     /// q/k/v with RoPE in one launch for one token (decode_fused.rs; default on,
     /// `GPTOSS_CUDA_DECODE_FUSE=0` turns it off).
     decode_fuse: bool,
@@ -501,7 +499,6 @@ impl CudaBackend {
                 .map(|v| v.split(',').map(|s| s.trim().to_string()).collect()),
             skip: skip_from_env(),
             gemv_bulk: decode_bulk::bulk_from_env(major),
-            bulk_pre: decode_bulk::bulk_pre_from_env(),
             decode_fuse: decode_fused::fuse_default(),
             rope_cs: Mutex::new(None),
             step_graphs: step_graph::graph_default(),
@@ -1012,7 +1009,6 @@ impl CudaBackend {
                     A::I(bt),
                     A::P(y),
                     A::I(n as i32),
-                    A::I(self.bulk_pre.0),
                 ],
             )
         } else if t <= MAX_GEMV_ROWS && quant && !self.int8_activations {

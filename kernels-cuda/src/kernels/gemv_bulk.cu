@@ -8,14 +8,13 @@
 // 12.5 MB; bench/RESULTS.md, session 18). Here one thread issues cp.async.bulk for the block's
 // eight rows (nibbles and scales) as soon as the block is resident: under programmatic
 // dependent launch that is while the previous kernel (attention, the norm) still runs, and no
-// register holds the bytes in flight. Each warp reads its row from shared memory as soon as it
-// has landed; the arithmetic is that of row_dot_f (same order of sums per lane, so the same
-// bits).
+// register holds the bytes in flight. The warps then read their row from shared memory; the
+// arithmetic is that of row_dot_f (same order of sums per lane, so the same bits).
 //
 // Shared memory: qs of the block's 8 rows [8][nbk * 32], then their f16 scales [8][nbk]
 // (dynamic, 8 * nbk * 34 bytes; the host keeps it within 48 KiB). The host picks these
-// kernels only on sm_90+ with n_out % 8 == 0 and nbk even (the scales go as two runs of four
-// rows), so every copy is 16-byte aligned and a multiple of 16 bytes.
+// kernels only on sm_90+ with n_out % 8 == 0 and (for the roped form) nbk even, so every copy is
+// 16-byte aligned and a multiple of 16 bytes.
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #define BULK_OK 1
@@ -71,64 +70,60 @@ __device__ __forceinline__ float smem_row_dot_q8(const u8* sm, int nbk, int slot
     return acc;
 }
 
-// The block's eight slots hold rows row_a + (s & 3) + (s >> 2) * step of a Q8_0 matrix (w, nb
-// blocks in all): step 4 is eight consecutive rows, step half a roped block's two runs. Each slot
-// has its own barrier, so a warp starts on its row as soon as that row has landed; the scales of
-// all eight rows (two runs) complete barrier 0. Thread 0 issues slots [s0, s1) (and the scales
-// with slot 0).
-__device__ __forceinline__ void bulk_issue_q8(u8* sm, const u64* bars, int nbk, const u8* w, i64 nb,
-                                              i64 row_a, i64 step, int s0, int s1) {
+// The copies of rows [row, row + n) of a Q8_0 matrix (w, nb blocks in all) into slots
+// [slot, slot + n) of the block's slice. One thread.
+__device__ __forceinline__ void bulk_rows_q8(u8* sm, int nbk, int slot, const u8* w, i64 nb,
+                                             i64 row, int n, u32 bar) {
 #if BULK_OK
-    u32 qrow = (u32)nbk * 32, srun = (u32)nbk * 8;
-    for (int s = s0; s < s1; ++s) {
-        u32 bar = smem_u32(bars + s);
-        i64 row = row_a + (s & 3) + (s >> 2) * step;
-        mbar_expect_tx(bar, qrow + (s == 0 ? 2 * srun : 0));
-        if (s == 0) {
-#pragma unroll
-            for (int run = 0; run < 2; ++run)
-                bulk_g2s(smem_u32(sm + 8 * qrow + run * srun), w + nb * 32 + (row_a + run * step) * nbk * 2,
-                         srun, bar);
-        }
-        bulk_g2s(smem_u32(sm + (i64)s * qrow), w + row * qrow, qrow, bar);
-    }
+    bulk_g2s(smem_u32(sm + (i64)slot * nbk * 32), w + row * nbk * 32, (u32)(n * nbk * 32), bar);
+    bulk_g2s(smem_u32(sm + 8 * nbk * 32 + (i64)slot * nbk * 2), w + nb * 32 + row * nbk * 2,
+             (u32)(n * nbk * 2), bar);
 #endif
 }
 
-// The block's copies: `pre` slots (0..8) issued at once, the rest after the wait for the
-// previous kernel (GRID_DEP_WAIT, which every thread passes here). Requesting the whole slice
-// before the wait floods the memory system while the previous kernel, on the critical path,
-// still needs it (measured slower for q/k/v: bench/RESULTS.md, session 18).
-__device__ __forceinline__ void bulk_load_q8(u8* sm, u64* bars, int nbk, const u8* w, i64 nb,
-                                             i64 row_a, i64 step, int pre) {
+// Thread 0 sets up the barrier and issues `runs` copies of 8 / runs rows each (run r: rows
+// rows[r] .. into slots r * 8 / runs ..); the caller then waits for the previous kernel and
+// for the barrier.
+template <int RUNS>
+__device__ __forceinline__ u32 bulk_start_q8(u8* sm, u64* bar, int nbk, const u8* w, i64 nb,
+                                             const i64 (&rows)[RUNS]) {
 #if BULK_OK
+    u32 b = smem_u32(bar);
     if (threadIdx.x == 0) {
-        for (int s = 0; s < 8; ++s) mbar_init(smem_u32(bars + s), 1);
-        bulk_issue_q8(sm, bars, nbk, w, nb, row_a, step, 0, pre);
+        mbar_init(b, 1);
+        mbar_expect_tx(b, (u32)(8 * nbk * 34));
+#pragma unroll
+        for (int r = 0; r < RUNS; ++r) bulk_rows_q8(sm, nbk, r * (8 / RUNS), w, nb, rows[r], 8 / RUNS, b);
     }
-    GRID_DEP_WAIT();
-    if (threadIdx.x == 0) bulk_issue_q8(sm, bars, nbk, w, nb, row_a, step, pre, 8);
-    // The other threads wait on the barriers only after this: their initialisation is visible.
+    // The other threads wait on the barrier only after this: its initialisation is visible.
     __syncthreads();
-    int warp = threadIdx.x >> 5;
-    mbar_wait(smem_u32(bars), 0);
-    if (warp) mbar_wait(smem_u32(bars + warp), 0);
+    return b;
 #else
     __trap();
+    return 0;
 #endif
 }
 
-// y = W x + b for one token, 8 rows per block; `pre` rows' copies are issued before the wait.
-// grid n_out / 8, block 256, dynamic shared memory 8 * (k / 32) * 34 bytes.
+__device__ __forceinline__ void bulk_wait(u32 bar) {
+#if BULK_OK
+    mbar_wait(bar, 0);
+#endif
+}
+
+// y = W x + b for one token, 8 rows per block. grid n_out / 8, block 256, dynamic shared
+// memory 8 * (k / 32) * 34 bytes.
 extern "C" __global__ void __launch_bounds__(256) gemvf_q8_0_r1_bulk(const float* x, int k,
                                                                      const u8* w, i64 nb,
                                                                      const u8* bias, int btype,
-                                                                     float* y, int n_out, int pre) {
+                                                                     float* y, int n_out) {
     GRID_DEP_LAUNCH();
     extern __shared__ __align__(16) u8 gemv_sm[];
-    __shared__ __align__(8) u64 bars[8];
+    __shared__ __align__(8) u64 bar;
     int nbk = k >> 5;
-    bulk_load_q8(gemv_sm, bars, nbk, w, nb, (i64)blockIdx.x * 8, 4, pre);
+    i64 rows[1] = {(i64)blockIdx.x * 8};
+    u32 b = bulk_start_q8<1>(gemv_sm, &bar, nbk, w, nb, rows);
+    GRID_DEP_WAIT();
+    bulk_wait(b);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int n = blockIdx.x * 8 + warp;
     float s = warp_sum(smem_row_dot_q8(gemv_sm, nbk, warp, x));
@@ -140,20 +135,30 @@ extern "C" __global__ void __launch_bounds__(256) gemvf_q8_0_r1_bulk(const float
 // grid nblk0 + nblk1 + nblk2, block 256, dynamic shared memory 8 * (k / 32) * 34 bytes.
 extern "C" __global__ void __launch_bounds__(256) gemvf3_q8_0_r1_rope_bulk(
     const float* x, int k, MAT3_ARGS(0), MAT3_ARGS(1), MAT3_ARGS(2), int head_dim,
-    const float* cs, int pre) {
+    const float* cs) {
     GRID_DEP_LAUNCH();
     extern __shared__ __align__(16) u8 gemv_sm[];
-    __shared__ __align__(8) u64 bars[8];
+    __shared__ __align__(8) u64 bar;
     __shared__ float pairv[8];
     MAT3_SELECT();
     int nbk = k >> 5;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     bool roped = !m2;
     int half = head_dim >> 1, per_head = half >> 2;
-    i64 row_a = roped ? (i64)(b / per_head) * head_dim + (b % per_head) * 4 : (i64)b * 8;
-    i64 step = roped ? half : 4;
-    bulk_load_q8(gemv_sm, bars, nbk, w, nb, row_a, step, pre);
-    int n = (int)(row_a + (warp & 3) + (warp >> 2) * step);
+    u32 bb;
+    int n;
+    if (roped) {
+        i64 r0 = (i64)(b / per_head) * head_dim + (b % per_head) * 4;
+        i64 rows[2] = {r0, r0 + half};
+        bb = bulk_start_q8<2>(gemv_sm, &bar, nbk, w, nb, rows);
+        n = (int)r0 + (warp & 3) + (warp >> 2) * half;
+    } else {
+        i64 rows[1] = {(i64)b * 8};
+        bb = bulk_start_q8<1>(gemv_sm, &bar, nbk, w, nb, rows);
+        n = b * 8 + warp;
+    }
+    GRID_DEP_WAIT();
+    bulk_wait(bb);
     float s = warp_sum(smem_row_dot_q8(gemv_sm, nbk, warp, x)) + bias_at(bias, bt, n);
     if (!roped) {
         if (lane == 0 && n < n_out) y[n] = s;
