@@ -20,9 +20,7 @@
 //!   epilogue's biases and routing weight loaded before the products (commit bb7c728): the
 //!   GEMVs unchanged, the 64-register MoE gate+up 2.7 % slower.
 
-use crate::{
-    A, CudaBackend, CudaTensor, CudaWeight, Result, check_linear, decode_bulk, dev_err, shape_err,
-};
+use crate::{A, CudaBackend, CudaTensor, CudaWeight, Result, check_linear, dev_err, shape_err};
 use cudarc::driver::CudaSlice;
 use gptoss_backend::{Backend, GgmlType, Rope};
 
@@ -184,31 +182,12 @@ impl CudaBackend {
             ]);
         }
         args.extend([A::I(hd as i32), A::P(self.rope_cs(rope, pos0)?)]);
-        // The bulk-fed form (decode_bulk.rs) wants whole groups of eight rows and, for the
-        // roped runs of four rows, 16-byte aligned scale runs: an even block count per row.
-        let bulk = (self.gemv_bulk & decode_bulk::BULK_QKV != 0
-            && dtype == GgmlType::Q8_0
-            && kdim.is_multiple_of(64)
-            && dims.iter().all(|&(_, n)| n.is_multiple_of(8)))
-        .then(|| decode_bulk::bulk_smem(kdim))
-        .flatten();
-        match bulk {
-            Some(smem) => self.launch_smem(
-                "gemvf3_q8_0_r1_rope_bulk",
-                (blocks as u32, 1, 1),
-                256,
-                smem,
-                &args,
-            )?,
-            None => {
-                let kern = if dtype == GgmlType::Q8_0 {
-                    "gemvf3_q8_0_r1_rope"
-                } else {
-                    "gemvf3_mxfp4_r1_rope"
-                };
-                self.launch(kern, (blocks as u32, 1, 1), 256, &args)?
-            }
-        }
+        let kern = if dtype == GgmlType::Q8_0 {
+            "gemvf3_q8_0_r1_rope"
+        } else {
+            "gemvf3_mxfp4_r1_rope"
+        };
+        self.launch(kern, (blocks as u32, 1, 1), 256, &args)?;
         Ok(outs)
     }
 }

@@ -16,7 +16,6 @@
 
 pub mod compile;
 mod decode_attn;
-mod decode_bulk;
 mod decode_fused;
 mod decode_moe;
 pub mod fp4;
@@ -323,8 +322,6 @@ pub struct CudaBackend {
     /// tool only, to measure what one stage costs inside the whole step by leaving it out
     /// (its outputs are then stale, so results are wrong). See [`skip_from_env`].
     skip: Vec<String>,
-    /// Which one-token Q8_0 products are fed by bulk copies (decode_bulk.rs bits).
-    gemv_bulk: u8,
     /// q/k/v with RoPE in one launch for one token (decode_fused.rs; default on,
     /// `GPTOSS_CUDA_DECODE_FUSE=0` turns it off).
     decode_fuse: bool,
@@ -498,7 +495,6 @@ impl CudaBackend {
                 .ok()
                 .map(|v| v.split(',').map(|s| s.trim().to_string()).collect()),
             skip: skip_from_env(),
-            gemv_bulk: decode_bulk::bulk_from_env(major),
             decode_fuse: decode_fused::fuse_default(),
             rope_cs: Mutex::new(None),
             step_graphs: step_graph::graph_default(),
@@ -746,24 +742,6 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// The shared memory of `gemvf_q8_0_r1_bulk` for this one-token product, if it takes it
-    /// (decode_bulk.rs): Q8_0, one row of x, whole groups of eight rows.
-    fn bulk_linear(&self, dtype: GgmlType, t: usize, k: usize, n: usize) -> Option<u32> {
-        let bit = if n > decode_bulk::TALL_ROWS {
-            decode_bulk::BULK_TALL
-        } else {
-            decode_bulk::BULK_LINEAR
-        };
-        let take = self.gemv_bulk & bit != 0
-            && dtype == GgmlType::Q8_0
-            && t == 1
-            && !self.int8_activations
-            && n > 0
-            && n.is_multiple_of(8)
-            && n / 8 <= u32::MAX as usize;
-        take.then(|| decode_bulk::bulk_smem(k)).flatten()
-    }
-
     /// Whether `GPTOSS_CUDA_SKIP` leaves this launch out: an entry `prefix` matches every
     /// kernel whose name starts with it, `prefix/N` only launches of N blocks in x (the output
     /// matrix's product apart from the layers' of the same kernel).
@@ -994,23 +972,6 @@ impl CudaBackend {
         let quant = matches!(w.dtype, GgmlType::Q8_0 | GgmlType::MXFP4);
         if self.mma_gemv_fits(w.dtype, t, k, n) {
             self.mma_gemv(x, t, k, &[(w, bp, bt, y, n)])
-        } else if let Some(smem) = self.bulk_linear(w.dtype, t, k, n) {
-            self.launch_smem(
-                "gemvf_q8_0_r1_bulk",
-                ((n / 8) as u32, 1, 1),
-                256,
-                smem,
-                &[
-                    A::P(x),
-                    A::I(k as i32),
-                    A::P(wp),
-                    A::L(w.nb),
-                    A::P(bp),
-                    A::I(bt),
-                    A::P(y),
-                    A::I(n as i32),
-                ],
-            )
         } else if t <= MAX_GEMV_ROWS && quant && !self.int8_activations {
             let kern = match (w.dtype == GgmlType::Q8_0, t == 1) {
                 (true, true) => "gemvf_q8_0_r1",
