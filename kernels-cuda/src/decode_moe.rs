@@ -15,15 +15,6 @@
 use crate::{A, CudaBackend, CudaWeight, DevBuf, Result};
 use gptoss_backend::{GgmlType, MoeWeights};
 
-/// Where the decode MoE kernels find each pair's expert.
-#[derive(Clone, Copy)]
-enum Selection {
-    /// The router's ids and routing weights (`moe_router_topk_q`).
-    Ids(u64, u64),
-    /// The router's logits and the expert count (`moe_router_logits_q`): each block selects.
-    Logits(u64, usize),
-}
-
 /// Taller Q8_0 matrices (the output projection) keep the f32 kernel, which reads x once per
 /// warp instead of quantizing it in every block.
 pub(crate) const MMA_GEMV_MAX_ROWS: usize = 32768;
@@ -111,40 +102,6 @@ impl CudaBackend {
         Ok((self.scratch(t * 4 * d_model)?, self.scratch(t * 4)?))
     }
 
-    /// Whether the dp4a kernels select the experts from the router's logits
-    /// (`moe_router_logits_q`, `moe_*_planes_*_l`) rather than read the router's selection:
-    /// on by default (`GPTOSS_CUDA_MOE_SELECT=0` turns it off), for the whole expert stack
-    /// (a 2-GPU range maps the router's ids) on the dp4a path, where neither the FP4 path nor
-    /// the tensor-core grouping (both read ids) can take the block.
-    pub(crate) fn moe_select_in_experts(&self, partial: bool, t: usize) -> bool {
-        self.moe_select
-            && !partial
-            && !self.decode_mma
-            && self.decode_dp4a
-            && !self.fp4.may_take_moe()
-            && t < crate::prefill::tc_min_rows()
-    }
-
-    /// The dp4a gate+up and down for t <= 8 rows selecting their experts from `logits`
-    /// ([t, n_exp], written by moe_router_logits_q with x's planes). The caller checked
-    /// [`Self::moe_select_in_experts`] and mma_moe_fits.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn dp4a_moe_from_logits(
-        &self,
-        planes: &(DevBuf, DevBuf),
-        t: usize,
-        k: usize,
-        n_exp: usize,
-        d_model: usize,
-        n_ff: usize,
-        w: &MoeWeights<CudaWeight>,
-        logits: u64,
-        y: u64,
-    ) -> Result<()> {
-        let sel = Selection::Logits(logits, n_exp);
-        self.moe_experts_planes(planes, t, k, d_model, n_ff, w, sel, y)
-    }
-
     /// Gate+up and down of the MXFP4 experts for t <= 8 rows, after moe_router_topk_q wrote
     /// ids, weights and x's planes. y [t, d_model] gets every row written.
     #[allow(clippy::too_many_arguments)]
@@ -158,21 +115,6 @@ impl CudaBackend {
         w: &MoeWeights<CudaWeight>,
         ids: u64,
         wts: u64,
-        y: u64,
-    ) -> Result<()> {
-        self.moe_experts_planes(planes, t, k, d_model, n_ff, w, Selection::Ids(ids, wts), y)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn moe_experts_planes(
-        &self,
-        planes: &(DevBuf, DevBuf),
-        t: usize,
-        k: usize,
-        d_model: usize,
-        n_ff: usize,
-        w: &MoeWeights<CudaWeight>,
-        sel: Selection,
         y: u64,
     ) -> Result<()> {
         let pairs = t * k;
@@ -190,49 +132,51 @@ impl CudaBackend {
         } else {
             let gu = (n_ff.div_ceil(8) as u32, pairs as u32, 1);
             let down = (d_model.div_ceil(2 * (8 / k)) as u32, t as u32, 1);
-            match sel {
-                Selection::Ids(..) => ("moe_gate_up_planes_r1", gu, "moe_down_planes_r2", down),
-                Selection::Logits(..) => {
-                    ("moe_gate_up_planes_r1_l", gu, "moe_down_planes_r2_l", down)
-                }
-            }
+            ("moe_gate_up_planes_r1", gu, "moe_down_planes_r2", down)
         };
         let bp = |b: &CudaWeight| (A::P(self.ptr(&b.buf)), A::I(b.dtype.id() as i32));
         let (gb, gbt) = bp(&w.gate_bias);
         let (ub, ubt) = bp(&w.up_bias);
         let (db, dbt) = bp(&w.down_bias);
-        // Where the kernels find the experts: the router's ids (and weights, for down), or its
-        // logits and the expert count.
-        let (gu_sel, down_sel) = match sel {
-            Selection::Ids(ids, wts) => (vec![A::P(ids)], [A::P(ids), A::P(wts)]),
-            Selection::Logits(l, n) => (vec![A::P(l), A::I(n as i32)], [A::P(l), A::I(n as i32)]),
-        };
-        let mut gu_args = vec![
-            A::P(planes.0.ptr),
-            A::P(planes.1.ptr),
-            A::I(d_model as i32),
-            A::P(self.ptr(&w.gate.buf)),
-            A::L(w.gate.nb),
-            A::P(self.ptr(&w.up.buf)),
-            A::L(w.up.nb),
-            gb,
-            gbt,
-            ub,
-            ubt,
-        ];
-        gu_args.extend(gu_sel);
-        gu_args.extend([A::I(k as i32), A::I(n_ff as i32), A::P(hq.ptr)]);
-        self.launch(gu_name, gu_grid, 256, &gu_args)?;
-        let mut down_args = vec![
-            A::P(hq.ptr),
-            A::I(n_ff as i32),
-            A::P(self.ptr(&w.down.buf)),
-            A::L(w.down.nb),
-            db,
-            dbt,
-        ];
-        down_args.extend(down_sel);
-        down_args.extend([A::I(k as i32), A::I(d_model as i32), A::P(y)]);
-        self.launch(down_name, down_grid, 256, &down_args)
+        self.launch(
+            gu_name,
+            gu_grid,
+            256,
+            &[
+                A::P(planes.0.ptr),
+                A::P(planes.1.ptr),
+                A::I(d_model as i32),
+                A::P(self.ptr(&w.gate.buf)),
+                A::L(w.gate.nb),
+                A::P(self.ptr(&w.up.buf)),
+                A::L(w.up.nb),
+                gb,
+                gbt,
+                ub,
+                ubt,
+                A::P(ids),
+                A::I(k as i32),
+                A::I(n_ff as i32),
+                A::P(hq.ptr),
+            ],
+        )?;
+        self.launch(
+            down_name,
+            down_grid,
+            256,
+            &[
+                A::P(hq.ptr),
+                A::I(n_ff as i32),
+                A::P(self.ptr(&w.down.buf)),
+                A::L(w.down.nb),
+                db,
+                dbt,
+                A::P(ids),
+                A::P(wts),
+                A::I(k as i32),
+                A::I(d_model as i32),
+                A::P(y),
+            ],
+        )
     }
 }

@@ -322,9 +322,6 @@ pub struct CudaBackend {
     /// tool only, to measure what one stage costs inside the whole step by leaving it out
     /// (its outputs are then stale, so results are wrong). See [`skip_from_env`].
     skip: Vec<String>,
-    /// The dp4a decode MoE selects its experts from the router's logits (decode_moe.rs;
-    /// `GPTOSS_CUDA_MOE_SELECT=0` turns it off).
-    moe_select: bool,
     /// q/k/v with RoPE in one launch for one token (decode_fused.rs; default on,
     /// `GPTOSS_CUDA_DECODE_FUSE=0` turns it off).
     decode_fuse: bool,
@@ -498,7 +495,6 @@ impl CudaBackend {
                 .ok()
                 .map(|v| v.split(',').map(|s| s.trim().to_string()).collect()),
             skip: skip_from_env(),
-            moe_select: std::env::var("GPTOSS_CUDA_MOE_SELECT").map_or(true, |v| v != "0"),
             decode_fuse: decode_fused::fuse_default(),
             rope_cs: Mutex::new(None),
             step_graphs: step_graph::graph_default(),
@@ -531,13 +527,6 @@ impl CudaBackend {
     /// kernels on an H100 and as exact in conformance (NMSE ~1e-12).
     pub fn set_decode_dp4a(&mut self, on: bool) {
         self.decode_dp4a = on;
-    }
-
-    /// Whether the dp4a decode MoE kernels select their experts from the router's logits
-    /// (default on, `GPTOSS_CUDA_MOE_SELECT=0` turns it off) or read the router's selection.
-    /// Both select alike: the results agree bit for bit.
-    pub fn set_moe_select(&mut self, on: bool) {
-        self.moe_select = on;
     }
 
     /// The one-token q/k/v products with RoPE applied as they are written (one launch instead
@@ -1262,32 +1251,6 @@ impl CudaBackend {
         } else {
             None
         };
-        // The dp4a decode kernels select the experts from the router's logits themselves
-        // (decode_moe.rs), unless another path (2-GPU ranges, FP4, tensor cores) reads ids.
-        if let Some(p) = &mma_planes
-            && self.moe_select_in_experts(partial, t)
-        {
-            self.launch(
-                "moe_router_logits_q",
-                (e as u32, t as u32, 1),
-                256,
-                &[
-                    A::P(xp),
-                    A::I(d_model as i32),
-                    A::P(self.ptr(&w.router.buf)),
-                    A::I(w.router.dtype.id() as i32),
-                    A::L(w.router.nb),
-                    A::P(self.ptr(&w.router_bias.buf)),
-                    A::I(w.router_bias.dtype.id() as i32),
-                    A::I(e as i32),
-                    A::P(logits.ptr),
-                    A::P(p.0.ptr),
-                    A::P(p.1.ptr),
-                ],
-            )?;
-            self.dp4a_moe_from_logits(p, t, kk, e, d_model, n_ff, w, logits.ptr, self.ptr(&y.buf))?;
-            return Ok(y);
-        }
         let router = if mma_planes.is_some() {
             "moe_router_topk_q"
         } else {

@@ -60,13 +60,6 @@ pub(crate) struct Fp4State {
 }
 
 impl Fp4State {
-    /// Whether the FP4 path might take an MoE block here (a device with FP4 tensor cores or
-    /// emulation, mode not off): the decode path then keeps the router's own selection, which
-    /// [`moe_hook`] reads.
-    pub(crate) fn may_take_moe(&self) -> bool {
-        self.mode != Fp4Mode::Off && (self.emulate.is_some() || self.arch.is_ok())
-    }
-
     pub(crate) fn new(major: i32, minor: i32) -> Self {
         Fp4State {
             mode: Fp4Mode::Auto,

@@ -11,65 +11,6 @@ __device__ __forceinline__ float swiglu_oai(float gate, float up) {
     return g / (1.0f + expf(-1.702f * g)) * (u + 1.0f);
 }
 
-// The k largest of n_exp logits (ties: lower id), softmaxed over the chosen k: run by one whole
-// warp on logits in shared memory; lane 0 writes the ids and weights (to global or shared
-// memory). Each lane holds experts lane, lane + 32, ...; k rounds of a warp-wide (value, id)
-// maximum, the winner's owner marking it taken. The router's last block and, on the decode
-// path, every MoE block (from the router's logits, moe_*_planes_l) select with this, so they
-// agree bit for bit.
-__device__ __forceinline__ void topk_softmax_warp(const float* lr, int n_exp, int k, int* ids_out,
-                                                  float* wts_out) {
-    int lane = threadIdx.x & 31;
-    u32 taken = 0;
-    float vals[16];
-    int sel[16];
-    for (int j = 0; j < k; ++j) {
-        float best = NEG_INF;
-        int bi = 0x7fffffff;
-        for (int i = 0; i < MOE_MAX_EXPERTS / 32; ++i) {
-            int ee = lane + 32 * i;
-            if (ee >= n_exp) break;
-            if ((taken >> i) & 1u) continue;
-            float v = lr[ee];
-            if (bi == 0x7fffffff || v > best) { best = v; bi = ee; }
-        }
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            float ov = __shfl_xor_sync(0xffffffffu, best, o);
-            int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-            bool take = oi != 0x7fffffff &&
-                        (bi == 0x7fffffff || ov > best || (ov == best && oi < bi));
-            if (take) { best = ov; bi = oi; }
-        }
-        if (bi != 0x7fffffff && (bi & 31) == lane) taken |= 1u << (bi >> 5);
-        vals[j] = best;
-        sel[j] = bi;
-    }
-    if (lane != 0) return;
-    float mx = vals[0];
-    for (int j = 1; j < k; ++j) mx = fmaxf(mx, vals[j]);
-    float sum = 0.f;
-    for (int j = 0; j < k; ++j) { vals[j] = expf(vals[j] - mx); sum += vals[j]; }
-    for (int j = 0; j < k; ++j) {
-        ids_out[j] = sel[j];
-        wts_out[j] = vals[j] / sum;
-    }
-}
-
-// The experts and weights of row `row` into shared memory (sel_s, wt_s [k]) by warp 0 from the
-// router's logits (read from L2: the caller may not have waited for the previous kernel, only
-// for the router), then a barrier for the whole block.
-__device__ __forceinline__ void select_block(const float* logits, int n_exp, int k, int row,
-                                             int* sel_s, float* wt_s) {
-    __shared__ float lr[MOE_MAX_EXPERTS];
-    if (threadIdx.x < 32) {
-        for (int i = threadIdx.x; i < n_exp; i += 32) lr[i] = __ldcg(logits + (i64)row * n_exp + i);
-        __syncwarp();
-        topk_softmax_warp(lr, n_exp, k, sel_s, wt_s);
-    }
-    __syncthreads();
-}
-
 // Router logits and top-k in one launch: block (e, r) computes expert e's logit of token r
 // (256 threads over d_model, loads issued 4 at a time) into `logits`; the last block of the row
 // to finish (a per-row ticket in `counters`, which it resets to zero) picks the k largest
@@ -81,7 +22,7 @@ __device__ __forceinline__ void select_block(const float* logits, int n_exp, int
 __device__ __forceinline__ void router_topk(const float* x, int d_model, const u8* wr, int wrt,
                                             i64 nbr, const u8* br, int brt, int n_exp, int k,
                                             float* logits, u32* counters, int* ids, float* wts,
-                                            u8* xq, float* xsc, bool select = true) {
+                                            u8* xq, float* xsc) {
     __shared__ u32 ticket;
     __shared__ float red[8];
     int r = blockIdx.y, e = blockIdx.x;
@@ -151,9 +92,6 @@ __device__ __forceinline__ void router_topk(const float* x, int d_model, const u
         float s = 0.f;
         for (int i = 0; i < 8; ++i) s += red[i];
         logits[(i64)r * n_exp + e] = s + wload(br, brt, 0, e);
-        // Without selection the MoE kernels select from the logits themselves: no fence, no
-        // ticket, no last block.
-        if (!select) return;
         __threadfence();
         ticket = atomicAdd(&counters[r], 1u);
     }
@@ -167,8 +105,43 @@ __device__ __forceinline__ void router_topk(const float* x, int d_model, const u
         lr[i] = ((const volatile float*)logits)[(i64)r * n_exp + i];
     __syncthreads();
     if (warp != 0) return;
+    // Warp 0 selects: each lane holds experts lane, lane + 32, ...; k rounds of a warp-wide
+    // (value, id) maximum, ties to the lower id, the winner's owner marking it taken.
     if (lane == 0) counters[r] = 0;
-    topk_softmax_warp(lr, n_exp, k, ids + r * k, wts + r * k);
+    u32 taken = 0;
+    float vals[16];
+    int sel[16];
+    for (int j = 0; j < k; ++j) {
+        float best = NEG_INF;
+        int bi = 0x7fffffff;
+        for (int i = 0; i < MOE_MAX_EXPERTS / 32; ++i) {
+            int ee = lane + 32 * i;
+            if (ee >= n_exp) break;
+            if ((taken >> i) & 1u) continue;
+            float v = lr[ee];
+            if (bi == 0x7fffffff || v > best) { best = v; bi = ee; }
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffffu, best, o);
+            int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            bool take = oi != 0x7fffffff &&
+                        (bi == 0x7fffffff || ov > best || (ov == best && oi < bi));
+            if (take) { best = ov; bi = oi; }
+        }
+        if (bi != 0x7fffffff && (bi & 31) == lane) taken |= 1u << (bi >> 5);
+        vals[j] = best;
+        sel[j] = bi;
+    }
+    if (lane != 0) return;
+    float mx = vals[0];
+    for (int j = 1; j < k; ++j) mx = fmaxf(mx, vals[j]);
+    float sum = 0.f;
+    for (int j = 0; j < k; ++j) { vals[j] = expf(vals[j] - mx); sum += vals[j]; }
+    for (int j = 0; j < k; ++j) {
+        ids[r * k + j] = sel[j];
+        wts[r * k + j] = vals[j] / sum;
+    }
 }
 
 extern "C" __global__ void moe_router_topk(const float* x, int d_model, const u8* wr, int wrt,
@@ -177,17 +150,6 @@ extern "C" __global__ void moe_router_topk(const float* x, int d_model, const u8
     GRID_DEP_LAUNCH();
     router_topk(x, d_model, wr, wrt, nbr, br, brt, n_exp, k, logits, counters, ids, wts, nullptr,
                 nullptr);
-}
-
-// moe_router_topk_q without the selection: the logits and x's planes only, for the decode MoE
-// kernels that select from the logits (moe_gate_up_planes_r1_l, moe_down_planes_r2_l).
-// Measured: see bench/RESULTS.md, session 18.
-extern "C" __global__ void moe_router_logits_q(const float* x, int d_model, const u8* wr, int wrt,
-                                               i64 nbr, const u8* br, int brt, int n_exp,
-                                               float* logits, u8* xq, float* xsc) {
-    GRID_DEP_LAUNCH();
-    router_topk(x, d_model, wr, wrt, nbr, br, brt, n_exp, 1, logits, nullptr, nullptr, nullptr, xq,
-                xsc, false);
 }
 
 extern "C" __global__ void moe_router_topk_q(const float* x, int d_model, const u8* wr, int wrt,
@@ -870,23 +832,16 @@ __device__ __forceinline__ void rows_dot_mxfp4_planes(const u8* const* w, const 
 // Gate+up from x's planes (moe_router_topk_q): rows f0 .. f0 + R - 1 of the pair's expert,
 // f0 = (8 block + warp) R; h written as planes with the fixed scale H_SCALE (hq [pairs, 4,
 // n_ff], as moe_gate_up_mma). grid (ceil(n_ff / (8 R)), t * k), block 256.
-// With `logits` (non-null; moe_router_logits_q wrote them, n_exp per row) the block selects
-// its row's experts itself (select_block) instead of reading the router's `ids`.
 template <int R>
 __device__ __forceinline__ void moe_gate_up_planes(const u8* xq, const float* xsc, int d_model,
                                                    const u8* wg, i64 nbg, const u8* wu, i64 nbu,
                                                    const u8* bg, int bgt, const u8* bu, int but,
-                                                   const int* ids, int k, int n_ff, u8* hq,
-                                                   const float* logits = nullptr,
-                                                   int n_exp = 0) {
+                                                   const int* ids, int k, int n_ff, u8* hq) {
     int f0 = (blockIdx.x * 8 + (threadIdx.x >> 5)) * R;
     int lane = threadIdx.x & 31;
-    int pair = blockIdx.y, row = pair / k;
-    __shared__ int sel_s[16];
-    __shared__ float wt_s[16];
-    if (logits) select_block(logits, n_exp, k, row, sel_s, wt_s);
     if (f0 >= n_ff) return;
-    int e = logits ? sel_s[pair % k] : ids[pair];
+    int pair = blockIdx.y, row = pair / k;
+    int e = ids[pair];
     if (e < 0) return;  // another rank's expert: down skips this pair
     i64 base = (i64)e * n_ff;
     const u8* w[2] = {wg, wu};
@@ -919,15 +874,11 @@ __device__ __forceinline__ void moe_gate_up_planes(const u8* xq, const float* xs
 // weights) are read and the first weights loaded before it. That is safe because gate+up lets
 // this kernel launch only after its own wait, when the router has finished
 // (moe_gate_up_planes_r1).
-// With `logits` the block selects its row's experts and weights itself, as gate+up does.
 template <int R>
 __device__ __forceinline__ void moe_down_planes(const u8* hq, int n_ff, const u8* wd, i64 nbd,
                                                 const u8* bd, int bdt, const int* ids,
-                                                const float* wts, int k, int d_model, float* y,
-                                                const float* logits = nullptr, int n_exp = 0) {
+                                                const float* wts, int k, int d_model, float* y) {
     __shared__ float part[8][R];
-    __shared__ int sel_s[16];
-    __shared__ float wt_s[16];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int per = 8 / k;
     int d0 = (blockIdx.x * per + warp / k) * R;
@@ -936,8 +887,7 @@ __device__ __forceinline__ void moe_down_planes(const u8* hq, int n_ff, const u8
     int pair = row * k + j;
     // Read before the wait, so from L2 (__ldcg): an SM's L1 may still hold the previous step's
     // values at these addresses.
-    if (logits) select_block(logits, n_exp, k, row, sel_s, wt_s);
-    int e = logits ? sel_s[j] : __ldcg(ids + pair);
+    int e = __ldcg(ids + pair);
     if (d0 < d_model && e < 0) {
         if (lane == 0)
             for (int r = 0; r < R; ++r) part[warp][r] = 0.f;
@@ -952,7 +902,7 @@ __device__ __forceinline__ void moe_down_planes(const u8* hq, int n_ff, const u8
                                           hq + (i64)pair * 4 * n_ff, n_ff, acc);
         // From L2 too: a lane with no block in rows_dot_mxfp4_planes (lane >= n_ff / 32) has
         // not waited.
-        float wt = logits ? wt_s[j] : __ldcg(wts + pair);
+        float wt = __ldcg(wts + pair);
         float f = wt * 0.5f * H_SCALE * (1.0f / (254.0f * 254.0f));
 #pragma unroll
         for (int r = 0; r < R; ++r) {
@@ -980,24 +930,4 @@ extern "C" __global__ void __launch_bounds__(256) moe_down_planes_r2(
     const float* wts, int k, int d_model, float* y) {
     GRID_DEP_LAUNCH();
     moe_down_planes<2>(hq, n_ff, wd, nbd, bd, bdt, ids, wts, k, d_model, y);
-}
-
-// The two kernels above selecting their experts from the router's logits (moe_router_logits_q)
-// instead of reading its ids and weights: the router then needs no last block (fence, ticket,
-// reload, selection) before they can start.
-extern "C" __global__ void __launch_bounds__(256, 4) moe_gate_up_planes_r1_l(
-    const u8* xq, const float* xsc, int d_model, const u8* wg, i64 nbg, const u8* wu, i64 nbu,
-    const u8* bg, int bgt, const u8* bu, int but, const float* logits, int n_exp, int k, int n_ff,
-    u8* hq) {
-    GRID_DEP_WAIT();
-    GRID_DEP_LAUNCH();
-    moe_gate_up_planes<1>(xq, xsc, d_model, wg, nbg, wu, nbu, bg, bgt, bu, but, nullptr, k, n_ff,
-                          hq, logits, n_exp);
-}
-
-extern "C" __global__ void __launch_bounds__(256) moe_down_planes_r2_l(
-    const u8* hq, int n_ff, const u8* wd, i64 nbd, const u8* bd, int bdt, const float* logits,
-    int n_exp, int k, int d_model, float* y) {
-    GRID_DEP_LAUNCH();
-    moe_down_planes<2>(hq, n_ff, wd, nbd, bd, bdt, nullptr, nullptr, k, d_model, y, logits, n_exp);
 }
