@@ -369,14 +369,15 @@ fn pdl_kernel(name: &str) -> bool {
 /// at depth 16384). 2026-11-26, bench/RESULTS.md session 16. Outside a graph every decode
 /// kernel keeps it.
 /// `GPTOSS_CUDA_SKIP`'s prefixes, less those of kernels whose outputs are indices or
-/// counters (the router's expert ids, argmax, the embedding's token, tickets): stale values
-/// there could address memory out of range, so they always run.
+/// counters (argmax, the embedding's token, tickets, the rope table): stale values there could
+/// address memory out of range, so they always run. The router (whose expert ids the MoE
+/// kernels index with) may be left out only together with both MoE kernels.
 fn skip_from_env() -> Vec<String> {
-    const NEVER: [&str; 5] = ["moe_router", "argmax", "embed", "qembed", "rope_cs"];
+    const NEVER: [&str; 4] = ["argmax", "embed", "qembed", "rope_cs"];
     let Ok(v) = std::env::var("GPTOSS_CUDA_SKIP") else {
         return Vec::new();
     };
-    let skip: Vec<String> = v
+    let mut skip: Vec<String> = v
         .split(',')
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
@@ -386,6 +387,12 @@ fn skip_from_env() -> Vec<String> {
                 .any(|n| n.starts_with(s.as_str()) || s.starts_with(n))
         })
         .collect();
+    let moe_skipped = ["moe_gate_up", "moe_down"]
+        .iter()
+        .all(|k| skip.iter().any(|s| k.starts_with(s.as_str())));
+    if !moe_skipped {
+        skip.retain(|s| !"moe_router".starts_with(s.as_str()) && !s.starts_with("moe_router"));
+    }
     if !skip.is_empty() {
         eprintln!("GPTOSS_CUDA_SKIP: not launching {skip:?} (timing only: outputs are wrong)");
     }
