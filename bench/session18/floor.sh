@@ -11,7 +11,7 @@ echo "commit $(cat $D/COMMIT)" | tee -a "$S"
 [ -s /tmp/m20.gguf ] || "$G" synth --preset 20b --vocab "$D/o200k_harmony-vocab.gguf" -q /tmp/m20.gguf > $OUT/synth.log 2>&1
 tg() { local label=$1; shift; echo -n "$label: " | tee -a "$S"
   env "$@" "$G" bench -m /tmp/m20.gguf --backend cuda -p 0 -n 128 $ARGS -o md 2>>$OUT/bench.err | tail -1 | tee -a "$S"; }
-ALL=add_rms_norm,rms_norm,gemvf,attn_dtc,moe_gate_up,moe_down
+ALL=add_rms_norm,rms_norm,gemvf3,gemvf_q8_0_r1/360,attn_dtc,moe_gate_up,moe_down
 ARGS="-r 3"
 for r in 1 2; do
   tg "base r$r" X=1
@@ -20,7 +20,7 @@ for r in 1 2; do
   tg "skip all layer kernels r$r" GPTOSS_CUDA_SKIP=$ALL,moe_router
 done
 tg "graph off, skip all layer kernels" GPTOSS_CUDA_GRAPH=0 GPTOSS_CUDA_SKIP=$ALL,moe_router
-tg "skip all layer kernels and output" GPTOSS_CUDA_SKIP=$ALL,moe_router,gemvf_q8_0_r1/25136
+tg "skip all layer kernels and output" GPTOSS_CUDA_SKIP=$ALL,moe_router,gemvf
 ARGS="-r 2 -n 512"
 tg "tg512 skip all layer kernels" GPTOSS_CUDA_SKIP=$ALL,moe_router
 echo "== done [$SECONDS s]" | tee -a "$S"
