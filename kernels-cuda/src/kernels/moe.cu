@@ -14,7 +14,8 @@ __device__ __forceinline__ float swiglu_oai(float gate, float up) {
 // Router logits and top-k in one launch: block (e, r) computes expert e's logit of token r
 // (256 threads over d_model, loads issued 4 at a time) into `logits`; the last block of the row
 // to finish (a per-row ticket in `counters`, which it resets to zero) picks the k largest
-// (ties: lower id) and softmaxes them. grid (n_exp, t), block 256.
+// (ties: lower id; each expert's rank computed by its own thread) and softmaxes them.
+// grid (n_exp, t), block 256.
 // With `xq` non-null, the blocks of a row also write it as four int8 planes in the MXFP4
 // product order (xq [t, 4, d_model], scale xsc [t]) for the decode MoE kernels: each block
 // finds the row's max |x| from the values it loaded for its logit, and writes its share of the
@@ -28,6 +29,8 @@ __device__ __forceinline__ void router_topk(const float* x, int d_model, const u
     int r = blockIdx.y, e = blockIdx.x;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const float* xr = x + (i64)r * d_model;
+    // The bias is never written: loaded before the wait, off the chain after the sums.
+    float bias = threadIdx.x == 0 ? wload(br, brt, 0, e) : 0.f;
     float a = 0.f, amax = 0.f;  // amax: the largest |x| this thread loaded
     if (wrt == T_F32 && (d_model & 3) == 0) {
         // The usual case (an F32 router): float4 loads, all of a thread's issued together for
@@ -91,53 +94,53 @@ __device__ __forceinline__ void router_topk(const float* x, int d_model, const u
     if (threadIdx.x == 0) {
         float s = 0.f;
         for (int i = 0; i < 8; ++i) s += red[i];
-        logits[(i64)r * n_exp + e] = s + wload(br, brt, 0, e);
-        __threadfence();
-        ticket = atomicAdd(&counters[r], 1u);
+        logits[(i64)r * n_exp + e] = s + bias;
+        // The ticket with release semantics orders this thread's logit before it (no separate
+        // fence); acquire, so that the last block sees every other block's logit.
+        u32 t;
+        asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;"
+                     : "=r"(t)
+                     : "l"(counters + r)
+                     : "memory");
+        ticket = t;
     }
     __syncthreads();
     if (ticket != gridDim.x - 1) return;
-    // The last block: every thread fetches some logits into shared memory at once (one
-    // volatile load each, in parallel), then warp 0 selects from shared memory.
+    // The last block (thread 0's acquire, then the barrier, orders the other blocks' logits
+    // before these loads; from L2: an SM's L1 may hold an earlier step's values there).
     __shared__ float lr[MOE_MAX_EXPERTS];
-    __threadfence();
-    for (int i = threadIdx.x; i < n_exp; i += blockDim.x)
-        lr[i] = ((const volatile float*)logits)[(i64)r * n_exp + i];
-    __syncthreads();
-    if (warp != 0) return;
-    // Warp 0 selects: each lane holds experts lane, lane + 32, ...; k rounds of a warp-wide
-    // (value, id) maximum, ties to the lower id, the winner's owner marking it taken.
-    if (lane == 0) counters[r] = 0;
-    u32 taken = 0;
-    float vals[16];
-    int sel[16];
-    for (int j = 0; j < k; ++j) {
-        float best = NEG_INF;
-        int bi = 0x7fffffff;
-        for (int i = 0; i < MOE_MAX_EXPERTS / 32; ++i) {
-            int ee = lane + 32 * i;
-            if (ee >= n_exp) break;
-            if ((taken >> i) & 1u) continue;
-            float v = lr[ee];
-            if (bi == 0x7fffffff || v > best) { best = v; bi = ee; }
-        }
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            float ov = __shfl_xor_sync(0xffffffffu, best, o);
-            int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-            bool take = oi != 0x7fffffff &&
-                        (bi == 0x7fffffff || ov > best || (ov == best && oi < bi));
-            if (take) { best = ov; bi = oi; }
-        }
-        if (bi != 0x7fffffff && (bi & 31) == lane) taken |= 1u << (bi >> 5);
-        vals[j] = best;
-        sel[j] = bi;
+    __shared__ int sel[16];
+    __shared__ float vals[16];
+    for (int i = threadIdx.x; i < n_exp; i += blockDim.x) {
+        float v = __ldcg(logits + (i64)r * n_exp + i);
+        lr[i] = v != v ? NEG_INF : v;  // NaN ranks as -inf: every rank below stays distinct
     }
-    if (lane != 0) return;
+    __syncthreads();
+    // Each expert's rank in (value descending, id ascending), all at once: the ranks below k
+    // are the k largest in the order k rounds of a maximum would pick them (ties to the lower
+    // id), without those rounds' chain of shuffles.
+    for (int i = threadIdx.x; i < n_exp; i += blockDim.x) {
+        float v = lr[i];
+        int rank = 0;
+        for (int j = 0; j < n_exp; ++j) {
+            float u = lr[j];
+            rank += (u > v) | ((u == v) & (j < i));
+        }
+        if (rank < k) {
+            sel[rank] = i;
+            vals[rank] = v;
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x != 0) return;
+    counters[r] = 0;
     float mx = vals[0];
     for (int j = 1; j < k; ++j) mx = fmaxf(mx, vals[j]);
     float sum = 0.f;
-    for (int j = 0; j < k; ++j) { vals[j] = expf(vals[j] - mx); sum += vals[j]; }
+    for (int j = 0; j < k; ++j) {
+        vals[j] = expf(vals[j] - mx);
+        sum += vals[j];
+    }
     for (int j = 0; j < k; ++j) {
         ids[r * k + j] = sel[j];
         wts[r * k + j] = vals[j] / sum;
