@@ -358,16 +358,6 @@ fn pdl_kernel(name: &str) -> bool {
         .any(|p| name.starts_with(p))
 }
 
-/// The kernels that keep programmatic dependent launch inside a recorded decode step (CUDA
-/// graph): those that load their weights before they wait for the previous kernel (the f32
-/// matrix-vector products, the router, and the dp4a MoE's down kernel). In a graph the launch
-/// itself costs little, and the other kernels' blocks, resident early and waiting, only take SM
-/// slots: tg128 506.0 with the first two against 495.8 tok/s with every decode kernel launched
-/// so and 497.6 with none (H100, three alternating rounds each; 458.9 / 445.3 / 454.4 at depth
-/// 16384); adding the down kernel (which then reads the router's ids and loads its first
-/// weights before its wait): 500.2 against 491.4 in another call (three rounds; 450.6 / 443.7
-/// at depth 16384). 2026-11-26, bench/RESULTS.md session 16. Outside a graph every decode
-/// kernel keeps it.
 /// `GPTOSS_CUDA_SKIP`'s prefixes, less those of kernels whose outputs are indices or
 /// counters (argmax, the embedding's token, tickets, the rope table): stale values there could
 /// address memory out of range, so they always run. The router (whose expert ids the MoE
@@ -399,7 +389,25 @@ fn skip_from_env() -> Vec<String> {
     skip
 }
 
-const PDL_IN_GRAPH: [&str; 3] = ["gemvf", "moe_router", "moe_down_planes"];
+/// The kernels that keep programmatic dependent launch inside a recorded decode step (CUDA
+/// graph): those that load their weights before they wait for the previous kernel (the f32
+/// matrix-vector products, the router, and the dp4a MoE's down kernel). In a graph the launch
+/// itself costs little, and the other kernels' blocks, resident early and waiting, only take SM
+/// slots: tg128 506.0 with the first two against 495.8 tok/s with every decode kernel launched
+/// so and 497.6 with none (H100, three alternating rounds each; 458.9 / 445.3 / 454.4 at depth
+/// 16384); adding the down kernel (which then reads the router's ids and loads its first
+/// weights before its wait): 500.2 against 491.4 in another call (three rounds; 450.6 / 443.7
+/// at depth 16384). 2026-11-26, bench/RESULTS.md session 16. The MoE gate+up kernel too,
+/// although it waits before it loads anything (it needs the router's ids): its launch then
+/// overlaps the router; 566.8 / 565.0 against 558.6 / 562.7 tok/s without it (2026-11-27, two
+/// alternating rounds, bench/RESULTS.md session 18). Outside a graph every decode kernel keeps
+/// it.
+const PDL_IN_GRAPH: [&str; 4] = [
+    "gemvf",
+    "moe_router",
+    "moe_down_planes",
+    "moe_gate_up_planes",
+];
 
 const TICKETS_ROUTER: usize = 0;
 const TICKETS_ARGMAX: usize = 1;
