@@ -358,16 +358,16 @@ fn pdl_kernel(name: &str) -> bool {
         .any(|p| name.starts_with(p))
 }
 
-/// `GPTOSS_CUDA_SKIP`'s prefixes, less those of kernels whose outputs are indices or
-/// counters (argmax, the embedding's token, tickets, the rope table): stale values there could
-/// address memory out of range, so they always run. The router (whose expert ids the MoE
-/// kernels index with) may be left out only together with both MoE kernels.
+/// `GPTOSS_CUDA_SKIP`'s prefixes, less those of kernels whose outputs are indices (argmax,
+/// the embedding's token) or the RoPE table: stale values there could address memory out of
+/// range, so they always run. A router left out takes its MoE block's expert kernels with it
+/// (`moe_range`), since those index with its ids.
 fn skip_from_env() -> Vec<String> {
     const NEVER: [&str; 4] = ["argmax", "embed", "qembed", "rope_cs"];
     let Ok(v) = std::env::var("GPTOSS_CUDA_SKIP") else {
         return Vec::new();
     };
-    let mut skip: Vec<String> = v
+    let skip: Vec<String> = v
         .split(',')
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
@@ -377,12 +377,6 @@ fn skip_from_env() -> Vec<String> {
                 .any(|n| n.starts_with(s.as_str()) || s.starts_with(n))
         })
         .collect();
-    let moe_skipped = ["moe_gate_up", "moe_down"]
-        .iter()
-        .all(|k| skip.iter().any(|s| k.starts_with(s.as_str())));
-    if !moe_skipped {
-        skip.retain(|s| !"moe_router".starts_with(s.as_str()) && !s.starts_with("moe_router"));
-    }
     if !skip.is_empty() {
         eprintln!("GPTOSS_CUDA_SKIP: not launching {skip:?} (timing only: outputs are wrong)");
     }
@@ -399,9 +393,9 @@ fn skip_from_env() -> Vec<String> {
 /// weights before its wait): 500.2 against 491.4 in another call (three rounds; 450.6 / 443.7
 /// at depth 16384). 2026-11-26, bench/RESULTS.md session 16. The MoE gate+up kernel too,
 /// although it waits before it loads anything (it needs the router's ids): its launch then
-/// overlaps the router; 566.8 / 565.0 against 558.6 / 562.7 tok/s without it (2026-11-27, two
-/// alternating rounds, bench/RESULTS.md session 18). Outside a graph every decode kernel keeps
-/// it.
+/// overlaps the router; 566.8 / 565.0 against 558.6 / 562.7 tok/s without it (two alternating
+/// rounds), 573.2 against 572.5 in another call (2026-11-27, bench/RESULTS.md session 18): a
+/// small effect, kept as not worse. Outside a graph every decode kernel keeps it.
 const PDL_IN_GRAPH: [&str; 4] = [
     "gemvf",
     "moe_router",
@@ -1272,6 +1266,11 @@ impl CudaBackend {
             "moe_router_topk"
         };
         self.launch(router, (e as u32, t as u32, 1), 256, &router_args)?;
+        // Timing only (GPTOSS_CUDA_SKIP): a router left out writes no expert ids, so nothing
+        // that indexes with them may run either; y stays unwritten.
+        if self.skipped(router, e as u32) {
+            return Ok(y);
+        }
         if partial {
             let n = t * kk;
             self.launch(

@@ -903,8 +903,8 @@ __device__ __forceinline__ void moe_down_planes(const u8* hq, int n_ff, const u8
         i64 nb[1] = {nbd};
         rows_dot_mxfp4_planes<1, R, true>(w, nb, base + d0, base + d_model - 1, n_ff >> 5,
                                           hq + (i64)pair * 4 * n_ff, n_ff, acc);
-        // From L2 too: a lane with no block in rows_dot_mxfp4_planes (lane >= n_ff / 32) has
-        // not waited.
+        // From L2, like the ids above (every lane has waited by now; the load is kept as it
+        // was measured).
         float wt = __ldcg(wts + pair);
         float f = wt * 0.5f * H_SCALE * (1.0f / (254.0f * 254.0f));
 #pragma unroll
