@@ -461,10 +461,17 @@ ATTN_DECODE_ENTRY(attn_decode_d8, 8)
 // (thread c of a quad holds dims c*hd/4.., thread r of a column dims r*hd/8..) so that
 // fragments come straight from 16-byte loads; the permutation is undone when O is written.
 // f16 q (pre-scaled) and p, f32 sums. The block writes its partial result to `part`: the
-// unnormalized O [n_heads, S, hd], then (max, sum) [n_heads, S, 2]; the last block of the kv head to finish (ticket
-// in `tickets[kh]`, reset to zero afterwards) merges the S partials with the new key (f32,
-// from knew/vnew) and the sink, writes `out`, and appends the new key/value row to the ring
-// (no block reads that slot: it held position pos0 - cap, outside the window).
+// unnormalized O [n_heads, S, hd], then (max, sum) [n_heads, S, 2]; the last block of the kv
+// head to finish (ticket in `tickets[kh]`, reset to zero afterwards) merges the S partials with
+// the new key (f32, from knew/vnew) and the sink and writes `out`. Block s == 0 appends the new
+// key/value row to the ring (no block reads that slot: it held position pos0 - cap, outside
+// the window).
+//
+// Latency order: a warp issues its first step's key/value loads before anything else (in a
+// recorded step even before it waits for the previous kernel: those rows were written by
+// earlier launches), and only then loads q, the new key's scores, the sink and the new value
+// row, which the merge at the end needs; so none of those round trips sits between the cache
+// loads and the end of the kernel.
 // grid (n_kv, S), block 128.
 __device__ __forceinline__ void dtc_mma(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0,
                                         u32 b1) {
@@ -482,8 +489,8 @@ __device__ __forceinline__ u32 dtc_pack(float lo, float hi) {
 // S * heads per group <= this).
 #define DTC_MAX_GS 512
 
-// The new key/value row of kv head kh appended to the ring, as f16 (after every read of the
-// step: the slot held position pos0 - cap, outside the window).
+// The new key/value row of kv head kh appended to the ring, as f16 (no block of the launch
+// reads that slot: it held position pos0 - cap, outside the window).
 __device__ __forceinline__ void dtc_append(const float* knew, const float* vnew, u16* kc, u16* vc,
                                            int pos0, int cap, int n_kv, int kh, int hd) {
     i64 dst = ((i64)(pos0 % cap) * n_kv + kh) * hd;
@@ -493,60 +500,125 @@ __device__ __forceinline__ void dtc_append(const float* knew, const float* vnew,
     }
 }
 
-// Query head h's score of the new key of kv head kh (f32: q against knew, times the scale),
-// summed by the calling warp.
+// What the merge needs besides the partials, loaded once at the start of every block: per
+// query head g of the group the new key's score (f32: q against knew, times the scale) and the
+// sink, and the new value row.
 template <int HD>
-__device__ __forceinline__ float dtc_new_key_score(const float* q, const float* knew, int kh, int h,
-                                                   float scale) {
-    float dot = 0.f;
-    for (int d = threadIdx.x & 31; d < HD; d += 32) dot += q[(i64)h * HD + d] * knew[(i64)kh * HD + d];
-    return warp_sum(dot) * scale;
+struct DtcNew {
+    float score[8], sink[8], v[HD];
+};
+
+template <int HD>
+__device__ __forceinline__ void dtc_load_new(const float* q, const float* knew, const float* vnew,
+                                             int kh, int h0, int gq, float scale, const u8* sinks,
+                                             int sink_type, DtcNew<HD>& nw) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    for (int g = warp; g < gq; g += 4) {
+        float dot = 0.f;
+        for (int d = lane; d < HD; d += 32)
+            dot += q[(i64)(h0 + g) * HD + d] * knew[(i64)kh * HD + d];
+        dot = warp_sum(dot);
+        if (lane == 0) {
+            nw.score[g] = dot * scale;
+            nw.sink[g] = wload(sinks, sink_type, 0, h0 + g);
+        }
+    }
+    for (int d = threadIdx.x; d < HD; d += blockDim.x) nw.v[d] = vnew[(i64)kh * HD + d];
 }
 
 // The output of a kv head's gq query heads from the four warps' partials in shared memory
-// (max wm, sum wl, unnormalized wacc), the new key (f32 score against q) and the sink, when the
-// whole range is one block's. wf: 32 floats of scratch (each warp's factor per head).
+// (max wm, sum wl, unnormalized wacc), the new key and the sink (nw), when the whole range is
+// one block's. wf: 32 floats of scratch (each warp's factor per head).
 template <int HD>
-__device__ __forceinline__ void dtc_merge_one(const float* q, const float* knew,
-                                              const float* vnew, int kh, int h0, int gq,
-                                              float scale, const u8* sinks, int sink_type,
+__device__ __forceinline__ void dtc_merge_one(int h0, int gq, const DtcNew<HD>& nw,
                                               const float (&wm)[4][8], const float (&wl)[4][8],
                                               const float (&wacc)[4][8][HD], float* wf,
                                               float* hfn, float* hinv, float* out) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    for (int g = warp; g < gq; g += 4) {
-        float sn = dtc_new_key_score<HD>(q, knew, kh, h0 + g, scale);
-        float sink = wload(sinks, sink_type, 0, h0 + g);
+    if (threadIdx.x < gq) {
+        const int g = threadIdx.x;
+        float sn = nw.score[g], sink = nw.sink[g];
         float M = fmaxf(fmaxf(sink, sn), fmaxf(fmaxf(wm[0][g], wm[1][g]), fmaxf(wm[2][g], wm[3][g])));
-        if (lane == 0) {
-            float L = 0.f;
+        float L = 0.f;
 #pragma unroll
-            for (int w = 0; w < 4; ++w) {
-                float f = wm[w][g] == NEG_INF ? 0.f : __expf(wm[w][g] - M);
-                wf[w * 8 + g] = f;
-                L += wl[w][g] * f;
-            }
-            float fn = __expf(sn - M);
-            hfn[g] = fn;
-            hinv[g] = 1.f / (L + __expf(sink - M) + fn);
+        for (int w = 0; w < 4; ++w) {
+            float f = wm[w][g] == NEG_INF ? 0.f : __expf(wm[w][g] - M);
+            wf[w * 8 + g] = f;
+            L += wl[w][g] * f;
         }
+        float fn = __expf(sn - M);
+        hfn[g] = fn;
+        hinv[g] = 1.f / (L + __expf(sink - M) + fn);
     }
     __syncthreads();
     for (int i = threadIdx.x; i < gq * HD; i += blockDim.x) {
         int g = i / HD, d = i % HD;
-        float acc = hfn[g] * vnew[(i64)kh * HD + d];
+        float acc = hfn[g] * nw.v[d];
 #pragma unroll
         for (int w = 0; w < 4; ++w) acc += wf[w * 8 + g] * wacc[w][g][d];
         out[(i64)(h0 + g) * HD + d] = acc * hinv[g];
     }
 }
 
+// One warp step's key rows: SUB groups of 16 keys from j0, 16-byte loads (keys at or past
+// bend read key j0 instead: finite values whose p is zero). Thread (r, c) holds keys
+// j0 + 16u + 8gi + r, dims c*8*DPL...
+template <int DPL, int SUB>
+__device__ __forceinline__ void dtc_load_k(const u16* kb, int j0, int bend, int cap, i64 rs,
+                                           int r, uint4 (&kr)[SUB][2][DPL]) {
+#pragma unroll
+    for (int u = 0; u < SUB; ++u) {
+#pragma unroll
+        for (int gi = 0; gi < 2; ++gi) {
+            int key = j0 + 16 * u + 8 * gi + r;
+            key = key < bend ? key : j0;
+            const uint4* p = (const uint4*)(kb + (i64)(key % cap) * rs);
+#pragma unroll
+            for (int i = 0; i < DPL; ++i) kr[u][gi][i] = p[i];
+        }
+    }
+}
+
+// The same step's value rows: thread (r, c) holds keys j0 + 16u + 8(e4/2) + 2c + e4%2,
+// dims r*4*DPL...
+template <int DPL, int SUB>
+__device__ __forceinline__ void dtc_load_v(const u16* vb, int j0, int bend, int cap, i64 rs,
+                                           int c, u32 (&vr)[SUB][4][2 * DPL]) {
+#pragma unroll
+    for (int u = 0; u < SUB; ++u) {
+#pragma unroll
+        for (int e4 = 0; e4 < 4; ++e4) {
+            int key = j0 + 16 * u + 8 * (e4 >> 1) + 2 * c + (e4 & 1);
+            key = key < bend ? key : j0;
+            const u16* p = vb + (i64)(key % cap) * rs;
+            if (DPL % 2 == 0) {
+#pragma unroll
+                for (int i = 0; i < DPL / 2; ++i) {
+                    uint4 v = ((const uint4*)p)[i];
+                    vr[u][e4][4 * i] = v.x;
+                    vr[u][e4][4 * i + 1] = v.y;
+                    vr[u][e4][4 * i + 2] = v.z;
+                    vr[u][e4][4 * i + 3] = v.w;
+                }
+            } else {
+#pragma unroll
+                for (int i = 0; i < DPL; ++i) {
+                    uint2 v = ((const uint2*)p)[i];
+                    vr[u][e4][2 * i] = v.x;
+                    vr[u][e4][2 * i + 1] = v.y;
+                }
+            }
+        }
+    }
+}
+
+// `early`: the first step's cache loads are issued before the wait for the previous kernel
+// (the caller waits when it is false).
 template <int DPL>
 __device__ __forceinline__ void attn_dtc_t(const float* q, const float* knew, const float* vnew,
                                            u16* kc, u16* vc, int pos0, int n_heads, int n_kv,
                                            int cap, int window, float scale, int chunk,
                                            float* part, u32* tickets, const u8* sinks,
-                                           int sink_type, float* out) {
+                                           int sink_type, float* out, bool early) {
     constexpr int HD = DPL * 32;
     constexpr int SUB = DPL <= 2 ? 4 : (DPL <= 4 ? 2 : 1);  // 16-key groups per warp step
     constexpr int STEP = 16 * SUB;
@@ -555,6 +627,7 @@ __device__ __forceinline__ void attn_dtc_t(const float* q, const float* knew, co
     __shared__ float wm[4][8], wl[4][8], hfn[8], hinv[8];
     __shared__ float wacc[4][8][HD];
     __shared__ float pf[DTC_MAX_GS], pl[DTC_MAX_GS];
+    __shared__ DtcNew<HD> nw;
     __shared__ u32 ticket;
     const int kh = blockIdx.x, s = blockIdx.y, S = gridDim.y;
     float* pml = part + (i64)n_heads * S * HD;  // [n_heads, S, 2]: (max, sum) of each split
@@ -563,6 +636,17 @@ __device__ __forceinline__ void attn_dtc_t(const float* q, const float* knew, co
     const int gq = n_heads / n_kv, h0 = kh * gq;
     const int lo = window > 0 ? max(0, pos0 - window + 1) : 0;
     const int bstart = lo + s * chunk, bend = min(pos0, bstart + chunk);
+    const i64 rs = (i64)n_kv * HD;  // halves from one ring slot to the next
+    const u16* kb = kc + (i64)kh * HD + c * 8 * DPL;
+    const u16* vb = vc + (i64)kh * HD + r * 4 * DPL;
+    uint4 kr[SUB][2][DPL];
+    u32 vr[SUB][4][VW];
+    int j0 = bstart + warp * STEP;
+    if (j0 < bend) {
+        dtc_load_k<DPL, SUB>(kb, j0, bend, cap, rs, r, kr);
+        dtc_load_v<DPL, SUB>(vb, j0, bend, cap, rs, c, vr);
+    }
+    if (early) GRID_DEP_WAIT();
     // A operand of S = Q K^T: head r (rows >= gq are zero), dims c*8*DPL.., times the scale.
     u32 qa[KW];
     {
@@ -573,53 +657,16 @@ __device__ __forceinline__ void attn_dtc_t(const float* q, const float* knew, co
             qa[w] = r < gq ? dtc_pack(v.x * scale, v.y * scale) : 0u;
         }
     }
+    dtc_load_new<HD>(q, knew, vnew, kh, h0, gq, scale, sinks, sink_type, nw);
+    if (s == 0) dtc_append(knew, vnew, kc, vc, pos0, cap, n_kv, kh, HD);
     float m = NEG_INF, l = 0.f;
     float o[2 * DPL][4];
 #pragma unroll
     for (int mt = 0; mt < 2 * DPL; ++mt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) o[mt][e] = 0.f;
-    const i64 rs = (i64)n_kv * HD;  // halves from one ring slot to the next
-    const u16* kb = kc + (i64)kh * HD + c * 8 * DPL;
-    const u16* vb = vc + (i64)kh * HD + r * 4 * DPL;
-    for (int j0 = bstart + warp * STEP; j0 < bend; j0 += 4 * STEP) {
-        // Keys past the block's end read key j0 instead (finite values; their p is zero).
-        uint4 kr[SUB][2][DPL];
-        u32 vr[SUB][4][VW];
-#pragma unroll
-        for (int u = 0; u < SUB; ++u) {
-#pragma unroll
-            for (int gi = 0; gi < 2; ++gi) {
-                int key = j0 + 16 * u + 8 * gi + r;
-                key = key < bend ? key : j0;
-                const uint4* p = (const uint4*)(kb + (i64)(key % cap) * rs);
-#pragma unroll
-                for (int i = 0; i < DPL; ++i) kr[u][gi][i] = p[i];
-            }
-#pragma unroll
-            for (int e4 = 0; e4 < 4; ++e4) {
-                int key = j0 + 16 * u + 8 * (e4 >> 1) + 2 * c + (e4 & 1);
-                key = key < bend ? key : j0;
-                const u16* p = vb + (i64)(key % cap) * rs;
-                if (DPL % 2 == 0) {
-#pragma unroll
-                    for (int i = 0; i < DPL / 2; ++i) {
-                        uint4 v = ((const uint4*)p)[i];
-                        vr[u][e4][4 * i] = v.x;
-                        vr[u][e4][4 * i + 1] = v.y;
-                        vr[u][e4][4 * i + 2] = v.z;
-                        vr[u][e4][4 * i + 3] = v.w;
-                    }
-                } else {
-#pragma unroll
-                    for (int i = 0; i < DPL; ++i) {
-                        uint2 v = ((const uint2*)p)[i];
-                        vr[u][e4][2 * i] = v.x;
-                        vr[u][e4][2 * i + 1] = v.y;
-                    }
-                }
-            }
-        }
+    for (; j0 < bend; j0 += 4 * STEP) {
+        const int jn = j0 + 4 * STEP;  // this warp's next step
         // Scores: sc[u][gi][e] = head r, key j0 + 16u + 8gi + 2c + e.
         float sc[SUB][2][2];
         float mx = NEG_INF;
@@ -643,6 +690,8 @@ __device__ __forceinline__ void attn_dtc_t(const float* q, const float* knew, co
                 }
             }
         }
+        // The next step's keys are in flight while this step's values are used.
+        if (jn < bend) dtc_load_k<DPL, SUB>(kb, jn, bend, cap, rs, r, kr);
         // Key j0 is valid, so every head's step maximum is finite.
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
@@ -682,6 +731,7 @@ __device__ __forceinline__ void attn_dtc_t(const float* q, const float* knew, co
                         __byte_perm(w8, w9, 0x5410), __byte_perm(w8, w9, 0x7632), b0, b1);
             }
         }
+        if (jn < bend) dtc_load_v<DPL, SUB>(vb, jn, bend, cap, rs, c, vr);
     }
     l += __shfl_xor_sync(0xffffffffu, l, 1);
     l += __shfl_xor_sync(0xffffffffu, l, 2);
@@ -702,9 +752,7 @@ __device__ __forceinline__ void attn_dtc_t(const float* q, const float* knew, co
         // One split (every window layer, and full layers up to 256 cached keys): the block
         // merges its warps, the new key and the sink itself; no partials through global
         // memory, no ticket.
-        dtc_merge_one<HD>(q, knew, vnew, kh, h0, gq, scale, sinks, sink_type, wm, wl, wacc, pf,
-                          hfn, hinv, out);
-        dtc_append(knew, vnew, kc, vc, pos0, cap, n_kv, kh, HD);
+        dtc_merge_one<HD>(h0, gq, nw, wm, wl, wacc, pf, hfn, hinv, out);
         return;
     }
     for (int i = threadIdx.x; i < gq * HD; i += blockDim.x) {
@@ -735,18 +783,30 @@ __device__ __forceinline__ void attn_dtc_t(const float* q, const float* knew, co
     if (ticket != (u32)(S - 1)) return;
     __threadfence();
     // The last block of this kv head merges, in parallel: the S (max, sum) pairs of each head
-    // into shared memory, then per head (one warp) the overall max with the sink and the new
-    // key (f32 score) and each split's weight, then one float4 of one head's output per thread
-    // over the splits, loads independent of each other.
-    for (int i = threadIdx.x; i < gq * S; i += blockDim.x) {
-        float2 v = __ldcg((const float2*)(pml + ((i64)h0 * S + i) * 2));
-        pf[i] = v.x;
-        pl[i] = v.y;
+    // into shared memory (all of a thread's loads in flight at once), then per head the
+    // overall max with the sink and the new key and each split's weight, then one float4 of
+    // one head's output per thread over the splits, 16 loads in flight at a time.
+    {
+        constexpr int PER = (DTC_MAX_GS + 127) / 128;
+        float2 v[PER];
+#pragma unroll
+        for (int u = 0; u < PER; ++u) {
+            int i = threadIdx.x + u * blockDim.x;
+            v[u] = i < gq * S ? __ldcg((const float2*)(pml + ((i64)h0 * S + i) * 2))
+                              : make_float2(0.f, 0.f);
+        }
+#pragma unroll
+        for (int u = 0; u < PER; ++u) {
+            int i = threadIdx.x + u * blockDim.x;
+            if (i < gq * S) {
+                pf[i] = v[u].x;
+                pl[i] = v[u].y;
+            }
+        }
     }
     __syncthreads();
     for (int g = warp; g < gq; g += 4) {
-        float sn = dtc_new_key_score<HD>(q, knew, kh, h0 + g, scale);
-        float sink = wload(sinks, sink_type, 0, h0 + g);
+        float sn = nw.score[g], sink = nw.sink[g];
         float M = fmaxf(sink, sn);
         for (int ss = lane; ss < S; ss += 32) M = fmaxf(M, pf[g * S + ss]);
         M = warp_max(M);
@@ -768,30 +828,36 @@ __device__ __forceinline__ void attn_dtc_t(const float* q, const float* knew, co
     for (int i = threadIdx.x; i < gq * (HD / 4); i += blockDim.x) {
         int g = i / (HD / 4), d4 = i % (HD / 4), h = h0 + g;
         const float4* po = (const float4*)(part + (i64)h * S * HD) + d4;
-        float4 vn = ((const float4*)(vnew + (i64)kh * HD))[d4];
+        float4 vn = ((const float4*)nw.v)[d4];
         float fn = hfn[g];
         float4 acc = make_float4(fn * vn.x, fn * vn.y, fn * vn.z, fn * vn.w);
-#pragma unroll 4
-        for (int ss = 0; ss < S; ++ss) {
-            float f = pf[g * S + ss];
-            float4 v = __ldcg(po + (i64)ss * (HD / 4));
-            acc.x += f * v.x;
-            acc.y += f * v.y;
-            acc.z += f * v.z;
-            acc.w += f * v.w;
+        for (int s0 = 0; s0 < S; s0 += 16) {
+            float4 pv[16];
+#pragma unroll
+            for (int u = 0; u < 16; ++u)
+                pv[u] = s0 + u < S ? __ldcg(po + (i64)(s0 + u) * (HD / 4)) : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+            for (int u = 0; u < 16; ++u) {
+                float f = s0 + u < S ? pf[g * S + s0 + u] : 0.f;
+                acc.x += f * pv[u].x;
+                acc.y += f * pv[u].y;
+                acc.z += f * pv[u].z;
+                acc.w += f * pv[u].w;
+            }
         }
         float inv = hinv[g];
         ((float4*)(out + (i64)h * HD))[d4] =
             make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
     }
-    dtc_append(knew, vnew, kc, vc, pos0, cap, n_kv, kh, HD);
     if (threadIdx.x == 0) tickets[kh] = 0u;
 }
 
 // A recorded decode step (step_graph.rs) passes `step`, its (token, position) slot: the
 // position comes from there, and the chunk of each of the S splits is derived from it as the
 // host does it (attention_dtc in decode_attn.rs), so one graph serves every position with the
-// same number of splits.
+// same number of splits. The slot is written before the graph launches, and every cached row
+// the step reads was written by an earlier launch, so a recorded step reads them before it
+// waits for the previous kernel (`early`).
 __device__ __forceinline__ void dtc_step_position(const int* step, int window, int S, int& pos0,
                                                   int& chunk) {
     pos0 = step[1];
@@ -805,10 +871,14 @@ __device__ __forceinline__ void dtc_step_position(const int* step, int window, i
         const float* q, const float* knew, const float* vnew, u16* kc, u16* vc, int pos0,      \
         int n_heads, int n_kv, int cap, int window, float scale, int chunk, float* part,       \
         u32* tickets, const u8* sinks, int sink_type, float* out, const int* step) {           \
-        GRID_DEP_ENTRY();                                                                      \
-        if (step) dtc_step_position(step, window, gridDim.y, pos0, chunk);                     \
+        GRID_DEP_LAUNCH();                                                                     \
+        if (step) {                                                                            \
+            dtc_step_position(step, window, gridDim.y, pos0, chunk);                           \
+        } else {                                                                               \
+            GRID_DEP_WAIT();                                                                   \
+        }                                                                                      \
         attn_dtc_t<DPL>(q, knew, vnew, kc, vc, pos0, n_heads, n_kv, cap, window, scale, chunk,  \
-                        part, tickets, sinks, sink_type, out);                                 \
+                        part, tickets, sinks, sink_type, out, step != nullptr);                \
     }
 ATTN_DTC_ENTRY(attn_dtc_d1, 1)
 ATTN_DTC_ENTRY(attn_dtc_d2, 2)
