@@ -489,41 +489,45 @@ __device__ __forceinline__ u32 dtc_pack(float lo, float hi) {
 // S * heads per group <= this).
 #define DTC_MAX_GS 512
 
-// The new key/value row of kv head kh appended to the ring, as f16 (no block of the launch
-// reads that slot: it held position pos0 - cap, outside the window).
-__device__ __forceinline__ void dtc_append(const float* knew, const float* vnew, u16* kc, u16* vc,
-                                           int pos0, int cap, int n_kv, int kh, int hd) {
-    i64 dst = ((i64)(pos0 % cap) * n_kv + kh) * hd;
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-        kc[dst + d] = f2h(knew[(i64)kh * hd + d]);
-        vc[dst + d] = f2h(vnew[(i64)kh * hd + d]);
-    }
-}
-
-// What the merge needs besides the partials, loaded once at the start of every block: per
-// query head g of the group the new key's score (f32: q against knew, times the scale) and the
-// sink, and the new value row.
+// What the merge needs besides the partials, loaded at the start of every block: per query
+// head g of the group the new key's score (f32: q against knew, times the scale) and the sink,
+// and the new value row.
 template <int HD>
 struct DtcNew {
     float score[8], sink[8], v[HD];
 };
 
+// The new value row into nw.v, the sinks into nw.sink, and (block s == 0) the new key/value
+// row appended to the ring as f16 (no block of the launch reads that slot: it held position
+// pos0 - cap, outside the window). Every load is issued before the first use of any of them,
+// so the round trips overlap each other and the cache loads already in flight.
 template <int HD>
-__device__ __forceinline__ void dtc_load_new(const float* q, const float* knew, const float* vnew,
-                                             int kh, int h0, int gq, float scale, const u8* sinks,
-                                             int sink_type, DtcNew<HD>& nw) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    for (int g = warp; g < gq; g += 4) {
-        float dot = 0.f;
-        for (int d = lane; d < HD; d += 32)
-            dot += q[(i64)(h0 + g) * HD + d] * knew[(i64)kh * HD + d];
-        dot = warp_sum(dot);
-        if (lane == 0) {
-            nw.score[g] = dot * scale;
-            nw.sink[g] = wload(sinks, sink_type, 0, h0 + g);
+__device__ __forceinline__ void dtc_new_rows(const float* knew, const float* vnew, u16* kc,
+                                             u16* vc, int pos0, int cap, int n_kv, int kh, int h0,
+                                             int gq, const u8* sinks, int sink_type, bool append,
+                                             DtcNew<HD>& nw) {
+    constexpr int R = (HD + 127) / 128;  // dims per thread (block of 128)
+    float kn[R], vn[R];
+#pragma unroll
+    for (int i = 0; i < R; ++i) {
+        const int d = min((int)threadIdx.x + 128 * i, HD - 1);
+        kn[i] = knew[(i64)kh * HD + d];
+        vn[i] = vnew[(i64)kh * HD + d];
+    }
+    const float sk = wload(sinks, sink_type, 0, h0 + min((int)threadIdx.x, gq - 1));
+    const i64 dst = ((i64)(pos0 % cap) * n_kv + kh) * HD;
+#pragma unroll
+    for (int i = 0; i < R; ++i) {
+        const int d = threadIdx.x + 128 * i;
+        if (d < HD) {
+            nw.v[d] = vn[i];
+            if (append) {
+                kc[dst + d] = f2h(kn[i]);
+                vc[dst + d] = f2h(vn[i]);
+            }
         }
     }
-    for (int d = threadIdx.x; d < HD; d += blockDim.x) nw.v[d] = vnew[(i64)kh * HD + d];
+    if (threadIdx.x < gq) nw.sink[threadIdx.x] = sk;
 }
 
 // The output of a kv head's gq query heads from the four warps' partials in shared memory
@@ -559,19 +563,29 @@ __device__ __forceinline__ void dtc_merge_one(int h0, int gq, const DtcNew<HD>& 
     }
 }
 
+// The ring slot of key (j0 <= key < j0 + 16*SUB) of a step from that of j0: one modulo per
+// step instead of one per key where the ring holds at least a step (every GPT-OSS cache).
+template <int SUB>
+__device__ __forceinline__ int dtc_slot(int key, int j0, int base, int cap) {
+    if (cap < 16 * SUB) return key % cap;
+    const int sl = base + (key - j0);
+    return sl >= cap ? sl - cap : sl;
+}
+
 // One warp step's key rows: SUB groups of 16 keys from j0, 16-byte loads (keys at or past
 // bend read key j0 instead: finite values whose p is zero). Thread (r, c) holds keys
 // j0 + 16u + 8gi + r, dims c*8*DPL...
 template <int DPL, int SUB>
 __device__ __forceinline__ void dtc_load_k(const u16* kb, int j0, int bend, int cap, i64 rs,
                                            int r, uint4 (&kr)[SUB][2][DPL]) {
+    const int base = j0 % cap;
 #pragma unroll
     for (int u = 0; u < SUB; ++u) {
 #pragma unroll
         for (int gi = 0; gi < 2; ++gi) {
             int key = j0 + 16 * u + 8 * gi + r;
             key = key < bend ? key : j0;
-            const uint4* p = (const uint4*)(kb + (i64)(key % cap) * rs);
+            const uint4* p = (const uint4*)(kb + (i64)dtc_slot<SUB>(key, j0, base, cap) * rs);
 #pragma unroll
             for (int i = 0; i < DPL; ++i) kr[u][gi][i] = p[i];
         }
@@ -583,13 +597,14 @@ __device__ __forceinline__ void dtc_load_k(const u16* kb, int j0, int bend, int 
 template <int DPL, int SUB>
 __device__ __forceinline__ void dtc_load_v(const u16* vb, int j0, int bend, int cap, i64 rs,
                                            int c, u32 (&vr)[SUB][4][2 * DPL]) {
+    const int base = j0 % cap;
 #pragma unroll
     for (int u = 0; u < SUB; ++u) {
 #pragma unroll
         for (int e4 = 0; e4 < 4; ++e4) {
             int key = j0 + 16 * u + 8 * (e4 >> 1) + 2 * c + (e4 & 1);
             key = key < bend ? key : j0;
-            const u16* p = vb + (i64)(key % cap) * rs;
+            const u16* p = vb + (i64)dtc_slot<SUB>(key, j0, base, cap) * rs;
             if (DPL % 2 == 0) {
 #pragma unroll
                 for (int i = 0; i < DPL / 2; ++i) {
@@ -648,17 +663,30 @@ __device__ __forceinline__ void attn_dtc_t(const float* q, const float* knew, co
     }
     if (early) GRID_DEP_WAIT();
     // A operand of S = Q K^T: head r (rows >= gq are zero), dims c*8*DPL.., times the scale.
+    // The same q values against the new key's dims c*8*DPL.. give head r's score of the new
+    // key (f32), summed over the quad.
     u32 qa[KW];
     {
         const float2* qr = (const float2*)(q + (i64)(h0 + min(r, gq - 1)) * HD + c * 8 * DPL);
+        const float2* kr2 = (const float2*)(knew + (i64)kh * HD + c * 8 * DPL);
+        float2 qv[KW], kn[KW];
 #pragma unroll
         for (int w = 0; w < KW; ++w) {
-            float2 v = qr[w];
-            qa[w] = r < gq ? dtc_pack(v.x * scale, v.y * scale) : 0u;
+            qv[w] = qr[w];
+            kn[w] = kr2[w];
         }
+        dtc_new_rows<HD>(knew, vnew, kc, vc, pos0, cap, n_kv, kh, h0, gq, sinks, sink_type,
+                         s == 0, nw);
+        float dot = 0.f;
+#pragma unroll
+        for (int w = 0; w < KW; ++w) {
+            qa[w] = r < gq ? dtc_pack(qv[w].x * scale, qv[w].y * scale) : 0u;
+            dot = fmaf(qv[w].x, kn[w].x, fmaf(qv[w].y, kn[w].y, dot));
+        }
+        dot += __shfl_xor_sync(0xffffffffu, dot, 1);
+        dot += __shfl_xor_sync(0xffffffffu, dot, 2);
+        if (warp == 0 && c == 0 && r < gq) nw.score[r] = dot * scale;
     }
-    dtc_load_new<HD>(q, knew, vnew, kh, h0, gq, scale, sinks, sink_type, nw);
-    if (s == 0) dtc_append(knew, vnew, kc, vc, pos0, cap, n_kv, kh, HD);
     float m = NEG_INF, l = 0.f;
     float o[2 * DPL][4];
 #pragma unroll
