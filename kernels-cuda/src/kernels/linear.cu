@@ -355,8 +355,10 @@ __device__ __forceinline__ void gemv_f(const float* x, int t, int k, const u8* w
     float acc[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r] = 0.f;
-    row_dot_f<TYPE, R>(w, nb, n, k >> 5, x, k, t, acc);
+    // The bias is never written: loaded before the product (and its wait), so no round trip
+    // follows the sums.
     float b = bias_at(bias, btype, n);
+    row_dot_f<TYPE, R>(w, nb, n, k >> 5, x, k, t, acc);
 #pragma unroll
     for (int r = 0; r < R; ++r) {
         if (r < t) {
@@ -498,8 +500,8 @@ __device__ __forceinline__ void rows_dot_mxfp4(const u8* const* w, const i64* nb
         if (n >= n_out) return;                                                               \
         float acc[R];                                                                         \
         for (int r = 0; r < R; ++r) acc[r] = 0.f;                                             \
+        float bv = bias_at(bias, bt, n); /* before the product, as gemv_f */                  \
         row_dot_f<TYPE, R>(w, nb, n, k >> 5, x, k, t, acc);                                   \
-        float bv = bias_at(bias, bt, n);                                                      \
         for (int r = 0; r < R; ++r) {                                                         \
             if (r < t) {                                                                      \
                 float s = warp_sum(acc[r]);                                                   \
@@ -515,13 +517,15 @@ GEMVF3_ENTRY(gemvf3_mxfp4_r1, T_MXFP4, 1)
 // ---- The decode step's q/k/v products with RoPE applied as they are written: a launch fewer
 // per layer than gemvf3_*_r1 then rope_qk ----
 
-// One output row of a one-token product: warp-sum of row_dot_f plus the bias.
+// One output row of a one-token product: warp-sum of row_dot_f plus the bias (loaded before
+// the product, as gemv_f).
 template <int TYPE>
 __device__ __forceinline__ float gemv_row_r1(const float* x, int k, const u8* w, i64 nb,
                                             const u8* bias, int btype, int n) {
+    float b = bias_at(bias, btype, n);
     float acc[1] = {0.f};
     row_dot_f<TYPE, 1>(w, nb, n, k >> 5, x, k, 1, acc);
-    return warp_sum(acc[0]) + bias_at(bias, btype, n);
+    return warp_sum(acc[0]) + b;
 }
 
 // q, k, v of one token as gemvf3_*_r1, with NEOX RoPE applied to matrices 0 (q) and 1 (k) as
@@ -546,13 +550,16 @@ __device__ __forceinline__ void gemv3_rope(const float* x, int k, const u8* w, i
     int half = head_dim >> 1, per_head = half >> 2;
     int i = (b % per_head) * 4 + (warp & 3);
     int n = (b / per_head) * head_dim + i + (warp >> 2) * half;
-    float s = gemv_row_r1<TYPE>(x, k, w, nb, bias, bt, n);
+    float b0 = bias_at(bias, bt, n);
+    float acc[1] = {0.f};
+    row_dot_f<TYPE, 1>(w, nb, n, k >> 5, x, k, 1, acc);
+    // The cos/sin pair is written by an earlier kernel (rope_cs): read after the product's
+    // wait, before the sums and the barrier.
+    float cf = cs[i], sf = cs[half + i];
+    float s = warp_sum(acc[0]) + b0;
     if (lane == 0) pairv[warp] = s;
     __syncthreads();
-    if (warp < 4 && lane == 0) {
-        float cf = cs[i], sf = cs[half + i];
-        rope_rotate(pairv[warp], pairv[warp + 4], cf, sf, y[n], y[n + half]);
-    }
+    if (warp < 4 && lane == 0) rope_rotate(pairv[warp], pairv[warp + 4], cf, sf, y[n], y[n + half]);
 }
 
 #define GEMVF3_ROPE_ENTRY(NAME, TYPE)                                                          \

@@ -852,16 +852,26 @@ __device__ __forceinline__ void moe_gate_up_planes(const u8* xq, const float* xs
     float acc[2 * R];
 #pragma unroll
     for (int i = 0; i < 2 * R; ++i) acc[i] = 0.f;
+    // The biases and x's scale are loaded before the product (this kernel has waited for the
+    // router already), so no round trip follows the sums.
+    float bgv[R], buv[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        const i64 fi = base + min(f0 + r, n_ff - 1);
+        bgv[r] = wload(bg, bgt, 0, fi);
+        buv[r] = wload(bu, but, 0, fi);
+    }
+    const float xs = xsc[row];
     rows_dot_mxfp4_planes<2, R>(w, nb, base + f0, base + n_ff - 1, d_model >> 5,
                                 xq + (i64)row * 4 * d_model, d_model, acc);
-    float f = 0.5f * xsc[row] * (1.0f / (254.0f * 254.0f));
+    float f = 0.5f * xs * (1.0f / (254.0f * 254.0f));
 #pragma unroll
     for (int r = 0; r < R; ++r) {
         float g = warp_sum(acc[r]) * f;
         float u = warp_sum(acc[R + r]) * f;
         int fi = f0 + r;
         if (lane == 0 && fi < n_ff) {
-            float hv = swiglu_oai(g + wload(bg, bgt, 0, base + fi), u + wload(bu, but, 0, base + fi));
+            float hv = swiglu_oai(g + bgv[r], u + buv[r]);
             u32 pk = planes4(hv, 1.0f / H_SCALE);
             u8* dst = hq + (i64)pair * 4 * n_ff;
             int pos = (fi & ~31) + 2 * (fi & 15) + ((fi >> 4) & 1);
@@ -901,17 +911,21 @@ __device__ __forceinline__ void moe_down_planes(const u8* hq, int n_ff, const u8
         for (int r = 0; r < R; ++r) acc[r] = 0.f;
         const u8* w[1] = {wd};
         i64 nb[1] = {nbd};
+        // The routing weight (from L2 before the wait, like the ids above: the router has
+        // finished) and the biases are loaded before the product, so no round trip follows
+        // the sums.
+        const float wt = __ldcg(wts + pair);
+        float bdv[R];
+#pragma unroll
+        for (int r = 0; r < R; ++r) bdv[r] = wload(bd, bdt, 0, base + min(d0 + r, d_model - 1));
         rows_dot_mxfp4_planes<1, R, true>(w, nb, base + d0, base + d_model - 1, n_ff >> 5,
                                           hq + (i64)pair * 4 * n_ff, n_ff, acc);
-        // From L2, like the ids above (every lane has waited by now; the load is kept as it
-        // was measured).
-        float wt = __ldcg(wts + pair);
         float f = wt * 0.5f * H_SCALE * (1.0f / (254.0f * 254.0f));
 #pragma unroll
         for (int r = 0; r < R; ++r) {
             float a = warp_sum(acc[r]) * f;
             int d = d0 + r;
-            if (lane == 0) part[warp][r] = d < d_model ? a + wt * wload(bd, bdt, 0, base + d) : 0.f;
+            if (lane == 0) part[warp][r] = d < d_model ? a + wt * bdv[r] : 0.f;
         }
     }
     GRID_DEP_WAIT();  // for the threads that ran no product above; y is written after it
