@@ -28,20 +28,7 @@ pub(crate) fn dtc_splits(pos0: usize, window: Option<usize>, h: usize, kvh: usiz
     let lo = window.map_or(0, |w| (pos0 + 1).saturating_sub(w));
     (pos0 - lo)
         .div_ceil(256)
-        .clamp(1, (dtc_max_blocks() / kvh).min(512 / (h / kvh)).max(1))
-}
-
-/// The most blocks of one decode attention launch: 264 (two per SM of an H100);
-/// `GPTOSS_CUDA_ATTN_BLOCKS` overrides it for measurements.
-fn dtc_max_blocks() -> usize {
-    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *V.get_or_init(|| {
-        std::env::var("GPTOSS_CUDA_ATTN_BLOCKS")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .filter(|&v| v > 0)
-            .unwrap_or(264)
-    })
+        .clamp(1, (264 / kvh).min(512 / (h / kvh)).max(1))
 }
 
 impl CudaBackend {
