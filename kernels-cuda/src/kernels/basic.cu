@@ -175,32 +175,24 @@ extern "C" __global__ void __launch_bounds__(1024) add_rms_norm(float* x, const 
                                                                 const u8* w, int wtype,
                                                                 float* out, int d, float eps,
                                                                 int add) {
-    GRID_DEP_LAUNCH();
+    GRID_DEP_ENTRY();
     __shared__ float red[32];
     const int n4 = d >> 2;
     float4* xr = (float4*)(x + (i64)blockIdx.x * d);
     const float4* yr = (const float4*)(y + (i64)blockIdx.x * d);
     float4 xv[RN_R], wv[RN_R];
-    // The weight is never written: loaded before the wait for the previous kernel.
-#pragma unroll
-    for (int i = 0; i < RN_R; ++i) {
-        int c4 = threadIdx.x + i * blockDim.x;
-        if (c4 < n4) {
-            if (wtype == T_F32) {
-                wv[i] = ((const float4*)w)[c4];
-            } else {
-                wv[i] = make_float4(wload(w, wtype, 0, 4 * c4), wload(w, wtype, 0, 4 * c4 + 1),
-                                    wload(w, wtype, 0, 4 * c4 + 2), wload(w, wtype, 0, 4 * c4 + 3));
-            }
-        }
-    }
-    GRID_DEP_WAIT();
     float ss = 0.f;
 #pragma unroll
     for (int i = 0; i < RN_R; ++i) {
         int c4 = threadIdx.x + i * blockDim.x;
         if (c4 < n4) {
             xv[i] = xr[c4];
+            if (wtype == T_F32) {
+                wv[i] = ((const float4*)w)[c4];
+            } else {
+                wv[i] = make_float4(wload(w, wtype, 0, 4 * c4), wload(w, wtype, 0, 4 * c4 + 1),
+                                    wload(w, wtype, 0, 4 * c4 + 2), wload(w, wtype, 0, 4 * c4 + 3));
+            }
             if (add) {
                 float4 b = yr[c4];
                 xv[i].x += b.x;
