@@ -42,8 +42,15 @@ impl CudaBackend {
 
     /// One decode row of attention, GQA group by group (at most 8 query heads per kv head),
     /// split over the cached keys so that a long context fills the GPU; the last block of
-    /// each kv head merges the splits, the new key and the sink, and appends the new
-    /// key/value row to the ring. One launch. Shapes were checked by the caller.
+    /// each kv head merges the splits, the new key and the sink; the first block of each kv
+    /// head appends the new key/value row to the ring (a slot nobody reads in this step).
+    /// One launch. Shapes were checked by the caller.
+    ///
+    /// The kernel issues its first cache loads before anything else (in a recorded step
+    /// before it waits for the previous kernel) and every other load of its prologue before
+    /// their first use: tg128 597.6 vs 573.5, @d16384 532.9 vs 512.5 tok/s against the kernel
+    /// that loaded q first and the new key, sink and new value row at the end (H100, same
+    /// call, bench/RESULTS.md session 19).
     ///
     /// With one split (every sliding-window layer, and full layers up to 256 cached keys) the
     /// block merges in shared memory instead: no partials through global memory, no fence and
