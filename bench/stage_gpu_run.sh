@@ -35,7 +35,7 @@ rm -rf "$F"; mkdir -p "$F/fixtures/gpt-oss-tiny"
 tar -cJf "$F/staged.tar.xz" -C "$S" .
 rm -rf "$S"
 git rev-parse --short HEAD > "$F/COMMIT"
-cp bench/gpu_run.sh "$F/"
+cp bench/gpu_run.sh bench/device_prelude.sh "$F/"
 cp ../shared/fixtures/gpt-oss-tiny/{*.gguf,reference*} "$F/fixtures/gpt-oss-tiny/"
 cp ../shared/fixtures/o200k/o200k_harmony-vocab.gguf "$F/"
 du -sh "$F"

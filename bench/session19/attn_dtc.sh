@@ -2,29 +2,15 @@
 # Session 19, call 1: the decode attention kernel with its first cache loads issued before q (and, in
 # a recorded step, before the wait for the previous kernel), the new key's score, the sink and the new
 # value row loaded at the start, the ring append at the start, and the last block's merge with all its
-# loads in flight. Against the baseline binary in the same call: the attention tests, ncu durations of
-# attn_dtc (caches flushed, no graph) at depth 16384 and 0, and alternating tg128 at depth 0 and 16384
-# (also with attn_dtc launched with PDL inside the graph).
-# Staged by `BASELINE=... BASELINE_COMMIT=... bash bench/stage_gpu_run.sh`, this script copied into
-# .device/final; run as `OUT=$OUT bash .device/final/attn_dtc.sh`, carry [".device/final"].
+# loads in flight. Against the baseline binary in the same call: the CUDA tests, ncu durations of
+# attn_dtc (caches flushed, no graph) at depth 16384, 4096 and 0, and alternating tg128 at depth 0 and
+# 16384 (also with attn_dtc launched with PDL inside the graph). See README.md for the staging.
 set -uo pipefail
-D=.device/final
-[ -x "$D/gptoss" ] || tar -xJf "$D/staged.tar.xz" -C "$D"
-nv=$(python3 -c 'import nvidia, os; print(nvidia.__path__[0])' 2>/dev/null || true)
-export LD_LIBRARY_PATH="/usr/local/cuda/lib64:$nv/cu13/lib:${LD_LIBRARY_PATH:-}"
-export GPTOSS_FIXTURES=$D/fixtures
-G=$D/gptoss; B=$D/baseline/gptoss; S=$OUT/summary.txt
-log() { echo "== $(date +%T) [$SECONDS s] $*" | tee -a "$S"; }
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee -a "$S"
-log "commit $(cat $D/COMMIT), baseline $(cat $D/baseline/COMMIT)"
-[ -s /tmp/m20.gguf ] || ( "$G" synth --preset 20b --vocab "$D/o200k_harmony-vocab.gguf" -q /tmp/m20.gguf > $OUT/synth.log 2>&1 ) &
-syn=$!
-for t in conformance_cuda end_to_end_cuda; do
-  log "test $t"
-  timeout 240 $D/$t --test-threads 1 > $OUT/$t.log 2>&1; echo "exit $?" >> $OUT/$t.log
-  grep -E "^test result|^exit|FAILED|panicked" $OUT/$t.log | head -8 | tee -a "$S"
-done
-wait $syn; log "synth done"
+. "$(dirname "$0")/device_prelude.sh"
+start_synth
+run_test conformance_cuda
+run_test end_to_end_cuda
+wait_synth
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 prof() {  # prof LABEL BINARY DEPTH
   GPTOSS_CUDA_GRAPH=0 timeout 200 "$NCU" --clock-control none --cache-control all --csv --print-units base \
@@ -50,8 +36,6 @@ PY
 }
 log "ncu"
 for d in 16384 4096 0; do prof base_d$d $B $d; prof new_d$d $G $d; done
-tg() { local label=$1 bin=$2; shift 2; echo -n "$label: " | tee -a "$S"
-  env "$@" "$bin" bench -m /tmp/m20.gguf --backend cuda -p 0 -n 128 $ARGS -o md 2>>$OUT/bench.err | tail -1 | tee -a "$S"; }
 PDL=GPTOSS_CUDA_PDL_ONLY=gemvf,moe_router,moe_down_planes,moe_gate_up_planes,attn_dtc
 log "tg128 alternating"
 for r in 1 2; do
