@@ -517,15 +517,15 @@ GEMVF3_ENTRY(gemvf3_mxfp4_r1, T_MXFP4, 1)
 // ---- The decode step's q/k/v products with RoPE applied as they are written: a launch fewer
 // per layer than gemvf3_*_r1 then rope_qk ----
 
-// One output row of a one-token product: warp-sum of row_dot_f plus the bias (loaded before
-// the product, as gemv_f).
+// One output row of a one-token product, before the warp sum: this lane's part of row_dot_f,
+// and in *b the bias (loaded before the product, as gemv_f).
 template <int TYPE>
-__device__ __forceinline__ float gemv_row_r1(const float* x, int k, const u8* w, i64 nb,
-                                            const u8* bias, int btype, int n) {
-    float b = bias_at(bias, btype, n);
+__device__ __forceinline__ float gemv_row_r1_part(const float* x, int k, const u8* w, i64 nb,
+                                                 const u8* bias, int btype, int n, float* b) {
+    *b = bias_at(bias, btype, n);
     float acc[1] = {0.f};
     row_dot_f<TYPE, 1>(w, nb, n, k >> 5, x, k, 1, acc);
-    return warp_sum(acc[0]) + b;
+    return acc[0];
 }
 
 // q, k, v of one token as gemvf3_*_r1, with NEOX RoPE applied to matrices 0 (q) and 1 (k) as
@@ -543,20 +543,21 @@ __device__ __forceinline__ void gemv3_rope(const float* x, int k, const u8* w, i
     if (!roped) {
         int n = b * 8 + warp;
         if (n >= n_out) return;
-        float s = gemv_row_r1<TYPE>(x, k, w, nb, bias, bt, n);
+        float bv;
+        float part = gemv_row_r1_part<TYPE>(x, k, w, nb, bias, bt, n, &bv);
+        float s = warp_sum(part) + bv;
         if (lane == 0) y[n] = s;
         return;
     }
     int half = head_dim >> 1, per_head = half >> 2;
     int i = (b % per_head) * 4 + (warp & 3);
     int n = (b / per_head) * head_dim + i + (warp >> 2) * half;
-    float b0 = bias_at(bias, bt, n);
-    float acc[1] = {0.f};
-    row_dot_f<TYPE, 1>(w, nb, n, k >> 5, x, k, 1, acc);
+    float bv;
+    float part = gemv_row_r1_part<TYPE>(x, k, w, nb, bias, bt, n, &bv);
     // The cos/sin pair is written by an earlier kernel (rope_cs): read after the product's
     // wait, before the sums and the barrier.
     float cf = cs[i], sf = cs[half + i];
-    float s = warp_sum(acc[0]) + b0;
+    float s = warp_sum(part) + bv;
     if (lane == 0) pairv[warp] = s;
     __syncthreads();
     if (warp < 4 && lane == 0) rope_rotate(pairv[warp], pairv[warp + 4], cf, sf, y[n], y[n + half]);
