@@ -342,6 +342,23 @@ pub trait Backend {
         })
     }
 
+    /// `x += y`, then the MoE block ([`Backend::moe`]) on the RMSNorm of the sum times `norm`:
+    /// the residual add that ends the attention sub-block, the norm that starts the MoE one,
+    /// and the MoE. The same as [`Backend::add_rms_norm`] then [`Backend::moe`], which is what
+    /// this default does; a backend may fuse the add and the norm into the MoE's router.
+    fn add_rms_norm_moe(
+        &self,
+        x: &mut Self::Tensor,
+        y: &Self::Tensor,
+        norm: &Self::Weight,
+        eps: f32,
+        w: &MoeWeights<Self::Weight>,
+        cfg: &MoeConfig,
+    ) -> Result<Self::Tensor> {
+        let xm = self.add_rms_norm(x, y, norm, eps)?;
+        self.moe(&xm, w, cfg)
+    }
+
     /// Index of the largest value in each row (first on ties).
     fn argmax(&self, x: &Self::Tensor) -> Result<Vec<u32>>;
 

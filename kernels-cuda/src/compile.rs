@@ -51,6 +51,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "moe_down_mxfp4_r2",
     "moe_down_mxfp4_r4",
     "moe_router_topk_q",
+    "moe_router_topk_q_add",
     "moe_gate_up_mma",
     "moe_down_mma",
     "moe_gate_up_planes_r1",

@@ -12,8 +12,20 @@
 //! the f32 kernels (2026-11-26, bench/RESULTS.md): they are not compute-bound there; the GEMV
 //! loses most to quantizing x in every block (two passes over x, each a chain of L2 loads).
 
-use crate::{A, CudaBackend, CudaWeight, DevBuf, Result};
-use gptoss_backend::{GgmlType, MoeWeights};
+use crate::{A, CudaBackend, CudaTensor, CudaWeight, DevBuf, Result};
+use gptoss_backend::{GgmlType, MoeConfig, MoeWeights};
+
+/// The residual add and RMSNorm that [`CudaBackend::moe_range`] leaves to the router
+/// (`moe_router_topk_q_add` in moe.cu): `x += y`, then `RMSNorm(x) * weight`.
+pub(crate) struct PreNorm<'a> {
+    pub(crate) y: &'a CudaTensor,
+    pub(crate) weight: &'a CudaWeight,
+    pub(crate) eps: f32,
+}
+
+/// Widest row `moe_router_topk_q_add` holds (ROUTER_ADD_MAX_D in moe.cu: four float4 per
+/// thread of 256, and its shared row).
+const ROUTER_ADD_MAX_D: usize = 4096;
 
 /// Taller Q8_0 matrices (the output projection) keep the f32 kernel, which reads x once per
 /// warp instead of quantizing it in every block.
@@ -95,6 +107,36 @@ impl CudaBackend {
                 .iter()
                 .all(|m| m.dtype == GgmlType::MXFP4)
             && w.router.dtype == GgmlType::F32
+    }
+
+    /// Whether the router can take the residual add and norm before the MoE
+    /// ([`PreNorm`]): the planes router runs (decode, `mma_moe_fits`), the row fits the fused
+    /// kernel, and the norm weight is F32 of the row's width.
+    pub(crate) fn router_add_fits(
+        &self,
+        x: &CudaTensor,
+        y: &CudaTensor,
+        norm: &CudaWeight,
+        w: &MoeWeights<CudaWeight>,
+        cfg: &MoeConfig,
+    ) -> bool {
+        let d = x.cols;
+        let gs = &w.gate.shape;
+        self.router_norm
+            && x.rows > 0
+            && (x.rows, x.cols) == (y.rows, y.cols)
+            && norm.dtype == GgmlType::F32
+            && norm.numel() == d
+            && d <= ROUTER_ADD_MAX_D
+            && w.router.numel() == d * cfg.n_experts
+            && w.router_bias.numel() == cfg.n_experts
+            && gs.len() == 3
+            && gs[0] == d
+            && gs[2] == cfg.n_experts
+            && (1..=16).contains(&cfg.top_k)
+            && cfg.top_k <= cfg.n_experts
+            && cfg.n_experts <= 256
+            && self.mma_moe_fits(w, x.rows, d, gs[1], cfg.top_k)
     }
 
     /// Plane buffers for the router launch: x's planes [t, 4, d_model] and scales [t].

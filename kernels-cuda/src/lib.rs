@@ -18,6 +18,7 @@ pub mod compile;
 mod decode_attn;
 mod decode_fused;
 mod decode_moe;
+use decode_moe::PreNorm;
 pub mod fp4;
 pub mod nccl;
 mod prefill;
@@ -312,6 +313,10 @@ pub struct CudaBackend {
     /// The dp4a decode MoE on int8 planes of x and h (default; `GPTOSS_CUDA_DECODE_DP4A=0`
     /// turns it off; see decode_moe.rs).
     decode_dp4a: bool,
+    /// The residual add and RMSNorm before the MoE done by the dp4a path's router
+    /// (`moe_router_topk_q_add`; decode_moe.rs). Default on (`GPTOSS_CUDA_ROUTER_NORM=0`
+    /// turns it off).
+    router_norm: bool,
     /// Launch with programmatic dependent launch (sm_90+): see [`pdl_default`].
     pdl: bool,
     /// Only kernels whose names start with one of these launch with PDL, in and out of a
@@ -499,6 +504,7 @@ impl CudaBackend {
             // On: tg128 452.6 vs 430.7 tok/s with the f32 kernels on an H100, 64 of 64 greedy
             // steps as the CPU reference (2026-11-26, bench/RESULTS.md).
             decode_dp4a: std::env::var("GPTOSS_CUDA_DECODE_DP4A").map_or(true, |v| v != "0"),
+            router_norm: std::env::var("GPTOSS_CUDA_ROUTER_NORM").map_or(true, |v| v != "0"),
             pdl: pdl_default(major),
             pdl_only: std::env::var("GPTOSS_CUDA_PDL_ONLY")
                 .ok()
@@ -536,6 +542,14 @@ impl CudaBackend {
     /// kernels on an H100 and as exact in conformance (NMSE ~1e-12).
     pub fn set_decode_dp4a(&mut self, on: bool) {
         self.decode_dp4a = on;
+    }
+
+    /// The residual add and the RMSNorm before the MoE done inside the router launch of the
+    /// decode MoE ([`Backend::add_rms_norm_moe`]; see [`CudaBackend::router_add_fits`]): a
+    /// launch fewer per layer. Off: `add_rms_norm`, then the router. Default on
+    /// (`GPTOSS_CUDA_ROUTER_NORM=0` turns it off).
+    pub fn set_router_norm(&mut self, on: bool) {
+        self.router_norm = on;
     }
 
     /// The one-token q/k/v products with RoPE applied as they are written (one launch instead
@@ -1174,12 +1188,16 @@ impl CudaBackend {
     /// [`Backend::moe`], a slice for [`Backend::moe_local`]): the router and its top-k run over
     /// all `cfg.n_experts`; for a partial range `moe_localize_ids` then maps each pick to its
     /// local index, or to -1 for another rank's expert, which every MoE kernel skips.
+    /// With `pre` (only where [`CudaBackend::router_add_fits`]), `x` is the residual before
+    /// its add: the router (`moe_router_topk_q_add`) adds `pre.y` to it in place and norms the
+    /// sum itself, as [`Backend::add_rms_norm`] would, then the MoE runs on the normed rows.
     fn moe_range(
         &self,
         x: &CudaTensor,
         w: &MoeWeights<CudaWeight>,
         cfg: &MoeConfig,
         experts: std::ops::Range<usize>,
+        pre: Option<PreNorm<'_>>,
     ) -> Result<CudaTensor> {
         let t = x.rows;
         let d_model = x.cols;
@@ -1231,28 +1249,55 @@ impl CudaBackend {
         if t == 0 {
             return Ok(y);
         }
-        let xp = self.ptr(&x.buf);
+        // With `pre`, x is the residual: the router writes the normed rows here.
+        let xn = match pre {
+            Some(_) => Some(self.tensor(t, d_model)?),
+            None => None,
+        };
+        let xp = self.ptr(&xn.as_ref().unwrap_or(x).buf);
         // Router logits and top-k, on the GPU: no host round trip.
         let ids = self.scratch(t * kk * 4)?;
         let wts = self.scratch(t * kk * 4)?;
         let logits = self.scratch(t * e * 4)?;
         let tickets = self.tickets(TICKETS_ROUTER, t)?;
-        let mut router_args = vec![
-            A::P(xp),
-            A::I(d_model as i32),
-            A::P(self.ptr(&w.router.buf)),
-            A::I(w.router.dtype.id() as i32),
-            A::L(w.router.nb),
-            A::P(self.ptr(&w.router_bias.buf)),
-            A::I(w.router_bias.dtype.id() as i32),
+        let (rw, rwt, rnb) = (
+            self.ptr(&w.router.buf),
+            w.router.dtype.id() as i32,
+            w.router.nb,
+        );
+        let rb = (
+            self.ptr(&w.router_bias.buf),
+            w.router_bias.dtype.id() as i32,
+        );
+        let mut router_args = match &pre {
+            Some(p) => vec![
+                A::P(self.ptr(&x.buf)),
+                A::P(self.ptr(&p.y.buf)),
+                A::P(self.ptr(&p.weight.buf)),
+                A::F(p.eps),
+                A::P(xp),
+                A::I(d_model as i32),
+                A::P(rw),
+            ],
+            None => vec![
+                A::P(xp),
+                A::I(d_model as i32),
+                A::P(rw),
+                A::I(rwt),
+                A::L(rnb),
+            ],
+        };
+        router_args.extend([
+            A::P(rb.0),
+            A::I(rb.1),
             A::I(e as i32),
             A::I(kk as i32),
             A::P(logits.ptr),
             A::P(tickets),
             A::P(self.ptr(&ids)),
             A::P(self.ptr(&wts)),
-        ];
-        // The int8 tensor-core decode MoE (opt-in) reads x as planes written by the router.
+        ]);
+        // The dp4a / int8 tensor-core decode MoE reads x as planes written by the router.
         let mma_planes = if self.mma_moe_fits(w, t, d_model, n_ff, kk) {
             let p = self.mma_moe_planes(t, d_model)?;
             router_args.extend([A::P(p.0.ptr), A::P(p.1.ptr)]);
@@ -1260,10 +1305,11 @@ impl CudaBackend {
         } else {
             None
         };
-        let router = if mma_planes.is_some() {
-            "moe_router_topk_q"
-        } else {
-            "moe_router_topk"
+        let router = match (&pre, &mma_planes) {
+            (Some(_), Some(_)) => "moe_router_topk_q_add",
+            (Some(_), None) => return bad("a fused norm without the planes router".into()),
+            (None, Some(_)) => "moe_router_topk_q",
+            (None, None) => "moe_router_topk",
         };
         self.launch(router, (e as u32, t as u32, 1), 256, &router_args)?;
         // Timing only (GPTOSS_CUDA_SKIP): a router left out writes no expert ids, so nothing
@@ -1983,7 +2029,7 @@ impl Backend for CudaBackend {
         w: &MoeWeights<CudaWeight>,
         cfg: &MoeConfig,
     ) -> Result<CudaTensor> {
-        self.moe_range(x, w, cfg, 0..cfg.n_experts)
+        self.moe_range(x, w, cfg, 0..cfg.n_experts, None)
     }
 
     fn moe_local(
@@ -1993,7 +2039,28 @@ impl Backend for CudaBackend {
         cfg: &MoeConfig,
         experts: std::ops::Range<usize>,
     ) -> Result<CudaTensor> {
-        self.moe_range(x, w, cfg, experts)
+        self.moe_range(x, w, cfg, experts, None)
+    }
+
+    fn add_rms_norm_moe(
+        &self,
+        x: &mut CudaTensor,
+        y: &CudaTensor,
+        norm: &CudaWeight,
+        eps: f32,
+        w: &MoeWeights<CudaWeight>,
+        cfg: &MoeConfig,
+    ) -> Result<CudaTensor> {
+        if self.router_add_fits(x, y, norm, w, cfg) {
+            let pre = PreNorm {
+                y,
+                weight: norm,
+                eps,
+            };
+            return self.moe_range(x, w, cfg, 0..cfg.n_experts, Some(pre));
+        }
+        let xm = self.add_rms_norm_impl(x, y, norm, eps)?;
+        self.moe(&xm, w, cfg)
     }
 
     fn argmax(&self, x: &CudaTensor) -> Result<Vec<u32>> {

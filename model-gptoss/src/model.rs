@@ -330,8 +330,7 @@ impl<B: Backend> Model<B> {
             )?;
             let a = be.attention(&q, &k, &v, cache, pos0, &l.sinks, &c.attention(il))?;
             let o = be.linear(&a, &l.wo, Some(&l.bo))?;
-            let xm = be.add_rms_norm(&mut h, &o, &l.moe_norm, c.rms_eps)?;
-            let m = be.moe(&xm, &l.moe, &c.moe())?;
+            let m = be.add_rms_norm_moe(&mut h, &o, &l.moe_norm, c.rms_eps, &l.moe, &c.moe())?;
             if let Some(next) = self.layers.get(il + 1) {
                 x = be.add_rms_norm(&mut h, &m, &next.attn_norm, c.rms_eps)?;
             } else if fuse_final {

@@ -967,6 +967,52 @@ fn moe_matches() {
     moe_case(&p, &mut r, 64, 64, 16, 2, GgmlType::BF16, &[1, 9]);
 }
 
+/// The residual add and RMSNorm done by the decode MoE's router (`Backend::add_rms_norm_moe`,
+/// `moe_router_topk_q_add`) against the CPU reference's `add_rms_norm` then `moe`: the MoE
+/// output held to the dp4a MoE's 1e-9 and the residual written in place to the norms' limit.
+/// GPT-OSS shapes at t = 1, 2, 8, the widest row the fused kernel holds (4096), 40 and 256
+/// experts with top 8, and the cases that take two launches instead: t = 9, a row of 4128, an
+/// F16 norm weight, and the fusion switched off.
+#[test]
+fn add_rms_norm_moe_in_router() {
+    let Some(mut p) = pair() else { return };
+    let mut r = rng();
+    let mx = GgmlType::MXFP4;
+    for fused in [true, false] {
+        p.gpu.set_router_norm(fused);
+        for (d, ff, e, k, ts, nt) in [
+            (2880, 2880, 32, 4, &[1usize, 2, 8, 9][..], GgmlType::F32),
+            (4096, 64, 8, 4, &[1, 3], GgmlType::F32),
+            (4128, 64, 8, 4, &[1], GgmlType::F32),
+            (96, 160, 40, 4, &[1, 7], GgmlType::F32),
+            (224, 96, 256, 8, &[1, 8], GgmlType::F32),
+            (2880, 64, 8, 2, &[1], GgmlType::F16),
+        ] {
+            let (cw, gw) = moe_weights(&p, &mut r, d, ff, e, mx, mx);
+            let cfg = MoeConfig {
+                n_experts: e,
+                top_k: k,
+            };
+            let (cn, gn) = p.up(&random_weight(&mut r, "ffn_norm.weight", nt, &[d], 1.0));
+            for &t in ts {
+                let (mut ch, mut gh) = p.x(&randn(&mut r, t * d, 2.0), t, d);
+                let (cy, gy) = p.x(&randn(&mut r, t * d, 1.0), t, d);
+                p.poison();
+                let c = p.cpu.add_rms_norm_moe(&mut ch, &cy, &cn, 1e-5, &cw, &cfg);
+                let g = p.gpu.add_rms_norm_moe(&mut gh, &gy, &gn, 1e-5, &gw, &cfg);
+                let what = format!("add_rms_norm_moe d={d} ff={ff} E={e} k={k} t={t} {nt:?}");
+                p.check(
+                    &format!("{what} fused={fused}"),
+                    &c.unwrap(),
+                    &g.unwrap(),
+                    1e-9,
+                );
+                p.check(&format!("{what} residual"), &ch, &gh, EXACT_NMSE);
+            }
+        }
+    }
+}
+
 /// The tensor-core prefill paths (kernels-cuda/src/prefill.rs): every weight type at the
 /// threshold edge (8 rows: matrix-vector kernels, 9: tensor cores), tile edges (128, 129 rows,
 /// outputs not a multiple of the 128-wide tile) and prefill-sized products.

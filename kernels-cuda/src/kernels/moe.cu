@@ -11,6 +11,93 @@ __device__ __forceinline__ float swiglu_oai(float gate, float up) {
     return g / (1.0f + expf(-1.702f * g)) * (u + 1.0f);
 }
 
+// Row r's share of x's four int8 planes (MXFP4 product order), from the row's values xr (global
+// or shared memory) and the per-warp maxima of |x| in ared [8]: block e writes groups
+// e * per .. of the row's 32-element groups, so that no block carries the whole row. With xn
+// non-null the block also copies the same share of xr into the f32 row xn.
+__device__ __forceinline__ void router_planes(const float* xr, const float* ared, int r, int e,
+                                              int d_model, u8* xq, float* xsc, float* xn) {
+    float amax = 0.f;
+    for (int i = 0; i < 8; ++i) amax = fmaxf(amax, ared[i]);
+    float inv = amax > 0.f ? 127.f / amax : 0.f;
+    if (e == 0 && threadIdx.x == 0) xsc[r] = amax / 127.f;
+    u8* dst = xq + (i64)r * 4 * d_model;
+    int groups = d_model >> 5, per = (groups + gridDim.x - 1) / gridDim.x;
+    int i1 = min(groups, (e + 1) * per) * 32;
+    for (int i = e * per * 32 + threadIdx.x; i < i1; i += blockDim.x) {
+        float v = xr[i];
+        if (xn != nullptr) xn[(i64)r * d_model + i] = v;
+        u32 p = planes4(v, inv);
+        int pos = (i & ~31) + 2 * (i & 15) + ((i >> 4) & 1);
+#pragma unroll
+        for (int pl = 0; pl < 4; ++pl) dst[pl * d_model + pos] = (u8)(p >> (8 * pl));
+    }
+}
+
+// Thread 0 stores the block's logit (valid in thread 0) and takes row r's ticket; true in every
+// thread of the row's last block to finish. The ticket with release semantics orders the logit
+// (and every load the block made) before it, with no separate fence; acquire, so that the last
+// block sees every other block's logit.
+__device__ __forceinline__ bool router_ticket(float logit, float* logits, u32* counters, int r,
+                                              int e, int n_exp) {
+    __shared__ u32 ticket;
+    if (threadIdx.x == 0) {
+        logits[(i64)r * n_exp + e] = logit;
+        u32 t;
+        asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;"
+                     : "=r"(t)
+                     : "l"(counters + r)
+                     : "memory");
+        ticket = t;
+    }
+    __syncthreads();
+    return ticket == gridDim.x - 1;
+}
+
+// The last block of row r: the k largest logits (ties: lower id) and their softmax into ids and
+// wts; resets the row's ticket. Thread 0's acquire, then the barrier, ordered the other blocks'
+// logits before these loads (from L2: an SM's L1 may hold an earlier step's values there).
+__device__ __forceinline__ void router_select(const float* logits, u32* counters, int r,
+                                              int n_exp, int k, int* ids, float* wts) {
+    __shared__ float lr[MOE_MAX_EXPERTS];
+    __shared__ int sel[16];
+    __shared__ float vals[16];
+    for (int i = threadIdx.x; i < n_exp; i += blockDim.x) {
+        float v = __ldcg(logits + (i64)r * n_exp + i);
+        lr[i] = v != v ? NEG_INF : v;  // NaN ranks as -inf: every rank below stays distinct
+    }
+    __syncthreads();
+    // Each expert's rank in (value descending, id ascending), all at once: the ranks below k
+    // are the k largest in the order k rounds of a maximum would pick them (ties to the lower
+    // id), without those rounds' chain of shuffles.
+    for (int i = threadIdx.x; i < n_exp; i += blockDim.x) {
+        float v = lr[i];
+        int rank = 0;
+        for (int j = 0; j < n_exp; ++j) {
+            float u = lr[j];
+            rank += (u > v) | ((u == v) & (j < i));
+        }
+        if (rank < k) {
+            sel[rank] = i;
+            vals[rank] = v;
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x != 0) return;
+    counters[r] = 0;
+    float mx = vals[0];
+    for (int j = 1; j < k; ++j) mx = fmaxf(mx, vals[j]);
+    float sum = 0.f;
+    for (int j = 0; j < k; ++j) {
+        vals[j] = expf(vals[j] - mx);
+        sum += vals[j];
+    }
+    for (int j = 0; j < k; ++j) {
+        ids[r * k + j] = sel[j];
+        wts[r * k + j] = vals[j] / sum;
+    }
+}
+
 // Router logits and top-k in one launch: block (e, r) computes expert e's logit of token r
 // (256 threads over d_model, loads issued 4 at a time) into `logits`; the last block of the row
 // to finish (a per-row ticket in `counters`, which it resets to zero) picks the k largest
@@ -24,7 +111,6 @@ __device__ __forceinline__ void router_topk(const float* x, int d_model, const u
                                             i64 nbr, const u8* br, int brt, int n_exp, int k,
                                             float* logits, u32* counters, int* ids, float* wts,
                                             u8* xq, float* xsc) {
-    __shared__ u32 ticket;
     __shared__ float red[8];
     int r = blockIdx.y, e = blockIdx.x;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -76,75 +162,14 @@ __device__ __forceinline__ void router_topk(const float* x, int d_model, const u
         ared[warp] = amax;
     }
     __syncthreads();
-    if (xq != nullptr) {
-        amax = 0.f;
-        for (int i = 0; i < 8; ++i) amax = fmaxf(amax, ared[i]);
-        float inv = amax > 0.f ? 127.f / amax : 0.f;
-        if (e == 0 && threadIdx.x == 0) xsc[r] = amax / 127.f;
-        u8* dst = xq + (i64)r * 4 * d_model;
-        int groups = d_model >> 5, per = (groups + gridDim.x - 1) / gridDim.x;
-        int i1 = min(groups, (e + 1) * per) * 32;
-        for (int i = e * per * 32 + threadIdx.x; i < i1; i += blockDim.x) {
-            u32 p = planes4(xr[i], inv);
-            int pos = (i & ~31) + 2 * (i & 15) + ((i >> 4) & 1);
-#pragma unroll
-            for (int pl = 0; pl < 4; ++pl) dst[pl * d_model + pos] = (u8)(p >> (8 * pl));
-        }
-    }
+    if (xq != nullptr) router_planes(xr, ared, r, e, d_model, xq, xsc, nullptr);
+    float logit = 0.f;
     if (threadIdx.x == 0) {
-        float s = 0.f;
-        for (int i = 0; i < 8; ++i) s += red[i];
-        logits[(i64)r * n_exp + e] = s + bias;
-        // The ticket with release semantics orders this thread's logit before it (no separate
-        // fence); acquire, so that the last block sees every other block's logit.
-        u32 t;
-        asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;"
-                     : "=r"(t)
-                     : "l"(counters + r)
-                     : "memory");
-        ticket = t;
+        for (int i = 0; i < 8; ++i) logit += red[i];
+        logit += bias;
     }
-    __syncthreads();
-    if (ticket != gridDim.x - 1) return;
-    // The last block (thread 0's acquire, then the barrier, orders the other blocks' logits
-    // before these loads; from L2: an SM's L1 may hold an earlier step's values there).
-    __shared__ float lr[MOE_MAX_EXPERTS];
-    __shared__ int sel[16];
-    __shared__ float vals[16];
-    for (int i = threadIdx.x; i < n_exp; i += blockDim.x) {
-        float v = __ldcg(logits + (i64)r * n_exp + i);
-        lr[i] = v != v ? NEG_INF : v;  // NaN ranks as -inf: every rank below stays distinct
-    }
-    __syncthreads();
-    // Each expert's rank in (value descending, id ascending), all at once: the ranks below k
-    // are the k largest in the order k rounds of a maximum would pick them (ties to the lower
-    // id), without those rounds' chain of shuffles.
-    for (int i = threadIdx.x; i < n_exp; i += blockDim.x) {
-        float v = lr[i];
-        int rank = 0;
-        for (int j = 0; j < n_exp; ++j) {
-            float u = lr[j];
-            rank += (u > v) | ((u == v) & (j < i));
-        }
-        if (rank < k) {
-            sel[rank] = i;
-            vals[rank] = v;
-        }
-    }
-    __syncthreads();
-    if (threadIdx.x != 0) return;
-    counters[r] = 0;
-    float mx = vals[0];
-    for (int j = 1; j < k; ++j) mx = fmaxf(mx, vals[j]);
-    float sum = 0.f;
-    for (int j = 0; j < k; ++j) {
-        vals[j] = expf(vals[j] - mx);
-        sum += vals[j];
-    }
-    for (int j = 0; j < k; ++j) {
-        ids[r * k + j] = sel[j];
-        wts[r * k + j] = vals[j] / sum;
-    }
+    if (router_ticket(logit, logits, counters, r, e, n_exp))
+        router_select(logits, counters, r, n_exp, k, ids, wts);
 }
 
 extern "C" __global__ void moe_router_topk(const float* x, int d_model, const u8* wr, int wrt,
@@ -161,6 +186,93 @@ extern "C" __global__ void moe_router_topk_q(const float* x, int d_model, const 
                                              u8* xq, float* xsc) {
     GRID_DEP_LAUNCH();
     router_topk(x, d_model, wr, wrt, nbr, br, brt, n_exp, k, logits, counters, ids, wts, xq, xsc);
+}
+
+// moe_router_topk_q with the residual add and RMSNorm before the MoE fused in (the decode
+// step's add_rms_norm before the router: a launch and a kernel boundary fewer per layer).
+// Every block of row r loads h = res + y and the norm weight and computes the row's RMSNorm
+// itself (add_rms_norm's arithmetic, its sum of squares in another order) into shared memory;
+// from there its logit, its share of x's planes and its share of the normed row xn (f32, for
+// the MoE paths that read x as floats). The row's last block, after the ticket (so after
+// every block of the row has read res), writes h back to res.
+// F32 norm weight and router, d_model % 32 == 0, d_model <= 4 * 4 * 256 (the host checks).
+// grid (n_exp, t), block 256.
+#define ROUTER_ADD_MAX_D 4096
+extern "C" __global__ void __launch_bounds__(256) moe_router_topk_q_add(
+    float* res, const float* y, const float* nw, float eps, float* xn, int d_model, const u8* wr,
+    const u8* br, int brt, int n_exp, int k, float* logits, u32* counters, int* ids, float* wts,
+    u8* xq, float* xsc) {
+    GRID_DEP_LAUNCH();
+    __shared__ float4 xs4[ROUTER_ADD_MAX_D / 4];
+    __shared__ float red[8], ared[8];
+    int r = blockIdx.y, e = blockIdx.x;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int n4 = d_model >> 2;
+    // The router, its bias and the norm weight are never written: loaded before the wait.
+    float bias = threadIdx.x == 0 ? wload(br, brt, 0, e) : 0.f;
+    const float4* w4 = (const float4*)(wr + (i64)e * d_model * 4);
+    const float4* g4 = (const float4*)nw;
+    float4 wv[4], gv[4], hv[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+        int c = threadIdx.x + 256 * u;
+        if (c < n4) {
+            wv[u] = __ldg(w4 + c);
+            gv[u] = __ldg(g4 + c);
+        }
+    }
+    GRID_DEP_WAIT();
+    float4* r4 = (float4*)(res + (i64)r * d_model);
+    const float4* y4 = (const float4*)(y + (i64)r * d_model);
+    float ss = 0.f;
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+        int c = threadIdx.x + 256 * u;
+        if (c < n4) {
+            float4 a = r4[c], b = y4[c];
+            hv[u] = make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+            ss += hv[u].x * hv[u].x + hv[u].y * hv[u].y + hv[u].z * hv[u].z + hv[u].w * hv[u].w;
+        }
+    }
+    ss = warp_sum(ss);
+    if (lane == 0) red[warp] = ss;
+    __syncthreads();
+    float tot = 0.f;
+    for (int i = 0; i < 8; ++i) tot += red[i];
+    float inv = 1.0f / sqrtf(tot / (float)d_model + eps);
+    float a = 0.f, amax = 0.f;
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+        int c = threadIdx.x + 256 * u;
+        if (c < n4) {
+            float4 v = make_float4(hv[u].x * inv * gv[u].x, hv[u].y * inv * gv[u].y,
+                                   hv[u].z * inv * gv[u].z, hv[u].w * inv * gv[u].w);
+            xs4[c] = v;
+            a += wv[u].x * v.x + wv[u].y * v.y + wv[u].z * v.z + wv[u].w * v.w;
+            amax = fmaxf(amax, fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w))));
+        }
+    }
+    a = warp_sum(a);
+    amax = warp_max(amax);
+    __syncthreads();  // every thread has summed red[] above before it is written again
+    if (lane == 0) {
+        red[warp] = a;
+        ared[warp] = amax;
+    }
+    __syncthreads();
+    router_planes((const float*)xs4, ared, r, e, d_model, xq, xsc, xn);
+    float logit = 0.f;
+    if (threadIdx.x == 0) {
+        for (int i = 0; i < 8; ++i) logit += red[i];
+        logit += bias;
+    }
+    if (!router_ticket(logit, logits, counters, r, e, n_exp)) return;
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+        int c = threadIdx.x + 256 * u;
+        if (c < n4) r4[c] = hv[u];
+    }
+    router_select(logits, counters, r, n_exp, k, ids, wts);
 }
 
 // MXFP4 gate+up for each (token, slot): h [t*k, n_ff] f32. The block quantizes its token's x
