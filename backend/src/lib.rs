@@ -282,27 +282,6 @@ pub trait Backend {
         Ok([qt, kt, vt])
     }
 
-    /// [`Backend::qkv_rope`] of the RMSNorm of `h` times `norm` (the norm that starts the
-    /// attention sub-block): the same as [`Backend::rms_norm`] then [`Backend::qkv_rope`],
-    /// which is what this default does; a backend may apply the norm inside the products.
-    #[allow(clippy::too_many_arguments)]
-    fn rms_norm_qkv_rope(
-        &self,
-        h: &Self::Tensor,
-        norm: &Self::Weight,
-        eps: f32,
-        q: (&Self::Weight, Option<&Self::Weight>),
-        k: (&Self::Weight, Option<&Self::Weight>),
-        v: (&Self::Weight, Option<&Self::Weight>),
-        n_heads: usize,
-        n_kv_heads: usize,
-        pos0: usize,
-        rope: &Rope,
-    ) -> Result<[Self::Tensor; 3]> {
-        let x = self.rms_norm(h, norm, eps)?;
-        self.qkv_rope(&x, q, k, v, n_heads, n_kv_heads, pos0, rope)
-    }
-
     /// A fresh, empty KV cache for one layer.
     fn new_kv_cache(&self, cfg: &KvCacheConfig) -> Result<Self::KvCache>;
 
@@ -363,13 +342,11 @@ pub trait Backend {
         })
     }
 
-    /// The MoE sub-block with its residual adds: `x += y` (the attention sub-block's output),
-    /// then `x += moe(RMSNorm(x) * norm)`. The same as [`Backend::add_rms_norm`], then
-    /// [`Backend::moe`], then [`Backend::add_assign`], which is what this default does; a
-    /// backend may fuse the first add and the norm into the MoE's router and the last add into
-    /// its down projection.
-    #[allow(clippy::too_many_arguments)]
-    fn moe_residual(
+    /// `x += y`, then the MoE block ([`Backend::moe`]) on the RMSNorm of the sum times `norm`:
+    /// the residual add that ends the attention sub-block, the norm that starts the MoE one,
+    /// and the MoE. The same as [`Backend::add_rms_norm`] then [`Backend::moe`], which is what
+    /// this default does; a backend may fuse the add and the norm into the MoE's router.
+    fn add_rms_norm_moe(
         &self,
         x: &mut Self::Tensor,
         y: &Self::Tensor,
@@ -377,10 +354,9 @@ pub trait Backend {
         eps: f32,
         w: &MoeWeights<Self::Weight>,
         cfg: &MoeConfig,
-    ) -> Result<()> {
+    ) -> Result<Self::Tensor> {
         let xm = self.add_rms_norm(x, y, norm, eps)?;
-        let m = self.moe(&xm, w, cfg)?;
-        self.add_assign(x, &m)
+        self.moe(&xm, w, cfg)
     }
 
     /// Index of the largest value in each row (first on ties).

@@ -63,8 +63,6 @@ pub const KERNEL_NAMES: &[&str] = &[
     "gemvf3_mxfp4_r1",
     "gemvf3_q8_0_r1_rope",
     "gemvf3_mxfp4_r1_rope",
-    "gemvf3_q8_0_r1_rope_norm",
-    "gemvf3_mxfp4_r1_rope_norm",
     "gemm_tiled",
     "attn_partial_d1",
     "attn_partial_d2",

@@ -111,15 +111,11 @@ impl CudaBackend {
         )
     }
 
-    /// [`gptoss_backend::Backend::qkv_rope`], and with `norm` (weight, eps)
-    /// [`gptoss_backend::Backend::rms_norm_qkv_rope`]: x is then the row before its RMSNorm,
-    /// which the one-token kernel applies in its products (`*_rope_norm`); elsewhere a norm
-    /// launch first.
+    /// [`gptoss_backend::Backend::qkv_rope`].
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn qkv_rope_impl(
         &self,
         x: &CudaTensor,
-        norm: Option<(&CudaWeight, f32)>,
         q: (&CudaWeight, Option<&CudaWeight>),
         k: (&CudaWeight, Option<&CudaWeight>),
         v: (&CudaWeight, Option<&CudaWeight>),
@@ -151,13 +147,6 @@ impl CudaBackend {
             && dims[1].1 == n_kv_heads * hd
             && dims[2].1 > 0
             && pos0 <= i32::MAX as usize;
-        let norm_inside = norm.filter(|(g, _)| {
-            fused && self.qkv_norm && g.dtype == GgmlType::F32 && g.numel() == dims[0].0
-        });
-        if let (Some((g, eps)), None) = (norm, norm_inside) {
-            let xn = self.rms_norm(x, g, eps)?;
-            return self.qkv_rope_impl(&xn, None, q, k, v, n_heads, n_kv_heads, pos0, rope);
-        }
         if !fused {
             let outs: [CudaTensor; 3] = self
                 .linear_many(x, &mats)?
@@ -193,17 +182,10 @@ impl CudaBackend {
             ]);
         }
         args.extend([A::I(hd as i32), A::P(self.rope_cs(rope, pos0)?)]);
-        let kern = match (dtype == GgmlType::Q8_0, norm_inside) {
-            (true, None) => "gemvf3_q8_0_r1_rope",
-            (false, None) => "gemvf3_mxfp4_r1_rope",
-            (q8, Some((g, eps))) => {
-                args.extend([A::P(self.ptr(&g.buf)), A::F(eps)]);
-                if q8 {
-                    "gemvf3_q8_0_r1_rope_norm"
-                } else {
-                    "gemvf3_mxfp4_r1_rope_norm"
-                }
-            }
+        let kern = if dtype == GgmlType::Q8_0 {
+            "gemvf3_q8_0_r1_rope"
+        } else {
+            "gemvf3_mxfp4_r1_rope"
         };
         self.launch(kern, (blocks as u32, 1, 1), 256, &args)?;
         Ok(outs)

@@ -12,7 +12,7 @@
 //! the f32 kernels (2026-11-26, bench/RESULTS.md): they are not compute-bound there; the GEMV
 //! loses most to quantizing x in every block (two passes over x, each a chain of L2 loads).
 
-use crate::{A, CudaBackend, CudaTensor, CudaWeight, DevBuf, Result, shape_err};
+use crate::{A, CudaBackend, CudaTensor, CudaWeight, DevBuf, Result};
 use gptoss_backend::{GgmlType, MoeConfig, MoeWeights};
 
 /// The residual add and RMSNorm that [`CudaBackend::moe_range`] leaves to the router
@@ -145,8 +145,7 @@ impl CudaBackend {
     }
 
     /// Gate+up and down of the MXFP4 experts for t <= 8 rows, after moe_router_topk_q wrote
-    /// ids, weights and x's planes. y [t, d_model] gets every row written, or with `acc_into`
-    /// (the dp4a kernels only) added to: y is then the residual stream.
+    /// ids, weights and x's planes. y [t, d_model] gets every row written.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn mma_moe_experts(
         &self,
@@ -159,7 +158,6 @@ impl CudaBackend {
         ids: u64,
         wts: u64,
         y: u64,
-        acc_into: bool,
     ) -> Result<()> {
         let pairs = t * k;
         let hq = self.scratch(pairs * 4 * n_ff)?;
@@ -204,29 +202,23 @@ impl CudaBackend {
                 A::P(hq.ptr),
             ],
         )?;
-        let mut down_args = vec![
-            A::P(hq.ptr),
-            A::I(n_ff as i32),
-            A::P(self.ptr(&w.down.buf)),
-            A::L(w.down.nb),
-            db,
-            dbt,
-            A::P(ids),
-            A::P(wts),
-            A::I(k as i32),
-            A::I(d_model as i32),
-            A::P(y),
-        ];
-        if self.decode_mma {
-            if acc_into {
-                return Err(shape_err(
-                    "moe",
-                    "the int8 tensor-core down kernel does not add into y".into(),
-                ));
-            }
-        } else {
-            down_args.push(A::I(acc_into as i32));
-        }
-        self.launch(down_name, down_grid, 256, &down_args)
+        self.launch(
+            down_name,
+            down_grid,
+            256,
+            &[
+                A::P(hq.ptr),
+                A::I(n_ff as i32),
+                A::P(self.ptr(&w.down.buf)),
+                A::L(w.down.nb),
+                db,
+                dbt,
+                A::P(ids),
+                A::P(wts),
+                A::I(k as i32),
+                A::I(d_model as i32),
+                A::P(y),
+            ],
+        )
     }
 }

@@ -317,10 +317,6 @@ pub struct CudaBackend {
     /// (`moe_router_topk_q_add`; decode_moe.rs). Default on (`GPTOSS_CUDA_ROUTER_NORM=0`
     /// turns it off).
     router_norm: bool,
-    /// The RMSNorm before the attention applied inside the one-token q/k/v products
-    /// (`gemvf3_*_r1_rope_norm`; decode_fused.rs). Default on (`GPTOSS_CUDA_QKV_NORM=0` turns
-    /// it off).
-    qkv_norm: bool,
     /// Launch with programmatic dependent launch (sm_90+): see [`pdl_default`].
     pdl: bool,
     /// Only kernels whose names start with one of these launch with PDL, in and out of a
@@ -509,7 +505,6 @@ impl CudaBackend {
             // steps as the CPU reference (2026-11-26, bench/RESULTS.md).
             decode_dp4a: std::env::var("GPTOSS_CUDA_DECODE_DP4A").map_or(true, |v| v != "0"),
             router_norm: std::env::var("GPTOSS_CUDA_ROUTER_NORM").map_or(true, |v| v != "0"),
-            qkv_norm: std::env::var("GPTOSS_CUDA_QKV_NORM").map_or(true, |v| v != "0"),
             pdl: pdl_default(major),
             pdl_only: std::env::var("GPTOSS_CUDA_PDL_ONLY")
                 .ok()
@@ -555,13 +550,6 @@ impl CudaBackend {
     /// (`GPTOSS_CUDA_ROUTER_NORM=0` turns it off).
     pub fn set_router_norm(&mut self, on: bool) {
         self.router_norm = on;
-    }
-
-    /// The RMSNorm before the attention applied inside the one-token q/k/v products
-    /// ([`Backend::rms_norm_qkv_rope`]): a launch fewer per layer. Off: `rms_norm`, then the
-    /// products. Default on (`GPTOSS_CUDA_QKV_NORM=0` turns it off).
-    pub fn set_qkv_norm(&mut self, on: bool) {
-        self.qkv_norm = on;
     }
 
     /// The one-token q/k/v products with RoPE applied as they are written (one launch instead
@@ -1203,8 +1191,6 @@ impl CudaBackend {
     /// With `pre` (only where [`CudaBackend::router_add_fits`]), `x` is the residual before
     /// its add: the router (`moe_router_topk_q_add`) adds `pre.y` to it in place and norms the
     /// sum itself, as [`Backend::add_rms_norm`] would, then the MoE runs on the normed rows.
-    /// With `res` (the residual stream, x's shape), a path that can adds the MoE's output into
-    /// it and returns `None` (the dp4a down kernel); otherwise the output is returned.
     fn moe_range(
         &self,
         x: &CudaTensor,
@@ -1212,8 +1198,7 @@ impl CudaBackend {
         cfg: &MoeConfig,
         experts: std::ops::Range<usize>,
         pre: Option<PreNorm<'_>>,
-        res: Option<&CudaTensor>,
-    ) -> Result<Option<CudaTensor>> {
+    ) -> Result<CudaTensor> {
         let t = x.rows;
         let d_model = x.cols;
         let (e, kk) = (cfg.n_experts, cfg.top_k);
@@ -1262,7 +1247,7 @@ impl CudaBackend {
         }
         let y = self.tensor(t, d_model)?;
         if t == 0 {
-            return Ok(Some(y));
+            return Ok(y);
         }
         // With `pre`, x is the residual: the router writes the normed rows here.
         let xn = match pre {
@@ -1330,7 +1315,7 @@ impl CudaBackend {
         // Timing only (GPTOSS_CUDA_SKIP): a router left out writes no expert ids, so nothing
         // that indexes with them may run either; y stays unwritten.
         if self.skipped(router, e as u32) {
-            return Ok(Some(y));
+            return Ok(y);
         }
         if partial {
             let n = t * kk;
@@ -1349,7 +1334,7 @@ impl CudaBackend {
         if Self::q_moe_wanted(w) {
             let (ip, wp, yp) = (self.ptr(&ids), self.ptr(&wts), self.ptr(&y.buf));
             self.q_moe_experts(xp, t, kk, d_model, n_ff, w, ip, wp, yp)?;
-            return Ok(Some(y));
+            return Ok(y);
         }
         let pairs = t * kk;
         let bp = |b: &CudaWeight| (A::P(self.ptr(&b.buf)), A::I(b.dtype.id() as i32));
@@ -1362,21 +1347,18 @@ impl CudaBackend {
         // Blackwell: the FP4 tensor-core experts, when selected and self-checked (see `fp4`).
         // (Not for a partial expert range: its grouping and combine kernels do not skip picks.)
         if all_mxfp4 && !partial && fp4::run::moe_hook(self, x, w, &ids, &wts, kk, e, n_ff, &y)? {
-            return Ok(Some(y));
+            return Ok(y);
         }
         // Many rows: grouped tensor-core GEMMs (prefill.rs), unless the FP4 path took it.
         let yp = self.ptr(&y.buf);
         if let Some(r) = self.moe_tc(xp, t, d_model, n_ff, w, n_loc, kk, &ids, &wts, yp, partial) {
             r?;
-            return Ok(Some(y));
+            return Ok(y);
         }
         if let Some(p) = &mma_planes {
             let (ip, wp) = (self.ptr(&ids), self.ptr(&wts));
-            // The dp4a down kernel can add into the residual stream itself.
-            let into = res.filter(|_| !self.decode_mma);
-            let out = into.map_or(yp, |r| self.ptr(&r.buf));
-            self.mma_moe_experts(p, t, kk, d_model, n_ff, w, ip, wp, out, into.is_some())?;
-            return Ok(if into.is_some() { None } else { Some(y) });
+            self.mma_moe_experts(p, t, kk, d_model, n_ff, w, ip, wp, yp)?;
+            return Ok(y);
         }
         let smem = d_model + d_model / 8;
         let smem_down = kk * n_ff + kk * n_ff / 8;
@@ -1494,7 +1476,7 @@ impl CudaBackend {
                 ],
             )?;
         }
-        Ok(Some(y))
+        Ok(y)
     }
 }
 
@@ -1836,24 +1818,7 @@ impl Backend for CudaBackend {
         pos0: usize,
         rope: &Rope,
     ) -> Result<[CudaTensor; 3]> {
-        self.qkv_rope_impl(x, None, q, k, v, n_heads, n_kv_heads, pos0, rope)
-    }
-
-    fn rms_norm_qkv_rope(
-        &self,
-        h: &CudaTensor,
-        norm: &CudaWeight,
-        eps: f32,
-        q: (&CudaWeight, Option<&CudaWeight>),
-        k: (&CudaWeight, Option<&CudaWeight>),
-        v: (&CudaWeight, Option<&CudaWeight>),
-        n_heads: usize,
-        n_kv_heads: usize,
-        pos0: usize,
-        rope: &Rope,
-    ) -> Result<[CudaTensor; 3]> {
-        let norm = Some((norm, eps));
-        self.qkv_rope_impl(h, norm, q, k, v, n_heads, n_kv_heads, pos0, rope)
+        self.qkv_rope_impl(x, q, k, v, n_heads, n_kv_heads, pos0, rope)
     }
 
     fn new_kv_cache(&self, cfg: &KvCacheConfig) -> Result<CudaKvCache> {
@@ -2064,8 +2029,7 @@ impl Backend for CudaBackend {
         w: &MoeWeights<CudaWeight>,
         cfg: &MoeConfig,
     ) -> Result<CudaTensor> {
-        self.moe_range(x, w, cfg, 0..cfg.n_experts, None, None)
-            .and_then(|y| y.ok_or_else(|| shape_err("moe", "no output without a residual".into())))
+        self.moe_range(x, w, cfg, 0..cfg.n_experts, None)
     }
 
     fn moe_local(
@@ -2075,11 +2039,10 @@ impl Backend for CudaBackend {
         cfg: &MoeConfig,
         experts: std::ops::Range<usize>,
     ) -> Result<CudaTensor> {
-        self.moe_range(x, w, cfg, experts, None, None)
-            .and_then(|y| y.ok_or_else(|| shape_err("moe", "no output without a residual".into())))
+        self.moe_range(x, w, cfg, experts, None)
     }
 
-    fn moe_residual(
+    fn add_rms_norm_moe(
         &self,
         x: &mut CudaTensor,
         y: &CudaTensor,
@@ -2087,23 +2050,17 @@ impl Backend for CudaBackend {
         eps: f32,
         w: &MoeWeights<CudaWeight>,
         cfg: &MoeConfig,
-    ) -> Result<()> {
-        let all = 0..cfg.n_experts;
-        let m = if self.router_add_fits(x, y, norm, w, cfg) {
+    ) -> Result<CudaTensor> {
+        if self.router_add_fits(x, y, norm, w, cfg) {
             let pre = PreNorm {
                 y,
                 weight: norm,
                 eps,
             };
-            self.moe_range(x, w, cfg, all, Some(pre), Some(x))?
-        } else {
-            let xm = self.add_rms_norm_impl(x, y, norm, eps)?;
-            self.moe_range(&xm, w, cfg, all, None, Some(x))?
-        };
-        match m {
-            Some(m) => self.add_assign(x, &m),
-            None => Ok(()),
+            return self.moe_range(x, w, cfg, 0..cfg.n_experts, Some(pre));
         }
+        let xm = self.add_rms_norm_impl(x, y, norm, eps)?;
+        self.moe(&xm, w, cfg)
     }
 
     fn argmax(&self, x: &CudaTensor) -> Result<Vec<u32>> {

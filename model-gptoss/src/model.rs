@@ -301,20 +301,25 @@ impl<B: Backend> Model<B> {
         let c = &self.config;
         let pos0 = session.pos;
         let mut h = be.embed(&self.token_embd, tokens)?;
-        // The residual stream h; each sub-block norms it itself (Backend::rms_norm_qkv_rope)
-        // and adds its output back (the attention's through Backend::moe_residual, which also
-        // adds the MoE's): a backend may fuse those norms and adds into the neighbouring
-        // launches.
+        let n_layers = self.layers.len();
+        // Each residual add is fused with the norm that follows it (Backend::add_rms_norm):
+        // `x` is the normed input of the next sub-block.
+        // The final norm needs every row only with all_logits or a single token; otherwise
+        // the last row is taken first.
+        let fuse_final = all_logits || tokens.len() == 1;
+        let mut x = match self.layers.first() {
+            Some(l) => be.rms_norm(&h, &l.attn_norm, c.rms_eps)?,
+            None if fuse_final => be.rms_norm(&h, &self.output_norm, c.rms_eps)?,
+            None => be.rms_norm(&be.last_row(&h)?, &self.output_norm, c.rms_eps)?,
+        };
         for (il, (l, cache)) in self
             .layers
             .iter()
             .zip(session.caches.iter_mut())
             .enumerate()
         {
-            let [q, k, v] = be.rms_norm_qkv_rope(
-                &h,
-                &l.attn_norm,
-                c.rms_eps,
+            let [q, k, v] = be.qkv_rope(
+                &x,
                 (&l.wq, Some(&l.bq)),
                 (&l.wk, Some(&l.bk)),
                 (&l.wv, Some(&l.bv)),
@@ -325,16 +330,19 @@ impl<B: Backend> Model<B> {
             )?;
             let a = be.attention(&q, &k, &v, cache, pos0, &l.sinks, &c.attention(il))?;
             let o = be.linear(&a, &l.wo, Some(&l.bo))?;
-            be.moe_residual(&mut h, &o, &l.moe_norm, c.rms_eps, &l.moe, &c.moe())?;
+            let m = be.add_rms_norm_moe(&mut h, &o, &l.moe_norm, c.rms_eps, &l.moe, &c.moe())?;
+            if let Some(next) = self.layers.get(il + 1) {
+                x = be.add_rms_norm(&mut h, &m, &next.attn_norm, c.rms_eps)?;
+            } else if fuse_final {
+                x = be.add_rms_norm(&mut h, &m, &self.output_norm, c.rms_eps)?;
+            } else {
+                be.add_assign(&mut h, &m)?;
+            }
             on_layer(il, &h)?;
         }
-        // The final norm needs every row only with all_logits; otherwise the last row is
-        // taken first.
-        let x = if all_logits || tokens.len() == 1 {
-            be.rms_norm(&h, &self.output_norm, c.rms_eps)?
-        } else {
-            be.rms_norm(&be.last_row(&h)?, &self.output_norm, c.rms_eps)?
-        };
+        if n_layers > 0 && !fuse_final {
+            x = be.rms_norm(&be.last_row(&h)?, &self.output_norm, c.rms_eps)?;
+        }
         Ok(be.linear(&x, &self.output, None)?)
     }
 }

@@ -967,16 +967,15 @@ fn moe_matches() {
     moe_case(&p, &mut r, 64, 64, 16, 2, GgmlType::BF16, &[1, 9]);
 }
 
-/// The MoE sub-block with its residual adds (`Backend::moe_residual`: x += y, then x +=
-/// moe(RMSNorm(x) * norm)) against the CPU reference's add_rms_norm, moe and add_assign. The
-/// decode path does the first add and the norm in the router (`moe_router_topk_q_add`) and
-/// the last add in the dp4a down kernel. The residual after both adds is held to the norms'
-/// limit, and the MoE's part of it (the residual minus x + y, on the host) to the dp4a MoE's
-/// 1e-9 (t <= 8; past that the tensor-core MoE's limit). GPT-OSS shapes at t = 1, 2, 8, the
-/// widest row the fused router holds (4096), 40 and 256 experts with top 8, and the cases that
-/// take separate launches: t = 9, a row of 4128, an F16 norm weight, the fusion switched off.
+/// The residual add and RMSNorm done by the decode MoE's router (`Backend::add_rms_norm_moe`,
+/// `moe_router_topk_q_add`) against the CPU reference's `add_rms_norm` then `moe`: the MoE
+/// output held to the dp4a MoE's 1e-9 (t <= 8; the tensor-core MoE's limit past that) and the
+/// residual written in place to the norms' limit.
+/// GPT-OSS shapes at t = 1, 2, 8, the widest row the fused kernel holds (4096), 40 and 256
+/// experts with top 8, and the cases that take two launches instead: t = 9, a row of 4128, an
+/// F16 norm weight, and the fusion switched off.
 #[test]
-fn moe_residual_fused() {
+fn add_rms_norm_moe_in_router() {
     let Some(mut p) = pair() else { return };
     let mut r = rng();
     let mx = GgmlType::MXFP4;
@@ -997,32 +996,21 @@ fn moe_residual_fused() {
             };
             let (cn, gn) = p.up(&random_weight(&mut r, "ffn_norm.weight", nt, &[d], 1.0));
             for &t in ts {
-                let (hv, yv) = (randn(&mut r, t * d, 2.0), randn(&mut r, t * d, 1.0));
-                let (mut ch, mut gh) = p.x(&hv, t, d);
-                let (cy, gy) = p.x(&yv, t, d);
+                let (mut ch, mut gh) = p.x(&randn(&mut r, t * d, 2.0), t, d);
+                let (cy, gy) = p.x(&randn(&mut r, t * d, 1.0), t, d);
                 p.poison();
-                p.cpu
-                    .moe_residual(&mut ch, &cy, &cn, 1e-5, &cw, &cfg)
-                    .unwrap();
-                p.gpu
-                    .moe_residual(&mut gh, &gy, &gn, 1e-5, &gw, &cfg)
-                    .unwrap();
-                let what = format!("moe_residual d={d} ff={ff} E={e} k={k} t={t} {nt:?}");
-                p.check(&format!("{what} fused={fused}"), &ch, &gh, EXACT_NMSE);
-                // The MoE's part: the residual minus (x + y), the same f32 sums on both.
-                let part = |v: Vec<f32>| -> Vec<f32> {
-                    v.iter()
-                        .zip(hv.iter().zip(&yv))
-                        .map(|(o, (a, b))| o - (a + b))
-                        .collect()
-                };
-                let mc = part(p.cpu.to_host(&ch).unwrap().0);
-                let mg = part(p.gpu.to_host(&gh).unwrap().0);
-                let (em, mm) = (nmse(&mg, &mc), max_abs_diff(&mg, &mc));
-                eprintln!("{what} MoE part: nmse {em:.3e} max_abs {mm:.3e}");
+                let c = p.cpu.add_rms_norm_moe(&mut ch, &cy, &cn, 1e-5, &cw, &cfg);
+                let g = p.gpu.add_rms_norm_moe(&mut gh, &gy, &gn, 1e-5, &gw, &cfg);
+                let what = format!("add_rms_norm_moe d={d} ff={ff} E={e} k={k} t={t} {nt:?}");
                 // Past 8 rows the MoE takes the bf16 tensor-core path (MATMUL_NMSE).
                 let limit = if t <= 8 { 1e-9 } else { MATMUL_NMSE };
-                assert!(em <= limit, "{what}: MoE part NMSE {em:e} over {limit:e}");
+                p.check(
+                    &format!("{what} fused={fused}"),
+                    &c.unwrap(),
+                    &g.unwrap(),
+                    limit,
+                );
+                p.check(&format!("{what} residual"), &ch, &gh, EXACT_NMSE);
             }
         }
     }
@@ -1366,47 +1354,6 @@ fn fused_qkv_rope() {
             let (b, ..) = p.gpu.to_host(separate).unwrap();
             let e = nmse(&a, &b);
             assert!(e <= 1e-12, "qkv_rope fused vs separate: NMSE {e:e}");
-        }
-        // x as the row before the attention's RMSNorm (Backend::rms_norm_qkv_rope): the norm
-        // applied inside the one-token products against the CPU's norm then products, and
-        // against the GPU's norm launch then products (the same sums up to f32 rounding).
-        p.gpu.set_decode_fuse(true);
-        let (cg, gg) = p.up(&random_weight(
-            &mut r,
-            "attn_norm.weight",
-            GgmlType::F32,
-            &[k],
-            1.0,
-        ));
-        let [cq3, ck3, cv3] = cw.map(|(w, b)| (w, Some(b)));
-        let c = p
-            .cpu
-            .rms_norm_qkv_rope(&cx, &cg, 1e-5, cq3, ck3, cv3, nh, nkv, pos0, &rope);
-        let c = c.unwrap();
-        let mut normed = Vec::new();
-        for inside in [true, false] {
-            p.gpu.set_qkv_norm(inside);
-            p.poison();
-            let [q3, k3, v3] = [(&gq, Some(&gqb)), (&gk, Some(&gkb)), (&gv, Some(&gvb))];
-            let g = p
-                .gpu
-                .rms_norm_qkv_rope(&gx, &gg, 1e-5, q3, k3, v3, nh, nkv, pos0, &rope);
-            let g = g.unwrap();
-            let what = format!("rms_norm_qkv_rope {dt:?} k={k} hd={hd} t={t} inside={inside}");
-            for (i, name) in ["q", "k", "v"].iter().enumerate() {
-                p.check(&format!("{what} {name}"), &c[i], &g[i], MATMUL_NMSE);
-            }
-            normed.push(g);
-        }
-        p.gpu.set_qkv_norm(true);
-        for (inside, launch) in normed[0].iter().zip(&normed[1]) {
-            let (a, ..) = p.gpu.to_host(inside).unwrap();
-            let (b, ..) = p.gpu.to_host(launch).unwrap();
-            let e = nmse(&a, &b);
-            assert!(
-                e <= 1e-10,
-                "rms_norm_qkv_rope inside vs a norm launch: NMSE {e:e}"
-            );
         }
     }
 }

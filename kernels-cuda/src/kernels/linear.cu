@@ -285,7 +285,9 @@ __device__ __forceinline__ float mxfp4_part_dot(u32 q, const float* xb, int p) {
 
 // Q8_0 part-dot: values 8p..8p+7 (signed bytes, made unsigned by flipping the top bit, then
 // decoded with the exponent trick).
-__device__ __forceinline__ float q8_part_dot4(int2 q, float4 a, float4 c) {
+__device__ __forceinline__ float q8_part_dot(int2 q, const float* xb, int p) {
+    float4 a = *(const float4*)(xb + 8 * p);
+    float4 c = *(const float4*)(xb + 8 * p + 4);
     u32 u0 = (u32)q.x ^ 0x80808080u, u1 = (u32)q.y ^ 0x80808080u;
     float s = ubyte_val<0>(u0) * a.x;
     s = fmaf(ubyte_val<1>(u0), a.y, s);
@@ -298,20 +300,12 @@ __device__ __forceinline__ float q8_part_dot4(int2 q, float4 a, float4 c) {
     return s;
 }
 
-__device__ __forceinline__ float q8_part_dot(int2 q, const float* xb, int p) {
-    return q8_part_dot4(q, *(const float4*)(xb + 8 * p), *(const float4*)(xb + 8 * p + 4));
-}
-
 #define FU 4  // steps of 8 blocks whose loads are issued before use
 
 // Row `row` (global row index into W of nbk blocks per row) dotted with R rows of x (stride k).
-// NORM (R = 1): x is a row h not yet normed and g its RMSNorm weight: the product is of h * g,
-// and *ss gets this lane's sum of h^2 (a warp's lanes together read every element of x once,
-// in the same order in every warp), so that the caller scales by the norm's 1/rms afterwards.
-template <int TYPE, int R, bool NORM = false>
+template <int TYPE, int R>
 __device__ __forceinline__ void row_dot_f(const u8* w, i64 nb, i64 row, int nbk, const float* x,
-                                          int k, int t, float* acc, const float* g = nullptr,
-                                          float* ss = nullptr) {
+                                          int k, int t, float* acc) {
     int lane = threadIdx.x & 31, p = lane & 3, bl = lane >> 2;
     const u8* sc = TYPE == T_Q8_0 ? w + nb * 32 : w + nb * 16;
     for (int kb0 = bl; kb0 < nbk; kb0 += 8 * FU) {
@@ -338,29 +332,13 @@ __device__ __forceinline__ void row_dot_f(const u8* w, i64 nb, i64 row, int nbk,
         for (int u = 0; u < FU; ++u) {
             int kb = kb0 + 8 * u;
             if (kb < nbk) {
-                if (NORM) {
-                    const int o0 = TYPE == T_Q8_0 ? 8 * p : 4 * p;
-                    const int o1 = TYPE == T_Q8_0 ? 8 * p + 4 : 16 + 4 * p;
-                    float4 a = *(const float4*)(x + kb * 32 + o0);
-                    float4 c = *(const float4*)(x + kb * 32 + o1);
-                    const float4 ga = __ldg((const float4*)(g + kb * 32 + o0));
-                    const float4 gc = __ldg((const float4*)(g + kb * 32 + o1));
-                    *ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w + c.x * c.x +
-                           c.y * c.y + c.z * c.z + c.w * c.w;
-                    a = make_float4(a.x * ga.x, a.y * ga.y, a.z * ga.z, a.w * ga.w);
-                    c = make_float4(c.x * gc.x, c.y * gc.y, c.z * gc.z, c.w * gc.w);
-                    float s = TYPE == T_Q8_0 ? q8_part_dot4(q[u], a, c)
-                                             : mxfp4_part_dot4((u32)q[u].x, a, c);
-                    acc[0] += s * d[u];
-                } else {
 #pragma unroll
-                    for (int r = 0; r < R; ++r) {
-                        if (r < t) {
-                            const float* xb = x + (i64)r * k + kb * 32;
-                            float s = TYPE == T_Q8_0 ? q8_part_dot(q[u], xb, p)
-                                                     : mxfp4_part_dot((u32)q[u].x, xb, p);
-                            acc[r] += s * d[u];
-                        }
+                for (int r = 0; r < R; ++r) {
+                    if (r < t) {
+                        const float* xb = x + (i64)r * k + kb * 32;
+                        float s = TYPE == T_Q8_0 ? q8_part_dot(q[u], xb, p)
+                                                 : mxfp4_part_dot((u32)q[u].x, xb, p);
+                        acc[r] += s * d[u];
                     }
                 }
             }
@@ -539,35 +517,15 @@ GEMVF3_ENTRY(gemvf3_mxfp4_r1, T_MXFP4, 1)
 // ---- The decode step's q/k/v products with RoPE applied as they are written: a launch fewer
 // per layer than gemvf3_*_r1 then rope_qk ----
 
-// With g non-null, the input of a one-token product is a row before its RMSNorm (weight g),
-// which the product applies (gemv_row_r1_part, row_sum).
-struct RmsIn {
-    const float* g;
-    float eps;
-};
-
 // One output row of a one-token product, before the warp sum: this lane's part of row_dot_f,
-// in *b the bias (loaded before the product, as gemv_f), and with rms.g this lane's sum of
-// squares of x in *ss.
+// and in *b the bias (loaded before the product, as gemv_f).
 template <int TYPE>
 __device__ __forceinline__ float gemv_row_r1_part(const float* x, int k, const u8* w, i64 nb,
-                                                 const u8* bias, int btype, int n, float* b,
-                                                 RmsIn rms, float* ss) {
+                                                 const u8* bias, int btype, int n, float* b) {
     *b = bias_at(bias, btype, n);
     float acc[1] = {0.f};
-    if (rms.g == nullptr)
-        row_dot_f<TYPE, 1>(w, nb, n, k >> 5, x, k, 1, acc);
-    else
-        row_dot_f<TYPE, 1, true>(w, nb, n, k >> 5, x, k, 1, acc, rms.g, ss);
+    row_dot_f<TYPE, 1>(w, nb, n, k >> 5, x, k, 1, acc);
     return acc[0];
-}
-
-// The row's value from gemv_row_r1_part's lane parts: the warp sum, times the norm's 1/rms
-// (rms.g: the same formula as add_rms_norm), plus the bias.
-__device__ __forceinline__ float row_sum(float part, float ss, float bias, RmsIn rms, int k) {
-    float s = warp_sum(part);
-    if (rms.g != nullptr) s *= 1.0f / sqrtf(warp_sum(ss) / (float)k + rms.eps);
-    return s + bias;
 }
 
 // q, k, v of one token as gemvf3_*_r1, with NEOX RoPE applied to matrices 0 (q) and 1 (k) as
@@ -579,48 +537,39 @@ __device__ __forceinline__ float row_sum(float part, float ss, float bias, RmsIn
 template <int TYPE>
 __device__ __forceinline__ void gemv3_rope(const float* x, int k, const u8* w, i64 nb,
                                            const u8* bias, int bt, float* y, int n_out, int b,
-                                           bool roped, int head_dim, const float* cs, RmsIn rms) {
+                                           bool roped, int head_dim, const float* cs) {
     __shared__ float pairv[8];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     if (!roped) {
         int n = b * 8 + warp;
         if (n >= n_out) return;
-        float bv, ss = 0.f;
-        float part = gemv_row_r1_part<TYPE>(x, k, w, nb, bias, bt, n, &bv, rms, &ss);
-        float s = row_sum(part, ss, bv, rms, k);
+        float bv;
+        float part = gemv_row_r1_part<TYPE>(x, k, w, nb, bias, bt, n, &bv);
+        float s = warp_sum(part) + bv;
         if (lane == 0) y[n] = s;
         return;
     }
     int half = head_dim >> 1, per_head = half >> 2;
     int i = (b % per_head) * 4 + (warp & 3);
     int n = (b / per_head) * head_dim + i + (warp >> 2) * half;
-    float bv, ss = 0.f;
-    float part = gemv_row_r1_part<TYPE>(x, k, w, nb, bias, bt, n, &bv, rms, &ss);
+    float bv;
+    float part = gemv_row_r1_part<TYPE>(x, k, w, nb, bias, bt, n, &bv);
     // The cos/sin pair is written by an earlier kernel (rope_cs): read after the product's
     // wait, before the sums and the barrier.
     float cf = cs[i], sf = cs[half + i];
-    float s = row_sum(part, ss, bv, rms, k);
+    float s = warp_sum(part) + bv;
     if (lane == 0) pairv[warp] = s;
     __syncthreads();
     if (warp < 4 && lane == 0) rope_rotate(pairv[warp], pairv[warp + 4], cf, sf, y[n], y[n + half]);
 }
 
-// The _norm forms take x before its RMSNorm (weight g [k], F32) and apply the norm in the
-// product (RmsIn): the norm's launch fewer per layer.
 #define GEMVF3_ROPE_ENTRY(NAME, TYPE)                                                          \
     extern "C" __global__ void __launch_bounds__(256) NAME(                                   \
         const float* x, int k, MAT3_ARGS(0), MAT3_ARGS(1), MAT3_ARGS(2), int head_dim,         \
         const float* cs) {                                                                    \
         GRID_DEP_LAUNCH();                                                                    \
         MAT3_SELECT();                                                                        \
-        gemv3_rope<TYPE>(x, k, w, nb, bias, bt, y, n_out, b, !m2, head_dim, cs, {nullptr, 0.f}); \
-    }                                                                                         \
-    extern "C" __global__ void __launch_bounds__(256) NAME##_norm(                            \
-        const float* x, int k, MAT3_ARGS(0), MAT3_ARGS(1), MAT3_ARGS(2), int head_dim,         \
-        const float* cs, const float* g, float eps) {                                         \
-        GRID_DEP_LAUNCH();                                                                    \
-        MAT3_SELECT();                                                                        \
-        gemv3_rope<TYPE>(x, k, w, nb, bias, bt, y, n_out, b, !m2, head_dim, cs, {g, eps});     \
+        gemv3_rope<TYPE>(x, k, w, nb, bias, bt, y, n_out, b, !m2, head_dim, cs);               \
     }
 GEMVF3_ROPE_ENTRY(gemvf3_q8_0_r1_rope, T_Q8_0)
 GEMVF3_ROPE_ENTRY(gemvf3_mxfp4_r1_rope, T_MXFP4)

@@ -554,8 +554,7 @@ __device__ __forceinline__ void moe_gate_up_rows(const float* x, int d_model, co
 // row group adds its k slots in slot order and writes the rows into yrow.
 template <int R>
 __device__ __forceinline__ void down_slots_store(const float (&part)[8][R], int warp, int j,
-                                                 int k, int d0, int d_model, float* yrow,
-                                                 bool acc_into = false) {
+                                                 int k, int d0, int d_model, float* yrow) {
     __syncthreads();
     if ((threadIdx.x & 31) == 0 && j == 0 && d0 < d_model) {
 #pragma unroll
@@ -564,8 +563,7 @@ __device__ __forceinline__ void down_slots_store(const float (&part)[8][R], int 
             if (d >= d_model) break;
             float s = 0.f;
             for (int jj = 0; jj < k; ++jj) s += part[warp + jj][r];
-            // acc_into: y is the residual stream, y += MoE (read after the caller's wait).
-            yrow[d] = acc_into ? __ldcg(yrow + d) + s : s;
+            yrow[d] = s;
         }
     }
 }
@@ -996,8 +994,6 @@ __device__ __forceinline__ void moe_gate_up_planes(const u8* xq, const float* xs
 }
 
 // Down from h's planes, as moe_down_rows (slot sums combined in slot order). For k dividing 8.
-// With acc_into, y is the residual stream and gets the MoE output added (y += MoE), each
-// element by the one thread that owns it.
 // grid (ceil(d_model / (R * 8 / k)), t), block 256. Called before the wait for the previous
 // kernel (gate+up): the router's expert ids (and, in lanes with no block of the product, its
 // weights) are read and the first weights loaded before it. That is safe because gate+up lets
@@ -1006,8 +1002,7 @@ __device__ __forceinline__ void moe_gate_up_planes(const u8* xq, const float* xs
 template <int R>
 __device__ __forceinline__ void moe_down_planes(const u8* hq, int n_ff, const u8* wd, i64 nbd,
                                                 const u8* bd, int bdt, const int* ids,
-                                                const float* wts, int k, int d_model, float* y,
-                                                bool acc_into) {
+                                                const float* wts, int k, int d_model, float* y) {
     __shared__ float part[8][R];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int per = 8 / k;
@@ -1046,7 +1041,7 @@ __device__ __forceinline__ void moe_down_planes(const u8* hq, int n_ff, const u8
         }
     }
     GRID_DEP_WAIT();  // for the threads that ran no product above; y is written after it
-    down_slots_store<R>(part, warp, j, k, d0, d_model, y + (i64)row * d_model, acc_into);
+    down_slots_store<R>(part, warp, j, k, d0, d_model, y + (i64)row * d_model);
 }
 
 extern "C" __global__ void __launch_bounds__(256, 4) moe_gate_up_planes_r1(
@@ -1061,7 +1056,7 @@ extern "C" __global__ void __launch_bounds__(256, 4) moe_gate_up_planes_r1(
 
 extern "C" __global__ void __launch_bounds__(256) moe_down_planes_r2(
     const u8* hq, int n_ff, const u8* wd, i64 nbd, const u8* bd, int bdt, const int* ids,
-    const float* wts, int k, int d_model, float* y, int acc_into) {
+    const float* wts, int k, int d_model, float* y) {
     GRID_DEP_LAUNCH();
-    moe_down_planes<2>(hq, n_ff, wd, nbd, bd, bdt, ids, wts, k, d_model, y, acc_into != 0);
+    moe_down_planes<2>(hq, n_ff, wd, nbd, bd, bdt, ids, wts, k, d_model, y);
 }
