@@ -56,6 +56,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "moe_down_mma",
     "moe_gate_up_planes_r1",
     "moe_down_planes_r2",
+    "moe_down_planes_r2_norm",
     "gemv3_q8_0_mma",
     "gemvf3_q8_0",
     "gemvf3_mxfp4",

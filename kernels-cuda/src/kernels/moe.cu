@@ -1060,3 +1060,71 @@ extern "C" __global__ void __launch_bounds__(256) moe_down_planes_r2(
     GRID_DEP_LAUNCH();
     moe_down_planes<2>(hq, n_ff, wd, nbd, bd, bdt, ids, wts, k, d_model, y);
 }
+
+// The residual add and the RMSNorm after the MoE (the next sub-block's input), done by the last
+// block of row blockIdx.y of the launch that wrote y (a ticket per row in `counters`, which that
+// block resets): res += y, out = RMSNorm(res) * g (F32, add_rms_norm's arithmetic, the sum of
+// squares in another order), for d % 4 == 0 and d <= 4 * 4 * blockDim.x (256 threads).
+// The writers' fence and the barrier order this block's y before its ticket; the last block's
+// fence, its y loads from L2.
+__device__ __forceinline__ void rows_add_norm_tail(const float* y, float* res, const float* g,
+                                                   float eps, float* out, u32* counters, int d) {
+    __shared__ u32 ticket;
+    __shared__ float red[8];
+    const int row = blockIdx.y, n4 = d >> 2;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    // g is never written: loaded before the ticket, off the last block's chain.
+    float4 gv[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+        int c = threadIdx.x + 256 * u;
+        if (c < n4) gv[u] = __ldg((const float4*)g + c);
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) ticket = atomicAdd(counters + row, 1u);
+    __syncthreads();
+    if (ticket != gridDim.x - 1) return;
+    __threadfence();
+    float4* r4 = (float4*)(res + (i64)row * d);
+    const float4* y4 = (const float4*)(y + (i64)row * d);
+    float4 hv[4];
+    float ss = 0.f;
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+        int c = threadIdx.x + 256 * u;
+        if (c < n4) {
+            float4 a = r4[c], b = __ldcg(y4 + c);
+            hv[u] = make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+            ss += hv[u].x * hv[u].x + hv[u].y * hv[u].y + hv[u].z * hv[u].z + hv[u].w * hv[u].w;
+        }
+    }
+    ss = warp_sum(ss);
+    if (lane == 0) red[warp] = ss;
+    __syncthreads();
+    float tot = 0.f;
+    for (int i = 0; i < 8; ++i) tot += red[i];
+    const float inv = 1.0f / sqrtf(tot / (float)d + eps);
+    float4* o4 = (float4*)(out + (i64)row * d);
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+        int c = threadIdx.x + 256 * u;
+        if (c < n4) {
+            r4[c] = hv[u];
+            o4[c] = make_float4(hv[u].x * inv * gv[u].x, hv[u].y * inv * gv[u].y,
+                                hv[u].z * inv * gv[u].z, hv[u].w * inv * gv[u].w);
+        }
+    }
+    if (threadIdx.x == 0) counters[row] = 0u;
+}
+
+// moe_down_planes_r2, then (its last block per row) res += y and out = RMSNorm(res) * g: the
+// decode step's residual add and norm after the MoE without a launch of their own.
+extern "C" __global__ void __launch_bounds__(256) moe_down_planes_r2_norm(
+    const u8* hq, int n_ff, const u8* wd, i64 nbd, const u8* bd, int bdt, const int* ids,
+    const float* wts, int k, int d_model, float* y, float* res, const float* g, float eps,
+    float* out, u32* counters) {
+    GRID_DEP_LAUNCH();
+    moe_down_planes<2>(hq, n_ff, wd, nbd, bd, bdt, ids, wts, k, d_model, y);
+    rows_add_norm_tail(y, res, g, eps, out, counters, d_model);
+}
