@@ -158,8 +158,7 @@ impl CudaBackend {
     /// with the norm weight `g` ([`NormTail`]): F32 of the row's width, rows up to the width
     /// the kernel holds (ROUTER_ADD_MAX_D, the same four float4 per thread of 256).
     pub(crate) fn down_norm_fits(&self, x: &CudaTensor, g: &CudaWeight) -> bool {
-        self.down_norm
-            && !self.decode_mma
+        !self.decode_mma
             && g.dtype == GgmlType::F32
             && g.numel() == x.cols
             && x.cols.is_multiple_of(4)

@@ -317,10 +317,6 @@ pub struct CudaBackend {
     /// (`moe_router_topk_q_add`; decode_moe.rs). Default on (`GPTOSS_CUDA_ROUTER_NORM=0`
     /// turns it off).
     router_norm: bool,
-    /// The residual add and RMSNorm after the MoE done by the dp4a down kernel's last block
-    /// (`moe_down_planes_r2_norm`; decode_moe.rs). Default on (`GPTOSS_CUDA_DOWN_NORM=0`
-    /// turns it off).
-    down_norm: bool,
     /// Launch with programmatic dependent launch (sm_90+): see [`pdl_default`].
     pdl: bool,
     /// Only kernels whose names start with one of these launch with PDL, in and out of a
@@ -509,7 +505,6 @@ impl CudaBackend {
             // steps as the CPU reference (2026-11-26, bench/RESULTS.md).
             decode_dp4a: std::env::var("GPTOSS_CUDA_DECODE_DP4A").map_or(true, |v| v != "0"),
             router_norm: std::env::var("GPTOSS_CUDA_ROUTER_NORM").map_or(true, |v| v != "0"),
-            down_norm: std::env::var("GPTOSS_CUDA_DOWN_NORM").map_or(true, |v| v != "0"),
             pdl: pdl_default(major),
             pdl_only: std::env::var("GPTOSS_CUDA_PDL_ONLY")
                 .ok()
@@ -555,14 +550,6 @@ impl CudaBackend {
     /// (`GPTOSS_CUDA_ROUTER_NORM=0` turns it off).
     pub fn set_router_norm(&mut self, on: bool) {
         self.router_norm = on;
-    }
-
-    /// The residual add and RMSNorm after the MoE done by the dp4a down kernel's last block per
-    /// row ([`Backend::moe_sublayer`], with the router's norm on): the norm's launch fewer per
-    /// layer. Off: `add_rms_norm` after the MoE. Default on (`GPTOSS_CUDA_DOWN_NORM=0` turns
-    /// it off).
-    pub fn set_down_norm(&mut self, on: bool) {
-        self.down_norm = on;
     }
 
     /// The one-token q/k/v products with RoPE applied as they are written (one launch instead

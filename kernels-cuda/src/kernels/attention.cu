@@ -804,12 +804,12 @@ __device__ __forceinline__ void attn_dtc_t(const float* q, const float* knew, co
             pml[row * 2 + 1] = L;
         }
     }
-    // The partials before the ticket, the other blocks' partials before the last block's
-    // loads (from L2): see ticket_acq_rel (instead of a fence in every thread).
+    __threadfence();
     __syncthreads();
-    if (threadIdx.x == 0) ticket = ticket_acq_rel(&tickets[kh]);
+    if (threadIdx.x == 0) ticket = atomicAdd(&tickets[kh], 1u);
     __syncthreads();
     if (ticket != (u32)(S - 1)) return;
+    __threadfence();
     // The last block of this kv head merges, in parallel: the S (max, sum) pairs of each head
     // into shared memory (all of a thread's loads in flight at once), then per head the
     // overall max with the sink and the new key and each split's weight, then one float4 of

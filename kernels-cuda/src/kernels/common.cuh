@@ -164,14 +164,3 @@ __device__ __forceinline__ float warp_max(float v) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
-
-// Thread 0 takes a ticket (returns the count before its add) with acq_rel semantics at GPU
-// scope: after a __syncthreads, its release orders every thread's earlier writes of the block
-// before the ticket (the barrier makes them part of thread 0's causality order), and a later
-// __syncthreads extends its acquire to the block. The cheap form of a per-thread
-// __threadfence before the atomic (cutlass's arrive-and-release barrier does the same).
-__device__ __forceinline__ unsigned int ticket_acq_rel(unsigned int* counter) {
-    unsigned int t;
-    asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;" : "=r"(t) : "l"(counter) : "memory");
-    return t;
-}

@@ -43,7 +43,12 @@ __device__ __forceinline__ bool router_ticket(float logit, float* logits, u32* c
     __shared__ u32 ticket;
     if (threadIdx.x == 0) {
         logits[(i64)r * n_exp + e] = logit;
-        ticket = ticket_acq_rel(counters + r);
+        u32 t;
+        asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;"
+                     : "=r"(t)
+                     : "l"(counters + r)
+                     : "memory");
+        ticket = t;
     }
     __syncthreads();
     return ticket == gridDim.x - 1;
@@ -1060,8 +1065,8 @@ extern "C" __global__ void __launch_bounds__(256) moe_down_planes_r2(
 // block of row blockIdx.y of the launch that wrote y (a ticket per row in `counters`, which that
 // block resets): res += y, out = RMSNorm(res) * g (F32, add_rms_norm's arithmetic, the sum of
 // squares in another order), for d % 4 == 0 and d <= 4 * 4 * blockDim.x (256 threads).
-// The barrier and thread 0's release order this block's y before its ticket, its acquire the
-// other blocks' y before the last block's loads, which read L2 (ticket_acq_rel).
+// The writers' fence and the barrier order this block's y before its ticket; the last block's
+// fence, its y loads from L2.
 __device__ __forceinline__ void rows_add_norm_tail(const float* y, float* res, const float* g,
                                                    float eps, float* out, u32* counters, int d) {
     __shared__ u32 ticket;
@@ -1075,10 +1080,12 @@ __device__ __forceinline__ void rows_add_norm_tail(const float* y, float* res, c
         int c = threadIdx.x + 256 * u;
         if (c < n4) gv[u] = __ldg((const float4*)g + c);
     }
+    __threadfence();
     __syncthreads();
-    if (threadIdx.x == 0) ticket = ticket_acq_rel(counters + row);
+    if (threadIdx.x == 0) ticket = atomicAdd(counters + row, 1u);
     __syncthreads();
     if (ticket != gridDim.x - 1) return;
+    __threadfence();
     float4* r4 = (float4*)(res + (i64)row * d);
     const float4* y4 = (const float4*)(y + (i64)row * d);
     float4 hv[4];
