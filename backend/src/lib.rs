@@ -342,14 +342,11 @@ pub trait Backend {
         })
     }
 
-    /// The MoE sub-block with its residual adds: `x += y` (the attention sub-block's output),
-    /// `m = moe(RMSNorm(x) * norm)`, `x += m`; with `next` (a norm weight), returns
-    /// `RMSNorm(x) * next`, the next sub-block's input. The same as [`Backend::add_rms_norm`],
-    /// [`Backend::moe`], then [`Backend::add_rms_norm`] with `next` (or [`Backend::add_assign`]
-    /// without), which is what this default does; a backend may fuse the first add and norm
-    /// into the MoE's router and the last ones into its down projection.
-    #[allow(clippy::too_many_arguments)]
-    fn moe_sublayer(
+    /// `x += y`, then the MoE block ([`Backend::moe`]) on the RMSNorm of the sum times `norm`:
+    /// the residual add that ends the attention sub-block, the norm that starts the MoE one,
+    /// and the MoE. The same as [`Backend::add_rms_norm`] then [`Backend::moe`], which is what
+    /// this default does; a backend may fuse the add and the norm into the MoE's router.
+    fn add_rms_norm_moe(
         &self,
         x: &mut Self::Tensor,
         y: &Self::Tensor,
@@ -357,14 +354,9 @@ pub trait Backend {
         eps: f32,
         w: &MoeWeights<Self::Weight>,
         cfg: &MoeConfig,
-        next: Option<&Self::Weight>,
-    ) -> Result<Option<Self::Tensor>> {
+    ) -> Result<Self::Tensor> {
         let xm = self.add_rms_norm(x, y, norm, eps)?;
-        let m = self.moe(&xm, w, cfg)?;
-        match next {
-            Some(g) => self.add_rms_norm(x, &m, g, eps).map(Some),
-            None => self.add_assign(x, &m).map(|_| None),
-        }
+        self.moe(&xm, w, cfg)
     }
 
     /// Index of the largest value in each row (first on ties).

@@ -56,7 +56,6 @@ pub const KERNEL_NAMES: &[&str] = &[
     "moe_down_mma",
     "moe_gate_up_planes_r1",
     "moe_down_planes_r2",
-    "moe_down_planes_r2_norm",
     "gemv3_q8_0_mma",
     "gemvf3_q8_0",
     "gemvf3_mxfp4",

@@ -12,7 +12,7 @@
 //! the f32 kernels (2026-11-26, bench/RESULTS.md): they are not compute-bound there; the GEMV
 //! loses most to quantizing x in every block (two passes over x, each a chain of L2 loads).
 
-use crate::{A, CudaBackend, CudaTensor, CudaWeight, DevBuf, Result, TICKETS_ROUTER, shape_err};
+use crate::{A, CudaBackend, CudaTensor, CudaWeight, DevBuf, Result};
 use gptoss_backend::{GgmlType, MoeConfig, MoeWeights};
 
 /// The residual add and RMSNorm that [`CudaBackend::moe_range`] leaves to the router
@@ -22,21 +22,6 @@ pub(crate) struct PreNorm<'a> {
     pub(crate) weight: &'a CudaWeight,
     pub(crate) eps: f32,
 }
-
-/// The residual add and RMSNorm after the MoE that the dp4a down kernel's last block per row
-/// does (`moe_down_planes_r2_norm` in moe.cu): `res += y`, then `out = RMSNorm(res) * g`.
-pub(crate) struct NormTail<'a> {
-    pub(crate) res: &'a CudaTensor,
-    pub(crate) g: &'a CudaWeight,
-    pub(crate) eps: f32,
-    pub(crate) out: &'a CudaTensor,
-}
-
-/// Where the down kernel's row tickets start in the router's ticket buffer (TICKETS_ROUTER, at
-/// least 1024 entries), so that no other buffer has to be allocated, which a recording would
-/// refuse. A decode router uses entries 0..t (t <= MMA_MOE_MAX_ROWS); a prefill router may
-/// reach past 512, but every user leaves its entries at zero and the stream orders them.
-const DOWN_TICKETS_AT: usize = 512;
 
 /// Widest row `moe_router_topk_q_add` holds (ROUTER_ADD_MAX_D in moe.cu: four float4 per
 /// thread of 256, and its shared row).
@@ -154,27 +139,13 @@ impl CudaBackend {
             && self.mma_moe_fits(w, x.rows, d, gs[1], cfg.top_k)
     }
 
-    /// Whether the dp4a down kernel can take the add and norm after the MoE on rows like `x`
-    /// with the norm weight `g` ([`NormTail`]): F32 of the row's width, rows up to the width
-    /// the kernel holds (ROUTER_ADD_MAX_D, the same four float4 per thread of 256).
-    pub(crate) fn down_norm_fits(&self, x: &CudaTensor, g: &CudaWeight) -> bool {
-        !self.decode_mma
-            && g.dtype == GgmlType::F32
-            && g.numel() == x.cols
-            && x.cols.is_multiple_of(4)
-            && x.cols <= ROUTER_ADD_MAX_D
-            && x.rows <= MMA_MOE_MAX_ROWS
-    }
-
     /// Plane buffers for the router launch: x's planes [t, 4, d_model] and scales [t].
     pub(crate) fn mma_moe_planes(&self, t: usize, d_model: usize) -> Result<(DevBuf, DevBuf)> {
         Ok((self.scratch(t * 4 * d_model)?, self.scratch(t * 4)?))
     }
 
     /// Gate+up and down of the MXFP4 experts for t <= 8 rows, after moe_router_topk_q wrote
-    /// ids, weights and x's planes. y [t, d_model] gets every row written; with `tail` (the
-    /// dp4a kernels only, see [`CudaBackend::down_norm_fits`]) the down launch then also does
-    /// the residual add and norm after the MoE.
+    /// ids, weights and x's planes. y [t, d_model] gets every row written.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn mma_moe_experts(
         &self,
@@ -187,7 +158,6 @@ impl CudaBackend {
         ids: u64,
         wts: u64,
         y: u64,
-        tail: Option<&NormTail<'_>>,
     ) -> Result<()> {
         let pairs = t * k;
         let hq = self.scratch(pairs * 4 * n_ff)?;
@@ -232,34 +202,23 @@ impl CudaBackend {
                 A::P(hq.ptr),
             ],
         )?;
-        let mut down_args = vec![
-            A::P(hq.ptr),
-            A::I(n_ff as i32),
-            A::P(self.ptr(&w.down.buf)),
-            A::L(w.down.nb),
-            db,
-            dbt,
-            A::P(ids),
-            A::P(wts),
-            A::I(k as i32),
-            A::I(d_model as i32),
-            A::P(y),
-        ];
-        let down_name = match tail {
-            Some(tl) if !self.decode_mma => {
-                let tickets = self.tickets(TICKETS_ROUTER, DOWN_TICKETS_AT + t)?;
-                down_args.extend([
-                    A::P(self.ptr(&tl.res.buf)),
-                    A::P(self.ptr(&tl.g.buf)),
-                    A::F(tl.eps),
-                    A::P(self.ptr(&tl.out.buf)),
-                    A::P(tickets + 4 * DOWN_TICKETS_AT as u64),
-                ]);
-                "moe_down_planes_r2_norm"
-            }
-            Some(_) => return Err(shape_err("moe", "no norm after the int8 MMA down".into())),
-            None => down_name,
-        };
-        self.launch(down_name, down_grid, 256, &down_args)
+        self.launch(
+            down_name,
+            down_grid,
+            256,
+            &[
+                A::P(hq.ptr),
+                A::I(n_ff as i32),
+                A::P(self.ptr(&w.down.buf)),
+                A::L(w.down.nb),
+                db,
+                dbt,
+                A::P(ids),
+                A::P(wts),
+                A::I(k as i32),
+                A::I(d_model as i32),
+                A::P(y),
+            ],
+        )
     }
 }

@@ -18,7 +18,7 @@ pub mod compile;
 mod decode_attn;
 mod decode_fused;
 mod decode_moe;
-use decode_moe::{NormTail, PreNorm};
+use decode_moe::PreNorm;
 pub mod fp4;
 pub mod nccl;
 mod prefill;
@@ -545,7 +545,7 @@ impl CudaBackend {
     }
 
     /// The residual add and the RMSNorm before the MoE done inside the router launch of the
-    /// decode MoE ([`Backend::moe_sublayer`]; see [`CudaBackend::router_add_fits`]): a
+    /// decode MoE ([`Backend::add_rms_norm_moe`]; see [`CudaBackend::router_add_fits`]): a
     /// launch fewer per layer. Off: `add_rms_norm`, then the router. Default on
     /// (`GPTOSS_CUDA_ROUTER_NORM=0` turns it off).
     pub fn set_router_norm(&mut self, on: bool) {
@@ -1191,9 +1191,6 @@ impl CudaBackend {
     /// With `pre` (only where [`CudaBackend::router_add_fits`]), `x` is the residual before
     /// its add: the router (`moe_router_topk_q_add`) adds `pre.y` to it in place and norms the
     /// sum itself, as [`Backend::add_rms_norm`] would, then the MoE runs on the normed rows.
-    /// With `tail`, the dp4a path's down kernel also does the residual add and the norm after
-    /// the MoE ([`NormTail`]); the flag returned says whether it did (other paths leave it to
-    /// the caller).
     fn moe_range(
         &self,
         x: &CudaTensor,
@@ -1201,8 +1198,7 @@ impl CudaBackend {
         cfg: &MoeConfig,
         experts: std::ops::Range<usize>,
         pre: Option<PreNorm<'_>>,
-        tail: Option<&NormTail<'_>>,
-    ) -> Result<(CudaTensor, bool)> {
+    ) -> Result<CudaTensor> {
         let t = x.rows;
         let d_model = x.cols;
         let (e, kk) = (cfg.n_experts, cfg.top_k);
@@ -1251,7 +1247,7 @@ impl CudaBackend {
         }
         let y = self.tensor(t, d_model)?;
         if t == 0 {
-            return Ok((y, false));
+            return Ok(y);
         }
         // With `pre`, x is the residual: the router writes the normed rows here.
         let xn = match pre {
@@ -1319,7 +1315,7 @@ impl CudaBackend {
         // Timing only (GPTOSS_CUDA_SKIP): a router left out writes no expert ids, so nothing
         // that indexes with them may run either; y stays unwritten.
         if self.skipped(router, e as u32) {
-            return Ok((y, false));
+            return Ok(y);
         }
         if partial {
             let n = t * kk;
@@ -1338,7 +1334,7 @@ impl CudaBackend {
         if Self::q_moe_wanted(w) {
             let (ip, wp, yp) = (self.ptr(&ids), self.ptr(&wts), self.ptr(&y.buf));
             self.q_moe_experts(xp, t, kk, d_model, n_ff, w, ip, wp, yp)?;
-            return Ok((y, false));
+            return Ok(y);
         }
         let pairs = t * kk;
         let bp = |b: &CudaWeight| (A::P(self.ptr(&b.buf)), A::I(b.dtype.id() as i32));
@@ -1351,20 +1347,18 @@ impl CudaBackend {
         // Blackwell: the FP4 tensor-core experts, when selected and self-checked (see `fp4`).
         // (Not for a partial expert range: its grouping and combine kernels do not skip picks.)
         if all_mxfp4 && !partial && fp4::run::moe_hook(self, x, w, &ids, &wts, kk, e, n_ff, &y)? {
-            return Ok((y, false));
+            return Ok(y);
         }
         // Many rows: grouped tensor-core GEMMs (prefill.rs), unless the FP4 path took it.
         let yp = self.ptr(&y.buf);
         if let Some(r) = self.moe_tc(xp, t, d_model, n_ff, w, n_loc, kk, &ids, &wts, yp, partial) {
             r?;
-            return Ok((y, false));
+            return Ok(y);
         }
         if let Some(p) = &mma_planes {
             let (ip, wp) = (self.ptr(&ids), self.ptr(&wts));
-            // The dp4a down kernel can take the add and norm after the MoE.
-            let tail = tail.filter(|_| !self.decode_mma);
-            self.mma_moe_experts(p, t, kk, d_model, n_ff, w, ip, wp, yp, tail)?;
-            return Ok((y, tail.is_some()));
+            self.mma_moe_experts(p, t, kk, d_model, n_ff, w, ip, wp, yp)?;
+            return Ok(y);
         }
         let smem = d_model + d_model / 8;
         let smem_down = kk * n_ff + kk * n_ff / 8;
@@ -1482,7 +1476,7 @@ impl CudaBackend {
                 ],
             )?;
         }
-        Ok((y, false))
+        Ok(y)
     }
 }
 
@@ -2035,8 +2029,7 @@ impl Backend for CudaBackend {
         w: &MoeWeights<CudaWeight>,
         cfg: &MoeConfig,
     ) -> Result<CudaTensor> {
-        self.moe_range(x, w, cfg, 0..cfg.n_experts, None, None)
-            .map(|r| r.0)
+        self.moe_range(x, w, cfg, 0..cfg.n_experts, None)
     }
 
     fn moe_local(
@@ -2046,10 +2039,10 @@ impl Backend for CudaBackend {
         cfg: &MoeConfig,
         experts: std::ops::Range<usize>,
     ) -> Result<CudaTensor> {
-        self.moe_range(x, w, cfg, experts, None, None).map(|r| r.0)
+        self.moe_range(x, w, cfg, experts, None)
     }
 
-    fn moe_sublayer(
+    fn add_rms_norm_moe(
         &self,
         x: &mut CudaTensor,
         y: &CudaTensor,
@@ -2057,38 +2050,17 @@ impl Backend for CudaBackend {
         eps: f32,
         w: &MoeWeights<CudaWeight>,
         cfg: &MoeConfig,
-        next: Option<&CudaWeight>,
-    ) -> Result<Option<CudaTensor>> {
-        let all = 0..cfg.n_experts;
-        let m = if self.router_add_fits(x, y, norm, w, cfg) {
+    ) -> Result<CudaTensor> {
+        if self.router_add_fits(x, y, norm, w, cfg) {
             let pre = PreNorm {
                 y,
                 weight: norm,
                 eps,
             };
-            let out = match next.filter(|g| self.down_norm_fits(x, g)) {
-                Some(g) => Some((g, self.tensor(x.rows, x.cols)?)),
-                None => None,
-            };
-            let tail = out.as_ref().map(|(g, o)| NormTail {
-                res: x,
-                g,
-                eps,
-                out: o,
-            });
-            let (m, done) = self.moe_range(x, w, cfg, all, Some(pre), tail.as_ref())?;
-            if done {
-                return Ok(out.map(|(_, o)| o));
-            }
-            m
-        } else {
-            let xm = self.add_rms_norm_impl(x, y, norm, eps)?;
-            self.moe(&xm, w, cfg)?
-        };
-        match next {
-            Some(g) => self.add_rms_norm_impl(x, &m, g, eps).map(Some),
-            None => self.add_assign(x, &m).map(|_| None),
+            return self.moe_range(x, w, cfg, 0..cfg.n_experts, Some(pre));
         }
+        let xm = self.add_rms_norm_impl(x, y, norm, eps)?;
+        self.moe(&xm, w, cfg)
     }
 
     fn argmax(&self, x: &CudaTensor) -> Result<Vec<u32>> {

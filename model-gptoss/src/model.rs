@@ -330,14 +330,13 @@ impl<B: Backend> Model<B> {
             )?;
             let a = be.attention(&q, &k, &v, cache, pos0, &l.sinks, &c.attention(il))?;
             let o = be.linear(&a, &l.wo, Some(&l.bo))?;
-            let next = match self.layers.get(il + 1) {
-                Some(next) => Some(&next.attn_norm),
-                None if fuse_final => Some(&self.output_norm),
-                None => None,
-            };
-            let (moe_norm, eps) = (&l.moe_norm, c.rms_eps);
-            if let Some(xn) = be.moe_sublayer(&mut h, &o, moe_norm, eps, &l.moe, &c.moe(), next)? {
-                x = xn;
+            let m = be.add_rms_norm_moe(&mut h, &o, &l.moe_norm, c.rms_eps, &l.moe, &c.moe())?;
+            if let Some(next) = self.layers.get(il + 1) {
+                x = be.add_rms_norm(&mut h, &m, &next.attn_norm, c.rms_eps)?;
+            } else if fuse_final {
+                x = be.add_rms_norm(&mut h, &m, &self.output_norm, c.rms_eps)?;
+            } else {
+                be.add_assign(&mut h, &m)?;
             }
             on_layer(il, &h)?;
         }
