@@ -1250,10 +1250,7 @@ impl CudaBackend {
             return Ok(y);
         }
         // With `pre`, x is the residual: the router writes the normed rows here.
-        let xn = match pre {
-            Some(_) => Some(self.tensor(t, d_model)?),
-            None => None,
-        };
+        let xn = pre.as_ref().map(|_| self.tensor(t, d_model)).transpose()?;
         let xp = self.ptr(&xn.as_ref().unwrap_or(x).buf);
         // Router logits and top-k, on the GPU: no host round trip.
         let ids = self.scratch(t * kk * 4)?;
@@ -1264,10 +1261,6 @@ impl CudaBackend {
             self.ptr(&w.router.buf),
             w.router.dtype.id() as i32,
             w.router.nb,
-        );
-        let rb = (
-            self.ptr(&w.router_bias.buf),
-            w.router_bias.dtype.id() as i32,
         );
         let mut router_args = match &pre {
             Some(p) => vec![
@@ -1288,8 +1281,8 @@ impl CudaBackend {
             ],
         };
         router_args.extend([
-            A::P(rb.0),
-            A::I(rb.1),
+            A::P(self.ptr(&w.router_bias.buf)),
+            A::I(w.router_bias.dtype.id() as i32),
             A::I(e as i32),
             A::I(kk as i32),
             A::P(logits.ptr),
