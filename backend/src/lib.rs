@@ -158,6 +158,27 @@ pub struct KvCacheConfig {
     pub window: Option<usize>,
 }
 
+/// One draw from a temperature softmax over a logits row, as `gptoss_model`'s sampler makes it
+/// when no top-k or top-p cut applies: a logit `l` of a token in `penalized` becomes
+/// `l / penalty` when positive and `l * penalty` otherwise; NaN logits count as `-inf`; each
+/// token's weight is `w = exp((l - max) * inv_temperature)` in f32 (the largest is 1), and
+/// weights below `min_weight` become 0; the token is the first, in id order, whose running sum
+/// of weights exceeds `u` times their total (the last token of positive weight when rounding
+/// leaves none). A row with no finite logit has no token: an error.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SoftmaxDraw {
+    /// `1 / temperature` (temperature > 0).
+    pub inv_temperature: f32,
+    /// Weights below this (min-p) are dropped; 0 keeps every token.
+    pub min_weight: f32,
+    /// Distinct token ids whose logit the repetition penalty changes.
+    pub penalized: Vec<u32>,
+    /// The repetition penalty (1 changes nothing).
+    pub penalty: f32,
+    /// The uniform draw in [0, 1).
+    pub u: f64,
+}
+
 /// The MoE routing policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MoeConfig {
@@ -361,6 +382,15 @@ pub trait Backend {
 
     /// Index of the largest value in each row (first on ties).
     fn argmax(&self, x: &Self::Tensor) -> Result<Vec<u32>>;
+
+    /// A token drawn on the device from the softmax of the last row of `logits` (see
+    /// [`SoftmaxDraw`]), so that only the token id crosses back; `Ok(None)` when this backend
+    /// has no such kernel, and the caller copies the row and draws on the host (with the same
+    /// `u`). Default: `Ok(None)`.
+    fn sample_softmax(&self, logits: &Self::Tensor, draw: &SoftmaxDraw) -> Result<Option<u32>> {
+        let _ = (logits, draw);
+        Ok(None)
+    }
 
     /// The last row of `x` as a `[1, cols]` matrix (logits are only needed for the last token
     /// during generation).

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use gptoss_backend::Backend;
-use gptoss_model::Model;
+use gptoss_model::{Model, Sampler, SamplerConfig};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use serde_json::json;
 
@@ -33,6 +33,9 @@ pub struct Row {
     pub samples: Vec<f64>,
     /// Peak device memory after the test (process peak RSS on the CPU).
     pub peak_memory: Option<u64>,
+    /// How decode tests chose each token: empty for greedy (argmax), else the sampling
+    /// settings (`T0.7`, `T0.7 p0.9`).
+    pub sampling: String,
 }
 
 impl Row {
@@ -41,6 +44,9 @@ impl Row {
         let mut s = format!("{}{}", self.kind, self.n_tokens);
         if self.depth > 0 {
             s += &format!(" @ d{}", self.depth);
+        }
+        if !self.sampling.is_empty() {
+            s += &format!(" {}", self.sampling);
         }
         s
     }
@@ -92,6 +98,7 @@ impl Row {
                 .filter_map(|x| x.as_f64())
                 .collect(),
             peak_memory: v["peak_memory_bytes"].as_u64(),
+            sampling: v["sampling"].as_str().unwrap_or_default().to_string(),
         })
     }
 
@@ -102,7 +109,7 @@ impl Row {
             "bpw": self.bpw(), "backend": self.backend, "test": self.test_name(),
             "kind": self.kind, "n_tokens": self.n_tokens, "depth": self.depth,
             "tokens_per_second": self.mean(), "stddev": self.stddev(), "samples": self.samples,
-            "peak_memory_bytes": self.peak_memory,
+            "peak_memory_bytes": self.peak_memory, "sampling": self.sampling,
         })
     }
 }
@@ -120,6 +127,9 @@ pub struct Plan {
     pub reps: usize,
     /// Called after each finished row (progress output).
     pub verbose: bool,
+    /// Decode tests draw each token with these settings (as `gptoss generate` does) instead of
+    /// taking the argmax.
+    pub sampling: Option<SamplerConfig>,
 }
 
 /// Size and parameter count of a GGUF's tensors.
@@ -204,9 +214,15 @@ impl WithBackend for BenchJob<'_> {
                     sync_logits(&model, &t)?;
                 } else {
                     let mut next = random_tokens(1)[0];
+                    let mut sampler = plan.sampling.clone().map(Sampler::new).transpose()?;
+                    let mut history = Vec::with_capacity(n);
                     for _ in 0..n {
                         let t = model.forward(&mut session, &[next], false)?;
-                        next = sync_logits(&model, &t)?;
+                        next = match sampler.as_mut() {
+                            Some(s) => gptoss_model::pick_next(&model, &t, s, &history)?,
+                            None => sync_logits(&model, &t)?,
+                        };
+                        history.push(next);
                     }
                 }
                 let secs = t0.elapsed().as_secs_f64();
@@ -225,6 +241,10 @@ impl WithBackend for BenchJob<'_> {
                 depth,
                 samples,
                 peak_memory: model.backend().peak_memory_bytes(),
+                sampling: match (&plan.sampling, kind) {
+                    (Some(c), "tg") => sampling_label(c),
+                    _ => String::new(),
+                },
             };
             if plan.verbose {
                 eprintln!(
@@ -303,6 +323,18 @@ pub fn csv(rows: &[Row]) -> String {
             r.stddev(),
             r.peak_memory.map(|m| m.to_string()).unwrap_or_default()
         );
+    }
+    s
+}
+
+/// `T0.7`, `T0.7 p0.9 k40`: the settings a sampled decode test ran with.
+fn sampling_label(c: &SamplerConfig) -> String {
+    let mut s = format!("T{}", c.temperature);
+    if c.top_p < 1.0 {
+        s += &format!(" p{}", c.top_p);
+    }
+    if c.top_k > 0 {
+        s += &format!(" k{}", c.top_k);
     }
     s
 }

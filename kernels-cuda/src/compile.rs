@@ -26,6 +26,8 @@ pub const KERNEL_NAMES: &[&str] = &[
     "add_assign",
     "rope",
     "argmax_rows",
+    "sample_max",
+    "sample_draw",
     "spin",
     "linear_rows",
     "gemv_q8_0",

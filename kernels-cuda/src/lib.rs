@@ -37,7 +37,7 @@ use cudarc::driver::{
 };
 use gptoss_backend::{
     AttentionConfig, Backend, BackendError, GgmlType, KvCacheConfig, MoeConfig, MoeWeights, Result,
-    Rope, WeightData,
+    Rope, SoftmaxDraw, WeightData,
 };
 
 const BACKEND: &str = "cuda";
@@ -317,6 +317,8 @@ pub struct CudaBackend {
     /// (`moe_router_topk_q_add`; decode_moe.rs). Default on (`GPTOSS_CUDA_ROUTER_NORM=0`
     /// turns it off).
     router_norm: bool,
+    /// Temperature-softmax draws on the device ([`Backend::sample_softmax`]).
+    device_sampling: bool,
     /// Launch with programmatic dependent launch (sm_90+): see [`pdl_default`].
     pdl: bool,
     /// Only kernels whose names start with one of these launch with PDL, in and out of a
@@ -505,6 +507,7 @@ impl CudaBackend {
             // steps as the CPU reference (2026-11-26, bench/RESULTS.md).
             decode_dp4a: std::env::var("GPTOSS_CUDA_DECODE_DP4A").map_or(true, |v| v != "0"),
             router_norm: std::env::var("GPTOSS_CUDA_ROUTER_NORM").map_or(true, |v| v != "0"),
+            device_sampling: std::env::var("GPTOSS_CUDA_SAMPLE").map_or(true, |v| v != "0"),
             pdl: pdl_default(major),
             pdl_only: std::env::var("GPTOSS_CUDA_PDL_ONLY")
                 .ok()
@@ -550,6 +553,13 @@ impl CudaBackend {
     /// (`GPTOSS_CUDA_ROUTER_NORM=0` turns it off).
     pub fn set_router_norm(&mut self, on: bool) {
         self.router_norm = on;
+    }
+
+    /// Temperature-softmax draws on the device ([`Backend::sample_softmax`]: two launches, one
+    /// id back); off, the logits row is copied back and the host samples. Default on
+    /// (`GPTOSS_CUDA_SAMPLE=0` turns it off).
+    pub fn set_device_sampling(&mut self, on: bool) {
+        self.device_sampling = on;
     }
 
     /// The one-token q/k/v products with RoPE applied as they are written (one launch instead
@@ -2082,6 +2092,67 @@ impl Backend for CudaBackend {
             ],
         )?;
         self.dtoh::<u32>(&out, x.rows)
+    }
+
+    /// Two launches over the last row (block maxima, then block sums of the weights with the
+    /// draw in the last block: `sample_max`, `sample_draw`); one id comes back instead of the
+    /// row.
+    fn sample_softmax(&self, logits: &CudaTensor, draw: &SoftmaxDraw) -> Result<Option<u32>> {
+        if logits.rows == 0 || logits.cols == 0 {
+            return Err(shape_err("sample_softmax", "empty logits".into()));
+        }
+        if !self.device_sampling || draw.penalized.len() > 256 || logits.cols > i32::MAX as usize {
+            return Ok(None);
+        }
+        let n = logits.cols;
+        let row = self.ptr(&logits.buf) + ((logits.rows - 1) * n * 4) as u64;
+        let pen: Vec<i32> = draw
+            .penalized
+            .iter()
+            .filter(|&&t| (t as usize) < n)
+            .map(|&t| t as i32)
+            .collect();
+        let pen_buf = self.scratch(pen.len().max(1) * 4)?;
+        self.htod(&pen_buf, &pen)?;
+        let g = n.div_ceil(4096).clamp(1, 128);
+        let part_m = self.scratch(g * 4)?;
+        let part_s = self.scratch(g * 8)?;
+        let out = self.scratch(4)?;
+        // The argmax tickets: both kernels leave them zero, and one stream orders them.
+        let tickets = self.tickets(TICKETS_ARGMAX, 1)?;
+        let common = [
+            A::P(row),
+            A::I(n as i32),
+            A::P(pen_buf.ptr),
+            A::I(pen.len() as i32),
+            A::F(draw.penalty),
+        ];
+        self.launch(
+            "sample_max",
+            (g as u32, 1, 1),
+            256,
+            &[&common[..], &[A::P(part_m.ptr)]].concat(),
+        )?;
+        self.launch(
+            "sample_draw",
+            (g as u32, 1, 1),
+            256,
+            &[
+                &common[..],
+                &[
+                    A::F(draw.inv_temperature),
+                    A::F(draw.min_weight),
+                    A::L(draw.u.to_bits() as i64),
+                    A::P(part_m.ptr),
+                    A::P(part_s.ptr),
+                    A::P(tickets),
+                    A::P(out.ptr),
+                ],
+            ]
+            .concat(),
+        )?;
+        // No finite logit: the host sampler reports it (the caller falls back to it).
+        Ok(Some(self.dtoh::<u32>(&out, 1)?[0]).filter(|&t| t != u32::MAX))
     }
 
     fn last_row(&self, x: &CudaTensor) -> Result<CudaTensor> {

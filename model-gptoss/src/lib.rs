@@ -12,7 +12,7 @@ pub mod tokenizer;
 
 pub use config::ModelConfig;
 pub use error::{ModelError, Result};
-pub use generate::{GenerateOptions, Generation, StopReason, generate};
+pub use generate::{GenerateOptions, Generation, StopReason, generate, pick_next};
 pub use gguf::open_gguf;
 pub use model::{Layer, Model, Session, TensorSource};
 pub use sampling::{Sampler, SamplerConfig};

@@ -2,9 +2,11 @@
 //! repetition penalty, reproducible for a given seed.
 //!
 //! The order follows llama.cpp's common sampler chain: repetition penalty on the raw logits,
-//! then top-k, temperature, softmax, top-p, min-p, and a draw from what is left.
+//! then top-k, temperature, softmax, top-p, min-p, and a draw from what is left (in token id
+//! order, so that a device backend can make the same draw without sorting the vocabulary).
 
 use crate::error::{ModelError, Result};
+pub use gptoss_backend::SoftmaxDraw;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -49,6 +51,7 @@ pub struct Sampler {
     rng: StdRng,
     // Scratch reused between calls (the vocabulary can be 200k entries).
     cand: Vec<(u32, f32)>,
+    weights: Vec<f64>,
 }
 
 impl Sampler {
@@ -75,6 +78,7 @@ impl Sampler {
             cfg,
             rng,
             cand: Vec::new(),
+            weights: Vec::new(),
         })
     }
 
@@ -91,11 +95,67 @@ impl Sampler {
     }
 
     /// Choose the next token from `logits` (one vocabulary row), given the tokens seen so far
-    /// (`history`, oldest first) for the repetition penalty.
+    /// (`history`, oldest first) for the repetition penalty. Greedy settings draw no random
+    /// number; the others draw one and choose as [`Sampler::sample_at`].
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> Result<u32> {
+        let u = if self.cfg.temperature <= 0.0 {
+            0.0
+        } else {
+            self.rng.random::<f64>()
+        };
+        self.sample_at(logits, history, u)
+    }
+
+    /// The draw a device backend can make instead of [`Sampler::sample`]
+    /// ([`Backend::sample_softmax`](gptoss_backend::Backend::sample_softmax)): `Some` when the
+    /// settings are a temperature softmax with at most min-p and a repetition penalty over at
+    /// most 256 distinct tokens (no top-k, no top-p). It draws the random number then, so the
+    /// caller must finish this token with it: on the device, or with [`Sampler::sample_at`]
+    /// and the draw's `u` on the host.
+    pub fn softmax_draw(&mut self, history: &[u32]) -> Option<SoftmaxDraw> {
+        let c = &self.cfg;
+        if c.temperature <= 0.0 || c.top_k != 0 || c.top_p < 1.0 {
+            return None;
+        }
+        let penalized = self.penalized(history);
+        if penalized.len() > 256 {
+            return None;
+        }
+        Some(SoftmaxDraw {
+            inv_temperature: 1.0 / c.temperature,
+            min_weight: c.min_p,
+            penalized,
+            penalty: c.repeat_penalty,
+            u: self.rng.random::<f64>(),
+        })
+    }
+
+    /// The distinct recent tokens the repetition penalty applies to (none when it is off).
+    fn penalized(&self, history: &[u32]) -> Vec<u32> {
+        if self.cfg.repeat_penalty == 1.0 || self.cfg.repeat_last_n == 0 {
+            return Vec::new();
+        }
+        let start = history.len().saturating_sub(self.cfg.repeat_last_n);
+        let mut seen = std::collections::HashSet::new();
+        history[start..]
+            .iter()
+            .copied()
+            .filter(|&t| seen.insert(t))
+            .collect()
+    }
+
+    /// The token for the uniform draw `u` in [0, 1) (ignored by greedy settings). The chain:
+    /// repetition penalty on the raw logits, top-k, then weights `exp((l - max) / T)` (f32, the
+    /// largest 1), top-p (the smallest set of most likely tokens, ties by lower id, whose
+    /// weights reach `top_p` of the total), min-p (weights below `min_p` dropped), and the
+    /// first kept token in id order whose running sum of weights exceeds `u` times their
+    /// total. Only top-p sorts, and only as many candidates as its cut needs, so a draw costs
+    /// one pass over the vocabulary in the common settings.
+    pub fn sample_at(&mut self, logits: &[f32], history: &[u32], u: f64) -> Result<u32> {
         if logits.is_empty() {
             return Err(ModelError::InvalidInput("sample: empty logits".into()));
         }
+        let penalized = self.penalized(history);
         let cand = &mut self.cand;
         cand.clear();
         // NaN logits can never be chosen: treat them as impossible rather than poisoning sorts.
@@ -105,18 +165,9 @@ impl Sampler {
                 .enumerate()
                 .map(|(i, &l)| (i as u32, if l.is_nan() { f32::NEG_INFINITY } else { l })),
         );
-        if self.cfg.repeat_penalty != 1.0 && self.cfg.repeat_last_n > 0 {
-            let start = history.len().saturating_sub(self.cfg.repeat_last_n);
-            let mut seen = std::collections::HashSet::new();
-            for &t in &history[start..] {
-                if (t as usize) < cand.len() && seen.insert(t) {
-                    let l = &mut cand[t as usize].1;
-                    *l = if *l > 0.0 {
-                        *l / self.cfg.repeat_penalty
-                    } else {
-                        *l * self.cfg.repeat_penalty
-                    };
-                }
+        for t in penalized {
+            if let Some(c) = cand.get_mut(t as usize) {
+                c.1 = penalize(c.1, self.cfg.repeat_penalty);
             }
         }
         if cand.iter().all(|c| c.1 == f32::NEG_INFINITY) {
@@ -124,54 +175,99 @@ impl Sampler {
                 "sample: every logit is -inf or NaN".into(),
             ));
         }
-        // Descending by logit, ties by lower id: a total order, so results never depend on the
-        // sort algorithm.
-        let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         if self.cfg.temperature <= 0.0 {
             let best = cand
                 .iter()
-                .min_by(|a, b| order(a, b))
+                .min_by(|a, b| by_likelihood(a, b))
                 .expect("non-empty candidates");
             return Ok(best.0);
         }
         if self.cfg.top_k > 0 && self.cfg.top_k < cand.len() {
-            cand.select_nth_unstable_by(self.cfg.top_k - 1, order);
+            cand.select_nth_unstable_by(self.cfg.top_k - 1, by_likelihood);
             cand.truncate(self.cfg.top_k);
+            cand.sort_unstable_by_key(|c| c.0);
         }
-        cand.sort_unstable_by(order);
-        // Softmax with temperature, in f64 so long tails do not lose mass.
-        let inv_t = 1.0 / self.cfg.temperature as f64;
-        let max = cand[0].1 as f64;
-        let mut probs: Vec<f64> = cand
-            .iter()
-            .map(|c| ((c.1 as f64 - max) * inv_t).exp())
-            .collect();
-        let sum: f64 = probs.iter().sum();
-        probs.iter_mut().for_each(|p| *p /= sum);
-        let mut keep = probs.len();
+        let max = cand.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
+        let inv_t = 1.0 / self.cfg.temperature;
+        let w = &mut self.weights;
+        w.clear();
+        w.extend(cand.iter().map(|c| softmax_weight(c.1, max, inv_t)));
         if self.cfg.top_p < 1.0 {
-            let mut acc = 0.0;
-            for (i, p) in probs.iter().enumerate() {
-                acc += p;
-                if acc >= self.cfg.top_p as f64 {
-                    keep = i + 1;
-                    break;
+            keep_nucleus(cand, w, self.cfg.top_p as f64);
+        }
+        if self.cfg.min_p > 0.0 {
+            for x in w.iter_mut() {
+                if (*x as f32) < self.cfg.min_p {
+                    *x = 0.0;
                 }
             }
         }
-        if self.cfg.min_p > 0.0 {
-            let floor = self.cfg.min_p as f64 * probs[0];
-            keep = keep.min(probs.iter().take_while(|&&p| p >= floor).count().max(1));
-        }
-        let total: f64 = probs[..keep].iter().sum();
-        let mut u = self.rng.random::<f64>() * total;
-        for (i, p) in probs[..keep].iter().enumerate() {
-            if u < *p {
-                return Ok(cand[i].0);
+        let total: f64 = w.iter().sum();
+        let target = u * total;
+        let mut acc = 0.0;
+        for (c, &x) in cand.iter().zip(w.iter()) {
+            acc += x;
+            if target < acc {
+                return Ok(c.0);
             }
-            u -= p;
         }
-        // Rounding can leave u a hair above the last bucket.
-        Ok(cand[keep - 1].0)
+        // Rounding can leave the target a hair above the last bucket.
+        let last = w
+            .iter()
+            .rposition(|&x| x > 0.0)
+            .expect("the maximum has weight 1");
+        Ok(cand[last].0)
     }
+}
+
+/// The repetition penalty on one logit.
+fn penalize(l: f32, penalty: f32) -> f32 {
+    if l > 0.0 { l / penalty } else { l * penalty }
+}
+
+/// Descending by logit, ties by lower id: a total order, so results never depend on the sort
+/// or selection algorithm.
+fn by_likelihood(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
+    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
+/// `exp((l - max) * inv_t)` computed in f32, as the device kernels do; 0 for `-inf`.
+fn softmax_weight(l: f32, max: f32, inv_t: f32) -> f64 {
+    if l == f32::NEG_INFINITY {
+        0.0
+    } else {
+        ((l - max) * inv_t).exp() as f64
+    }
+}
+
+/// Zero the weights outside the nucleus: the smallest set of most likely candidates (ties by
+/// lower id) whose weights reach `top_p` of the total. The candidates above a weight floor
+/// are sorted, the floor lowered (2^-10, 2^-20, 2^-40, then none) until their sum reaches
+/// the cut: everything below a floor is less likely than everything above it, so the prefix
+/// found is the one a full sort would give, and a peaked distribution sorts a few tokens.
+fn keep_nucleus(cand: &[(u32, f32)], w: &mut [f64], top_p: f64) {
+    let need = top_p * w.iter().sum::<f64>();
+    let mut idx: Vec<usize> = Vec::new();
+    for floor in [1.0 / 1024.0, 1.0 / 1048576.0, 2f64.powi(-40), 0.0] {
+        idx.clear();
+        idx.extend((0..w.len()).filter(|&i| w[i] > 0.0 && w[i] >= floor));
+        idx.sort_unstable_by(|&a, &b| by_likelihood(&cand[a], &cand[b]));
+        let mut acc = 0.0;
+        if let Some(n) = idx.iter().position(|&i| {
+            acc += w[i];
+            acc >= need
+        }) {
+            let mut keep = vec![false; w.len()];
+            for &i in &idx[..=n] {
+                keep[i] = true;
+            }
+            for (x, k) in w.iter_mut().zip(keep) {
+                if !k {
+                    *x = 0.0;
+                }
+            }
+            return;
+        }
+    }
+    // Rounding kept the sum of every weight below the cut: keep them all.
 }

@@ -194,3 +194,156 @@ fn bad_settings_are_rejected() {
         assert!(Sampler::new(cfg.clone()).is_err(), "{cfg:?}");
     }
 }
+
+/// The sampler's chain written the slow, obvious way: full sorts for top-k and top-p.
+fn reference_choice(logits: &[f32], history: &[u32], cfg: &SamplerConfig, u: f64) -> u32 {
+    let mut l: Vec<f32> = logits
+        .iter()
+        .map(|&x| if x.is_nan() { f32::NEG_INFINITY } else { x })
+        .collect();
+    if cfg.repeat_penalty != 1.0 && cfg.repeat_last_n > 0 {
+        let recent = &history[history.len().saturating_sub(cfg.repeat_last_n)..];
+        let distinct: std::collections::BTreeSet<u32> = recent.iter().copied().collect();
+        for t in distinct {
+            let x = &mut l[t as usize];
+            *x = if *x > 0.0 {
+                *x / cfg.repeat_penalty
+            } else {
+                *x * cfg.repeat_penalty
+            };
+        }
+    }
+    let mut order: Vec<usize> = (0..l.len()).collect();
+    order.sort_by(|&a, &b| l[b].total_cmp(&l[a]).then(a.cmp(&b)));
+    let mut kept = vec![true; l.len()];
+    if cfg.top_k > 0 {
+        for &i in order.iter().skip(cfg.top_k) {
+            kept[i] = false;
+        }
+    }
+    let max = l[order[0]];
+    let inv_t = 1.0 / cfg.temperature;
+    let mut w: Vec<f64> = (0..l.len())
+        .map(|i| {
+            if kept[i] && l[i] != f32::NEG_INFINITY {
+                ((l[i] - max) * inv_t).exp() as f64
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    if cfg.top_p < 1.0 {
+        let need = cfg.top_p as f64 * w.iter().sum::<f64>();
+        let mut acc = 0.0;
+        let mut inside = true;
+        for &i in &order {
+            if !inside {
+                w[i] = 0.0;
+            } else if w[i] > 0.0 {
+                acc += w[i];
+                inside = acc < need;
+            }
+        }
+    }
+    for x in w.iter_mut() {
+        if (*x as f32) < cfg.min_p {
+            *x = 0.0;
+        }
+    }
+    let target = u * w.iter().sum::<f64>();
+    let mut acc = 0.0;
+    for (i, &x) in w.iter().enumerate() {
+        acc += x;
+        if target < acc {
+            return i as u32;
+        }
+    }
+    w.iter().rposition(|&x| x > 0.0).unwrap() as u32
+}
+
+#[test]
+fn sample_at_matches_full_sorts() {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = rand::rng().random();
+    eprintln!("seed {seed}");
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    for case in 0..24 {
+        let n = [1, 7, 300, 5000][case % 4];
+        // Flat (every token matters), peaked (a few do) and heavy-tailed logits, some of
+        // them NaN or -inf, and a few exact ties.
+        let spread = [0.5f32, 4.0, 12.0][case % 3];
+        let mut logits: Vec<f32> = (0..n)
+            .map(|_| spread * (r.random::<f32>() - 0.5) * 2.0)
+            .collect();
+        if n > 10 {
+            logits[r.random_range(0..n)] = f32::NAN;
+            logits[r.random_range(0..n)] = f32::NEG_INFINITY;
+            let (a, b) = (r.random_range(0..n), r.random_range(0..n));
+            logits[a] = logits[b];
+        }
+        let history: Vec<u32> = (0..r.random_range(0..80))
+            .map(|_| r.random_range(0..n as u32))
+            .collect();
+        let cfg = SamplerConfig {
+            temperature: [0.3f32, 0.7, 1.0, 1.9][case % 4],
+            top_k: [0, 0, 1, 40, 1000][case % 5],
+            top_p: [1.0f32, 0.9, 0.5, 0.999, 0.05][case % 5 * 7 % 5],
+            min_p: [0.0f32, 0.0, 0.05, 0.3][case % 4 * 3 % 4],
+            repeat_penalty: [1.0f32, 1.3, 0.8][case % 3],
+            repeat_last_n: 64,
+            seed: 0,
+        };
+        let mut s = sampler(cfg.clone());
+        for k in 0..200 {
+            let u = match k {
+                0 => 0.0,
+                1 => 1.0 - f64::EPSILON,
+                _ => r.random::<f64>(),
+            };
+            let got = s.sample_at(&logits, &history, u).unwrap();
+            let want = reference_choice(&logits, &history, &cfg, u);
+            assert_eq!(got, want, "case {case} n {n} u {u} {cfg:?}");
+        }
+    }
+}
+
+#[test]
+fn softmax_draw_is_the_next_sample() {
+    let logits: Vec<f32> = (0..3000)
+        .map(|i| ((i * 7919) % 1013) as f32 / 150.0)
+        .collect();
+    let history: Vec<u32> = (0..70).map(|i| (i * 37) % 3000).collect();
+    let cfg = SamplerConfig {
+        temperature: 0.8,
+        min_p: 0.02,
+        repeat_penalty: 1.2,
+        seed: 9,
+        ..Default::default()
+    };
+    let (mut a, mut b) = (sampler(cfg.clone()), sampler(cfg.clone()));
+    for _ in 0..50 {
+        let d = a.softmax_draw(&history).expect("a softmax draw");
+        assert_eq!(d.penalized.len(), 64, "the last 64 tokens, all distinct");
+        assert_eq!(d.inv_temperature, 1.0 / 0.8);
+        assert_eq!(
+            a.sample_at(&logits, &history, d.u).unwrap(),
+            b.sample(&logits, &history).unwrap()
+        );
+    }
+    // Settings that need sorting are not softmax draws, and do not spend a random number.
+    for cfg in [
+        SamplerConfig {
+            temperature: 0.8,
+            top_k: 40,
+            ..Default::default()
+        },
+        SamplerConfig {
+            temperature: 0.8,
+            top_p: 0.9,
+            ..Default::default()
+        },
+        SamplerConfig::default(),
+    ] {
+        assert!(sampler(cfg).softmax_draw(&history).is_none());
+    }
+}

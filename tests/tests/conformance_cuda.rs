@@ -10,6 +10,7 @@ use gptoss_backend::{
     MoeConfig, MoeWeights, Rope, RopeConfig, WeightData,
 };
 use gptoss_kernels_cuda::{CudaBackend, TcPrecision};
+use gptoss_model::{Sampler, SamplerConfig};
 use gptoss_tests::{max_abs_diff, nmse};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -669,6 +670,179 @@ fn argmax_matches_with_ties() {
         assert_eq!(c, g, "argmax t={t} n={n}");
         assert_eq!(g[0] as usize, a);
     }
+}
+
+/// The device's temperature-softmax draw against the host sampler (`Sampler::sample_at`) with
+/// the same `u`: the same token, except where f32 `exp` rounding (the device's `expf` against
+/// the host's) moves a boundary across the target, so every device token must hold the target
+/// in its host interval of the running weight sum, within 1e-6 of the total.
+#[test]
+fn sample_softmax_matches_host_sampler() {
+    let Some(p) = pair() else { return };
+    let mut r = rng();
+    struct Case {
+        rows: usize,
+        n: usize,
+        scale: f32,
+        temperature: f32,
+        min_p: f32,
+        penalty: f32,
+    }
+    let cases = [
+        Case {
+            rows: 1,
+            n: 201088,
+            scale: 3.0,
+            temperature: 0.7,
+            min_p: 0.0,
+            penalty: 1.0,
+        },
+        Case {
+            rows: 3,
+            n: 201088,
+            scale: 1.0,
+            temperature: 1.0,
+            min_p: 0.05,
+            penalty: 1.3,
+        },
+        Case {
+            rows: 1,
+            n: 201088,
+            scale: 8.0,
+            temperature: 0.4,
+            min_p: 0.0,
+            penalty: 0.9,
+        },
+        Case {
+            rows: 2,
+            n: 4099,
+            scale: 2.0,
+            temperature: 1.7,
+            min_p: 0.0,
+            penalty: 1.1,
+        },
+        Case {
+            rows: 1,
+            n: 37,
+            scale: 2.0,
+            temperature: 1.0,
+            min_p: 0.2,
+            penalty: 1.0,
+        },
+        Case {
+            rows: 1,
+            n: 1,
+            scale: 1.0,
+            temperature: 1.0,
+            min_p: 0.0,
+            penalty: 1.0,
+        },
+    ];
+    for c in &cases {
+        let mut xv = randn(&mut r, c.rows * c.n, c.scale);
+        let last = (c.rows - 1) * c.n;
+        if c.n > 100 {
+            xv[last + r.random_range(0..c.n)] = f32::NAN;
+            xv[last + r.random_range(0..c.n)] = f32::NEG_INFINITY;
+        }
+        let history: Vec<u32> = (0..if c.penalty != 1.0 { 64 } else { 0 })
+            .map(|_| r.random_range(0..c.n as u32))
+            .collect();
+        let cfg = SamplerConfig {
+            temperature: c.temperature,
+            min_p: c.min_p,
+            repeat_penalty: c.penalty,
+            repeat_last_n: 64,
+            ..Default::default()
+        };
+        let mut host = Sampler::new(cfg.clone()).unwrap();
+        let mut dev = Sampler::new(cfg).unwrap();
+        let (_, gx) = p.x(&xv, c.rows, c.n);
+        let row = &xv[last..];
+        // The host's weights in id order, for the intervals.
+        let penalized: Vec<u32> = {
+            let mut seen = std::collections::HashSet::new();
+            history
+                .iter()
+                .copied()
+                .filter(|&t| seen.insert(t))
+                .collect()
+        };
+        let mut l: Vec<f32> = row
+            .iter()
+            .map(|&x| if x.is_nan() { f32::NEG_INFINITY } else { x })
+            .collect();
+        for &t in &penalized {
+            let x = &mut l[t as usize];
+            *x = if *x > 0.0 {
+                *x / c.penalty
+            } else {
+                *x * c.penalty
+            };
+        }
+        let max = l.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let w: Vec<f64> = l
+            .iter()
+            .map(|&x| {
+                let w = if x == f32::NEG_INFINITY {
+                    0.0
+                } else {
+                    ((x - max) * (1.0 / c.temperature)).exp()
+                };
+                if w < c.min_p { 0.0 } else { w as f64 }
+            })
+            .collect();
+        let total: f64 = w.iter().sum();
+        let mut cum = Vec::with_capacity(w.len());
+        let mut acc = 0.0;
+        for &x in &w {
+            acc += x;
+            cum.push(acc);
+        }
+        let (mut same, draws) = (0, 300);
+        for k in 0..draws {
+            let mut d = dev.softmax_draw(&history).expect("a softmax draw");
+            d.u = match k {
+                0 => 0.0,
+                1 => 1.0 - f64::EPSILON,
+                _ => d.u,
+            };
+            assert_eq!(d.penalized, penalized);
+            let g = p
+                .gpu
+                .sample_softmax(&gx, &d)
+                .unwrap()
+                .expect("a device draw");
+            let h = host.sample_at(row, &history, d.u).unwrap();
+            same += usize::from(g == h);
+            let target = d.u * total;
+            let (lo, hi) = (
+                if g == 0 { 0.0 } else { cum[g as usize - 1] },
+                cum[g as usize],
+            );
+            let tol = 1e-6 * total;
+            assert!(
+                w[g as usize] > 0.0 && lo - tol <= target && target <= hi + tol,
+                "n {} u {}: device token {g} (interval {lo}..{hi}), host {h}, target {target}",
+                c.n,
+                d.u
+            );
+        }
+        eprintln!(
+            "sample_softmax n {} T {} min_p {} penalty {}: {same} of {draws} draws the host's token",
+            c.n, c.temperature, c.min_p, c.penalty
+        );
+        assert!(same * 100 >= draws * 99, "{same} of {draws}");
+    }
+    // No finite logit: no device token (the host sampler then reports it).
+    let (_, gx) = p.x(&[f32::NAN, f32::NEG_INFINITY, f32::NAN], 1, 3);
+    let mut s = Sampler::new(SamplerConfig {
+        temperature: 1.0,
+        ..Default::default()
+    })
+    .unwrap();
+    let d = s.softmax_draw(&[]).unwrap();
+    assert_eq!(p.gpu.sample_softmax(&gx, &d).unwrap(), None);
 }
 
 fn attention_case(

@@ -8,6 +8,7 @@ use clap::Args as ClapArgs;
 
 use crate::backends;
 use crate::benchcore::{self, BenchJob, Plan};
+use gptoss_model::SamplerConfig;
 
 fn list(s: &str) -> Result<Vec<usize>, String> {
     s.split(',')
@@ -50,6 +51,16 @@ pub struct Args {
     /// No per-test progress lines on stderr.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Decode tests sample each token at this temperature (as `gptoss chat` does, on the
+    /// device where the backend can) instead of taking the argmax; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temp: f32,
+    /// Nucleus threshold for sampled decode tests.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Top-k for sampled decode tests (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
 }
 
 /// Run `gptoss bench`.
@@ -69,6 +80,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
         depth: args.depth.iter().flatten().copied().collect(),
         reps: args.reps,
         verbose: !args.quiet,
+        sampling: (args.temp > 0.0).then(|| SamplerConfig {
+            temperature: args.temp,
+            top_p: args.top_p,
+            top_k: args.top_k,
+            seed: 42,
+            ..Default::default()
+        }),
     };
     let mut rows = Vec::new();
     for m in &args.models {

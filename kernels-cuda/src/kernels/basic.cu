@@ -144,6 +144,179 @@ extern "C" __global__ void argmax_rows(const float* x, int n, float* part_v, int
     }
 }
 
+// ---- a temperature-softmax draw from one logits row (gptoss_backend::SoftmaxDraw) ----
+// The chunk of block g of G over n values (as argmax_rows cuts a row).
+__device__ __forceinline__ void sample_chunk(int n, int g, int G, int& lo, int& hi) {
+    int chunk = (n + G - 1) / G;
+    lo = min(n, g * chunk);
+    hi = min(n, lo + chunk);
+}
+
+// Logit i after the repetition penalty (pen: the block's shared copy of the n_pen distinct
+// penalized ids); NaN counts as -inf.
+__device__ __forceinline__ float sample_logit(const float* x, int i, const int* pen, int n_pen,
+                                              float pen_f) {
+    float l = x[i];
+    if (l != l) return NEG_INF;
+    for (int j = 0; j < n_pen; ++j)
+        if (pen[j] == i) return l > 0.f ? l / pen_f : l * pen_f;
+    return l;
+}
+
+// The weight the host sampler gives logit l: exp((l - m) * inv_t) in f32 (expf, not the fast
+// __expf, to stay within an ulp or two of the host's), 0 below min_w or for -inf.
+__device__ __forceinline__ float sample_weight(float l, float m, float inv_t, float min_w) {
+    if (l == NEG_INF) return 0.f;
+    float w = expf((l - m) * inv_t);
+    return w < min_w ? 0.f : w;
+}
+
+// Copies the (at most 256) penalized ids into shared memory.
+__device__ __forceinline__ void sample_load_pen(const int* pen, int n_pen, int* spen) {
+    for (int j = threadIdx.x; j < n_pen; j += blockDim.x) spen[j] = pen[j];
+    __syncthreads();
+}
+
+__device__ __forceinline__ double block_sum_f64(double v) {
+    __shared__ double sd[32];
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (lane == 0) sd[warp] = v;
+    __syncthreads();
+    v = 0.0;
+    if (warp == 0) {
+        v = lane < (int)(blockDim.x >> 5) ? sd[lane] : 0.0;
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    }
+    return v;  // in thread 0
+}
+
+// Pass 1: block g's largest penalized logit into part_m[g]. grid G, block 256.
+extern "C" __global__ void sample_max(const float* x, int n, const int* pen, int n_pen,
+                                      float pen_f, float* part_m) {
+    GRID_DEP_ENTRY();
+    __shared__ int spen[256];
+    sample_load_pen(pen, n_pen, spen);
+    int lo, hi;
+    sample_chunk(n, blockIdx.x, gridDim.x, lo, hi);
+    float m = NEG_INF;
+    for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) m = fmaxf(m, sample_logit(x, i, spen, n_pen, pen_f));
+    int bi = 0;
+    argmax_block(m, bi);
+    if (threadIdx.x == 0) part_m[blockIdx.x] = m;
+}
+
+// Pass 2: every block takes the row's maximum from part_m and sums its weights (f64) into
+// part_s; the last block (ticket) finds the block, then the thread range, then the token whose
+// running sum in id order first exceeds u times the total (u from its bits), as
+// gptoss_model's Sampler::sample_at. out[0] = the token, or 0xffffffff when no logit is
+// finite. grid G (as pass 1), block 256.
+extern "C" __global__ void sample_draw(const float* x, int n, const int* pen, int n_pen,
+                                       float pen_f, float inv_t, float min_w, long long u_bits,
+                                       const float* part_m, double* part_s, u32* counters,
+                                       u32* out) {
+    GRID_DEP_ENTRY();
+    __shared__ int spen[256];
+    __shared__ float sm;
+    __shared__ u32 ticket;
+    __shared__ double ts[256];
+    __shared__ int sel_g;
+    __shared__ double sel_base;
+    sample_load_pen(pen, n_pen, spen);
+    const int G = gridDim.x;
+    {
+        float m = NEG_INF;
+        for (int i = threadIdx.x; i < G; i += blockDim.x) m = fmaxf(m, part_m[i]);
+        int bi = 0;
+        argmax_block(m, bi);
+        if (threadIdx.x == 0) sm = m;
+        __syncthreads();
+    }
+    const float m = sm;
+    int lo, hi;
+    sample_chunk(n, blockIdx.x, G, lo, hi);
+    double s = 0.0;
+    if (m != NEG_INF)
+        for (int i = lo + threadIdx.x; i < hi; i += blockDim.x)
+            s += sample_weight(sample_logit(x, i, spen, n_pen, pen_f), m, inv_t, min_w);
+    s = block_sum_f64(s);
+    if (threadIdx.x == 0) {
+        part_s[blockIdx.x] = s;
+        __threadfence();
+        ticket = atomicAdd(&counters[0], 1u);
+    }
+    __syncthreads();
+    if (ticket != (u32)(G - 1)) return;
+    __threadfence();
+    if (threadIdx.x == 0) {
+        counters[0] = 0;
+        double total = 0.0;
+        for (int g = 0; g < G; ++g) total += ((volatile double*)part_s)[g];
+        const double target = __longlong_as_double(u_bits) * total;
+        // The block whose range holds the target; rounding past the end: the last block
+        // with weight (its last token of weight is then taken below).
+        int gs = -1, glast = -1;
+        double acc = 0.0, base = 0.0;
+        for (int g = 0; g < G; ++g) {
+            double v = ((volatile double*)part_s)[g];
+            if (v > 0.0) glast = g;
+            if (gs < 0 && target < acc + v) {
+                gs = g;
+                base = acc;
+            }
+            acc += v;
+        }
+        sel_g = gs >= 0 ? gs : glast;
+        sel_base = gs >= 0 ? base : -1.0;  // -1: take the last token of weight
+    }
+    __syncthreads();
+    if (sel_g < 0) {
+        if (threadIdx.x == 0) out[0] = 0xffffffffu;
+        return;
+    }
+    // The chosen block's values, each thread a contiguous range, summed in id order.
+    sample_chunk(n, sel_g, G, lo, hi);
+    const int per = (hi - lo + blockDim.x - 1) / blockDim.x;
+    {
+        const int a = min(hi, lo + (int)threadIdx.x * per), b = min(hi, a + per);
+        double ws = 0.0;
+        for (int i = a; i < b; ++i) ws += sample_weight(sample_logit(x, i, spen, n_pen, pen_f), m, inv_t, min_w);
+        ts[threadIdx.x] = ws;
+    }
+    __syncthreads();
+    if (threadIdx.x != 0) return;
+    u32 tok = 0xffffffffu;
+    int t_last = blockDim.x - 1;  // where to look back from for the last token of weight
+    if (sel_base >= 0.0) {
+        double total = 0.0;
+        for (int g = 0; g < G; ++g) total += ((volatile double*)part_s)[g];
+        const double tgt = __longlong_as_double(u_bits) * total;
+        double acc = sel_base;
+        for (int t = 0; t < (int)blockDim.x; ++t) {
+            if (tgt < acc + ts[t]) {
+                const int a = min(hi, lo + t * per), b = min(hi, a + per);
+                for (int i = a; i < b && tok == 0xffffffffu; ++i) {
+                    acc += sample_weight(sample_logit(x, i, spen, n_pen, pen_f), m, inv_t, min_w);
+                    if (tgt < acc) tok = (u32)i;
+                }
+                t_last = t;
+                break;
+            }
+            acc += ts[t];
+        }
+    }
+    // Rounding left the target past the sums found (past the row's total, or between the two
+    // orders of summing a range): the last token of weight before that point, as the host
+    // sampler takes the last kept token.
+    for (int t = t_last; t >= 0 && tok == 0xffffffffu; --t) {
+        if (ts[t] <= 0.0) continue;
+        const int a = min(hi, lo + t * per), b = min(hi, a + per);
+        for (int i = b - 1; i >= a && tok == 0xffffffffu; --i)
+            if (sample_weight(sample_logit(x, i, spen, n_pen, pen_f), m, inv_t, min_w) > 0.f) tok = (u32)i;
+    }
+    out[0] = tok;
+}
+
 // Busy-waits `cycles` clock ticks (one thread): lets a benchmark queue work behind it so that
 // event timings measure back-to-back kernel execution rather than launch gaps.
 extern "C" __global__ void spin(long long cycles) {
