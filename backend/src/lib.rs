@@ -179,6 +179,15 @@ pub struct SoftmaxDraw {
     pub u: f64,
 }
 
+/// What [`Backend::softmax_candidates`] returns.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SoftmaxCandidates {
+    /// (token id, penalized logit) of every token at or above the weight floor, in any order.
+    pub tokens: Vec<(u32, f32)>,
+    /// The sum of the other tokens' weights (relative to the largest, whose weight is 1).
+    pub rest_weight: f64,
+}
+
 /// The MoE routing policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MoeConfig {
@@ -389,6 +398,22 @@ pub trait Backend {
     /// `u`). Default: `Ok(None)`.
     fn sample_softmax(&self, logits: &Self::Tensor, draw: &SoftmaxDraw) -> Result<Option<u32>> {
         let _ = (logits, draw);
+        Ok(None)
+    }
+
+    /// The candidates of a draw with a top-k or top-p cut (`draw.u` unused): every token of
+    /// the last row of `logits` whose weight (as [`SoftmaxDraw`] defines it, before
+    /// `min_weight`) is at least `floor`, with its penalized logit, and the sum of the other
+    /// tokens' weights; `gptoss_model`'s sampler finishes the cut on them when they decide
+    /// it. `Ok(None)`: more than `cap` candidates, or no such kernel here (default).
+    fn softmax_candidates(
+        &self,
+        logits: &Self::Tensor,
+        draw: &SoftmaxDraw,
+        floor: f32,
+        cap: usize,
+    ) -> Result<Option<SoftmaxCandidates>> {
+        let _ = (logits, draw, floor, cap);
         Ok(None)
     }
 

@@ -28,6 +28,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "argmax_rows",
     "sample_max",
     "sample_draw",
+    "sample_gather",
     "spin",
     "linear_rows",
     "gemv_q8_0",

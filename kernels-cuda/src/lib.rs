@@ -37,7 +37,7 @@ use cudarc::driver::{
 };
 use gptoss_backend::{
     AttentionConfig, Backend, BackendError, GgmlType, KvCacheConfig, MoeConfig, MoeWeights, Result,
-    Rope, SoftmaxDraw, WeightData,
+    Rope, SoftmaxCandidates, SoftmaxDraw, WeightData,
 };
 
 const BACKEND: &str = "cuda";
@@ -269,6 +269,16 @@ impl RawPtr for DevBuf {
     fn raw(&self, _stream: &CudaStream) -> u64 {
         self.ptr
     }
+}
+
+/// A draw's first launch done ([`CudaBackend::sample_row_max`]): the row arguments every
+/// sampling kernel starts with, its grid, the block maxima, and the penalized ids' buffer
+/// (kept until the draw's kernels have been queued).
+struct SampleRow {
+    args: [A; 5],
+    blocks: usize,
+    part_m: DevBuf,
+    _pen: DevBuf,
 }
 
 /// A kernel argument: plain values, kept in a slice so that references live until launch.
@@ -853,6 +863,54 @@ impl CudaBackend {
         }
         .result()
         .map_err(dev_err)
+    }
+
+    /// The start of a draw over the last row of `logits`: the penalized ids uploaded and
+    /// `sample_max` launched (zeroing `head`'s count and sum when not 0). `None` when the
+    /// draw is off or out of the kernels' reach (more than 256 penalized ids).
+    fn sample_row_max(
+        &self,
+        logits: &CudaTensor,
+        draw: &SoftmaxDraw,
+        head: u64,
+    ) -> Result<Option<SampleRow>> {
+        if logits.rows == 0 || logits.cols == 0 {
+            return Err(shape_err("sample", "empty logits".into()));
+        }
+        if !self.device_sampling || draw.penalized.len() > 256 || logits.cols > i32::MAX as usize {
+            return Ok(None);
+        }
+        let n = logits.cols;
+        let row = self.ptr(&logits.buf) + ((logits.rows - 1) * n * 4) as u64;
+        let pen: Vec<i32> = draw
+            .penalized
+            .iter()
+            .filter(|&&t| (t as usize) < n)
+            .map(|&t| t as i32)
+            .collect();
+        let pen_buf = self.scratch(pen.len().max(1) * 4)?;
+        self.htod(&pen_buf, &pen)?;
+        let blocks = n.div_ceil(4096).clamp(1, 128);
+        let part_m = self.scratch(blocks * 4)?;
+        let args = [
+            A::P(row),
+            A::I(n as i32),
+            A::P(pen_buf.ptr),
+            A::I(pen.len() as i32),
+            A::F(draw.penalty),
+        ];
+        self.launch(
+            "sample_max",
+            (blocks as u32, 1, 1),
+            256,
+            &[&args[..], &[A::P(part_m.ptr), A::P(head)]].concat(),
+        )?;
+        Ok(Some(SampleRow {
+            args,
+            blocks,
+            part_m,
+            _pen: pen_buf,
+        }))
     }
 
     /// The device address of at least `n` zeroed tickets of kind `which`.
@@ -2098,52 +2156,24 @@ impl Backend for CudaBackend {
     /// draw in the last block: `sample_max`, `sample_draw`); one id comes back instead of the
     /// row.
     fn sample_softmax(&self, logits: &CudaTensor, draw: &SoftmaxDraw) -> Result<Option<u32>> {
-        if logits.rows == 0 || logits.cols == 0 {
-            return Err(shape_err("sample_softmax", "empty logits".into()));
-        }
-        if !self.device_sampling || draw.penalized.len() > 256 || logits.cols > i32::MAX as usize {
+        let Some(p) = self.sample_row_max(logits, draw, 0)? else {
             return Ok(None);
-        }
-        let n = logits.cols;
-        let row = self.ptr(&logits.buf) + ((logits.rows - 1) * n * 4) as u64;
-        let pen: Vec<i32> = draw
-            .penalized
-            .iter()
-            .filter(|&&t| (t as usize) < n)
-            .map(|&t| t as i32)
-            .collect();
-        let pen_buf = self.scratch(pen.len().max(1) * 4)?;
-        self.htod(&pen_buf, &pen)?;
-        let g = n.div_ceil(4096).clamp(1, 128);
-        let part_m = self.scratch(g * 4)?;
-        let part_s = self.scratch(g * 8)?;
+        };
+        let part_s = self.scratch(p.blocks * 8)?;
         let out = self.scratch(4)?;
         // The argmax tickets: both kernels leave them zero, and one stream orders them.
         let tickets = self.tickets(TICKETS_ARGMAX, 1)?;
-        let common = [
-            A::P(row),
-            A::I(n as i32),
-            A::P(pen_buf.ptr),
-            A::I(pen.len() as i32),
-            A::F(draw.penalty),
-        ];
-        self.launch(
-            "sample_max",
-            (g as u32, 1, 1),
-            256,
-            &[&common[..], &[A::P(part_m.ptr)]].concat(),
-        )?;
         self.launch(
             "sample_draw",
-            (g as u32, 1, 1),
+            (p.blocks as u32, 1, 1),
             256,
             &[
-                &common[..],
+                &p.args[..],
                 &[
                     A::F(draw.inv_temperature),
                     A::F(draw.min_weight),
                     A::L(draw.u.to_bits() as i64),
-                    A::P(part_m.ptr),
+                    A::P(p.part_m.ptr),
                     A::P(part_s.ptr),
                     A::P(tickets),
                     A::P(out.ptr),
@@ -2153,6 +2183,54 @@ impl Backend for CudaBackend {
         )?;
         // No finite logit: the host sampler reports it (the caller falls back to it).
         Ok(Some(self.dtoh::<u32>(&out, 1)?[0]).filter(|&t| t != u32::MAX))
+    }
+
+    /// `sample_max`, then `sample_gather` appends the candidates; their count and the rest's
+    /// weight come back first, then the lists (8 bytes a candidate).
+    fn softmax_candidates(
+        &self,
+        logits: &CudaTensor,
+        draw: &SoftmaxDraw,
+        floor: f32,
+        cap: usize,
+    ) -> Result<Option<SoftmaxCandidates>> {
+        let cap = cap.min(1 << 20);
+        let head = self.scratch(16)?;
+        let Some(p) = self.sample_row_max(logits, draw, head.ptr)? else {
+            return Ok(None);
+        };
+        let ids = self.scratch(cap.max(1) * 4)?;
+        let vals = self.scratch(cap.max(1) * 4)?;
+        self.launch(
+            "sample_gather",
+            (p.blocks as u32, 1, 1),
+            256,
+            &[
+                &p.args[..],
+                &[
+                    A::F(draw.inv_temperature),
+                    A::F(floor),
+                    A::P(p.part_m.ptr),
+                    A::P(head.ptr),
+                    A::P(ids.ptr),
+                    A::P(vals.ptr),
+                    A::I(cap as i32),
+                ],
+            ]
+            .concat(),
+        )?;
+        let h = self.dtoh::<u32>(&head, 4)?;
+        let count = h[0] as usize;
+        if count > cap {
+            return Ok(None);
+        }
+        let rest_weight = f64::from_bits(u64::from(h[2]) | (u64::from(h[3]) << 32));
+        let ids = self.dtoh::<u32>(&ids, count)?;
+        let vals = self.dtoh::<f32>(&vals, count)?;
+        Ok(Some(SoftmaxCandidates {
+            tokens: ids.into_iter().zip(vals).collect(),
+            rest_weight,
+        }))
     }
 
     fn last_row(&self, x: &CudaTensor) -> Result<CudaTensor> {

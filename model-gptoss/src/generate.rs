@@ -62,6 +62,12 @@ impl Generation {
     }
 }
 
+/// The weight floor of a cut draw's candidates (relative to the most likely token's 1) and
+/// their most: a top-k or top-p cut of a peaked distribution lies well within them; a flat
+/// one overflows them and is sampled on the host.
+const CUT_FLOOR: f32 = 1.0 / 1048576.0;
+const CUT_CAP: usize = 4096;
+
 /// Pick the next token from the last row of `logits`: greedy on the device (argmax), a
 /// temperature softmax on the device when the backend can draw it
 /// ([`Backend::sample_softmax`]), else on the host from a copy of the row. Only a token id
@@ -80,20 +86,28 @@ pub fn pick_next<B: Backend>(
             .copied()
             .ok_or_else(|| ModelError::InvalidInput("argmax returned no row".into()));
     }
-    let draw = sampler.softmax_draw(history);
-    if let Some(d) = &draw
-        && let Some(t) = be.sample_softmax(logits, d)?
-    {
-        return Ok(t);
+    // A draw's random number is spent when it is made: a host fallback finishes it.
+    let mut drawn = None;
+    if let Some(d) = sampler.softmax_draw(history) {
+        if let Some(t) = be.sample_softmax(logits, &d)? {
+            return Ok(t);
+        }
+        drawn = Some(d.u);
+    } else if let Some(d) = sampler.cut_draw(history) {
+        if let Some(c) = be.softmax_candidates(logits, &d, CUT_FLOOR, CUT_CAP)?
+            && let Some(t) = sampler.sample_candidates(&c, d.u)
+        {
+            return Ok(t);
+        }
+        drawn = Some(d.u);
     }
     let (data, rows, cols) = be.to_host(logits)?;
     if rows == 0 || cols == 0 {
         return Err(ModelError::InvalidInput("empty logits".into()));
     }
     let row = &data[(rows - 1) * cols..];
-    match draw {
-        // The random number is spent: finish this token with it.
-        Some(d) => sampler.sample_at(row, history, d.u),
+    match drawn {
+        Some(u) => sampler.sample_at(row, history, u),
         None => sampler.sample(row, history),
     }
 }

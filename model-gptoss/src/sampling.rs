@@ -6,7 +6,7 @@
 //! order, so that a device backend can make the same draw without sorting the vocabulary).
 
 use crate::error::{ModelError, Result};
-pub use gptoss_backend::SoftmaxDraw;
+pub use gptoss_backend::{SoftmaxCandidates, SoftmaxDraw};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -128,6 +128,95 @@ impl Sampler {
             penalty: c.repeat_penalty,
             u: self.rng.random::<f64>(),
         })
+    }
+
+    /// The draw for a device backend's candidates
+    /// ([`Backend::softmax_candidates`](gptoss_backend::Backend::softmax_candidates), finished
+    /// by [`Sampler::sample_candidates`]): `Some` when the settings cut the distribution
+    /// (temperature > 0 with top-k or top-p) and the repetition penalty touches at most 256
+    /// distinct tokens. Like [`Sampler::softmax_draw`] it spends the random number.
+    pub fn cut_draw(&mut self, history: &[u32]) -> Option<SoftmaxDraw> {
+        let c = &self.cfg;
+        if c.temperature <= 0.0 || (c.top_k == 0 && c.top_p >= 1.0) {
+            return None;
+        }
+        let penalized = self.penalized(history);
+        if penalized.len() > 256 {
+            return None;
+        }
+        Some(SoftmaxDraw {
+            inv_temperature: 1.0 / c.temperature,
+            min_weight: c.min_p,
+            penalized,
+            penalty: c.repeat_penalty,
+            u: self.rng.random::<f64>(),
+        })
+    }
+
+    /// The token [`Sampler::sample_at`] would choose for `u`, from the candidates alone (every
+    /// token at or above a weight floor, the rest summed), when they decide it: the top-k set
+    /// lies within them, or the top-p cut is reached within them. `None` otherwise (the caller
+    /// then samples the whole row). With a top-k cut it is the same arithmetic in the same
+    /// order; a top-p cut without top-k adds the rest's sum last instead of in id order.
+    pub fn sample_candidates(&mut self, c: &SoftmaxCandidates, u: f64) -> Option<u32> {
+        let cfg = &self.cfg;
+        if cfg.temperature <= 0.0 || (cfg.top_k == 0 && cfg.top_p >= 1.0) || c.tokens.is_empty() {
+            return None;
+        }
+        let cand = &mut self.cand;
+        cand.clear();
+        cand.extend_from_slice(&c.tokens);
+        cand.sort_unstable_by(by_likelihood);
+        let mut rest = c.rest_weight;
+        if cfg.top_k > 0 {
+            if cfg.top_k <= cand.len() {
+                // Every candidate outranks every other token: the top-k set is here.
+                cand.truncate(cfg.top_k);
+                rest = 0.0;
+            } else if rest > 0.0 {
+                return None;
+            }
+        }
+        let max = cand[0].1;
+        let inv_t = 1.0 / cfg.temperature;
+        let w = &mut self.weights;
+        w.clear();
+        w.extend(cand.iter().map(|x| softmax_weight(x.1, max, inv_t)));
+        let mut keep = cand.len();
+        if cfg.top_p < 1.0 {
+            // The total as sample_at sums it: in id order.
+            let mut by_id: Vec<usize> = (0..cand.len()).collect();
+            by_id.sort_unstable_by_key(|&i| cand[i].0);
+            let z = by_id.iter().map(|&i| w[i]).sum::<f64>() + rest;
+            let need = cfg.top_p as f64 * z;
+            let mut acc = 0.0;
+            match w.iter().position(|&x| {
+                acc += x;
+                acc >= need
+            }) {
+                Some(p) => keep = p + 1,
+                None if rest == 0.0 => {}
+                None => return None,
+            }
+        } else if rest > 0.0 {
+            return None;
+        }
+        let mut kept: Vec<(u32, f64)> = cand[..keep]
+            .iter()
+            .zip(&w[..keep])
+            .map(|(c, &x)| (c.0, if (x as f32) < cfg.min_p { 0.0 } else { x }))
+            .collect();
+        kept.sort_unstable_by_key(|k| k.0);
+        let total: f64 = kept.iter().map(|k| k.1).sum();
+        let target = u * total;
+        let mut acc = 0.0;
+        for &(t, x) in &kept {
+            acc += x;
+            if target < acc {
+                return Some(t);
+            }
+        }
+        kept.iter().rev().find(|k| k.1 > 0.0).map(|k| k.0)
     }
 
     /// The distinct recent tokens the repetition penalty applies to (none when it is off).

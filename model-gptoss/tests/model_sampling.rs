@@ -347,3 +347,95 @@ fn softmax_draw_is_the_next_sample() {
         assert!(sampler(cfg).softmax_draw(&history).is_none());
     }
 }
+
+/// Candidates as a device gathers them: every token whose weight (penalized logit, f32 exp
+/// relative to the maximum) is at least `floor`, in shuffled order, and the others' sum.
+fn host_candidates(
+    logits: &[f32],
+    history: &[u32],
+    cfg: &SamplerConfig,
+    floor: f32,
+    shuffle: u64,
+) -> gptoss_model::sampling::SoftmaxCandidates {
+    let mut l: Vec<f32> = logits
+        .iter()
+        .map(|&x| if x.is_nan() { f32::NEG_INFINITY } else { x })
+        .collect();
+    if cfg.repeat_penalty != 1.0 {
+        let recent = &history[history.len().saturating_sub(cfg.repeat_last_n)..];
+        let distinct: std::collections::BTreeSet<u32> = recent.iter().copied().collect();
+        for t in distinct {
+            let x = &mut l[t as usize];
+            *x = if *x > 0.0 {
+                *x / cfg.repeat_penalty
+            } else {
+                *x * cfg.repeat_penalty
+            };
+        }
+    }
+    let max = l.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let inv_t = 1.0 / cfg.temperature;
+    let mut tokens = Vec::new();
+    let mut rest = 0.0;
+    for (i, &x) in l.iter().enumerate() {
+        let w = if x == f32::NEG_INFINITY {
+            0.0
+        } else {
+            ((x - max) * inv_t).exp()
+        };
+        if w >= floor {
+            tokens.push((i as u32, x));
+        } else {
+            rest += w as f64;
+        }
+    }
+    // Any order: a device appends them as its threads find them.
+    let k = tokens.len().max(1);
+    tokens.rotate_left((shuffle as usize) % k);
+    tokens.reverse();
+    gptoss_model::sampling::SoftmaxCandidates {
+        tokens,
+        rest_weight: rest,
+    }
+}
+
+#[test]
+fn candidates_decide_cut_draws_as_the_whole_row() {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = rand::rng().random();
+    eprintln!("seed {seed}");
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    let (mut decided, mut draws) = (0, 0);
+    for case in 0..30 {
+        let n = [50, 3000, 20000][case % 3];
+        let spread = [1.0f32, 8.0, 20.0][case % 3 * 2 % 3];
+        let mut logits: Vec<f32> = (0..n)
+            .map(|_| spread * (r.random::<f32>() - 0.5) * 2.0)
+            .collect();
+        logits[r.random_range(0..n)] = f32::NAN;
+        logits[r.random_range(0..n)] = f32::NEG_INFINITY;
+        let history: Vec<u32> = (0..40).map(|_| r.random_range(0..n as u32)).collect();
+        let cfg = SamplerConfig {
+            temperature: [0.5f32, 0.8, 1.0, 1.5][case % 4],
+            top_k: [0, 40, 1, 5000, 200][case % 5],
+            top_p: [0.95f32, 1.0, 0.5, 0.9, 0.99][case % 5 * 3 % 5],
+            min_p: [0.0f32, 0.05][case % 2],
+            repeat_penalty: [1.0f32, 1.2][(case / 2) % 2],
+            repeat_last_n: 64,
+            seed: 0,
+        };
+        let mut s = sampler(cfg.clone());
+        let c = host_candidates(&logits, &history, &cfg, 1.0 / 1048576.0, case as u64);
+        for _ in 0..100 {
+            let u = r.random::<f64>();
+            let want = s.sample_at(&logits, &history, u).unwrap();
+            draws += 1;
+            if let Some(got) = s.sample_candidates(&c, u) {
+                decided += 1;
+                assert_eq!(got, want, "case {case} u {u} {cfg:?}");
+            }
+        }
+    }
+    eprintln!("{decided} of {draws} draws decided by the candidates");
+    assert!(decided * 2 > draws, "{decided} of {draws}");
+}

@@ -845,6 +845,114 @@ fn sample_softmax_matches_host_sampler() {
     assert_eq!(p.gpu.sample_softmax(&gx, &d).unwrap(), None);
 }
 
+/// The device's candidates of a cut draw (`softmax_candidates`) against the same rule on the
+/// host: the same tokens with bit-equal penalized logits (a token may only switch sides where
+/// its weight is within 1e-5 of the floor: `expf` against the host's `exp`), the rest's weight
+/// within 1e-6 (relative) plus what such tokens move, and `None` past the cap.
+#[test]
+fn softmax_candidates_match_host() {
+    let Some(p) = pair() else { return };
+    let mut r = rng();
+    let floor = 1.0f32 / 1048576.0;
+    for (n, scale, temperature, penalty) in [
+        (201088, 3.0f32, 0.7f32, 1.0f32),
+        (201088, 6.0, 1.0, 1.3),
+        (4099, 2.0, 0.5, 0.9),
+        (1, 1.0, 1.0, 1.0),
+    ] {
+        let mut xv = randn(&mut r, n, scale);
+        if n > 100 {
+            xv[r.random_range(0..n)] = f32::NAN;
+            xv[r.random_range(0..n)] = f32::NEG_INFINITY;
+        }
+        let penalized: Vec<u32> = if penalty != 1.0 {
+            let mut v: Vec<u32> = (0..64).map(|_| r.random_range(0..n as u32)).collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        } else {
+            Vec::new()
+        };
+        let draw = gptoss_backend::SoftmaxDraw {
+            inv_temperature: 1.0 / temperature,
+            min_weight: 0.0,
+            penalized: penalized.clone(),
+            penalty,
+            u: 0.5,
+        };
+        let (_, gx) = p.x(&xv, 1, n);
+        let mut l: Vec<f32> = xv
+            .iter()
+            .map(|&x| if x.is_nan() { f32::NEG_INFINITY } else { x })
+            .collect();
+        for &t in &penalized {
+            let x = &mut l[t as usize];
+            *x = if *x > 0.0 { *x / penalty } else { *x * penalty };
+        }
+        let max = l.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let w: Vec<f32> = l
+            .iter()
+            .map(|&x| {
+                if x == f32::NEG_INFINITY {
+                    0.0
+                } else {
+                    ((x - max) * (1.0 / temperature)).exp()
+                }
+            })
+            .collect();
+        let want: std::collections::BTreeMap<u32, f32> = (0..n)
+            .filter(|&i| w[i] >= floor)
+            .map(|i| (i as u32, l[i]))
+            .collect();
+        let rest: f64 = w.iter().filter(|&&x| x < floor).map(|&x| x as f64).sum();
+        let c = p
+            .gpu
+            .softmax_candidates(&gx, &draw, floor, 1 << 20)
+            .unwrap()
+            .expect("candidates");
+        let got: std::collections::BTreeMap<u32, f32> = c.tokens.iter().copied().collect();
+        assert_eq!(got.len(), c.tokens.len(), "a token twice");
+        let mut moved = 0.0;
+        for (&t, &x) in &got {
+            match want.get(&t) {
+                Some(&y) => assert_eq!(x.to_bits(), y.to_bits(), "token {t}: {x} vs {y}"),
+                None => {
+                    assert!(
+                        (w[t as usize] / floor - 1.0).abs() < 1e-5,
+                        "token {t} weight {}",
+                        w[t as usize]
+                    );
+                    moved += w[t as usize] as f64;
+                }
+            }
+        }
+        for &t in want.keys().filter(|t| !got.contains_key(t)) {
+            assert!(
+                (w[t as usize] / floor - 1.0).abs() < 1e-5,
+                "missing token {t} weight {}",
+                w[t as usize]
+            );
+            moved += w[t as usize] as f64;
+        }
+        assert!(
+            (c.rest_weight - rest).abs() <= 1e-6 * rest + moved + 1e-30,
+            "rest {} vs {rest}",
+            c.rest_weight
+        );
+        eprintln!(
+            "softmax_candidates n {n}: {} candidates, rest {rest:.4}",
+            got.len()
+        );
+        if got.len() > 1 {
+            let none = p
+                .gpu
+                .softmax_candidates(&gx, &draw, floor, got.len() - 1)
+                .unwrap();
+            assert!(none.is_none(), "past the cap");
+        }
+    }
+}
+
 fn attention_case(
     p: &Pair,
     r: &mut StdRng,

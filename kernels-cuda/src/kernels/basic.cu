@@ -191,10 +191,12 @@ __device__ __forceinline__ double block_sum_f64(double v) {
     return v;  // in thread 0
 }
 
-// Pass 1: block g's largest penalized logit into part_m[g]. grid G, block 256.
+// Pass 1: block g's largest penalized logit into part_m[g]; block 0 also zeroes sample_gather's
+// count and weight sum (head, when not null). grid G, block 256.
 extern "C" __global__ void sample_max(const float* x, int n, const int* pen, int n_pen,
-                                      float pen_f, float* part_m) {
+                                      float pen_f, float* part_m, u32* head) {
     GRID_DEP_ENTRY();
+    if (head != nullptr && blockIdx.x == 0 && threadIdx.x < 4) head[threadIdx.x] = 0u;
     __shared__ int spen[256];
     sample_load_pen(pen, n_pen, spen);
     int lo, hi;
@@ -204,6 +206,52 @@ extern "C" __global__ void sample_max(const float* x, int n, const int* pen, int
     int bi = 0;
     argmax_block(m, bi);
     if (threadIdx.x == 0) part_m[blockIdx.x] = m;
+}
+
+// The row's maximum from the G block maxima of sample_max, in every thread.
+__device__ __forceinline__ float sample_row_max(const float* part_m, int G) {
+    __shared__ float sm;
+    float m = NEG_INF;
+    for (int i = threadIdx.x; i < G; i += blockDim.x) m = fmaxf(m, part_m[i]);
+    int bi = 0;
+    argmax_block(m, bi);
+    if (threadIdx.x == 0) sm = m;
+    __syncthreads();
+    return sm;
+}
+
+// A cut draw's candidates (after sample_max): every token whose weight is at least floor_w,
+// as (id, penalized logit) appended in any order, at most cap of them (head[0] counts them
+// all, so a count past cap says the list is incomplete), and the sum of the other tokens'
+// weights (f64 at head + 2). gptoss_model's Sampler finishes top-k / top-p on them.
+// grid G (as sample_max), block 256.
+extern "C" __global__ void sample_gather(const float* x, int n, const int* pen, int n_pen,
+                                         float pen_f, float inv_t, float floor_w,
+                                         const float* part_m, u32* head, u32* ids, float* vals,
+                                         int cap) {
+    GRID_DEP_ENTRY();
+    __shared__ int spen[256];
+    sample_load_pen(pen, n_pen, spen);
+    const float m = sample_row_max(part_m, gridDim.x);
+    int lo, hi;
+    sample_chunk(n, blockIdx.x, gridDim.x, lo, hi);
+    double rest = 0.0;
+    if (m != NEG_INF)
+        for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) {
+            const float l = sample_logit(x, i, spen, n_pen, pen_f);
+            const float w = sample_weight(l, m, inv_t, 0.f);
+            if (w >= floor_w) {
+                const u32 slot = atomicAdd(&head[0], 1u);
+                if (slot < (u32)cap) {
+                    ids[slot] = (u32)i;
+                    vals[slot] = l;
+                }
+            } else {
+                rest += w;
+            }
+        }
+    rest = block_sum_f64(rest);
+    if (threadIdx.x == 0 && rest != 0.0) atomicAdd((double*)(head + 2), rest);
 }
 
 // Pass 2: every block takes the row's maximum from part_m and sums its weights (f64) into
@@ -217,22 +265,13 @@ extern "C" __global__ void sample_draw(const float* x, int n, const int* pen, in
                                        u32* out) {
     GRID_DEP_ENTRY();
     __shared__ int spen[256];
-    __shared__ float sm;
     __shared__ u32 ticket;
     __shared__ double ts[256];
     __shared__ int sel_g;
     __shared__ double sel_base;
     sample_load_pen(pen, n_pen, spen);
     const int G = gridDim.x;
-    {
-        float m = NEG_INF;
-        for (int i = threadIdx.x; i < G; i += blockDim.x) m = fmaxf(m, part_m[i]);
-        int bi = 0;
-        argmax_block(m, bi);
-        if (threadIdx.x == 0) sm = m;
-        __syncthreads();
-    }
-    const float m = sm;
+    const float m = sample_row_max(part_m, G);
     int lo, hi;
     sample_chunk(n, blockIdx.x, G, lo, hi);
     double s = 0.0;
