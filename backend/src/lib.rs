@@ -403,17 +403,20 @@ pub trait Backend {
 
     /// The candidates of a draw with a top-k or top-p cut (`draw.u` unused): every token of
     /// the last row of `logits` whose weight (as [`SoftmaxDraw`] defines it, before
-    /// `min_weight`) is at least `floor`, with its penalized logit, and the sum of the other
-    /// tokens' weights; `gptoss_model`'s sampler finishes the cut on them when they decide
-    /// it. `Ok(None)`: more than `cap` candidates, or no such kernel here (default).
+    /// `min_weight`) is at least `floor`, or, when `0 < top_k < cols`, every token whose
+    /// penalized logit is at least the `top_k`-th largest (`top_k` of them, more on ties);
+    /// with its penalized logit, and the sum of the other tokens' weights. `gptoss_model`'s
+    /// sampler finishes the cut on them when they decide it. `Ok(None)`: more than `cap`
+    /// candidates, or no such kernel here (default).
     fn softmax_candidates(
         &self,
         logits: &Self::Tensor,
         draw: &SoftmaxDraw,
         floor: f32,
+        top_k: usize,
         cap: usize,
     ) -> Result<Option<SoftmaxCandidates>> {
-        let _ = (logits, draw, floor, cap);
+        let _ = (logits, draw, floor, top_k, cap);
         Ok(None)
     }
 

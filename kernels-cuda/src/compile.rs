@@ -29,6 +29,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "sample_max",
     "sample_draw",
     "sample_gather",
+    "sample_kth",
     "spin",
     "linear_rows",
     "gemv_q8_0",

@@ -2185,13 +2185,15 @@ impl Backend for CudaBackend {
         Ok(Some(self.dtoh::<u32>(&out, 1)?[0]).filter(|&t| t != u32::MAX))
     }
 
-    /// `sample_max`, then `sample_gather` appends the candidates; their count and the rest's
-    /// weight come back first, then the lists (8 bytes a candidate).
+    /// `sample_max`, with a top-k four passes of `sample_kth` (an 8-bit radix select of the
+    /// k-th largest logit), then `sample_gather` appends the candidates; their count and the
+    /// rest's weight come back first, then the lists (8 bytes a candidate).
     fn softmax_candidates(
         &self,
         logits: &CudaTensor,
         draw: &SoftmaxDraw,
         floor: f32,
+        top_k: usize,
         cap: usize,
     ) -> Result<Option<SoftmaxCandidates>> {
         let cap = cap.min(1 << 20);
@@ -2201,6 +2203,25 @@ impl Backend for CudaBackend {
         };
         let ids = self.scratch(cap.max(1) * 4)?;
         let vals = self.scratch(cap.max(1) * 4)?;
+        // The select's state: the key's digits so far, how many are still wanted, the digit
+        // histogram and the ticket (sample_kth).
+        let sel = self.scratch(259 * 4)?;
+        let kth = if top_k > 0 && top_k < logits.cols {
+            let mut init = vec![0u32; 259];
+            init[1] = top_k as u32;
+            self.htod(&sel, &init)?;
+            for shift in [24, 16, 8, 0] {
+                self.launch(
+                    "sample_kth",
+                    (p.blocks as u32, 1, 1),
+                    256,
+                    &[&p.args[..], &[A::P(sel.ptr), A::I(shift)]].concat(),
+                )?;
+            }
+            sel.ptr
+        } else {
+            0
+        };
         self.launch(
             "sample_gather",
             (p.blocks as u32, 1, 1),
@@ -2215,6 +2236,7 @@ impl Backend for CudaBackend {
                     A::P(ids.ptr),
                     A::P(vals.ptr),
                     A::I(cap as i32),
+                    A::P(kth),
                 ],
             ]
             .concat(),

@@ -62,9 +62,10 @@ impl Generation {
     }
 }
 
-/// The weight floor of a cut draw's candidates (relative to the most likely token's 1) and
-/// their most: a top-k or top-p cut of a peaked distribution lies well within them; a flat
-/// one overflows them and is sampled on the host.
+/// The weight floor of a cut draw's candidates without top-k (relative to the most likely
+/// token's 1) and the most candidates: a top-p cut of a peaked distribution lies well within
+/// them; a flat one overflows them and is sampled on the host. With top-k the candidates are
+/// the top-k tokens, however flat the distribution.
 const CUT_FLOOR: f32 = 1.0 / 1048576.0;
 const CUT_CAP: usize = 4096;
 
@@ -94,7 +95,8 @@ pub fn pick_next<B: Backend>(
         }
         drawn = Some(d.u);
     } else if let Some(d) = sampler.cut_draw(history) {
-        if let Some(c) = be.softmax_candidates(logits, &d, CUT_FLOOR, CUT_CAP)?
+        let top_k = sampler.config().top_k;
+        if let Some(c) = be.softmax_candidates(logits, &d, CUT_FLOOR, top_k, CUT_CAP)?
             && let Some(t) = sampler.sample_candidates(&c, d.u)
         {
             return Ok(t);

@@ -349,12 +349,14 @@ fn softmax_draw_is_the_next_sample() {
 }
 
 /// Candidates as a device gathers them: every token whose weight (penalized logit, f32 exp
-/// relative to the maximum) is at least `floor`, in shuffled order, and the others' sum.
+/// relative to the maximum) is at least `floor` (with `by_top_k` and a top-k cut: every token
+/// at or above the k-th largest penalized logit), in shuffled order, and the others' sum.
 fn host_candidates(
     logits: &[f32],
     history: &[u32],
     cfg: &SamplerConfig,
     floor: f32,
+    by_top_k: bool,
     shuffle: u64,
 ) -> gptoss_model::sampling::SoftmaxCandidates {
     let mut l: Vec<f32> = logits
@@ -375,6 +377,11 @@ fn host_candidates(
     }
     let max = l.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     let inv_t = 1.0 / cfg.temperature;
+    let kth = (by_top_k && cfg.top_k > 0 && cfg.top_k < l.len()).then(|| {
+        let mut sorted = l.clone();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        sorted[cfg.top_k - 1]
+    });
     let mut tokens = Vec::new();
     let mut rest = 0.0;
     for (i, &x) in l.iter().enumerate() {
@@ -383,7 +390,7 @@ fn host_candidates(
         } else {
             ((x - max) * inv_t).exp()
         };
-        if w >= floor {
+        if kth.map_or(w >= floor, |v| x >= v) {
             tokens.push((i as u32, x));
         } else {
             rest += w as f64;
@@ -425,7 +432,11 @@ fn candidates_decide_cut_draws_as_the_whole_row() {
             seed: 0,
         };
         let mut s = sampler(cfg.clone());
-        let c = host_candidates(&logits, &history, &cfg, 1.0 / 1048576.0, case as u64);
+        let floor = 1.0 / 1048576.0;
+        let c = host_candidates(&logits, &history, &cfg, floor, false, case as u64);
+        // Picked by top-k they always decide a top-k cut.
+        let top_k_cut = cfg.top_k > 0 && cfg.top_k < n;
+        let ck = host_candidates(&logits, &history, &cfg, floor, true, case as u64);
         for _ in 0..100 {
             let u = r.random::<f64>();
             let want = s.sample_at(&logits, &history, u).unwrap();
@@ -433,6 +444,13 @@ fn candidates_decide_cut_draws_as_the_whole_row() {
             if let Some(got) = s.sample_candidates(&c, u) {
                 decided += 1;
                 assert_eq!(got, want, "case {case} u {u} {cfg:?}");
+            }
+            match s.sample_candidates(&ck, u) {
+                Some(got) => assert_eq!(got, want, "top-k candidates, case {case} u {u} {cfg:?}"),
+                None => assert!(
+                    !top_k_cut,
+                    "top-k candidates undecided, case {case} {cfg:?}"
+                ),
             }
         }
     }

@@ -854,13 +854,25 @@ fn softmax_candidates_match_host() {
     let Some(p) = pair() else { return };
     let mut r = rng();
     let floor = 1.0f32 / 1048576.0;
-    for (n, scale, temperature, penalty) in [
-        (201088, 3.0f32, 0.7f32, 1.0f32),
-        (201088, 6.0, 1.0, 1.3),
-        (4099, 2.0, 0.5, 0.9),
-        (1, 1.0, 1.0, 1.0),
+    for (n, scale, temperature, penalty, top_k) in [
+        (201088, 3.0f32, 0.7f32, 1.0f32, 0usize),
+        (201088, 6.0, 1.0, 1.3, 0),
+        (4099, 2.0, 0.5, 0.9, 0),
+        (1, 1.0, 1.0, 1.0, 0),
+        (201088, 0.5, 0.8, 1.0, 40),
+        (201088, 3.0, 1.0, 1.2, 1),
+        (201088, 1.0, 0.8, 1.0, 3000),
+        (4099, 2.0, 0.5, 0.9, 4098),
+        // Logits on a coarse grid: ties at the k-th value.
+        (100000, -1.0, 1.0, 1.0, 50),
     ] {
-        let mut xv = randn(&mut r, n, scale);
+        let mut xv = if scale > 0.0 {
+            randn(&mut r, n, scale)
+        } else {
+            (0..n)
+                .map(|_| r.random_range(0..40) as f32 * 0.25)
+                .collect()
+        };
         if n > 100 {
             xv[r.random_range(0..n)] = f32::NAN;
             xv[r.random_range(0..n)] = f32::NEG_INFINITY;
@@ -900,16 +912,30 @@ fn softmax_candidates_match_host() {
                 }
             })
             .collect();
+        // The k-th largest penalized logit, when top-k picks the candidates.
+        let kth = (top_k > 0 && top_k < n).then(|| {
+            let mut sorted = l.clone();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            sorted[top_k - 1]
+        });
+        let is_cand = |i: usize| kth.map_or(w[i] >= floor, |v| l[i] >= v);
         let want: std::collections::BTreeMap<u32, f32> = (0..n)
-            .filter(|&i| w[i] >= floor)
+            .filter(|&i| is_cand(i))
             .map(|i| (i as u32, l[i]))
             .collect();
-        let rest: f64 = w.iter().filter(|&&x| x < floor).map(|&x| x as f64).sum();
+        let rest: f64 = (0..n).filter(|&i| !is_cand(i)).map(|i| w[i] as f64).sum();
         let c = p
             .gpu
-            .softmax_candidates(&gx, &draw, floor, 1 << 20)
+            .softmax_candidates(&gx, &draw, floor, top_k, 1 << 20)
             .unwrap()
             .expect("candidates");
+        if kth.is_some() {
+            assert!(
+                c.tokens.len() >= top_k,
+                "{} for top-k {top_k}",
+                c.tokens.len()
+            );
+        }
         let got: std::collections::BTreeMap<u32, f32> = c.tokens.iter().copied().collect();
         assert_eq!(got.len(), c.tokens.len(), "a token twice");
         let mut moved = 0.0;
@@ -918,7 +944,7 @@ fn softmax_candidates_match_host() {
                 Some(&y) => assert_eq!(x.to_bits(), y.to_bits(), "token {t}: {x} vs {y}"),
                 None => {
                     assert!(
-                        (w[t as usize] / floor - 1.0).abs() < 1e-5,
+                        kth.is_none() && (w[t as usize] / floor - 1.0).abs() < 1e-5,
                         "token {t} weight {}",
                         w[t as usize]
                     );
@@ -928,7 +954,7 @@ fn softmax_candidates_match_host() {
         }
         for &t in want.keys().filter(|t| !got.contains_key(t)) {
             assert!(
-                (w[t as usize] / floor - 1.0).abs() < 1e-5,
+                kth.is_none() && (w[t as usize] / floor - 1.0).abs() < 1e-5,
                 "missing token {t} weight {}",
                 w[t as usize]
             );
@@ -940,13 +966,13 @@ fn softmax_candidates_match_host() {
             c.rest_weight
         );
         eprintln!(
-            "softmax_candidates n {n}: {} candidates, rest {rest:.4}",
+            "softmax_candidates n {n} top-k {top_k}: {} candidates, rest {rest:.4}",
             got.len()
         );
         if got.len() > 1 {
             let none = p
                 .gpu
-                .softmax_candidates(&gx, &draw, floor, got.len() - 1)
+                .softmax_candidates(&gx, &draw, floor, top_k, got.len() - 1)
                 .unwrap();
             assert!(none.is_none(), "past the cap");
         }

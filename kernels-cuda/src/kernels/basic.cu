@@ -220,7 +220,64 @@ __device__ __forceinline__ float sample_row_max(const float* part_m, int G) {
     return sm;
 }
 
-// A cut draw's candidates (after sample_max): every token whose weight is at least floor_w,
+// A logit's bits as an unsigned key in the same order (-inf and NaN, mapped to -inf, lowest).
+__device__ __forceinline__ u32 sample_key(float l) {
+    const u32 b = __float_as_uint(l);
+    return (b & 0x80000000u) ? ~b : b | 0x80000000u;
+}
+
+// One 8-bit digit (bits shift..shift+7) of a radix select of the k-th largest penalized logit:
+// sel[0] holds the key's digits found so far (above shift), sel[1] how many tokens with that
+// prefix are still wanted, sel[2..258) the digit's histogram, sel[258] the ticket. Every block
+// counts its tokens whose higher digits match; the last block walks the histogram from the top,
+// fixes the digit and how many of its tokens are still wanted, and clears the histogram and
+// ticket for the next pass. After the pass at shift 0, sel[0] is the k-th largest key.
+// grid G (as sample_max), block 256.
+extern "C" __global__ void sample_kth(const float* x, int n, const int* pen, int n_pen,
+                                      float pen_f, u32* sel, int shift) {
+    GRID_DEP_ENTRY();
+    __shared__ int spen[256];
+    __shared__ u32 hist[256];
+    __shared__ u32 ticket;
+    hist[threadIdx.x] = 0u;  // blockDim.x == 256
+    sample_load_pen(pen, n_pen, spen);
+    const u32 prefix = sel[0];
+    int lo, hi;
+    sample_chunk(n, blockIdx.x, gridDim.x, lo, hi);
+    for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) {
+        const u32 key = sample_key(sample_logit(x, i, spen, n_pen, pen_f));
+        if (shift + 8 >= 32 || (key >> (shift + 8)) == (prefix >> (shift + 8)))
+            atomicAdd(&hist[(key >> shift) & 255u], 1u);
+    }
+    __syncthreads();
+    if (hist[threadIdx.x] != 0u) atomicAdd(&sel[2 + threadIdx.x], hist[threadIdx.x]);
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) ticket = atomicAdd(&sel[258], 1u);
+    __syncthreads();
+    if (ticket != gridDim.x - 1) return;
+    __threadfence();
+    if (threadIdx.x == 0) {
+        u32 want = sel[1], acc = 0u;
+        int d = 0;
+        for (int b = 255; b >= 0; --b) {
+            const u32 c = ((volatile u32*)sel)[2 + b];
+            if (acc + c >= want) {
+                d = b;
+                break;
+            }
+            acc += c;
+        }
+        sel[0] = prefix | ((u32)d << shift);
+        sel[1] = want - acc;
+        sel[258] = 0u;
+    }
+    __syncthreads();
+    sel[2 + threadIdx.x] = 0u;
+}
+
+// A cut draw's candidates (after sample_max): every token whose weight is at least floor_w
+// (with kth not null instead: whose key is at least kth[0], the k-th largest from sample_kth),
 // as (id, penalized logit) appended in any order, at most cap of them (head[0] counts them
 // all, so a count past cap says the list is incomplete), and the sum of the other tokens'
 // weights (f64 at head + 2). gptoss_model's Sampler finishes top-k / top-p on them.
@@ -228,11 +285,12 @@ __device__ __forceinline__ float sample_row_max(const float* part_m, int G) {
 extern "C" __global__ void sample_gather(const float* x, int n, const int* pen, int n_pen,
                                          float pen_f, float inv_t, float floor_w,
                                          const float* part_m, u32* head, u32* ids, float* vals,
-                                         int cap) {
+                                         int cap, const u32* kth) {
     GRID_DEP_ENTRY();
     __shared__ int spen[256];
     sample_load_pen(pen, n_pen, spen);
     const float m = sample_row_max(part_m, gridDim.x);
+    const u32 kkey = kth != nullptr ? kth[0] : 0u;
     int lo, hi;
     sample_chunk(n, blockIdx.x, gridDim.x, lo, hi);
     double rest = 0.0;
@@ -240,7 +298,7 @@ extern "C" __global__ void sample_gather(const float* x, int n, const int* pen, 
         for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) {
             const float l = sample_logit(x, i, spen, n_pen, pen_f);
             const float w = sample_weight(l, m, inv_t, 0.f);
-            if (w >= floor_w) {
+            if (kth != nullptr ? sample_key(l) >= kkey : w >= floor_w) {
                 const u32 slot = atomicAdd(&head[0], 1u);
                 if (slot < (u32)cap) {
                     ids[slot] = (u32)i;
