@@ -113,21 +113,7 @@ impl Sampler {
     /// caller must finish this token with it: on the device, or with [`Sampler::sample_at`]
     /// and the draw's `u` on the host.
     pub fn softmax_draw(&mut self, history: &[u32]) -> Option<SoftmaxDraw> {
-        let c = &self.cfg;
-        if c.temperature <= 0.0 || c.top_k != 0 || c.top_p < 1.0 {
-            return None;
-        }
-        let penalized = self.penalized(history);
-        if penalized.len() > 256 {
-            return None;
-        }
-        Some(SoftmaxDraw {
-            inv_temperature: 1.0 / c.temperature,
-            min_weight: c.min_p,
-            penalized,
-            penalty: c.repeat_penalty,
-            u: self.rng.random::<f64>(),
-        })
+        self.device_draw(history, false)
     }
 
     /// The draw for a device backend's candidates
@@ -136,8 +122,13 @@ impl Sampler {
     /// (temperature > 0 with top-k or top-p) and the repetition penalty touches at most 256
     /// distinct tokens. Like [`Sampler::softmax_draw`] it spends the random number.
     pub fn cut_draw(&mut self, history: &[u32]) -> Option<SoftmaxDraw> {
+        self.device_draw(history, true)
+    }
+
+    /// [`Sampler::softmax_draw`] (`cut` false) or [`Sampler::cut_draw`] (`cut` true).
+    fn device_draw(&mut self, history: &[u32], cut: bool) -> Option<SoftmaxDraw> {
         let c = &self.cfg;
-        if c.temperature <= 0.0 || (c.top_k == 0 && c.top_p >= 1.0) {
+        if c.temperature <= 0.0 || (c.top_k != 0 || c.top_p < 1.0) != cut {
             return None;
         }
         let penalized = self.penalized(history);

@@ -294,12 +294,24 @@ extern "C" __global__ void sample_gather(const float* x, int n, const int* pen, 
     int lo, hi;
     sample_chunk(n, blockIdx.x, gridDim.x, lo, hi);
     double rest = 0.0;
+    const int lane = threadIdx.x & 31;
+    // Whole warps step together (ballots), one atomic per warp for its candidates. Past the
+    // cap the list is void (the caller samples the whole row), so the block stops early.
     if (m != NEG_INF)
-        for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) {
-            const float l = sample_logit(x, i, spen, n_pen, pen_f);
-            const float w = sample_weight(l, m, inv_t, 0.f);
-            if (kth != nullptr ? sample_key(l) >= kkey : w >= floor_w) {
-                const u32 slot = atomicAdd(&head[0], 1u);
+        for (int i0 = lo; i0 < hi; i0 += blockDim.x) {
+            const int i = i0 + threadIdx.x;
+            float l = NEG_INF, w = 0.f;
+            if (i < hi) {
+                l = sample_logit(x, i, spen, n_pen, pen_f);
+                w = sample_weight(l, m, inv_t, 0.f);
+            }
+            const bool take = i < hi && (kth != nullptr ? sample_key(l) >= kkey : w >= floor_w);
+            const u32 mask = __ballot_sync(0xffffffffu, take);
+            u32 base = 0u;
+            if (mask != 0u && lane == 0) base = atomicAdd(&head[0], (u32)__popc(mask));
+            base = __shfl_sync(0xffffffffu, base, 0);
+            if (take) {
+                const u32 slot = base + (u32)__popc(mask & ((1u << lane) - 1u));
                 if (slot < (u32)cap) {
                     ids[slot] = (u32)i;
                     vals[slot] = l;
@@ -307,6 +319,7 @@ extern "C" __global__ void sample_gather(const float* x, int n, const int* pen, 
             } else {
                 rest += w;
             }
+            if (__syncthreads_or(threadIdx.x == 0 && *(volatile u32*)&head[0] > (u32)cap)) break;
         }
     rest = block_sum_f64(rest);
     if (threadIdx.x == 0 && rest != 0.0) atomicAdd((double*)(head + 2), rest);
