@@ -321,33 +321,42 @@ fn softmax_weight(l: f32, max: f32, inv_t: f32) -> f64 {
 }
 
 /// Zero the weights outside the nucleus: the smallest set of most likely candidates (ties by
-/// lower id) whose weights reach `top_p` of the total. The candidates above a weight floor
-/// are sorted, the floor lowered (2^-10, 2^-20, 2^-40, then none) until their sum reaches
-/// the cut: everything below a floor is less likely than everything above it, so the prefix
-/// found is the one a full sort would give, and a peaked distribution sorts a few tokens.
+/// lower id) whose weights reach `top_p` of the total. The candidates are sorted band by band
+/// of weight (at least 2^-10, then down to 2^-20, 2^-40, then the rest), each band after the
+/// ones above it, until the running sum reaches the cut: everything in a band is less likely
+/// than everything above it, so the prefix is the one a full sort gives, in the same order,
+/// and a peaked distribution sorts a few tokens.
 fn keep_nucleus(cand: &[(u32, f32)], w: &mut [f64], top_p: f64) {
     let need = top_p * w.iter().sum::<f64>();
-    let mut idx: Vec<usize> = Vec::new();
+    // (position, logit): `cand` is in id order, so position order is id order, and sorting
+    // the pairs themselves keeps the sort on contiguous memory.
+    let mut idx: Vec<(u32, f32)> = Vec::new();
+    let mut acc = 0.0;
+    let mut above = f64::INFINITY;
     for floor in [1.0 / 1024.0, 1.0 / 1048576.0, 2f64.powi(-40), 0.0] {
-        idx.clear();
-        idx.extend((0..w.len()).filter(|&i| w[i] > 0.0 && w[i] >= floor));
-        idx.sort_unstable_by(|&a, &b| by_likelihood(&cand[a], &cand[b]));
-        let mut acc = 0.0;
-        if let Some(n) = idx.iter().position(|&i| {
-            acc += w[i];
-            acc >= need
-        }) {
-            let mut keep = vec![false; w.len()];
-            for &i in &idx[..=n] {
-                keep[i] = true;
-            }
-            for (x, k) in w.iter_mut().zip(keep) {
-                if !k {
-                    *x = 0.0;
+        let start = idx.len();
+        idx.extend(
+            (0..w.len())
+                .filter(|&i| w[i] > 0.0 && w[i] >= floor && w[i] < above)
+                .map(|i| (i as u32, cand[i].1)),
+        );
+        idx[start..].sort_unstable_by(by_likelihood);
+        for n in start..idx.len() {
+            acc += w[idx[n].0 as usize];
+            if acc >= need {
+                let mut keep = vec![false; w.len()];
+                for &(i, _) in &idx[..=n] {
+                    keep[i as usize] = true;
                 }
+                for (x, k) in w.iter_mut().zip(keep) {
+                    if !k {
+                        *x = 0.0;
+                    }
+                }
+                return;
             }
-            return;
         }
+        above = floor;
     }
     // Rounding kept the sum of every weight below the cut: keep them all.
 }
