@@ -327,7 +327,7 @@ pub struct CudaBackend {
     /// (`moe_router_topk_q_add`; decode_moe.rs). Default on (`GPTOSS_CUDA_ROUTER_NORM=0`
     /// turns it off).
     router_norm: bool,
-    /// Temperature-softmax draws on the device ([`Backend::sample_softmax`]).
+    /// Sampling on the device ([`CudaBackend::set_device_sampling`]).
     device_sampling: bool,
     /// Launch with programmatic dependent launch (sm_90+): see [`pdl_default`].
     pdl: bool,
@@ -565,9 +565,10 @@ impl CudaBackend {
         self.router_norm = on;
     }
 
-    /// Temperature-softmax draws on the device ([`Backend::sample_softmax`]: two launches, one
-    /// id back); off, the logits row is copied back and the host samples. Default on
-    /// (`GPTOSS_CUDA_SAMPLE=0` turns it off).
+    /// Sampling on the device: temperature draws ([`Backend::sample_softmax`]: two launches,
+    /// one id back) and top-k / top-p candidates ([`Backend::softmax_candidates`]); off, the
+    /// logits row is copied back and the host samples. Default on (`GPTOSS_CUDA_SAMPLE=0`
+    /// turns it off).
     pub fn set_device_sampling(&mut self, on: bool) {
         self.device_sampling = on;
     }
