@@ -214,14 +214,12 @@ impl WithBackend for BenchJob<'_> {
                     sync_logits(&model, &t)?;
                 } else {
                     let mut next = random_tokens(1)[0];
-                    let mut sampler = plan.sampling.clone().map(Sampler::new).transpose()?;
+                    // Greedy by default: then pick_next takes the argmax on the device.
+                    let mut sampler = Sampler::new(plan.sampling.clone().unwrap_or_default())?;
                     let mut history = Vec::with_capacity(n);
                     for _ in 0..n {
                         let t = model.forward(&mut session, &[next], false)?;
-                        next = match sampler.as_mut() {
-                            Some(s) => gptoss_model::pick_next(&model, &t, s, &history)?,
-                            None => sync_logits(&model, &t)?,
-                        };
+                        next = gptoss_model::pick_next(&model, &t, &mut sampler, &history)?;
                         history.push(next);
                     }
                 }

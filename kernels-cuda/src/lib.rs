@@ -2188,7 +2188,7 @@ impl Backend for CudaBackend {
 
     /// `sample_max`, with a top-k four passes of `sample_kth` (an 8-bit radix select of the
     /// k-th largest logit), then `sample_gather` appends the candidates; their count and the
-    /// rest's weight come back first, then the lists (8 bytes a candidate).
+    /// rest's weight come back first, then the (id, logit) pairs (8 bytes a candidate).
     fn softmax_candidates(
         &self,
         logits: &CudaTensor,
@@ -2202,8 +2202,7 @@ impl Backend for CudaBackend {
         let Some(p) = self.sample_row_max(logits, draw, head.ptr)? else {
             return Ok(None);
         };
-        let ids = self.scratch(cap.max(1) * 4)?;
-        let vals = self.scratch(cap.max(1) * 4)?;
+        let pairs = self.scratch(cap.max(1) * 8)?;
         // The select's state: the key's digits so far, how many are still wanted, the digit
         // histogram and the ticket (sample_kth).
         let sel = self.scratch(259 * 4)?;
@@ -2234,8 +2233,7 @@ impl Backend for CudaBackend {
                     A::F(floor),
                     A::P(p.part_m.ptr),
                     A::P(head.ptr),
-                    A::P(ids.ptr),
-                    A::P(vals.ptr),
+                    A::P(pairs.ptr),
                     A::I(cap as i32),
                     A::P(kth),
                 ],
@@ -2248,10 +2246,12 @@ impl Backend for CudaBackend {
             return Ok(None);
         }
         let rest_weight = f64::from_bits(u64::from(h[2]) | (u64::from(h[3]) << 32));
-        let ids = self.dtoh::<u32>(&ids, count)?;
-        let vals = self.dtoh::<f32>(&vals, count)?;
+        let pairs = self.dtoh::<u32>(&pairs, 2 * count)?;
         Ok(Some(SoftmaxCandidates {
-            tokens: ids.into_iter().zip(vals).collect(),
+            tokens: pairs
+                .chunks_exact(2)
+                .map(|p| (p[0], f32::from_bits(p[1])))
+                .collect(),
             rest_weight,
         }))
     }

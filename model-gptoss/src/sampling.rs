@@ -195,19 +195,10 @@ impl Sampler {
         let mut kept: Vec<(u32, f64)> = cand[..keep]
             .iter()
             .zip(&w[..keep])
-            .map(|(c, &x)| (c.0, if (x as f32) < cfg.min_p { 0.0 } else { x }))
+            .map(|(c, &x)| (c.0, x))
             .collect();
         kept.sort_unstable_by_key(|k| k.0);
-        let total: f64 = kept.iter().map(|k| k.1).sum();
-        let target = u * total;
-        let mut acc = 0.0;
-        for &(t, x) in &kept {
-            acc += x;
-            if target < acc {
-                return Some(t);
-            }
-        }
-        kept.iter().rev().find(|k| k.1 > 0.0).map(|k| k.0)
+        draw_by_id(kept.into_iter(), cfg.min_p, u)
     }
 
     /// The distinct recent tokens the repetition penalty applies to (none when it is off).
@@ -275,29 +266,34 @@ impl Sampler {
         if self.cfg.top_p < 1.0 {
             keep_nucleus(cand, w, self.cfg.top_p as f64);
         }
-        if self.cfg.min_p > 0.0 {
-            for x in w.iter_mut() {
-                if (*x as f32) < self.cfg.min_p {
-                    *x = 0.0;
-                }
-            }
-        }
-        let total: f64 = w.iter().sum();
-        let target = u * total;
-        let mut acc = 0.0;
-        for (c, &x) in cand.iter().zip(w.iter()) {
-            acc += x;
-            if target < acc {
-                return Ok(c.0);
-            }
-        }
-        // Rounding can leave the target a hair above the last bucket.
-        let last = w
-            .iter()
-            .rposition(|&x| x > 0.0)
-            .expect("the maximum has weight 1");
-        Ok(cand[last].0)
+        let t = draw_by_id(
+            cand.iter().map(|c| c.0).zip(w.iter().copied()),
+            self.cfg.min_p,
+            u,
+        );
+        Ok(t.expect("the maximum has weight 1"))
     }
+}
+
+/// The draw both samplers end with: weights below `min_p` dropped, then the first token (in
+/// the order given: id order) whose running sum of weights exceeds `u` times their total;
+/// the last token of positive weight when rounding leaves the target past the end. `None`
+/// when no weight is positive.
+fn draw_by_id(items: impl Iterator<Item = (u32, f64)> + Clone, min_p: f32, u: f64) -> Option<u32> {
+    let kept = items.map(move |(t, x)| (t, if (x as f32) < min_p { 0.0 } else { x }));
+    let target = u * kept.clone().map(|k| k.1).sum::<f64>();
+    let mut acc = 0.0;
+    let mut last = None;
+    for (t, x) in kept {
+        acc += x;
+        if target < acc {
+            return Some(t);
+        }
+        if x > 0.0 {
+            last = Some(t);
+        }
+    }
+    last
 }
 
 /// The repetition penalty on one logit.

@@ -278,14 +278,14 @@ extern "C" __global__ void sample_kth(const float* x, int n, const int* pen, int
 
 // A cut draw's candidates (after sample_max): every token whose weight is at least floor_w
 // (with kth not null instead: whose key is at least kth[0], the k-th largest from sample_kth),
-// as (id, penalized logit) appended in any order, at most cap of them (head[0] counts them
-// all, so a count past cap says the list is incomplete), and the sum of the other tokens'
-// weights (f64 at head + 2). gptoss_model's Sampler finishes top-k / top-p on them.
+// as (id, penalized logit's bits) pairs appended in any order, at most cap of them (head[0]
+// counts them all, so a count past cap says the list is incomplete), and the sum of the other
+// tokens' weights (f64 at head + 2). gptoss_model's Sampler finishes top-k / top-p on them.
 // grid G (as sample_max), block 256.
 extern "C" __global__ void sample_gather(const float* x, int n, const int* pen, int n_pen,
                                          float pen_f, float inv_t, float floor_w,
-                                         const float* part_m, u32* head, u32* ids, float* vals,
-                                         int cap, const u32* kth) {
+                                         const float* part_m, u32* head, u32* pairs, int cap,
+                                         const u32* kth) {
     GRID_DEP_ENTRY();
     __shared__ int spen[256];
     sample_load_pen(pen, n_pen, spen);
@@ -313,8 +313,8 @@ extern "C" __global__ void sample_gather(const float* x, int n, const int* pen, 
             if (take) {
                 const u32 slot = base + (u32)__popc(mask & ((1u << lane) - 1u));
                 if (slot < (u32)cap) {
-                    ids[slot] = (u32)i;
-                    vals[slot] = l;
+                    pairs[2 * slot] = (u32)i;
+                    pairs[2 * slot + 1] = __float_as_uint(l);
                 }
             } else {
                 rest += w;
@@ -339,7 +339,7 @@ extern "C" __global__ void sample_draw(const float* x, int n, const int* pen, in
     __shared__ u32 ticket;
     __shared__ double ts[256];
     __shared__ int sel_g;
-    __shared__ double sel_base;
+    __shared__ double sel_base, sel_target;
     sample_load_pen(pen, n_pen, spen);
     const int G = gridDim.x;
     const float m = sample_row_max(part_m, G);
@@ -378,6 +378,7 @@ extern "C" __global__ void sample_draw(const float* x, int n, const int* pen, in
         }
         sel_g = gs >= 0 ? gs : glast;
         sel_base = gs >= 0 ? base : -1.0;  // -1: take the last token of weight
+        sel_target = target;
     }
     __syncthreads();
     if (sel_g < 0) {
@@ -398,9 +399,7 @@ extern "C" __global__ void sample_draw(const float* x, int n, const int* pen, in
     u32 tok = 0xffffffffu;
     int t_last = blockDim.x - 1;  // where to look back from for the last token of weight
     if (sel_base >= 0.0) {
-        double total = 0.0;
-        for (int g = 0; g < G; ++g) total += ((volatile double*)part_s)[g];
-        const double tgt = __longlong_as_double(u_bits) * total;
+        const double tgt = sel_target;
         double acc = sel_base;
         for (int t = 0; t < (int)blockDim.x; ++t) {
             if (tgt < acc + ts[t]) {
