@@ -10,6 +10,8 @@ use gptoss_backend::{AttentionConfig, Backend, Result, Rope};
 
 /// float4s a thread of `add_rms_norm` holds (RN_R in basic.cu).
 const RN_R: usize = 4;
+/// Heads per block of `rope_qk` (ROPE_QK_HEADS in basic.cu).
+const ROPE_QK_HEADS: usize = 16;
 
 /// Whether the tensor-core decode attention is on by default: yes, unless
 /// `GPTOSS_CUDA_TC_OFF` lists `attention` (the switch the prefill paths also read), so that
@@ -201,7 +203,8 @@ impl CudaBackend {
         self.rms_norm(x, weight, eps)
     }
 
-    /// [`Backend::rope_qk`]: both tensors in one launch of `rope_qk`.
+    /// [`Backend::rope_qk`]: both tensors in one launch of `rope_qk` (ROPE_QK_HEADS heads of a
+    /// row per block).
     pub(crate) fn rope_qk_impl(
         &self,
         q: &mut CudaTensor,
@@ -234,8 +237,12 @@ impl CudaBackend {
         let f = self.rope_freqs(rope)?;
         self.launch(
             "rope_qk",
-            (q.rows as u32, (n_heads + n_kv_heads) as u32, 1),
-            (hd / 2).div_ceil(32) as u32 * 32,
+            (
+                q.rows as u32,
+                (n_heads + n_kv_heads).div_ceil(ROPE_QK_HEADS) as u32,
+                1,
+            ),
+            256,
             &[
                 A::P(self.ptr(&q.buf)),
                 A::I(n_heads as i32),

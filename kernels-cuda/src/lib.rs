@@ -315,6 +315,10 @@ pub struct CudaBackend {
     grouped_decode: bool,
     /// Tensor-core paths in split precision (prefill.rs: bits TC_LINEAR, TC_MOE, TC_ATTENTION).
     tc_split: u8,
+    /// The bf16 MoE prefill on Hopper's wgmma (moe_wgmma.cu, sm_90a only; prefill.rs): its
+    /// warpgroups per block (4 or 2), or 0 for the mma.sync kernels. `GPTOSS_CUDA_MOE_WGMMA`
+    /// (0, 2 or 4; default 4).
+    moe_wgmma: usize,
     /// The int8 tensor-core decode products (decode_moe.rs): MXFP4 MoE at t <= 8, Q8_0
     /// matrix-vector products at t <= 2.
     decode_mma: bool,
@@ -423,6 +427,8 @@ const PDL_IN_GRAPH: [&str; 4] = [
 const TICKETS_ROUTER: usize = 0;
 const TICKETS_ARGMAX: usize = 1;
 const TICKETS_ATTN: usize = 2;
+/// Token rows per block of `moe_router_rows` (RR_ROWS in moe.cu).
+const ROUTER_ROWS: usize = 8;
 
 fn unavailable(reason: String) -> BackendError {
     BackendError::Unavailable {
@@ -509,6 +515,11 @@ impl CudaBackend {
             moe_rows: (1, 2),
             grouped_decode: false,
             tc_split: prefill::tc_split_from_env(),
+            moe_wgmma: match std::env::var("GPTOSS_CUDA_MOE_WGMMA").as_deref() {
+                Ok("0") => 0,
+                Ok("2") => 2,
+                _ => 4,
+            },
             // Opt-in: measured slower than the f32 kernels on an H100 (bench/RESULTS.md, helper
             // dmoe): 291 vs 354 tok/s tg128 on the synthetic 20b.
             decode_mma: std::env::var("GPTOSS_CUDA_DECODE_MMA").is_ok_and(|v| v == "1"),
@@ -555,6 +566,17 @@ impl CudaBackend {
     /// kernels on an H100 and as exact in conformance (NMSE ~1e-12).
     pub fn set_decode_dp4a(&mut self, on: bool) {
         self.decode_dp4a = on;
+    }
+
+    /// The MXFP4 MoE prefill (bf16 precision) on wgmma where the kernels were compiled for
+    /// sm_90a (moe_wgmma.cu), with `warpgroups` (4 or 2) per block of 64 weight rows each; 0:
+    /// the mma.sync kernels of every architecture. Default 4 (`GPTOSS_CUDA_MOE_WGMMA=0`, `2`).
+    pub fn set_moe_wgmma(&mut self, warpgroups: usize) {
+        self.moe_wgmma = if warpgroups == 2 || warpgroups == 0 {
+            warpgroups
+        } else {
+            4
+        };
     }
 
     /// The residual add and the RMSNorm before the MoE done inside the router launch of the
@@ -789,6 +811,27 @@ impl CudaBackend {
     /// Whether `GPTOSS_CUDA_SKIP` leaves this launch out: an entry `prefix` matches every
     /// kernel whose name starts with it, `prefix/N` only launches of N blocks in x (the output
     /// matrix's product apart from the layers' of the same kernel).
+    /// The many-row router (`moe_router_rows`, ROUTER_ROWS tokens per block) applies: rows of
+    /// the bf16 tensor-core prefill, an F32 router, eight k slices of whole float4s and 32 to
+    /// 128 experts in whole warps (a lane sums n_exp / 32 of them). Its logits are the same
+    /// f32 sums in another order; the f32 and split-precision paths keep `moe_router_topk`,
+    /// with which their checks against the CPU reference were measured (bench/RESULTS.md,
+    /// session 22: with the many-row router the f32 kernels' 64 greedy steps on the synthetic
+    /// 20b kept 29 steps, a near-tie of that random model flipping).
+    fn router_rows_fits(
+        &self,
+        w: &MoeWeights<CudaWeight>,
+        t: usize,
+        d_model: usize,
+        e: usize,
+    ) -> bool {
+        self.moe_bf16_prefill(t, d_model)
+            && w.router.dtype == GgmlType::F32
+            && d_model.is_multiple_of(32)
+            && (32..=128).contains(&e)
+            && e.is_multiple_of(32)
+    }
+
     fn skipped(&self, name: &str, grid_x: u32) -> bool {
         self.skip.iter().any(|e| match e.split_once('/') {
             Some((p, n)) => name.starts_with(p) && n.parse() == Ok(grid_x),
@@ -1371,9 +1414,30 @@ impl CudaBackend {
             (Some(_), Some(_)) => "moe_router_topk_q_add",
             (Some(_), None) => return bad("a fused norm without the planes router".into()),
             (None, Some(_)) => "moe_router_topk_q",
+            (None, None) if self.router_rows_fits(w, t, d_model, e) => "moe_router_rows",
             (None, None) => "moe_router_topk",
         };
-        self.launch(router, (e as u32, t as u32, 1), 256, &router_args)?;
+        if router == "moe_router_rows" {
+            self.launch(
+                router,
+                (t.div_ceil(ROUTER_ROWS) as u32, 1, 1),
+                256,
+                &[
+                    A::P(xp),
+                    A::I(t as i32),
+                    A::I(d_model as i32),
+                    A::P(rw),
+                    A::P(self.ptr(&w.router_bias.buf)),
+                    A::I(w.router_bias.dtype.id() as i32),
+                    A::I(e as i32),
+                    A::I(kk as i32),
+                    A::P(self.ptr(&ids)),
+                    A::P(self.ptr(&wts)),
+                ],
+            )?;
+        } else {
+            self.launch(router, (e as u32, t as u32, 1), 256, &router_args)?;
+        }
         // Timing only (GPTOSS_CUDA_SKIP): a router left out writes no expert ids, so nothing
         // that indexes with them may run either; y stays unwritten.
         if self.skipped(router, e as u32) {

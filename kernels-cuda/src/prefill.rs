@@ -6,7 +6,10 @@
 //! pairs by expert on the GPU and runs grouped GEMMs (gate and up with SwiGLU-OAI and biases
 //! fused, then down with the bias and routing weight into one f32 row per pair, summed over
 //! the slots in slot order: deterministic), and attention runs a flash kernel (f32 scores and
-//! softmax).
+//! softmax). On sm_90a the bf16 MoE GEMMs run on wgmma instead (`kernels/moe_wgmma.cu`: the
+//! MXFP4 weights expanded to bf16 in the registers that feed the warpgroup MMA, the token rows
+//! staged in shared memory by cp.async; [`CudaBackend::set_moe_wgmma`]); they give the same
+//! products and k16 sums as the mma.sync kernels.
 //!
 //! Precision ([`TcPrecision`], `GPTOSS_CUDA_TC_PRECISION`): by default (`bf16`) each product
 //! is one mma.sync of 16-bit roundings (weights as bf16, or f16 for Q8_0 and F16; activations
@@ -125,6 +128,13 @@ impl CudaBackend {
 
     fn split(&self, path: u8) -> bool {
         self.tc_split & path != 0
+    }
+
+    /// The MoE of `t` rows of width `d_model` takes the bf16 tensor-core kernels (the fast
+    /// prefill; not the f32 kernels nor split precision, which keep the kernels their accuracy
+    /// checks were measured with).
+    pub(crate) fn moe_bf16_prefill(&self, t: usize, d_model: usize) -> bool {
+        t >= tc_min_rows() && d_model >= tc_min_width() && path_on("moe") && !self.split(TC_MOE)
     }
 }
 
@@ -286,12 +296,17 @@ impl CudaBackend {
                 A::P(tiles.ptr),
             ],
         )?;
-        let bp = |b: &CudaWeight| (A::P(self.ptr(&b.buf)), A::I(b.dtype.id() as i32));
-        let (gb, gbt) = bp(&w.gate_bias);
-        let (ub, ubt) = bp(&w.up_bias);
-        let (db, dbt) = bp(&w.down_bias);
+        let g = MoeGroups {
+            perm,
+            seg_end,
+            tiles,
+            max_tiles,
+        };
         // h: [pairs, n_ff] in sorted order, f32 (split) or bf16.
         let sp = self.split(TC_MOE);
+        if !sp && self.wgmma_fits(d_model, n_ff) {
+            return self.moe_wg_run(x, t, d_model, n_ff, w, kk, wts, y, dropped, &g);
+        }
         let (gate_up, down, h_bytes, smem) = if sp {
             ("moe_tcs_gate_up", "moe_tcs_down", 4, tcs_smem(1))
         } else {
@@ -303,26 +318,162 @@ impl CudaBackend {
             (n_ff.div_ceil(TC_FF) as u32, max_tiles as u32, 1),
             256,
             smem,
-            &[
-                A::P(x),
-                A::I(d_model as i32),
-                A::P(self.ptr(&w.gate.buf)),
-                A::L(w.gate.nb),
-                A::P(self.ptr(&w.up.buf)),
-                A::L(w.up.nb),
-                gb,
-                gbt,
-                ub,
-                ubt,
-                A::P(perm.ptr),
-                A::P(seg_end.ptr),
-                A::P(tiles.ptr),
-                A::I(kk as i32),
-                A::I(n_ff as i32),
-                A::P(h.ptr),
-            ],
+            &self.gate_up_args(x, d_model, w, &g, kk, n_ff, h.ptr),
         )?;
         // One f32 row per (token, slot), summed in slot order below.
+        let yp = self.moe_slot_rows(pairs, d_model, dropped)?;
+        self.launch_dyn(
+            down,
+            (d_model.div_ceil(TC_BN) as u32, max_tiles as u32, 1),
+            256,
+            smem,
+            &self.down_args(h.ptr, n_ff, w, &g, wts, d_model, yp.ptr),
+        )?;
+        self.moe_sum(&yp, t, kk, d_model, y)
+    }
+}
+
+/// Dynamic shared memory of the wgmma MoE kernels (WG_SMEM in moe_wgmma.cu): four stages of a
+/// 128-row x 64-k bf16 tile.
+const WG_SMEM: u32 = 4 * 128 * 64 * 2;
+/// k per stage of the wgmma MoE kernels (WG_BK): d_model and n_ff must be multiples of it.
+const WG_BK: usize = 64;
+
+/// What `moe_tc_group` wrote: the (token, slot) pairs sorted by expert, each expert's segment
+/// end and the list of 128-row tiles (its length first), for at most `max_tiles` tiles.
+struct MoeGroups {
+    perm: DevBuf,
+    seg_end: DevBuf,
+    tiles: DevBuf,
+    max_tiles: usize,
+}
+
+impl CudaBackend {
+    /// The wgmma MoE kernels apply: compiled for sm_90a, switched on, and both widths whole
+    /// stages of 64 k.
+    fn wgmma_fits(&self, d_model: usize, n_ff: usize) -> bool {
+        self.moe_wgmma != 0
+            && self.arch == "sm_90a"
+            && d_model.is_multiple_of(WG_BK)
+            && n_ff.is_multiple_of(WG_BK)
+    }
+
+    /// The arguments of every grouped gate/up kernel: x rows (f32 for mma.sync, the bf16 rows
+    /// of `moe_wg_prep_x` for wgmma), the expert matrices and biases, the grouping, h.
+    #[allow(clippy::too_many_arguments)]
+    fn gate_up_args(
+        &self,
+        x: u64,
+        d_model: usize,
+        w: &MoeWeights<CudaWeight>,
+        g: &MoeGroups,
+        kk: usize,
+        n_ff: usize,
+        h: u64,
+    ) -> Vec<A> {
+        vec![
+            A::P(x),
+            A::I(d_model as i32),
+            A::P(self.ptr(&w.gate.buf)),
+            A::L(w.gate.nb),
+            A::P(self.ptr(&w.up.buf)),
+            A::L(w.up.nb),
+            A::P(self.ptr(&w.gate_bias.buf)),
+            A::I(w.gate_bias.dtype.id() as i32),
+            A::P(self.ptr(&w.up_bias.buf)),
+            A::I(w.up_bias.dtype.id() as i32),
+            A::P(g.perm.ptr),
+            A::P(g.seg_end.ptr),
+            A::P(g.tiles.ptr),
+            A::I(kk as i32),
+            A::I(n_ff as i32),
+            A::P(h),
+        ]
+    }
+
+    /// The arguments of every grouped down kernel: h, the down matrices and bias, the
+    /// grouping and routing weights, the per-pair rows `yp`.
+    #[allow(clippy::too_many_arguments)]
+    fn down_args(
+        &self,
+        h: u64,
+        n_ff: usize,
+        w: &MoeWeights<CudaWeight>,
+        g: &MoeGroups,
+        wts: &DevBuf,
+        d_model: usize,
+        yp: u64,
+    ) -> Vec<A> {
+        vec![
+            A::P(h),
+            A::I(n_ff as i32),
+            A::P(self.ptr(&w.down.buf)),
+            A::L(w.down.nb),
+            A::P(self.ptr(&w.down_bias.buf)),
+            A::I(w.down_bias.dtype.id() as i32),
+            A::P(g.perm.ptr),
+            A::P(wts.ptr),
+            A::P(g.seg_end.ptr),
+            A::P(g.tiles.ptr),
+            A::I(d_model as i32),
+            A::P(yp),
+        ]
+    }
+
+    /// The grouped MoE GEMMs on wgmma (moe_wgmma.cu), after `moe_tc_group`: x to bf16 rows in
+    /// the kernels' k order, gate/up, down, the slot sum. Same products and k16 sums as the
+    /// mma.sync bf16 kernels.
+    #[allow(clippy::too_many_arguments)]
+    fn moe_wg_run(
+        &self,
+        x: u64,
+        t: usize,
+        d_model: usize,
+        n_ff: usize,
+        w: &MoeWeights<CudaWeight>,
+        kk: usize,
+        wts: &DevBuf,
+        y: u64,
+        dropped: bool,
+        g: &MoeGroups,
+    ) -> Result<()> {
+        let pairs = t * kk;
+        let xb = self.scratch(t * d_model * 2)?;
+        self.launch(
+            "moe_wg_prep_x",
+            ((t * d_model).div_ceil(512) as u32, 1, 1),
+            256,
+            &[A::P(x), A::I(t as i32), A::I(d_model as i32), A::P(xb.ptr)],
+        )?;
+        let h = self.scratch(pairs * n_ff * 2)?;
+        // Warpgroups a block (64 weight rows each): 4 or 2.
+        let nwg = self.moe_wgmma;
+        let (gate_up, down) = if nwg == 4 {
+            ("moe_wg4_gate_up", "moe_wg4_down")
+        } else {
+            ("moe_wg_gate_up", "moe_wg_down")
+        };
+        self.launch_dyn(
+            gate_up,
+            (n_ff.div_ceil(32 * nwg) as u32, g.max_tiles as u32, 1),
+            128 * nwg as u32,
+            WG_SMEM,
+            &self.gate_up_args(xb.ptr, d_model, w, g, kk, n_ff, h.ptr),
+        )?;
+        let yp = self.moe_slot_rows(pairs, d_model, dropped)?;
+        self.launch_dyn(
+            down,
+            (d_model.div_ceil(64 * nwg) as u32, g.max_tiles as u32, 1),
+            128 * nwg as u32,
+            WG_SMEM,
+            &self.down_args(h.ptr, n_ff, w, g, wts, d_model, yp.ptr),
+        )?;
+        self.moe_sum(&yp, t, kk, d_model, y)
+    }
+
+    /// The f32 row per (token, slot) that the down kernels write (zeroed when some pairs
+    /// were dropped, so that the slot sum skips them).
+    fn moe_slot_rows(&self, pairs: usize, d_model: usize, dropped: bool) -> Result<DevBuf> {
         let yp = self.scratch(pairs * d_model * 4)?;
         if dropped {
             // SAFETY: `yp` is a live pool allocation of exactly these bytes, on our stream.
@@ -336,26 +487,11 @@ impl CudaBackend {
             }
             .map_err(dev_err)?;
         }
-        self.launch_dyn(
-            down,
-            (d_model.div_ceil(TC_BN) as u32, max_tiles as u32, 1),
-            256,
-            smem,
-            &[
-                A::P(h.ptr),
-                A::I(n_ff as i32),
-                A::P(self.ptr(&w.down.buf)),
-                A::L(w.down.nb),
-                db,
-                dbt,
-                A::P(perm.ptr),
-                A::P(wts.ptr),
-                A::P(seg_end.ptr),
-                A::P(tiles.ptr),
-                A::I(d_model as i32),
-                A::P(yp.ptr),
-            ],
-        )?;
+        Ok(yp)
+    }
+
+    /// y[r] = the sum over slots, in slot order, of the pair rows.
+    fn moe_sum(&self, yp: &DevBuf, t: usize, kk: usize, d_model: usize, y: u64) -> Result<()> {
         self.launch(
             "moe_sum_slots",
             (d_model.div_ceil(256) as u32, t as u32, 1),

@@ -610,6 +610,8 @@ fn add_rms_norm_and_rope_qk() {
         (64, 64, 8, 5, 4097),
         (64, 64, 8, 1, 131000),
         (32, 4, 2, 9, 17),
+        // More pairs than a block has threads, and 40 heads: three blocks of 16, 16 and 8.
+        (1024, 24, 16, 3, 700),
     ] {
         let rope = gptoss_rope(hd);
         let qv = randn(&mut r, t * heads * hd, 1.0);
@@ -1162,6 +1164,34 @@ fn moe_weights(
     expert_type: GgmlType,
     down_type: GgmlType,
 ) -> MoePair {
+    let scales = MoeScales {
+        gate_up: 0.05,
+        down: 0.05,
+        down_bias: 0.5,
+    };
+    moe_weights_scaled(p, r, d_model, n_ff, e, expert_type, down_type, scales)
+}
+
+/// The spreads of random MoE weights (see `random_weight`); the router and the gate/up biases
+/// keep 0.05 and 0.5.
+struct MoeScales {
+    gate_up: f32,
+    down: f32,
+    down_bias: f32,
+}
+
+/// As `moe_weights`, with the expert matrices and the down bias drawn at `sc`.
+#[allow(clippy::too_many_arguments)]
+fn moe_weights_scaled(
+    p: &Pair,
+    r: &mut StdRng,
+    d_model: usize,
+    n_ff: usize,
+    e: usize,
+    expert_type: GgmlType,
+    down_type: GgmlType,
+    sc: MoeScales,
+) -> MoePair {
     let w = MoeWeights {
         router: random_weight(r, "ffn_gate_inp.weight", GgmlType::F32, &[d_model, e], 0.05),
         router_bias: random_weight(r, "ffn_gate_inp.bias", GgmlType::F32, &[e], 0.5),
@@ -1170,7 +1200,7 @@ fn moe_weights(
             "ffn_gate_exps.weight",
             expert_type,
             &[d_model, n_ff, e],
-            0.05,
+            sc.gate_up,
         ),
         gate_bias: random_weight(r, "ffn_gate_exps.bias", GgmlType::F32, &[n_ff, e], 0.5),
         up: random_weight(
@@ -1178,7 +1208,7 @@ fn moe_weights(
             "ffn_up_exps.weight",
             expert_type,
             &[d_model, n_ff, e],
-            0.05,
+            sc.gate_up,
         ),
         up_bias: random_weight(r, "ffn_up_exps.bias", GgmlType::F32, &[n_ff, e], 0.5),
         down: random_weight(
@@ -1186,9 +1216,15 @@ fn moe_weights(
             "ffn_down_exps.weight",
             down_type,
             &[n_ff, d_model, e],
-            0.05,
+            sc.down,
         ),
-        down_bias: random_weight(r, "ffn_down_exps.bias", GgmlType::F32, &[d_model, e], 0.5),
+        down_bias: random_weight(
+            r,
+            "ffn_down_exps.bias",
+            GgmlType::F32,
+            &[d_model, e],
+            sc.down_bias,
+        ),
     };
     let up = |x: &WeightData| p.up(x);
     let (cr, gr) = up(&w.router);
@@ -1415,6 +1451,81 @@ fn moe_prefill_tensor_cores() {
         moe_case_limit(&p, &mut r, 96, 160, 5, 3, fp4, fp4, &[10, 129, 257], lim);
         moe_case_limit(&p, &mut r, 64, 32, 64, 1, fp4, fp4, &[33, 200], lim);
     }
+}
+
+/// One shape of `moe_prefill_wgmma`: d_model, n_ff, experts, top k, token counts, weight
+/// spreads, x spread.
+type WgmmaCase = (usize, usize, usize, usize, &'static [usize], MoeScales, f32);
+
+/// The MXFP4 MoE prefill on Hopper's wgmma (moe_wgmma.cu), 2 and 4 warpgroups a block (on
+/// other GPUs the mma.sync kernels run every time), bf16 precision: against the CPU reference at the matmul limit, and against
+/// the mma.sync kernels (the same bf16 roundings and the same k16 chunks, each chunk's
+/// products in another order; on an H200 the two came out bit-equal). GPT-OSS shapes; the
+/// tiny model's widths up to 2048 tokens; 192 outputs (a down tile past d_model); 64 experts
+/// with top 1 (experts without tokens); and E8M0 scales at both ends of the fast bf16
+/// expansion's range (gate/up 2^120..2^123 with x near 2^-125, which also takes the f32
+/// expansion above 248; down 2^-125..2^-122).
+#[test]
+fn moe_prefill_wgmma() {
+    let Some(mut p) = pair() else { return };
+    gptoss_kernels_cuda::set_tc_min_width(0);
+    p.gpu.set_tc_precision(TcPrecision::Bf16);
+    let runs = p.gpu.arch() == "sm_90a";
+    eprintln!(
+        "arch {}: {}",
+        p.gpu.arch(),
+        if runs {
+            "wgmma kernels against mma.sync"
+        } else {
+            "no wgmma here: mma.sync both times"
+        }
+    );
+    let mut r = rng();
+    let fp4 = GgmlType::MXFP4;
+    let usual = || MoeScales {
+        gate_up: 0.05,
+        down: 0.05,
+        down_bias: 0.5,
+    };
+    let extreme = MoeScales {
+        gate_up: 2f32.powi(124),
+        down: 2f32.powi(-121),
+        down_bias: 2f32.powi(-120),
+    };
+    let cases: [WgmmaCase; 5] = [
+        (2880, 2880, 32, 4, &[9, 300], usual(), 1.0),
+        (64, 128, 8, 4, &[9, 300, 2048], usual(), 1.0),
+        (192, 320, 5, 3, &[10, 129, 257], usual(), 1.0),
+        (128, 64, 64, 1, &[33, 200], usual(), 1.0),
+        (256, 128, 8, 2, &[40, 200], extreme, 2f32.powi(-125)),
+    ];
+    for (d, ff, e, k, ts, sc, xs) in cases {
+        let (cw, gw) = moe_weights_scaled(&p, &mut r, d, ff, e, fp4, fp4, sc);
+        let cfg = MoeConfig {
+            n_experts: e,
+            top_k: k,
+        };
+        for &t in ts {
+            let xv = randn(&mut r, t * d, xs);
+            let (cx, gx) = p.x(&xv, t, d);
+            p.poison();
+            let c = p.cpu.moe(&cx, &cw, &cfg).unwrap();
+            p.gpu.set_moe_wgmma(0);
+            let m = p.gpu.moe(&gx, &gw, &cfg).unwrap();
+            let (mv, _, _) = p.gpu.to_host(&m).unwrap();
+            for wgs in [2, 4] {
+                p.gpu.set_moe_wgmma(wgs);
+                let g = p.gpu.moe(&gx, &gw, &cfg).unwrap();
+                let what = format!("moe wgmma x{wgs} d={d} ff={ff} E={e} k={k} t={t} x~{xs:e}");
+                p.check(&what, &c, &g, MATMUL_NMSE);
+                let (gv, _, _) = p.gpu.to_host(&g).unwrap();
+                let between = nmse(&gv, &mv);
+                eprintln!("{what}: against mma.sync nmse {between:.3e}");
+                assert!(between <= MATMUL_NMSE, "{what}: {between:e} from mma.sync");
+            }
+        }
+    }
+    p.gpu.set_moe_wgmma(4);
 }
 
 /// Prefill-sized attention through the tensor-core flash kernel (from `tc_min_rows` rows on):

@@ -522,15 +522,26 @@ extern "C" __global__ void rope_cs(const float* inv_freq, int half, int pos, flo
 }
 
 // RoPE of q [t, nq * head_dim] and k [t, nk * head_dim] in one launch, the same arithmetic
-// as `rope`. grid (t, nq + nk), block head_dim / 2 rounded up to a multiple of 32.
-extern "C" __global__ void rope_qk(float* q, int nq, float* k, int nk, int head_dim, int pos0,
-                                   const float* inv_freq, float attn_factor) {
+// as `rope`. Block (r, y) takes row r's heads y * ROPE_QK_HEADS .. (q's, then k's): the row's
+// cos/sin pairs are computed once per block into shared memory (a double-precision sincos
+// each, so not once per head), then each thread rotates pairs of the block's heads.
+// grid (t, ceil((nq + nk) / ROPE_QK_HEADS)), block 256; head_dim <= 2048.
+#define ROPE_QK_HEADS 16
+extern "C" __global__ void __launch_bounds__(256) rope_qk(float* q, int nq, float* k, int nk,
+                                                         int head_dim, int pos0,
+                                                         const float* inv_freq,
+                                                         float attn_factor) {
     GRID_DEP_ENTRY();
-    int r = blockIdx.x, h = blockIdx.y, i = threadIdx.x;
-    int half = head_dim >> 1;
-    if (i >= half) return;
-    float cf, sf;
-    rope_cos_sin(pos0 + r, inv_freq[i], attn_factor, cf, sf);
-    float* hp = h < nq ? q + ((i64)r * nq + h) * head_dim : k + ((i64)r * nk + (h - nq)) * head_dim;
-    rope_rotate(hp[i], hp[i + half], cf, sf, hp[i], hp[i + half]);
+    __shared__ float cs[2048];  // cos of pair i at i, sin at half + i
+    int r = blockIdx.x, half = head_dim >> 1;
+    for (int i = threadIdx.x; i < half; i += blockDim.x)
+        rope_cos_sin(pos0 + r, inv_freq[i], attn_factor, cs[i], cs[half + i]);
+    __syncthreads();
+    int h0 = blockIdx.y * ROPE_QK_HEADS, nh = min(ROPE_QK_HEADS, nq + nk - h0);
+    for (int idx = threadIdx.x; idx < nh * half; idx += blockDim.x) {
+        int h = h0 + idx / half, i = idx % half;
+        float* hp = h < nq ? q + ((i64)r * nq + h) * head_dim
+                           : k + ((i64)r * nk + (h - nq)) * head_dim;
+        rope_rotate(hp[i], hp[i + half], cs[i], cs[half + i], hp[i], hp[i + half]);
+    }
 }

@@ -98,6 +98,94 @@ __device__ __forceinline__ void router_select(const float* logits, u32* counters
     }
 }
 
+// Router logits and top-k for many rows (prefill): block b takes rows RR_ROWS b .. and every
+// expert, so each router row is read once per RR_ROWS tokens instead of once per token. Warp w
+// sums the w-th eighth of k for all the block's rows, lane l experts l, l + 32, .. (n_exp / 32
+// of them), streaming float4s of x (the same address across the warp) and of the router rows
+// with no barrier in the loop; the eight partial sums are then added in warp order, plus the
+// bias. Warp w then ranks and softmaxes row w with router_select's rules and arithmetic (NaN as
+// -inf, ties to the lower id, expf of the difference to the largest, the sum in rank order).
+// F32 router, n_exp a multiple of 32 up to RR_MAX_EXPERTS, d_model % 32 == 0.
+// grid ceil(t / RR_ROWS), block 256.
+#define RR_ROWS 8
+#define RR_MAX_EXPERTS 128
+extern "C" __global__ void __launch_bounds__(256)
+    moe_router_rows(const float* x, int t, int d_model, const float* wr, const u8* br, int brt,
+                    int n_exp, int k, int* ids, float* wts) {
+    GRID_DEP_ENTRY();
+    __shared__ float part[8][RR_ROWS][RR_MAX_EXPERTS];
+    __shared__ float lg[RR_ROWS][RR_MAX_EXPERTS];
+    __shared__ int sel[RR_ROWS][16];
+    __shared__ float vals[RR_ROWS][16];
+    int r0 = blockIdx.x * RR_ROWS, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int epl = n_exp >> 5, kw = d_model >> 3;
+    float acc[RR_ROWS][RR_MAX_EXPERTS / 32];
+#pragma unroll
+    for (int r = 0; r < RR_ROWS; ++r)
+#pragma unroll
+        for (int j = 0; j < RR_MAX_EXPERTS / 32; ++j) acc[r][j] = 0.f;
+    const float* xr[RR_ROWS];
+#pragma unroll
+    for (int r = 0; r < RR_ROWS; ++r) xr[r] = x + (i64)min(r0 + r, t - 1) * d_model;
+#pragma unroll 2
+    for (int kk = warp * kw; kk < (warp + 1) * kw; kk += 4) {
+        float4 xv[RR_ROWS];
+#pragma unroll
+        for (int r = 0; r < RR_ROWS; ++r) xv[r] = *(const float4*)(xr[r] + kk);
+#pragma unroll
+        for (int j = 0; j < RR_MAX_EXPERTS / 32; ++j) {
+            if (j < epl) {
+                float4 wv = __ldg((const float4*)(wr + (i64)(lane + 32 * j) * d_model + kk));
+#pragma unroll
+                for (int r = 0; r < RR_ROWS; ++r)
+                    acc[r][j] += xv[r].x * wv.x + xv[r].y * wv.y + xv[r].z * wv.z + xv[r].w * wv.w;
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < RR_ROWS; ++r)
+#pragma unroll
+        for (int j = 0; j < RR_MAX_EXPERTS / 32; ++j)
+            if (j < epl) part[warp][r][lane + 32 * j] = acc[r][j];
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < RR_ROWS * n_exp; idx += blockDim.x) {
+        int r = idx / n_exp, e = idx - r * n_exp;
+        float v = 0.f;
+#pragma unroll
+        for (int w = 0; w < 8; ++w) v += part[w][r][e];
+        v += wload(br, brt, 0, e);
+        lg[r][e] = v != v ? NEG_INF : v;
+    }
+    __syncthreads();
+    int row = warp, r = r0 + row;
+    if (r >= t) return;
+    for (int i = lane; i < n_exp; i += 32) {
+        float v = lg[row][i];
+        int rank = 0;
+        for (int j = 0; j < n_exp; ++j) {
+            float u = lg[row][j];
+            rank += (u > v) | ((u == v) & (j < i));
+        }
+        if (rank < k) {
+            sel[row][rank] = i;
+            vals[row][rank] = v;
+        }
+    }
+    __syncwarp();
+    if (lane != 0) return;
+    float mx = vals[row][0];
+    for (int j = 1; j < k; ++j) mx = fmaxf(mx, vals[row][j]);
+    float sum = 0.f;
+    for (int j = 0; j < k; ++j) {
+        vals[row][j] = expf(vals[row][j] - mx);
+        sum += vals[row][j];
+    }
+    for (int j = 0; j < k; ++j) {
+        ids[(i64)r * k + j] = sel[row][j];
+        wts[(i64)r * k + j] = vals[row][j] / sum;
+    }
+}
+
 // Router logits and top-k in one launch: block (e, r) computes expert e's logit of token r
 // (256 threads over d_model, loads issued 4 at a time) into `logits`; the last block of the row
 // to finish (a per-row ticket in `counters`, which it resets to zero) picks the k largest
