@@ -1367,57 +1367,14 @@ impl CudaBackend {
         // Router logits and top-k, on the GPU: no host round trip.
         let ids = self.scratch(t * kk * 4)?;
         let wts = self.scratch(t * kk * 4)?;
-        let logits = self.scratch(t * e * 4)?;
-        let tickets = self.tickets(TICKETS_ROUTER, t)?;
-        let (rw, rwt, rnb) = (
-            self.ptr(&w.router.buf),
-            w.router.dtype.id() as i32,
-            w.router.nb,
-        );
-        let mut router_args = match &pre {
-            Some(p) => vec![
-                A::P(self.ptr(&x.buf)),
-                A::P(self.ptr(&p.y.buf)),
-                A::P(self.ptr(&p.weight.buf)),
-                A::F(p.eps),
-                A::P(xp),
-                A::I(d_model as i32),
-                A::P(rw),
-            ],
-            None => vec![
-                A::P(xp),
-                A::I(d_model as i32),
-                A::P(rw),
-                A::I(rwt),
-                A::L(rnb),
-            ],
-        };
-        router_args.extend([
-            A::P(self.ptr(&w.router_bias.buf)),
-            A::I(w.router_bias.dtype.id() as i32),
-            A::I(e as i32),
-            A::I(kk as i32),
-            A::P(logits.ptr),
-            A::P(tickets),
-            A::P(self.ptr(&ids)),
-            A::P(self.ptr(&wts)),
-        ]);
-        // The dp4a / int8 tensor-core decode MoE reads x as planes written by the router.
-        let mma_planes = if self.mma_moe_fits(w, t, d_model, n_ff, kk) {
-            let p = self.mma_moe_planes(t, d_model)?;
-            router_args.extend([A::P(p.0.ptr), A::P(p.1.ptr)]);
-            Some(p)
-        } else {
-            None
-        };
-        let router = match (&pre, &mma_planes) {
-            (Some(_), Some(_)) => "moe_router_topk_q_add",
-            (Some(_), None) => return bad("a fused norm without the planes router".into()),
-            (None, Some(_)) => "moe_router_topk_q",
-            (None, None) if self.router_rows_fits(w, t, d_model, e) => "moe_router_rows",
-            (None, None) => "moe_router_topk",
-        };
-        if router == "moe_router_rows" {
+        let rw = self.ptr(&w.router.buf);
+        let rows_router = pre.is_none()
+            && self.router_rows_fits(w, t, d_model, e)
+            && !self.mma_moe_fits(w, t, d_model, n_ff, kk);
+        // The many-row router needs no logits buffer and no tickets. The other routers' logits
+        // stay allocated to the end of the call, as the decode step was recorded with.
+        let (router, _logits, mma_planes) = if rows_router {
+            let router = "moe_router_rows";
             self.launch(
                 router,
                 (t.div_ceil(ROUTER_ROWS) as u32, 1, 1),
@@ -1435,9 +1392,55 @@ impl CudaBackend {
                     A::P(self.ptr(&wts)),
                 ],
             )?;
+            (router, None, None)
         } else {
+            let logits = self.scratch(t * e * 4)?;
+            let tickets = self.tickets(TICKETS_ROUTER, t)?;
+            let mut router_args = match &pre {
+                Some(p) => vec![
+                    A::P(self.ptr(&x.buf)),
+                    A::P(self.ptr(&p.y.buf)),
+                    A::P(self.ptr(&p.weight.buf)),
+                    A::F(p.eps),
+                    A::P(xp),
+                    A::I(d_model as i32),
+                    A::P(rw),
+                ],
+                None => vec![
+                    A::P(xp),
+                    A::I(d_model as i32),
+                    A::P(rw),
+                    A::I(w.router.dtype.id() as i32),
+                    A::L(w.router.nb),
+                ],
+            };
+            router_args.extend([
+                A::P(self.ptr(&w.router_bias.buf)),
+                A::I(w.router_bias.dtype.id() as i32),
+                A::I(e as i32),
+                A::I(kk as i32),
+                A::P(logits.ptr),
+                A::P(tickets),
+                A::P(self.ptr(&ids)),
+                A::P(self.ptr(&wts)),
+            ]);
+            // The dp4a / int8 tensor-core decode MoE reads x as planes written by the router.
+            let mma_planes = if self.mma_moe_fits(w, t, d_model, n_ff, kk) {
+                let p = self.mma_moe_planes(t, d_model)?;
+                router_args.extend([A::P(p.0.ptr), A::P(p.1.ptr)]);
+                Some(p)
+            } else {
+                None
+            };
+            let router = match (&pre, &mma_planes) {
+                (Some(_), Some(_)) => "moe_router_topk_q_add",
+                (Some(_), None) => return bad("a fused norm without the planes router".into()),
+                (None, Some(_)) => "moe_router_topk_q",
+                (None, None) => "moe_router_topk",
+            };
             self.launch(router, (e as u32, t as u32, 1), 256, &router_args)?;
-        }
+            (router, Some(logits), mma_planes)
+        };
         // Timing only (GPTOSS_CUDA_SKIP): a router left out writes no expert ids, so nothing
         // that indexes with them may run either; y stays unwritten.
         if self.skipped(router, e as u32) {

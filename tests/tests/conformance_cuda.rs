@@ -1513,15 +1513,18 @@ fn moe_prefill_wgmma() {
             p.gpu.set_moe_wgmma(0);
             let m = p.gpu.moe(&gx, &gw, &cfg).unwrap();
             let (mv, _, _) = p.gpu.to_host(&m).unwrap();
+            // Without sm_90a every setting runs the mma.sync kernels: only the CPU check.
             for wgs in [2, 4] {
                 p.gpu.set_moe_wgmma(wgs);
                 let g = p.gpu.moe(&gx, &gw, &cfg).unwrap();
                 let what = format!("moe wgmma x{wgs} d={d} ff={ff} E={e} k={k} t={t} x~{xs:e}");
                 p.check(&what, &c, &g, MATMUL_NMSE);
-                let (gv, _, _) = p.gpu.to_host(&g).unwrap();
-                let between = nmse(&gv, &mv);
-                eprintln!("{what}: against mma.sync nmse {between:.3e}");
-                assert!(between <= MATMUL_NMSE, "{what}: {between:e} from mma.sync");
+                if runs {
+                    let (gv, _, _) = p.gpu.to_host(&g).unwrap();
+                    let between = nmse(&gv, &mv);
+                    eprintln!("{what}: against mma.sync nmse {between:.3e}");
+                    assert!(between <= MATMUL_NMSE, "{what}: {between:e} from mma.sync");
+                }
             }
         }
     }

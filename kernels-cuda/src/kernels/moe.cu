@@ -54,37 +54,29 @@ __device__ __forceinline__ bool router_ticket(float logit, float* logits, u32* c
     return ticket == gridDim.x - 1;
 }
 
-// The last block of row r: the k largest logits (ties: lower id) and their softmax into ids and
-// wts; resets the row's ticket. Thread 0's acquire, then the barrier, ordered the other blocks'
-// logits before these loads (from L2: an SM's L1 may hold an earlier step's values there).
-__device__ __forceinline__ void router_select(const float* logits, u32* counters, int r,
-                                              int n_exp, int k, int* ids, float* wts) {
-    __shared__ float lr[MOE_MAX_EXPERTS];
-    __shared__ int sel[16];
-    __shared__ float vals[16];
-    for (int i = threadIdx.x; i < n_exp; i += blockDim.x) {
-        float v = __ldcg(logits + (i64)r * n_exp + i);
-        lr[i] = v != v ? NEG_INF : v;  // NaN ranks as -inf: every rank below stays distinct
+// Expert i's rank in the row lr (value descending, id ascending; NaN stored as -inf, so every
+// rank stays distinct), and the expert and its logit at that rank in sel / vals when it is
+// below k. One thread per expert, all at once: the ranks below k are the k largest in the
+// order k rounds of a maximum would pick them (ties to the lower id), without those rounds'
+// chain of shuffles.
+__device__ __forceinline__ void topk_rank(const float* lr, int n_exp, int k, int i, int* sel,
+                                          float* vals) {
+    float v = lr[i];
+    int rank = 0;
+    for (int j = 0; j < n_exp; ++j) {
+        float u = lr[j];
+        rank += (u > v) | ((u == v) & (j < i));
     }
-    __syncthreads();
-    // Each expert's rank in (value descending, id ascending), all at once: the ranks below k
-    // are the k largest in the order k rounds of a maximum would pick them (ties to the lower
-    // id), without those rounds' chain of shuffles.
-    for (int i = threadIdx.x; i < n_exp; i += blockDim.x) {
-        float v = lr[i];
-        int rank = 0;
-        for (int j = 0; j < n_exp; ++j) {
-            float u = lr[j];
-            rank += (u > v) | ((u == v) & (j < i));
-        }
-        if (rank < k) {
-            sel[rank] = i;
-            vals[rank] = v;
-        }
+    if (rank < k) {
+        sel[rank] = i;
+        vals[rank] = v;
     }
-    __syncthreads();
-    if (threadIdx.x != 0) return;
-    counters[r] = 0;
+}
+
+// The softmax of the k picks of row r (expf of the difference to the largest, the sum in rank
+// order) into ids / wts, by one thread.
+__device__ __forceinline__ void topk_softmax(float* vals, const int* sel, int k, int r, int* ids,
+                                             float* wts) {
     float mx = vals[0];
     for (int j = 1; j < k; ++j) mx = fmaxf(mx, vals[j]);
     float sum = 0.f;
@@ -98,13 +90,32 @@ __device__ __forceinline__ void router_select(const float* logits, u32* counters
     }
 }
 
+// The last block of row r: the k largest logits (ties: lower id) and their softmax into ids and
+// wts; resets the row's ticket. Thread 0's acquire, then the barrier, ordered the other blocks'
+// logits before these loads (from L2: an SM's L1 may hold an earlier step's values there).
+__device__ __forceinline__ void router_select(const float* logits, u32* counters, int r,
+                                              int n_exp, int k, int* ids, float* wts) {
+    __shared__ float lr[MOE_MAX_EXPERTS];
+    __shared__ int sel[16];
+    __shared__ float vals[16];
+    for (int i = threadIdx.x; i < n_exp; i += blockDim.x) {
+        float v = __ldcg(logits + (i64)r * n_exp + i);
+        lr[i] = v != v ? NEG_INF : v;  // NaN ranks as -inf: every rank below stays distinct
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < n_exp; i += blockDim.x) topk_rank(lr, n_exp, k, i, sel, vals);
+    __syncthreads();
+    if (threadIdx.x != 0) return;
+    counters[r] = 0;
+    topk_softmax(vals, sel, k, r, ids, wts);
+}
+
 // Router logits and top-k for many rows (prefill): block b takes rows RR_ROWS b .. and every
 // expert, so each router row is read once per RR_ROWS tokens instead of once per token. Warp w
 // sums the w-th eighth of k for all the block's rows, lane l experts l, l + 32, .. (n_exp / 32
 // of them), streaming float4s of x (the same address across the warp) and of the router rows
 // with no barrier in the loop; the eight partial sums are then added in warp order, plus the
-// bias. Warp w then ranks and softmaxes row w with router_select's rules and arithmetic (NaN as
-// -inf, ties to the lower id, expf of the difference to the largest, the sum in rank order).
+// bias. Warp w then ranks and softmaxes row w as router_select does (topk_rank, topk_softmax).
 // F32 router, n_exp a multiple of 32 up to RR_MAX_EXPERTS, d_model % 32 == 0.
 // grid ceil(t / RR_ROWS), block 256.
 #define RR_ROWS 8
@@ -159,31 +170,9 @@ extern "C" __global__ void __launch_bounds__(256)
     __syncthreads();
     int row = warp, r = r0 + row;
     if (r >= t) return;
-    for (int i = lane; i < n_exp; i += 32) {
-        float v = lg[row][i];
-        int rank = 0;
-        for (int j = 0; j < n_exp; ++j) {
-            float u = lg[row][j];
-            rank += (u > v) | ((u == v) & (j < i));
-        }
-        if (rank < k) {
-            sel[row][rank] = i;
-            vals[row][rank] = v;
-        }
-    }
+    for (int i = lane; i < n_exp; i += 32) topk_rank(lg[row], n_exp, k, i, sel[row], vals[row]);
     __syncwarp();
-    if (lane != 0) return;
-    float mx = vals[row][0];
-    for (int j = 1; j < k; ++j) mx = fmaxf(mx, vals[row][j]);
-    float sum = 0.f;
-    for (int j = 0; j < k; ++j) {
-        vals[row][j] = expf(vals[row][j] - mx);
-        sum += vals[row][j];
-    }
-    for (int j = 0; j < k; ++j) {
-        ids[(i64)r * k + j] = sel[row][j];
-        wts[(i64)r * k + j] = vals[row][j] / sum;
-    }
+    if (lane == 0) topk_softmax(vals[row], sel[row], k, r, ids, wts);
 }
 
 // Router logits and top-k in one launch: block (e, r) computes expert e's logit of token r

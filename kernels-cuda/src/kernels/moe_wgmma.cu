@@ -254,27 +254,18 @@ __device__ __forceinline__ void wg_mainloop(WgA& a, const u16* b0, const u16* b1
     wg_cp_commit();
     a.fetch<0>(0);
     if (nkt > 1) a.fetch<1>(1);
+    // Two fragment sets (NWG = 2) alternate; with one (NWG = 4) `other` is af0 itself.
+    constexpr int WAIT = NWG == 2 ? 1 : 0;
+    u32 af0[16], af1[16];
+    u32 (&other)[16] = NWG == 2 ? af1 : af0;
+    a.expand<0>(af0);
+    if (nkt > 2) a.fetch<0>(2);
     int kt = 0;
-    if constexpr (NWG == 2) {
-        u32 af0[16], af1[16];
-        a.expand<0>(af0);
-        if (nkt > 2) a.fetch<0>(2);
-        while (true) {
-            wg_step<1, 1>(a, d, af0, af1, b0, b1, any, kt, nkt, sbase, copies);
-            if (++kt >= nkt) break;
-            wg_step<0, 1>(a, d, af1, af0, b0, b1, any, kt, nkt, sbase, copies);
-            if (++kt >= nkt) break;
-        }
-    } else {
-        u32 af[16];
-        a.expand<0>(af);
-        if (nkt > 2) a.fetch<0>(2);
-        while (true) {
-            wg_step<1, 0>(a, d, af, af, b0, b1, any, kt, nkt, sbase, copies);
-            if (++kt >= nkt) break;
-            wg_step<0, 0>(a, d, af, af, b0, b1, any, kt, nkt, sbase, copies);
-            if (++kt >= nkt) break;
-        }
+    while (true) {
+        wg_step<1, WAIT>(a, d, af0, other, b0, b1, any, kt, nkt, sbase, copies);
+        if (++kt >= nkt) break;
+        wg_step<0, WAIT>(a, d, other, af0, b0, b1, any, kt, nkt, sbase, copies);
+        if (++kt >= nkt) break;
     }
     wg_wait<0>();
     // Keep every read of d after the wait.
