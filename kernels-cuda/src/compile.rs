@@ -16,6 +16,7 @@ pub const KERNEL_SOURCES: &[(&str, &str)] = &[
     ("moe.cu", include_str!("kernels/moe.cu")),
     ("gemm_tc.cu", include_str!("kernels/gemm_tc.cu")),
     ("moe_wgmma.cu", include_str!("kernels/moe_wgmma.cu")),
+    ("gemm_wgmma.cu", include_str!("kernels/gemm_wgmma.cu")),
     ("flash_tc.cu", include_str!("kernels/flash_tc.cu")),
     ("quants.cu", include_str!("kernels/quants.cu")),
 ];
@@ -119,6 +120,8 @@ pub const KERNEL_NAMES: &[&str] = &[
     "moe_wg_down",
     "moe_wg4_gate_up",
     "moe_wg4_down",
+    "gemm_wg_prep_x",
+    "gemm_wg_q8_0",
     "flash_attn_tc_d32",
     "flash_attn_tc_d64",
     "flash_attn_tc_d128",

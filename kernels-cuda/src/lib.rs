@@ -319,6 +319,9 @@ pub struct CudaBackend {
     /// warpgroups per block (4 or 2), or 0 for the mma.sync kernels. `GPTOSS_CUDA_MOE_WGMMA`
     /// (0, 2 or 4; default 4).
     moe_wgmma: usize,
+    /// The bf16-precision Q8_0 prefill products (q/k/v, attention output) on Hopper's wgmma
+    /// (gemm_wgmma.cu, sm_90a only; prefill.rs). `GPTOSS_CUDA_LINEAR_WGMMA=0` turns it off.
+    linear_wgmma: bool,
     /// The int8 tensor-core decode products (decode_moe.rs): MXFP4 MoE at t <= 8, Q8_0
     /// matrix-vector products at t <= 2.
     decode_mma: bool,
@@ -520,6 +523,7 @@ impl CudaBackend {
                 Ok("2") => 2,
                 _ => 4,
             },
+            linear_wgmma: std::env::var("GPTOSS_CUDA_LINEAR_WGMMA").map_or(true, |v| v != "0"),
             // Opt-in: measured slower than the f32 kernels on an H100 (bench/RESULTS.md, helper
             // dmoe): 291 vs 354 tok/s tg128 on the synthetic 20b.
             decode_mma: std::env::var("GPTOSS_CUDA_DECODE_MMA").is_ok_and(|v| v == "1"),
@@ -577,6 +581,13 @@ impl CudaBackend {
         } else {
             4
         };
+    }
+
+    /// The Q8_0 prefill products (bf16 precision, k a multiple of 64) on wgmma where the
+    /// kernels were compiled for sm_90a (gemm_wgmma.cu); off: the mma.sync kernels of every
+    /// architecture. Default on (`GPTOSS_CUDA_LINEAR_WGMMA=0` turns it off).
+    pub fn set_linear_wgmma(&mut self, on: bool) {
+        self.linear_wgmma = on;
     }
 
     /// The residual add and the RMSNorm before the MoE done inside the router launch of the
@@ -1800,6 +1811,9 @@ impl Backend for CudaBackend {
             && ws.iter().all(|(w, _)| w.dtype == ws[0].0.dtype)
             && dims.iter().all(|&(_, n)| n > 0);
         if !fused {
+            if let Some(r) = self.linear_many_wg(x, ws, &dims) {
+                return r;
+            }
             return ws.iter().map(|(w, b)| self.linear(x, w, *b)).collect();
         }
         let k = dims[0].0;

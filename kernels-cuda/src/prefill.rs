@@ -8,8 +8,10 @@
 //! the slots in slot order: deterministic), and attention runs a flash kernel (f32 scores and
 //! softmax). On sm_90a the bf16 MoE GEMMs run on wgmma instead (`kernels/moe_wgmma.cu`: the
 //! MXFP4 weights expanded to bf16 in the registers that feed the warpgroup MMA, the token rows
-//! staged in shared memory by cp.async; [`CudaBackend::set_moe_wgmma`]); they give the same
-//! products and k16 sums as the mma.sync kernels.
+//! staged in shared memory by cp.async; [`CudaBackend::set_moe_wgmma`]), and so do the Q8_0
+//! products (`kernels/gemm_wgmma.cu`: q/k/v in one launch, the attention output;
+//! [`CudaBackend::set_linear_wgmma`]); both give the same products and k16 sums as the
+//! mma.sync kernels (bit-equal outputs on an H100).
 //!
 //! Precision ([`TcPrecision`], `GPTOSS_CUDA_TC_PRECISION`): by default (`bf16`) each product
 //! is one mma.sync of 16-bit roundings (weights as bf16, or f16 for Q8_0 and F16; activations
@@ -195,6 +197,9 @@ impl CudaBackend {
             GgmlType::F32 => ("gemm_tc_f32", "gemm_tcs_f32", 2),
             _ => return None,
         };
+        if w.dtype == GgmlType::Q8_0 && self.linear_wg_fits(k) {
+            return Some(self.linear_wg(x, t, k, &[(w, bias, y, n)]));
+        }
         let (kern, smem) = if self.split(TC_LINEAR) {
             (kern_split, tcs_smem(nb))
         } else {
@@ -221,6 +226,97 @@ impl CudaBackend {
                 A::I(n as i32),
             ],
         ))
+    }
+
+    /// The Q8_0 products on wgmma apply (gemm_wgmma.cu): bf16 precision on the linear path,
+    /// compiled for sm_90a, switched on, and k whole stages of 64.
+    fn linear_wg_fits(&self, k: usize) -> bool {
+        self.linear_wgmma
+            && !self.split(TC_LINEAR)
+            && self.arch == "sm_90a"
+            && k.is_multiple_of(WG_BK)
+    }
+
+    /// `linear_many` of prefill rows: up to three Q8_0 matrices that share x (q, k, v) in one
+    /// wgmma launch, where [`CudaBackend::linear_tc`] would take each of them to wgmma anyway.
+    /// `None` leaves them to `linear` one by one.
+    pub(crate) fn linear_many_wg(
+        &self,
+        x: &CudaTensor,
+        ws: &[(&CudaWeight, Option<&CudaWeight>)],
+        dims: &[(usize, usize)],
+    ) -> Option<Result<Vec<CudaTensor>>> {
+        let (t, k) = (x.rows, x.cols);
+        if !(2..=3).contains(&ws.len())
+            || t < tc_min_rows()
+            || k < tc_min_width()
+            || !path_on("linear")
+            || !self.linear_wg_fits(k)
+            || ws.iter().any(|(w, _)| w.dtype != GgmlType::Q8_0)
+            || dims.iter().any(|&(kk, n)| kk != k || n == 0)
+        {
+            return None;
+        }
+        let run = || {
+            let outs = dims
+                .iter()
+                .map(|&(_, n)| self.tensor(t, n))
+                .collect::<Result<Vec<_>>>()?;
+            let mats: Vec<_> = ws
+                .iter()
+                .zip(&outs)
+                .zip(dims)
+                .map(|(((w, b), o), &(_, n))| (*w, *b, self.ptr(&o.buf), n))
+                .collect();
+            self.linear_wg(self.ptr(&x.buf), t, k, &mats)?;
+            Ok(outs)
+        };
+        Some(run())
+    }
+
+    /// `y_m = x W_m^T + b_m` for one to three Q8_0 matrices `(W_m, b_m, y_m, n_m)` of one `k`
+    /// on wgmma: x to f16 rows in the kernel's k order, then one `gemm_wg_q8_0` launch over
+    /// the matrices' 256-row tiles. The caller checked [`CudaBackend::linear_wg_fits`].
+    fn linear_wg(
+        &self,
+        x: u64,
+        t: usize,
+        k: usize,
+        mats: &[(&CudaWeight, Option<&CudaWeight>, u64, usize)],
+    ) -> Result<()> {
+        let xh = self.scratch(t * k * 2)?;
+        self.launch(
+            "gemm_wg_prep_x",
+            ((t * k).div_ceil(512) as u32, 1, 1),
+            256,
+            &[A::P(x), A::I(t as i32), A::I(k as i32), A::P(xh.ptr)],
+        )?;
+        let mut args = vec![A::P(xh.ptr), A::I(t as i32), A::I(k as i32)];
+        let mut tiles = 0;
+        for i in 0..3 {
+            match mats.get(i) {
+                Some(&(w, b, y, n)) => {
+                    let (bp, bt) = b.map_or((0, 0), |b| (self.ptr(&b.buf), b.dtype.id() as i32));
+                    args.extend([
+                        A::P(self.ptr(&w.buf)),
+                        A::L(w.nb),
+                        A::P(bp),
+                        A::I(bt),
+                        A::P(y),
+                        A::I(n as i32),
+                    ]);
+                    tiles += n.div_ceil(WG_LINEAR_ROWS);
+                }
+                None => args.extend([A::P(0), A::L(0), A::P(0), A::I(0), A::P(0), A::I(0)]),
+            }
+        }
+        self.launch_dyn(
+            "gemm_wg_q8_0",
+            (tiles as u32, t.div_ceil(TC_BM) as u32, 1),
+            512,
+            WG_SMEM,
+            &args,
+        )
     }
 
     /// The MXFP4 MoE on tensor cores for `t` tokens (at least [`tc_min_rows`]), after the
@@ -336,8 +432,11 @@ impl CudaBackend {
 /// Dynamic shared memory of the wgmma MoE kernels (WG_SMEM in moe_wgmma.cu): four stages of a
 /// 128-row x 64-k bf16 tile.
 const WG_SMEM: u32 = 4 * 128 * 64 * 2;
-/// k per stage of the wgmma MoE kernels (WG_BK): d_model and n_ff must be multiples of it.
+/// k per stage of the wgmma kernels (WG_BK): d_model and n_ff (k of a linear) must be multiples
+/// of it.
 const WG_BK: usize = 64;
+/// Weight rows per block of `gemm_wg_q8_0` (4 warpgroups of 64).
+const WG_LINEAR_ROWS: usize = 256;
 
 /// What `moe_tc_group` wrote: the (token, slot) pairs sorted by expert, each expert's segment
 /// end and the list of 128-row tiles (its length first), for at most `max_tiles` tiles.

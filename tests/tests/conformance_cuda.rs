@@ -1531,6 +1531,108 @@ fn moe_prefill_wgmma() {
     p.gpu.set_moe_wgmma(4);
 }
 
+/// One shape of `linear_prefill_wgmma`: k, the output widths of the matrices that share x,
+/// token counts, the weights' spread.
+type LinearWgCase = (usize, &'static [usize], &'static [usize], f32);
+
+/// The Q8_0 prefill products on Hopper's wgmma (gemm_wgmma.cu; on other GPUs the mma.sync
+/// kernels run every time), bf16 precision: `linear_many` (the q/k/v launch: up to three
+/// matrices in one grid) and `linear` against the CPU reference at the matmul limit, and
+/// against the mma.sync kernels, which round every product and activation to f16 the same way
+/// and only sum in other k16 chunks. GPT-OSS's q/k/v and output shapes; token counts that
+/// leave a partial 128-token tile; outputs that leave a partial 256-row tile (65, 200, 8);
+/// one stage of k (64); and Q8_0 scales at both ends of f16 (products q d down in f16's
+/// subnormals with x near 2^10, and up near 2^15).
+#[test]
+fn linear_prefill_wgmma() {
+    let Some(mut p) = pair() else { return };
+    gptoss_kernels_cuda::set_tc_min_width(0);
+    p.gpu.set_tc_precision(TcPrecision::Bf16);
+    let runs = p.gpu.arch() == "sm_90a";
+    eprintln!(
+        "arch {}: {}",
+        p.gpu.arch(),
+        if runs {
+            "wgmma kernels against mma.sync"
+        } else {
+            "no wgmma here: mma.sync both times"
+        }
+    );
+    let mut r = rng();
+    let cases: [(LinearWgCase, f32); 5] = [
+        ((2880, &[4096, 512, 512], &[9, 300, 2048], 0.05), 1.0),
+        ((4096, &[2880], &[9, 129], 0.05), 1.0),
+        ((64, &[200, 8, 65], &[10, 257], 0.05), 1.0),
+        ((128, &[300, 256], &[33], 2f32.powi(-14)), 2f32.powi(10)),
+        ((192, &[96], &[40], 2f32.powi(14)), 1.0),
+    ];
+    for ((k, ns, ts, ws), xs) in cases {
+        let q8 = GgmlType::Q8_0;
+        let mats: Vec<_> = ns
+            .iter()
+            .map(|&n| p.up(&random_weight(&mut r, "attn_q.weight", q8, &[k, n], ws)))
+            .collect();
+        let biases: Vec<_> = ns
+            .iter()
+            .map(|&n| {
+                p.up(&random_weight(
+                    &mut r,
+                    "attn_q.bias",
+                    GgmlType::F32,
+                    &[n],
+                    0.5,
+                ))
+            })
+            .collect();
+        // Every other matrix without a bias.
+        let cw: Vec<_> = mats
+            .iter()
+            .zip(&biases)
+            .enumerate()
+            .map(|(i, (w, b))| (&w.0, (i % 2 == 0).then_some(&b.0)))
+            .collect();
+        let gw: Vec<_> = mats
+            .iter()
+            .zip(&biases)
+            .enumerate()
+            .map(|(i, (w, b))| (&w.1, (i % 2 == 0).then_some(&b.1)))
+            .collect();
+        for &t in ts {
+            let xv = randn(&mut r, t * k, xs);
+            let (cx, gx) = p.x(&xv, t, k);
+            p.poison();
+            let c: Vec<_> = cw
+                .iter()
+                .map(|(w, b)| p.cpu.linear(&cx, w, *b).unwrap())
+                .collect();
+            p.gpu.set_linear_wgmma(false);
+            let mma: Vec<_> = if gw.len() > 1 {
+                p.gpu.linear_many(&gx, &gw).unwrap()
+            } else {
+                vec![p.gpu.linear(&gx, gw[0].0, gw[0].1).unwrap()]
+            };
+            p.gpu.set_linear_wgmma(true);
+            p.poison();
+            let g: Vec<_> = if gw.len() > 1 {
+                p.gpu.linear_many(&gx, &gw).unwrap()
+            } else {
+                vec![p.gpu.linear(&gx, gw[0].0, gw[0].1).unwrap()]
+            };
+            for (i, (ci, gi)) in c.iter().zip(&g).enumerate() {
+                let what = format!("linear wgmma k={k} n={} t={t} w~{ws:e} x~{xs:e}", ns[i]);
+                p.check(&what, ci, gi, MATMUL_NMSE);
+                if runs {
+                    let (gv, _, _) = p.gpu.to_host(gi).unwrap();
+                    let (mv, _, _) = p.gpu.to_host(&mma[i]).unwrap();
+                    let between = nmse(&gv, &mv);
+                    eprintln!("{what}: against mma.sync nmse {between:.3e}");
+                    assert!(between <= 1e-10, "{what}: {between:e} from mma.sync");
+                }
+            }
+        }
+    }
+}
+
 /// Prefill-sized attention through the tensor-core flash kernel (from `tc_min_rows` rows on):
 /// a 2048-row prompt with the GPT-OSS window, chunks that start past the ring's wrap, the
 /// 8/9-row threshold edge, a full-attention layer with a long second chunk, and head dims 32

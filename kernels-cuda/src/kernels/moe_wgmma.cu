@@ -35,17 +35,24 @@ __device__ __forceinline__ int wg_lpos(int p) {
 // Column c of a row of k elements (k a multiple of 32) -> its logical column.
 __device__ __forceinline__ int wg_lcol(int c) { return (c & ~31) | wg_lpos(c & 31); }
 
-// x [t, d_model] f32 -> bf16 in logical column order (the B rows of the gate/up GEMM).
-// One thread per pair of columns; grid ceil(t * d_model / 512), block 256.
-extern "C" __global__ void moe_wg_prep_x(const float* x, int t, int d_model, u16* xb) {
-    GRID_DEP_ENTRY();
+// x [t, k] f32 -> bf16 (BF) or f16 in logical column order: the B rows of a wgmma GEMM. One
+// thread per pair of columns.
+template <bool BF>
+__device__ __forceinline__ void wg_prep_rows(const float* x, int t, int k, u16* xb) {
     i64 i = ((i64)blockIdx.x * blockDim.x + threadIdx.x) * 2;
-    if (i >= (i64)t * d_model) return;
-    i64 row = i / d_model;
-    int c = (int)(i - row * d_model);
+    if (i >= (i64)t * k) return;
+    i64 row = i / k;
+    int c = (int)(i - row * k);
     float2 v = *(const float2*)(x + i);
     // Columns c and c + 1 (c even) stay neighbours: wg_lpos keeps bit 0.
-    *(u32*)(xb + row * d_model + wg_lcol(c)) = pack_bf16(v.x, v.y);
+    *(u32*)(xb + row * k + wg_lcol(c)) = pack2<BF>(v.x, v.y);
+}
+
+// x [t, d_model] f32 -> bf16 in logical column order (the B rows of the gate/up GEMM).
+// grid ceil(t * d_model / 512), block 256.
+extern "C" __global__ void moe_wg_prep_x(const float* x, int t, int d_model, u16* xb) {
+    GRID_DEP_ENTRY();
+    wg_prep_rows<true>(x, t, d_model, xb);
 }
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -111,32 +118,49 @@ __device__ __forceinline__ void wg_wait() {
 __device__ __forceinline__ u64 wg_desc(u32 saddr) {
     return (u64)((saddr & 0x3ffffu) >> 4) | ((u64)(128 >> 4) << 16) | ((u64)(1024 >> 4) << 32);
 }
-// d (64 x 128 f32, fragment layout of m64nNk16) += A (64 x 16 bf16 from the registers a0..a3,
-// fragment layout of mma.m16n8k16's A per warp) x B (16 x 128 bf16, K-major core matrices in
-// shared memory, described by desc). scale_d = 0 would overwrite d; the kernels zero d and
-// always accumulate.
+// The 64 accumulator operands of wg_mma's asm.
+#define WG_D_OPERANDS                                                                             \
+    "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),     \
+        "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]),   \
+        "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]),   \
+        "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),   \
+        "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]),   \
+        "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]),   \
+        "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]),   \
+        "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+#define WG_MMA_ASM(TYPES)                                                                         \
+    "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"                                                  \
+    "wgmma.mma_async.sync.aligned.m64n128k16.f32." TYPES " "                                       \
+    "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, "  \
+    "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, "   \
+    "%38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, "   \
+    "%56, %57, %58, %59, %60, %61, %62, %63}, "                                                    \
+    "{%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+
+// d (64 x 128 f32, fragment layout of m64nNk16) += A (64 x 16 from the registers a0..a3,
+// fragment layout of mma.m16n8k16's A per warp) x B (16 x 128 in shared memory, K-major core
+// matrices described by desc); both bf16, or both f16 (F16). scale_d = 0 would overwrite d;
+// the kernels zero d and always accumulate.
+template <bool F16>
 __device__ __forceinline__ void wg_mma(float (&d)[64], u32 a0, u32 a1, u32 a2, u32 a3,
                                        u64 desc) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
-        "{%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc), "r"(1));
+    if constexpr (F16) {
+        asm volatile(WG_MMA_ASM("f16.f16")
+                     : WG_D_OPERANDS
+                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc), "r"(1));
+    } else {
+        asm volatile(WG_MMA_ASM("bf16.bf16")
+                     : WG_D_OPERANDS
+                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc), "r"(1));
+    }
 }
 
 // The weight rows of one thread: its warp's fragment rows g (r = 0) and g + 8 (r = 1), two
 // MXFP4 blocks per stage. Two register sets of raw words (SET = stage & 1): the loads of
 // stage kt + 2 are in flight while stage kt + 1 is expanded.
 struct WgA {
+    static constexpr bool F16 = false;  // bf16 fragments
     const u32* q[2];  // word 4q of block 0 of the row; null: a row past the end (zeros)
     const u16* e[2];  // the row's scale bytes, two blocks (one stage) per u16
     u32 w[2][2][2];   // [set][row][block of the stage]
@@ -216,8 +240,8 @@ __device__ __forceinline__ void wg_cp_commit() { asm volatile("cp.async.commit_g
 // NWG = 2): `nxt` is free once wgmma(kt - 1) is done. WAIT = 0 (one set, NWG = 4: 128
 // registers a thread; `nxt` is `cur`): once this warpgroup's wgmma(kt) is, while the other
 // warpgroups' wgmma keep the tensor cores busy.
-template <int NSET, int WAIT>
-__device__ __forceinline__ void wg_step(WgA& a, float (&d)[64], const u32 (&cur)[16],
+template <int NSET, int WAIT, class AL>
+__device__ __forceinline__ void wg_step(AL& a, float (&d)[64], const u32 (&cur)[16],
                                         u32 (&nxt)[16], const u16* b0, const u16* b1,
                                         const u16* any, int kt, int nkt, u32 sbase, bool copies) {
     asm volatile("cp.async.wait_group 1;" ::: "memory");
@@ -227,22 +251,25 @@ __device__ __forceinline__ void wg_step(WgA& a, float (&d)[64], const u32 (&cur)
     u32 sb = sbase + (kt % WG_STAGES) * WG_STAGE_BYTES;
 #pragma unroll
     for (int j = 0; j < 4; ++j)
-        wg_mma(d, cur[4 * j], cur[4 * j + 1], cur[4 * j + 2], cur[4 * j + 3], wg_desc(sb + 256 * j));
+        wg_mma<AL::F16>(d, cur[4 * j], cur[4 * j + 1], cur[4 * j + 2], cur[4 * j + 3],
+                        wg_desc(sb + 256 * j));
     wg_commit();
     if (kt + 2 < nkt && copies)
         wg_load_b(b0, b1, any, kt + 2, sbase + ((kt + 2) % WG_STAGES) * WG_STAGE_BYTES);
     wg_cp_commit();
     wg_wait<WAIT>();
     if (kt + 1 < nkt) {
-        a.expand<NSET>(nxt);
-        if (kt + 3 < nkt) a.fetch<NSET>(kt + 3);
+        a.template expand<NSET>(nxt);
+        if (kt + 3 < nkt) a.template fetch<NSET>(kt + 3);
     }
 }
 
 // d (this warpgroup's 64 weight rows x the tile's 128 token rows) = A B^T over nkt stages.
-// NWG warpgroups a block: 2 (two fragment sets) or 4 (one; see wg_step).
-template <int NWG>
-__device__ __forceinline__ void wg_mainloop(WgA& a, const u16* b0, const u16* b1,
+// NWG warpgroups a block: 2 (two fragment sets) or 4 (one; see wg_step). AL: the A loader
+// (WgA for MXFP4, bf16; WgQ8 in gemm_wgmma.cu for Q8_0, f16): fetch<SET>(kt) loads stage kt's
+// raw words into register set SET, expand<SET>(af) turns them into the stage's four fragments.
+template <int NWG, class AL>
+__device__ __forceinline__ void wg_mainloop(AL& a, const u16* b0, const u16* b1,
                                             const u16* any, int nkt, u32 sbase,
                                             float (&d)[64]) {
 #pragma unroll
@@ -252,14 +279,14 @@ __device__ __forceinline__ void wg_mainloop(WgA& a, const u16* b0, const u16* b1
     wg_cp_commit();
     if (copies && nkt > 1) wg_load_b(b0, b1, any, 1, sbase + WG_STAGE_BYTES);
     wg_cp_commit();
-    a.fetch<0>(0);
-    if (nkt > 1) a.fetch<1>(1);
+    a.template fetch<0>(0);
+    if (nkt > 1) a.template fetch<1>(1);
     // Two fragment sets (NWG = 2) alternate; with one (NWG = 4) `other` is af0 itself.
     constexpr int WAIT = NWG == 2 ? 1 : 0;
     u32 af0[16], af1[16];
     u32 (&other)[16] = NWG == 2 ? af1 : af0;
-    a.expand<0>(af0);
-    if (nkt > 2) a.fetch<0>(2);
+    a.template expand<0>(af0);
+    if (nkt > 2) a.template fetch<0>(2);
     int kt = 0;
     while (true) {
         wg_step<1, WAIT>(a, d, af0, other, b0, b1, any, kt, nkt, sbase, copies);
