@@ -148,7 +148,7 @@ fn tcs_smem(nb: usize) -> u32 {
 }
 
 fn flash_tcs_smem(hd: usize) -> u32 {
-    (2 * (64 * (hd + 8) + hd * 72) * 2) as u32
+    (2 * 2 * 64 * (hd + 8) * 2) as u32
 }
 
 /// Which tensor-core paths are on: all, unless `GPTOSS_CUDA_TC_OFF` lists some of `linear`,

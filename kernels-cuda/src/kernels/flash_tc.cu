@@ -6,8 +6,13 @@
 // rows in the ring afterwards.
 //
 // Block: one head, 64 query rows; 4 warps of 16 rows each. Keys go through shared memory 64 at
-// a time: K as [key][d] (the mma's column-major B for S = Q K^T), V transposed as [d][key] (B
-// for O += P V). S stays in registers: its accumulator layout is the A fragment layout of P.
+// a time, K and V both as [key][d] rows (16-byte stores); the mma's B fragments come from them
+// by ldmatrix, plain for S = Q K^T and transposed for O += P V, four 8x8 matrices (two mma's
+// worth) an instruction. The row stride HD + 8 puts the 8 rows of each 8x8 matrix in distinct
+// banks. Before (2026-11-27), V was stored transposed by 16-bit stores and every fragment was
+// two 32-bit loads: four times the shared-memory instructions, which bounded the kernel (ncu:
+// L1 82 % busy, 46 % of the stalls on shared memory; bench/RESULTS.md session 23). S stays in
+// registers: its accumulator layout is the A fragment layout of P.
 // grid (ceil(t / 64), n_heads), block 128. HD (head_dim) is 32, 64 or 128.
 
 // Split precision (SPLIT, the default, see prefill.rs): every 16-bit operand is x = hi + lo with
@@ -15,7 +20,22 @@
 // already, lo = 0), and each product takes three mma.sync: lo * hi + hi * lo + hi * hi (lo * lo,
 // ~2^-22 of it, is left out), so scores, probabilities and the output stay within ~1e-6 of f32.
 // Its tiles (K and V, hi and lo) are dynamic shared memory, FLASH_TCS_SMEM(HD) bytes.
-#define FLASH_TCS_SMEM(HD) (2 * (64 * ((HD) + 8) + (HD) * 72) * 2)
+#define FLASH_TCS_SMEM(HD) (2 * 2 * 64 * ((HD) + 8) * 2)
+
+// Four 8x8 b16 matrices from shared memory (row addresses: lanes 8i..8i+7 for matrix i), plain
+// or transposed: r[i] is matrix i's fragment.
+template <bool TRANS>
+__device__ __forceinline__ void ldsm4(u32 (&r)[4], const u16* row) {
+    u32 a = (u32)__cvta_generic_to_shared(row);
+    if constexpr (TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+}
 
 __device__ __forceinline__ void split_f16(float x, float y, u32& hi, u32& lo) {
     hi = pack_f16(x, y);
@@ -28,22 +48,21 @@ __device__ __forceinline__ void flash_attn_t(const float* q, const float* knew, 
                                              int n_heads, int n_kv, int cap, int window,
                                              float scale, const u8* sinks, int sink_type,
                                              float* out) {
-    constexpr int KS = HD + 8;  // row strides (16-bit units) chosen for conflict-free fragments
-    constexpr int VS = 64 + 8;
+    constexpr int KS = HD + 8;  // row stride (16-bit units) of K and V: conflict-free ldmatrix
     constexpr int NC = HD / 8;  // 8-element chunks per row
-    u16 *ks_, *vt_, *ksl, *vtl;  // K [key][d] and V^T [d][key], hi and (SPLIT) lo
+    u16 *ks_, *vs_, *ksl, *vsl;  // K and V [key][d], hi and (SPLIT) lo
     if constexpr (SPLIT) {
         extern __shared__ int4 flash_tcs_smem[];
         ks_ = (u16*)flash_tcs_smem;
         ksl = ks_ + 64 * KS;
-        vt_ = ksl + 64 * KS;
-        vtl = vt_ + HD * VS;
+        vs_ = ksl + 64 * KS;
+        vsl = vs_ + 64 * KS;
     } else {
         __shared__ __align__(16) u16 ks_s[64 * KS];
-        __shared__ __align__(16) u16 vt_s[HD * VS];
+        __shared__ __align__(16) u16 vs_s[64 * KS];
         ks_ = ks_s;
-        vt_ = vt_s;
-        ksl = vtl = nullptr;
+        vs_ = vs_s;
+        ksl = vsl = nullptr;
     }
     int h = blockIdx.y, i0 = blockIdx.x * 64;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, qd = lane & 3;
@@ -80,8 +99,8 @@ __device__ __forceinline__ void flash_attn_t(const float* q, const float* knew, 
     int p_lo = pos0 + i0, p_hi = pos0 + last;
     int klo = window > 0 ? max(0, p_lo - window + 1) : 0;
     for (int k0 = klo; k0 <= p_hi; k0 += 64) {
-        // Stage keys k0..k0+63 (past p_hi: zeros). Item it: key k0 + (it & 63), chunk it >> 6,
-        // so a warp's transposed V stores land on consecutive addresses.
+        // Stage keys k0..k0+63 (past p_hi: zeros). Item it: key k0 + (it & 63), chunk it >> 6: a
+        // quarter warp's 16-byte stores land on 8 rows, all banks once.
         for (int it = threadIdx.x; it < 64 * NC; it += 128) {
             int kr = it & 63, c = it >> 6;
             int j = k0 + kr;
@@ -114,14 +133,10 @@ __device__ __forceinline__ void flash_attn_t(const float* q, const float* knew, 
                 }
             }
             *(uint4*)(ks_ + kr * KS + c * 8) = kv;
-            const u16* ve = (const u16*)&vv;
-#pragma unroll
-            for (int e = 0; e < 8; ++e) vt_[(c * 8 + e) * VS + kr] = ve[e];
+            *(uint4*)(vs_ + kr * KS + c * 8) = vv;
             if constexpr (SPLIT) {
                 *(uint4*)(ksl + kr * KS + c * 8) = kl;
-                const u16* vle = (const u16*)&vl;
-#pragma unroll
-                for (int e = 0; e < 8; ++e) vtl[(c * 8 + e) * VS + kr] = vle[e];
+                *(uint4*)(vsl + kr * KS + c * 8) = vl;
             }
         }
         __syncthreads();
@@ -132,18 +147,26 @@ __device__ __forceinline__ void flash_attn_t(const float* q, const float* knew, 
         for (int j = 0; j < 8; ++j)
 #pragma unroll
             for (int c = 0; c < 4; ++c) s[j][c] = 0.f;
+        // Lane l addresses row l & 7 of matrix l >> 3: keys 8 (j + (l >> 4)) + (l & 7), dims
+        // 16 st + 8 ((l >> 3) & 1): the B fragments (b0, b1) of key tiles j and j + 1.
+        const int lrow = (lane & 7) + 8 * (lane >> 4), lcol = 8 * ((lane >> 3) & 1);
 #pragma unroll
         for (int st = 0; st < HD / 16; ++st) {
 #pragma unroll
-            for (int j = 0; j < 8; ++j) {
-                int o = (j * 8 + g) * KS + st * 16 + 2 * qd;
-                u32 b[2] = {*(const u32*)(ks_ + o), *(const u32*)(ks_ + o + 8)};
+            for (int j = 0; j < 8; j += 2) {
+                int o = (j * 8 + lrow) * KS + st * 16 + lcol;
+                u32 b[4];
+                ldsm4<false>(b, ks_ + o);
                 if constexpr (SPLIT) {
-                    u32 bl[2] = {*(const u32*)(ksl + o), *(const u32*)(ksl + o + 8)};
+                    u32 bl[4];
+                    ldsm4<false>(bl, ksl + o);
                     mma16816<false>(s[j], ql[st], b);
                     mma16816<false>(s[j], qa[st], bl);
+                    mma16816<false>(s[j + 1], ql[st], b + 2);
+                    mma16816<false>(s[j + 1], qa[st], bl + 2);
                 }
                 mma16816<false>(s[j], qa[st], b);
+                mma16816<false>(s[j + 1], qa[st], b + 2);
             }
         }
         // Mask (causal, window, rows past t), scale, row maxima over the 4 lanes of a row.
@@ -201,16 +224,23 @@ __device__ __forceinline__ void flash_attn_t(const float* q, const float* knew, 
                 a[2] = pack_f16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
                 a[3] = pack_f16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
             }
+            // Transposed: lane l addresses key 16 kk + 8 ((l >> 3) & 1) + (l & 7), dims
+            // 8 (nb + (l >> 4)): the B fragments (b0, b1) of dim tiles nb and nb + 1.
 #pragma unroll
-            for (int nb = 0; nb < HD / 8; ++nb) {
-                int off = (nb * 8 + g) * VS + kk * 16 + 2 * qd;
-                u32 b[2] = {*(const u32*)(vt_ + off), *(const u32*)(vt_ + off + 8)};
+            for (int nb = 0; nb < HD / 8; nb += 2) {
+                int off = (kk * 16 + lcol + (lane & 7)) * KS + (nb + (lane >> 4)) * 8;
+                u32 b[4];
+                ldsm4<true>(b, vs_ + off);
                 if constexpr (SPLIT) {
-                    u32 bl[2] = {*(const u32*)(vtl + off), *(const u32*)(vtl + off + 8)};
+                    u32 bl[4];
+                    ldsm4<true>(bl, vsl + off);
                     mma16816<false>(o[nb], al, b);
                     mma16816<false>(o[nb], a, bl);
+                    mma16816<false>(o[nb + 1], al, b + 2);
+                    mma16816<false>(o[nb + 1], a, bl + 2);
                 }
                 mma16816<false>(o[nb], a, b);
+                mma16816<false>(o[nb + 1], a, b + 2);
             }
         }
         __syncthreads();
