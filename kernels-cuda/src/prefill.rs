@@ -205,27 +205,29 @@ impl CudaBackend {
         } else {
             (kern, 0)
         };
-        let (bp, bt) = match bias {
-            Some(b) => (self.ptr(&b.buf), b.dtype.id() as i32),
-            None => (0, 0),
-        };
+        let mut args = vec![A::P(x), A::I(t as i32), A::I(k as i32)];
+        args.extend(self.matrix_args(w, bias, y, n));
         Some(self.launch_dyn(
             kern,
             (n.div_ceil(TC_BN) as u32, t.div_ceil(TC_BM) as u32, 1),
             256,
             smem,
-            &[
-                A::P(x),
-                A::I(t as i32),
-                A::I(k as i32),
-                A::P(self.ptr(&w.buf)),
-                A::L(w.nb),
-                A::P(bp),
-                A::I(bt),
-                A::P(y),
-                A::I(n as i32),
-            ],
+            &args,
         ))
+    }
+
+    /// One matrix's arguments of the dense GEMM kernels: the weight and its block count, the
+    /// bias (null and type 0 when absent), the output and its width.
+    fn matrix_args(&self, w: &CudaWeight, bias: Option<&CudaWeight>, y: u64, n: usize) -> [A; 6] {
+        let (bp, bt) = bias.map_or((0, 0), |b| (self.ptr(&b.buf), b.dtype.id() as i32));
+        [
+            A::P(self.ptr(&w.buf)),
+            A::L(w.nb),
+            A::P(bp),
+            A::I(bt),
+            A::P(y),
+            A::I(n as i32),
+        ]
     }
 
     /// The Q8_0 products on wgmma apply (gemm_wgmma.cu): bf16 precision on the linear path,
@@ -274,6 +276,19 @@ impl CudaBackend {
         Some(run())
     }
 
+    /// x `[t, k]` f32 as the 16-bit B rows of a wgmma kernel, in its k order, by `kernel`
+    /// (`moe_wg_prep_x`: bf16, `gemm_wg_prep_x`: f16).
+    fn wg_prep_x(&self, kernel: &str, x: u64, t: usize, k: usize) -> Result<DevBuf> {
+        let xh = self.scratch(t * k * 2)?;
+        self.launch(
+            kernel,
+            ((t * k).div_ceil(512) as u32, 1, 1),
+            256,
+            &[A::P(x), A::I(t as i32), A::I(k as i32), A::P(xh.ptr)],
+        )?;
+        Ok(xh)
+    }
+
     /// `y_m = x W_m^T + b_m` for one to three Q8_0 matrices `(W_m, b_m, y_m, n_m)` of one `k`
     /// on wgmma: x to f16 rows in the kernel's k order, then one `gemm_wg_q8_0` launch over
     /// the matrices' 256-row tiles. The caller checked [`CudaBackend::linear_wg_fits`].
@@ -284,27 +299,13 @@ impl CudaBackend {
         k: usize,
         mats: &[(&CudaWeight, Option<&CudaWeight>, u64, usize)],
     ) -> Result<()> {
-        let xh = self.scratch(t * k * 2)?;
-        self.launch(
-            "gemm_wg_prep_x",
-            ((t * k).div_ceil(512) as u32, 1, 1),
-            256,
-            &[A::P(x), A::I(t as i32), A::I(k as i32), A::P(xh.ptr)],
-        )?;
+        let xh = self.wg_prep_x("gemm_wg_prep_x", x, t, k)?;
         let mut args = vec![A::P(xh.ptr), A::I(t as i32), A::I(k as i32)];
         let mut tiles = 0;
         for i in 0..3 {
             match mats.get(i) {
                 Some(&(w, b, y, n)) => {
-                    let (bp, bt) = b.map_or((0, 0), |b| (self.ptr(&b.buf), b.dtype.id() as i32));
-                    args.extend([
-                        A::P(self.ptr(&w.buf)),
-                        A::L(w.nb),
-                        A::P(bp),
-                        A::I(bt),
-                        A::P(y),
-                        A::I(n as i32),
-                    ]);
+                    args.extend(self.matrix_args(w, b, y, n));
                     tiles += n.div_ceil(WG_LINEAR_ROWS);
                 }
                 None => args.extend([A::P(0), A::L(0), A::P(0), A::I(0), A::P(0), A::I(0)]),
@@ -537,13 +538,7 @@ impl CudaBackend {
         g: &MoeGroups,
     ) -> Result<()> {
         let pairs = t * kk;
-        let xb = self.scratch(t * d_model * 2)?;
-        self.launch(
-            "moe_wg_prep_x",
-            ((t * d_model).div_ceil(512) as u32, 1, 1),
-            256,
-            &[A::P(x), A::I(t as i32), A::I(d_model as i32), A::P(xb.ptr)],
-        )?;
+        let xb = self.wg_prep_x("moe_wg_prep_x", x, t, d_model)?;
         let h = self.scratch(pairs * n_ff * 2)?;
         // Warpgroups a block (64 weight rows each): 4 or 2.
         let nwg = self.moe_wgmma;
