@@ -591,7 +591,7 @@ impl CudaBackend {
     }
 
     /// The residual add and the RMSNorm before the MoE done inside the router launch of the
-    /// decode MoE ([`Backend::add_rms_norm_moe`]; see [`CudaBackend::router_add_fits`]): a
+    /// decode MoE ([`Backend::add_rms_norm_moe`]; see `CudaBackend::router_add_fits`): a
     /// launch fewer per layer. Off: `add_rms_norm`, then the router. Default on
     /// (`GPTOSS_CUDA_ROUTER_NORM=0` turns it off).
     pub fn set_router_norm(&mut self, on: bool) {

@@ -113,9 +113,9 @@ pub struct InstrDesc {
     pub sparse: bool,
     /// Which byte of each B scale word (0..4).
     pub sfb_id: u8,
-    /// A format ([`format`]).
+    /// A format ([`format`](mod@format)).
     pub atype: u8,
-    /// B format ([`format`]).
+    /// B format ([`format`](mod@format)).
     pub btype: u8,
     /// Negate A.
     pub negate_a: bool,
@@ -556,11 +556,11 @@ pub fn cp_32x128b_warpx4(
 /// [sfa], [sfb], accumulate` on the model, for the formats the kernel uses (A E2M1, B E4M3,
 /// UE8M0 scales, both K-major without swizzle, dense):
 /// `D[m][n] = (accumulate ? D[m][n] : 0) + sum_k A[m][k] SFA[m] B[k][n] SFB[n]` with
-/// - A[m][k] from the padded E2M1 block of row `m` at `kmajor_offset(m, ·)` from `a`'s start,
-///   B[k][n] the E4M3 byte `k` of row `n` of `b`;
-/// - SFA[m] byte `sfa_id` of lane `m`, column `sfa + m / 32` (SFB[n]: lane `n`, column
+/// - `A[m][k]` from the padded E2M1 block of row `m` at `kmajor_offset(m, ·)` from `a`'s start,
+///   `B[k][n]` the E4M3 byte `k` of row `n` of `b`;
+/// - `SFA[m]` byte `sfa_id` of lane `m`, column `sfa + m / 32` (`SFB[n]`: lane `n`, column
 ///   `sfb + n / 32`, byte `sfb_id`): the replicated layout of [`cp_32x128b_warpx4`];
-/// - D[m][n] the f32 in lane `m`, column `d + n` (data-path layout D, M = 128).
+/// - `D[m][n]` the f32 in lane `m`, column `d + n` (data-path layout D, M = 128).
 ///
 /// The sum is exact in f64 and rounded once to f32; hardware accumulates in f32 in some order.
 #[allow(clippy::too_many_arguments)]
