@@ -819,9 +819,6 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// Whether `GPTOSS_CUDA_SKIP` leaves this launch out: an entry `prefix` matches every
-    /// kernel whose name starts with it, `prefix/N` only launches of N blocks in x (the output
-    /// matrix's product apart from the layers' of the same kernel).
     /// The many-row router (`moe_router_rows`, ROUTER_ROWS tokens per block) applies: rows of
     /// the bf16 tensor-core prefill, an F32 router, eight k slices of whole float4s and 32 to
     /// 128 experts in whole warps (a lane sums n_exp / 32 of them). Its logits are the same
@@ -843,6 +840,9 @@ impl CudaBackend {
             && e.is_multiple_of(32)
     }
 
+    /// Whether `GPTOSS_CUDA_SKIP` leaves this launch out: an entry `prefix` matches every
+    /// kernel whose name starts with it, `prefix/N` only launches of N blocks in x (the output
+    /// matrix's product apart from the layers' of the same kernel).
     fn skipped(&self, name: &str, grid_x: u32) -> bool {
         self.skip.iter().any(|e| match e.split_once('/') {
             Some((p, n)) => name.starts_with(p) && n.parse() == Ok(grid_x),

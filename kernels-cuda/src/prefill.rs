@@ -401,7 +401,7 @@ impl CudaBackend {
         };
         // h: [pairs, n_ff] in sorted order, f32 (split) or bf16.
         let sp = self.split(TC_MOE);
-        if !sp && self.wgmma_fits(d_model, n_ff) {
+        if self.wgmma_fits(d_model, n_ff) {
             return self.moe_wg_run(x, t, d_model, n_ff, w, kk, wts, y, dropped, &g);
         }
         let (gate_up, down, h_bytes, smem) = if sp {
@@ -436,7 +436,8 @@ const WG_SMEM: u32 = 4 * 128 * 64 * 2;
 /// k per stage of the wgmma kernels (WG_BK): d_model and n_ff (k of a linear) must be multiples
 /// of it.
 const WG_BK: usize = 64;
-/// Weight rows per block of `gemm_wg_q8_0` (4 warpgroups of 64).
+/// Weight rows per block of `gemm_wg_q8_0` (WG_LINEAR_ROWS in gemm_wgmma.cu: 4 warpgroups of
+/// 64).
 const WG_LINEAR_ROWS: usize = 256;
 
 /// What `moe_tc_group` wrote: the (token, slot) pairs sorted by expert, each expert's segment
@@ -449,10 +450,11 @@ struct MoeGroups {
 }
 
 impl CudaBackend {
-    /// The wgmma MoE kernels apply: compiled for sm_90a, switched on, and both widths whole
-    /// stages of 64 k.
+    /// The wgmma MoE kernels apply: bf16 precision on the MoE path, compiled for sm_90a,
+    /// switched on, and both widths whole stages of 64 k.
     fn wgmma_fits(&self, d_model: usize, n_ff: usize) -> bool {
         self.moe_wgmma != 0
+            && !self.split(TC_MOE)
             && self.arch == "sm_90a"
             && d_model.is_multiple_of(WG_BK)
             && n_ff.is_multiple_of(WG_BK)

@@ -407,6 +407,23 @@ fn linear_every_type_and_shape() {
     ));
 }
 
+/// The `(weight, bias)` lists of both backends for `linear_many` from matrices and biases
+/// uploaded by `Pair::up`: every other matrix without a bias.
+#[allow(clippy::type_complexity)]
+fn every_other_bias<'a, C, G>(
+    ws: &'a [(C, G)],
+    bs: &'a [(C, G)],
+) -> (Vec<(&'a C, Option<&'a C>)>, Vec<(&'a G, Option<&'a G>)>) {
+    ws.iter()
+        .zip(bs)
+        .enumerate()
+        .map(|(i, (w, b))| {
+            let bias = i % 2 == 0;
+            ((&w.0, bias.then_some(&b.0)), (&w.1, bias.then_some(&b.1)))
+        })
+        .unzip()
+}
+
 /// `linear_many` (one launch for up to three matrices of one type on the decode path) against
 /// the CPU's `linear` of each matrix, for t = 1..9, odd row counts, one to four matrices, with
 /// and without biases; a matrix of another k is a shape error.
@@ -433,19 +450,7 @@ fn linear_many_matches_linear() {
             for t in [1usize, 2, 3, 5, 8, 9] {
                 let xv = randn(&mut r, t * k, 1.0);
                 let (cx, gx) = p.x(&xv, t, k);
-                // Every other matrix without a bias.
-                let cw: Vec<_> = ws
-                    .iter()
-                    .zip(&bs)
-                    .enumerate()
-                    .map(|(i, (w, b))| (&w.0, (i % 2 == 0).then_some(&b.0)))
-                    .collect();
-                let gw: Vec<_> = ws
-                    .iter()
-                    .zip(&bs)
-                    .enumerate()
-                    .map(|(i, (w, b))| (&w.1, (i % 2 == 0).then_some(&b.1)))
-                    .collect();
+                let (cw, gw) = every_other_bias(&ws, &bs);
                 p.poison();
                 let g = p.gpu.linear_many(&gx, &gw).unwrap();
                 assert_eq!(g.len(), ns.len());
@@ -1164,12 +1169,16 @@ fn moe_weights(
     expert_type: GgmlType,
     down_type: GgmlType,
 ) -> MoePair {
-    let scales = MoeScales {
-        gate_up: 0.05,
-        down: 0.05,
-        down_bias: 0.5,
-    };
-    moe_weights_scaled(p, r, d_model, n_ff, e, expert_type, down_type, scales)
+    moe_weights_scaled(
+        p,
+        r,
+        d_model,
+        n_ff,
+        e,
+        expert_type,
+        down_type,
+        MoeScales::USUAL,
+    )
 }
 
 /// The spreads of random MoE weights (see `random_weight`); the router and the gate/up biases
@@ -1178,6 +1187,15 @@ struct MoeScales {
     gate_up: f32,
     down: f32,
     down_bias: f32,
+}
+
+impl MoeScales {
+    /// What `moe_weights` draws.
+    const USUAL: MoeScales = MoeScales {
+        gate_up: 0.05,
+        down: 0.05,
+        down_bias: 0.5,
+    };
 }
 
 /// As `moe_weights`, with the expert matrices and the down bias drawn at `sc`.
@@ -1501,21 +1519,16 @@ fn moe_prefill_wgmma() {
     };
     let mut r = rng();
     let fp4 = GgmlType::MXFP4;
-    let usual = || MoeScales {
-        gate_up: 0.05,
-        down: 0.05,
-        down_bias: 0.5,
-    };
     let extreme = MoeScales {
         gate_up: 2f32.powi(124),
         down: 2f32.powi(-121),
         down_bias: 2f32.powi(-120),
     };
     let cases: [WgmmaCase; 5] = [
-        (2880, 2880, 32, 4, &[9, 300], usual(), 1.0),
-        (64, 128, 8, 4, &[9, 300, 2048], usual(), 1.0),
-        (192, 320, 5, 3, &[10, 129, 257], usual(), 1.0),
-        (128, 64, 64, 1, &[33, 200], usual(), 1.0),
+        (2880, 2880, 32, 4, &[9, 300], MoeScales::USUAL, 1.0),
+        (64, 128, 8, 4, &[9, 300, 2048], MoeScales::USUAL, 1.0),
+        (192, 320, 5, 3, &[10, 129, 257], MoeScales::USUAL, 1.0),
+        (128, 64, 64, 1, &[33, 200], MoeScales::USUAL, 1.0),
         (256, 128, 8, 2, &[40, 200], extreme, 2f32.powi(-125)),
     ];
     for (d, ff, e, k, ts, sc, xs) in cases {
@@ -1590,19 +1603,7 @@ fn linear_prefill_wgmma() {
                 ))
             })
             .collect();
-        // Every other matrix without a bias.
-        let cw: Vec<_> = mats
-            .iter()
-            .zip(&biases)
-            .enumerate()
-            .map(|(i, (w, b))| (&w.0, (i % 2 == 0).then_some(&b.0)))
-            .collect();
-        let gw: Vec<_> = mats
-            .iter()
-            .zip(&biases)
-            .enumerate()
-            .map(|(i, (w, b))| (&w.1, (i % 2 == 0).then_some(&b.1)))
-            .collect();
+        let (cw, gw) = every_other_bias(&mats, &biases);
         for &t in ts {
             let xv = randn(&mut r, t * k, xs);
             let (cx, gx) = p.x(&xv, t, k);
@@ -1611,19 +1612,12 @@ fn linear_prefill_wgmma() {
                 .iter()
                 .map(|(w, b)| p.cpu.linear(&cx, w, *b).unwrap())
                 .collect();
+            // One matrix: linear_many runs `linear`.
             p.gpu.set_linear_wgmma(false);
-            let mma: Vec<_> = if gw.len() > 1 {
-                p.gpu.linear_many(&gx, &gw).unwrap()
-            } else {
-                vec![p.gpu.linear(&gx, gw[0].0, gw[0].1).unwrap()]
-            };
+            let mma = p.gpu.linear_many(&gx, &gw).unwrap();
             p.gpu.set_linear_wgmma(true);
             p.poison();
-            let g: Vec<_> = if gw.len() > 1 {
-                p.gpu.linear_many(&gx, &gw).unwrap()
-            } else {
-                vec![p.gpu.linear(&gx, gw[0].0, gw[0].1).unwrap()]
-            };
+            let g = p.gpu.linear_many(&gx, &gw).unwrap();
             for (i, (ci, gi)) in c.iter().zip(&g).enumerate() {
                 let what = format!("linear wgmma k={k} n={} t={t} w~{ws:e} x~{xs:e}", ns[i]);
                 p.check(&what, ci, gi, MATMUL_NMSE);

@@ -10,9 +10,9 @@
 // by ldmatrix, plain for S = Q K^T and transposed for O += P V, four 8x8 matrices (two mma's
 // worth) an instruction. The row stride HD + 8 puts the 8 rows of each 8x8 matrix in distinct
 // banks. Before (2026-11-27), V was stored transposed by 16-bit stores and every fragment was
-// two 32-bit loads: four times the shared-memory instructions, which bounded the kernel (ncu:
-// L1 82 % busy, 46 % of the stalls on shared memory; bench/RESULTS.md session 23). S stays in
-// registers: its accumulator layout is the A fragment layout of P.
+// two 32-bit loads: four times the shared-memory instructions (counted in the code), which
+// bounded the kernel (ncu: L1 82 % busy, 46 % of the stalls on shared memory; bench/RESULTS.md
+// session 23). S stays in registers: its accumulator layout is the A fragment layout of P.
 // grid (ceil(t / 64), n_heads), block 128. HD (head_dim) is 32, 64 or 128.
 
 // Split precision (SPLIT, the default, see prefill.rs): every 16-bit operand is x = hi + lo with

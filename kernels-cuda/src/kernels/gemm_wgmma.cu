@@ -108,6 +108,9 @@ struct WgQ8 {
 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
+#define WG_LINEAR_SHIFT 8
+#define WG_LINEAR_ROWS (1 << WG_LINEAR_SHIFT)  // weight rows a block: 4 warpgroups of 64
+
 // One matrix of a gemm_wg_q8_0 launch.
 struct WgMat {
     const u8* w;
@@ -130,13 +133,14 @@ extern "C" __global__ void __launch_bounds__(512, 1) gemm_wg_q8_0(
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     extern __shared__ __align__(128) u8 wgl_smem[];
     int tile = blockIdx.x;
-    int t0 = (n0 + 255) >> 8, t1 = (n1 + 255) >> 8;
+    int t0 = (n0 + WG_LINEAR_ROWS - 1) >> WG_LINEAR_SHIFT;
+    int t1 = (n1 + WG_LINEAR_ROWS - 1) >> WG_LINEAR_SHIFT;
     WgMat m = tile < t0 ? WgMat{w0, nb0, bias0, bt0, y0, n0}
                         : tile < t0 + t1 ? WgMat{w1, nb1, bias1, bt1, y1, n1}
                                          : WgMat{w2, nb2, bias2, bt2, y2, n2};
     tile -= tile < t0 ? 0 : tile < t0 + t1 ? t0 : t0 + t1;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
-    int r0 = tile * 256 + warp * 16 + g;
+    int r0 = tile * WG_LINEAR_ROWS + warp * 16 + g;
     bool ok0 = r0 < m.n, ok1 = r0 + 8 < m.n;
     WgQ8 a;
     a.init(m.w, m.nb, r0, k / 32, q, ok0, ok1);
